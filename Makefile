@@ -1,0 +1,37 @@
+# The two commands a newcomer needs are `make demo` and `make test` (see README).
+GO      ?= go
+BIN     := bin/pharos
+PKGS    := ./...
+
+.PHONY: build demo test test-unit test-e2e deps vet fmt fuzz bench chaos clean
+
+build:
+	$(GO) build -o $(BIN) ./cmd/pharos
+
+# deps installs what the tests and the demo run against (PostgreSQL 15 server
+# binaries, the postgres user) when this machine lacks them.
+deps:
+	bash scripts/ensure-deps.sh
+
+demo: deps build
+	$(BIN) demo --dir demo-data
+
+# test is what CI runs (.ci/run): vet, then every package with the race
+# detector. The end-to-end tests through the proxy live in the same packages
+# and talk to real PostgreSQL servers the harness starts.
+test: deps
+	$(GO) vet $(PKGS)
+	$(GO) test -race -count=1 -timeout 14m $(PKGS)
+
+# fuzz runs each wire parser's fuzz target for FUZZTIME (default 20s each).
+FUZZTIME ?= 20s
+fuzz:
+	for t in $$($(GO) test -list '^Fuzz' ./internal/wire | grep ^Fuzz); do \
+		$(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) ./internal/wire || exit 1; \
+	done
+
+bench: deps build
+	bash scripts/bench.sh
+
+clean:
+	rm -rf bin demo-data

@@ -1,0 +1,152 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// usageError is a bad flag or config value: the command exits 2 with its
+// one-line message, which names the key.
+type usageError struct{ msg string }
+
+func (e *usageError) Error() string { return e.msg }
+
+func usageErrorf(format string, args ...any) error {
+	return &usageError{msg: fmt.Sprintf(format, args...)}
+}
+
+// duration is a time.Duration written as "1.5s" in YAML.
+type duration time.Duration
+
+func (d *duration) UnmarshalYAML(n *yaml.Node) error {
+	v, err := time.ParseDuration(n.Value)
+	if err != nil {
+		return fmt.Errorf("line %d: %q is not a duration like 500ms or 2s", n.Line, n.Value)
+	}
+	*d = duration(v)
+	return nil
+}
+
+// byteSize is a size in bytes written as 1024, "64kB", "16MB" or "1GB".
+type byteSize int64
+
+func parseByteSize(s string) (byteSize, error) {
+	s = strings.TrimSpace(s)
+	mult := int64(1)
+	for _, u := range []struct {
+		suffix string
+		mult   int64
+	}{{"kB", 1 << 10}, {"KB", 1 << 10}, {"MB", 1 << 20}, {"GB", 1 << 30}, {"B", 1}} {
+		if strings.HasSuffix(s, u.suffix) {
+			s, mult = strings.TrimSpace(strings.TrimSuffix(s, u.suffix)), u.mult
+			break
+		}
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n < 0 {
+		return 0, fmt.Errorf("%q is not a size like 1048576, 64kB or 16MB", s)
+	}
+	return byteSize(n * mult), nil
+}
+
+func (b *byteSize) UnmarshalYAML(n *yaml.Node) error {
+	v, err := parseByteSize(n.Value)
+	if err != nil {
+		return fmt.Errorf("line %d: %w", n.Line, err)
+	}
+	*b = v
+	return nil
+}
+
+// loadYAML decodes a config file strictly: unknown keys and a file cut
+// short are errors naming the problem, never silently ignored.
+func loadYAML(path string, into any) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return usageErrorf("config: %v", err)
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(into); err != nil && !errors.Is(err, io.EOF) {
+		return usageErrorf("config %s: %s", path, strings.TrimPrefix(err.Error(), "yaml: "))
+	}
+	return nil
+}
+
+// overrides collects flag values to apply on top of the config file, so
+// that flags win whatever order things are parsed in.
+type overrides[S any] struct {
+	fs      *flag.FlagSet
+	pending []func(*S)
+}
+
+// bind registers a flag whose parsed value is written through field.
+func bind[S, T any](o *overrides[S], name, usage string, parse func(string) (T, error), field func(*S) *T) {
+	o.fs.Func(name, usage, func(v string) error {
+		t, err := parse(v)
+		if err != nil {
+			return err
+		}
+		o.pending = append(o.pending, func(s *S) { *field(s) = t })
+		return nil
+	})
+}
+
+func (o *overrides[S]) apply(s *S) {
+	for _, f := range o.pending {
+		f(s)
+	}
+}
+
+func parseString(v string) (string, error) { return v, nil }
+func parseDuration(v string) (duration, error) {
+	d, err := time.ParseDuration(v)
+	return duration(d), err
+}
+func parseInt(v string) (int, error)   { return strconv.Atoi(v) }
+func parseBool(v string) (bool, error) { return strconv.ParseBool(v) }
+func parseList(v string) ([]string, error) {
+	var out []string
+	for _, p := range strings.Split(v, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out, nil
+}
+
+// newLogger returns a text logger on w at the named level.
+func newLogger(w io.Writer, level string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, usageErrorf("log_level: %q is not one of debug, info, warn, error", level)
+	}
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: l})), nil
+}
+
+// readSecret returns the value of a secret given inline, in a file (first
+// line), or in an environment variable, in that order of preference.
+func readSecret(key, inline, file, env string) (string, error) {
+	if file != "" {
+		data, err := os.ReadFile(file)
+		if err != nil {
+			return "", usageErrorf("%s_file: %v", key, err)
+		}
+		line, _, _ := strings.Cut(string(data), "\n")
+		return strings.TrimRight(line, "\r"), nil
+	}
+	if inline != "" {
+		return inline, nil
+	}
+	return os.Getenv(env), nil
+}

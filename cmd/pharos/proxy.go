@@ -1,0 +1,311 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/pharos-ha/pharos/internal/metrics"
+	"github.com/pharos-ha/pharos/internal/proxy"
+	"github.com/pharos-ha/pharos/internal/router"
+)
+
+// proxySettings is the proxy's config file (YAML keys) and flags (the same
+// names with dashes).
+type proxySettings struct {
+	RWListen      string `yaml:"rw_listen"`
+	ROListen      string `yaml:"ro_listen"`
+	MetricsListen string `yaml:"metrics_listen"`
+	LogLevel      string `yaml:"log_level"`
+
+	Source   string   `yaml:"source"`
+	Backends []string `yaml:"backends"`
+	// Reserved for the etcd-driven sources.
+	Etcd    []string `yaml:"etcd"`
+	Cluster string   `yaml:"cluster"`
+
+	HealthInterval     duration `yaml:"health_check_interval"`
+	HealthTimeout      duration `yaml:"health_check_timeout"`
+	HealthUser         string   `yaml:"health_user"`
+	HealthPassword     string   `yaml:"health_password"`
+	HealthPasswordFile string   `yaml:"health_password_file"`
+	HealthDatabase     string   `yaml:"health_database"`
+	HealthSSLMode      string   `yaml:"health_sslmode"`
+
+	MaxLag              byteSize `yaml:"max_lag"`
+	ROFallbackToPrimary bool     `yaml:"ro_fallback_to_primary"`
+
+	TLSMode       string `yaml:"tls_mode"`
+	TLSCertFile   string `yaml:"tls_cert_file"`
+	TLSKeyFile    string `yaml:"tls_key_file"`
+	BackendTLS    string `yaml:"backend_tls"`
+	BackendCAFile string `yaml:"backend_tls_ca_file"`
+
+	MaxClients     int      `yaml:"max_clients"`
+	StartupTimeout duration `yaml:"startup_timeout"`
+	RouteWait      duration `yaml:"route_wait"`
+	ConnectTimeout duration `yaml:"connect_timeout"`
+	MaxMessageSize byteSize `yaml:"max_message_size"`
+	DrainTimeout   duration `yaml:"drain_timeout"`
+}
+
+func defaultProxySettings() proxySettings {
+	return proxySettings{
+		RWListen:       "127.0.0.1:6432",
+		ROListen:       "127.0.0.1:6433",
+		MetricsListen:  "127.0.0.1:6434",
+		LogLevel:       "info",
+		Source:         "static",
+		HealthInterval: duration(time.Second),
+		HealthTimeout:  duration(800 * time.Millisecond),
+		HealthUser:     "postgres",
+		HealthDatabase: "postgres",
+		HealthSSLMode:  "prefer",
+		TLSMode:        string(proxy.TLSDisable),
+		BackendTLS:     string(proxy.BackendTLSDisable),
+		StartupTimeout: duration(60 * time.Second),
+		RouteWait:      duration(5 * time.Second),
+		ConnectTimeout: duration(5 * time.Second),
+		DrainTimeout:   duration(30 * time.Second),
+	}
+}
+
+// parseProxyArgs reads --config and the flags; flags override the file.
+func parseProxyArgs(args []string, stderr io.Writer) (proxySettings, error) {
+	fs := flag.NewFlagSet("pharos proxy", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	configPath := fs.String("config", "", "YAML config file (flags override it)")
+	o := &overrides[proxySettings]{fs: fs}
+	str := func(name, usage string, f func(*proxySettings) *string) { bind(o, name, usage, parseString, f) }
+	dur := func(name, usage string, f func(*proxySettings) *duration) { bind(o, name, usage, parseDuration, f) }
+	str("rw-listen", "read-write endpoint address (\"\" to disable)", func(s *proxySettings) *string { return &s.RWListen })
+	str("ro-listen", "read-only endpoint address (\"\" to disable)", func(s *proxySettings) *string { return &s.ROListen })
+	str("metrics-listen", "Prometheus /metrics address (\"\" to disable)", func(s *proxySettings) *string { return &s.MetricsListen })
+	str("log-level", "debug, info, warn or error", func(s *proxySettings) *string { return &s.LogLevel })
+	str("source", "topology source: static (pharos and patroni need etcd)", func(s *proxySettings) *string { return &s.Source })
+	bind(o, "backends", "comma-separated host:port list for --source static", parseList, func(s *proxySettings) *[]string { return &s.Backends })
+	bind(o, "etcd", "comma-separated etcd endpoints", parseList, func(s *proxySettings) *[]string { return &s.Etcd })
+	str("cluster", "cluster name in etcd", func(s *proxySettings) *string { return &s.Cluster })
+	dur("health-check-interval", "interval between health checks", func(s *proxySettings) *duration { return &s.HealthInterval })
+	dur("health-check-timeout", "timeout of one health check (below the interval)", func(s *proxySettings) *duration { return &s.HealthTimeout })
+	str("health-user", "user the health checks log in as", func(s *proxySettings) *string { return &s.HealthUser })
+	str("health-password-file", "file holding the health user's password (or env PHAROS_HEALTH_PASSWORD)", func(s *proxySettings) *string { return &s.HealthPasswordFile })
+	str("health-database", "database the health checks connect to", func(s *proxySettings) *string { return &s.HealthDatabase })
+	str("health-sslmode", "sslmode of the health-check connections", func(s *proxySettings) *string { return &s.HealthSSLMode })
+	bind(o, "max-lag", "exclude replicas lagging more than this from ro (e.g. 16MB; 0 = no limit)", parseByteSize, func(s *proxySettings) *byteSize { return &s.MaxLag })
+	bind(o, "ro-fallback-to-primary", "let ro use the primary when no replica is eligible", parseBool, func(s *proxySettings) *bool { return &s.ROFallbackToPrimary })
+	str("tls-mode", "client TLS: disable, allow or require", func(s *proxySettings) *string { return &s.TLSMode })
+	str("tls-cert-file", "PEM certificate for client TLS (reloaded on SIGHUP)", func(s *proxySettings) *string { return &s.TLSCertFile })
+	str("tls-key-file", "PEM key for client TLS (reloaded on SIGHUP)", func(s *proxySettings) *string { return &s.TLSKeyFile })
+	str("backend-tls", "backend TLS: disable, require or verify-ca", func(s *proxySettings) *string { return &s.BackendTLS })
+	str("backend-tls-ca-file", "CA bundle for backend-tls verify-ca", func(s *proxySettings) *string { return &s.BackendCAFile })
+	bind(o, "max-clients", "client connections per endpoint (0 = no limit)", parseInt, func(s *proxySettings) *int { return &s.MaxClients })
+	dur("startup-timeout", "time a client has to complete TLS and authentication", func(s *proxySettings) *duration { return &s.StartupTimeout })
+	dur("route-wait", "time a new session waits for a backend before 57P03", func(s *proxySettings) *duration { return &s.RouteWait })
+	dur("connect-timeout", "backend connect timeout", func(s *proxySettings) *duration { return &s.ConnectTimeout })
+	bind(o, "max-message-size", "largest client message (0 = PostgreSQL's 1GB)", parseByteSize, func(s *proxySettings) *byteSize { return &s.MaxMessageSize })
+	dur("drain-timeout", "on SIGTERM, time sessions get to finish their transactions", func(s *proxySettings) *duration { return &s.DrainTimeout })
+
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return proxySettings{}, err
+		}
+		return proxySettings{}, usageErrorf("%v", err)
+	}
+	if fs.NArg() > 0 {
+		return proxySettings{}, usageErrorf("unexpected argument %q", fs.Arg(0))
+	}
+	settings := defaultProxySettings()
+	if *configPath != "" {
+		if err := loadYAML(*configPath, &settings); err != nil {
+			return proxySettings{}, err
+		}
+	}
+	o.apply(&settings)
+	return settings, nil
+}
+
+// proxyConfig turns settings into the packages' configs, validating them.
+func (ps proxySettings) proxyConfig() (proxy.Config, error) {
+	cfg := proxy.Config{
+		RWListen:              ps.RWListen,
+		ROListen:              ps.ROListen,
+		TLSMode:               proxy.TLSMode(ps.TLSMode),
+		CertFile:              ps.TLSCertFile,
+		KeyFile:               ps.TLSKeyFile,
+		BackendTLS:            proxy.BackendTLSMode(ps.BackendTLS),
+		BackendCAFile:         ps.BackendCAFile,
+		MaxClientsPerEndpoint: ps.MaxClients,
+		StartupTimeout:        time.Duration(ps.StartupTimeout),
+		RouteWait:             time.Duration(ps.RouteWait),
+		ConnectTimeout:        time.Duration(ps.ConnectTimeout),
+		MaxMessageSize:        int(ps.MaxMessageSize),
+		DrainTimeout:          time.Duration(ps.DrainTimeout),
+	}
+	cfg.Defaults()
+	if err := cfg.Validate(); err != nil {
+		return cfg, usageErrorf("%v", err)
+	}
+	return cfg, nil
+}
+
+func (ps proxySettings) staticConfig() (router.StaticConfig, error) {
+	password, err := readSecret("health_password", ps.HealthPassword, ps.HealthPasswordFile, "PHAROS_HEALTH_PASSWORD")
+	if err != nil {
+		return router.StaticConfig{}, err
+	}
+	cfg := router.StaticConfig{
+		Backends: ps.Backends,
+		Interval: time.Duration(ps.HealthInterval),
+		Timeout:  time.Duration(ps.HealthTimeout),
+		User:     ps.HealthUser,
+		Password: password,
+		Database: ps.HealthDatabase,
+		SSLMode:  ps.HealthSSLMode,
+	}
+	if err := cfg.Validate(); err != nil {
+		return cfg, usageErrorf("%v", err)
+	}
+	return cfg, nil
+}
+
+func runProxy(ctx context.Context, args []string, _ io.Writer, stderr io.Writer) int {
+	settings, err := parseProxyArgs(args, stderr)
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return exitOK
+		}
+		fmt.Fprintf(stderr, "pharos proxy: %v\n", err)
+		return exitUsage
+	}
+	log, err := newLogger(stderr, settings.LogLevel)
+	if err != nil {
+		fmt.Fprintf(stderr, "pharos proxy: %v\n", err)
+		return exitUsage
+	}
+	p, err := newProxyStack(settings, log)
+	if err != nil {
+		fmt.Fprintf(stderr, "pharos proxy: %v\n", err)
+		var ue *usageError
+		if errors.As(err, &ue) {
+			return exitUsage
+		}
+		return exitFailure
+	}
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	if err := p.run(ctx, hup); err != nil {
+		log.Error("proxy stopped", "err", err)
+		return exitFailure
+	}
+	return exitOK
+}
+
+// proxyStack is a proxy with its router, topology source and metrics
+// endpoint, bound and ready to run. The demo embeds one too.
+type proxyStack struct {
+	log     *slog.Logger
+	server  *proxy.Server
+	router  *router.Router
+	source  *router.Static
+	metrics net.Listener // nil when disabled
+	handler http.Handler
+}
+
+func newProxyStack(settings proxySettings, log *slog.Logger) (*proxyStack, error) {
+	pcfg, err := settings.proxyConfig()
+	if err != nil {
+		return nil, err
+	}
+	if settings.Source != "static" {
+		return nil, usageErrorf("source: %q is not available yet; this build supports static", settings.Source)
+	}
+	scfg, err := settings.staticConfig()
+	if err != nil {
+		return nil, err
+	}
+	reg := metrics.NewRegistry()
+	m := metrics.NewProxy(reg)
+	r := router.New(router.Config{MaxLagBytes: int64(settings.MaxLag), ROFallbackToPrimary: settings.ROFallbackToPrimary}, log, m)
+	src, err := router.NewStatic(scfg, log, m)
+	if err != nil {
+		return nil, usageErrorf("%v", err)
+	}
+	srv, err := proxy.New(pcfg, r, log, m)
+	if err != nil {
+		return nil, usageErrorf("%v", err)
+	}
+	if err := srv.Listen(); err != nil {
+		return nil, err
+	}
+	st := &proxyStack{log: log, server: srv, router: r, source: src, handler: metrics.Handler(reg)}
+	if settings.MetricsListen != "" {
+		ln, err := net.Listen("tcp", settings.MetricsListen)
+		if err != nil {
+			return nil, fmt.Errorf("metrics_listen %s: %w", settings.MetricsListen, err)
+		}
+		st.metrics = ln
+	}
+	return st, nil
+}
+
+// run serves until ctx ends, then drains; hup reloads TLS material.
+func (p *proxyStack) run(ctx context.Context, hup <-chan os.Signal) error {
+	log := p.log
+	log.Info("proxy listening", "rw", p.server.Addr(router.RW), "ro", p.server.Addr(router.RO))
+	srcCtx, stopSource := context.WithCancel(context.Background())
+	defer stopSource()
+	g, gctx := errgroup.WithContext(ctx)
+	// The source outlives ctx: draining sessions still need fencing.
+	g.Go(func() error { return p.source.Run(srcCtx, p.router) })
+	g.Go(func() error {
+		defer stopSource()
+		return p.server.Serve(gctx)
+	})
+	if p.metrics != nil {
+		hs := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path != "/metrics" {
+				http.NotFound(w, r)
+				return
+			}
+			p.handler.ServeHTTP(w, r)
+		}), ReadHeaderTimeout: 5 * time.Second}
+		g.Go(func() error {
+			if err := hs.Serve(p.metrics); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				return fmt.Errorf("metrics server: %w", err)
+			}
+			return nil
+		})
+		g.Go(func() error {
+			<-gctx.Done()
+			sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			return hs.Shutdown(sctx)
+		})
+	}
+	g.Go(func() error {
+		for {
+			select {
+			case <-gctx.Done():
+				return nil
+			case <-hup:
+				if err := p.server.ReloadTLS(); err != nil {
+					log.Error("TLS reload failed, keeping the old certificate", "err", err)
+				}
+			}
+		}
+	})
+	return g.Wait()
+}

@@ -1,0 +1,135 @@
+package proxy
+
+import (
+	"crypto/tls"
+	"fmt"
+	"os"
+	"time"
+)
+
+// TLSMode is the client-side TLS policy.
+type TLSMode string
+
+const (
+	TLSDisable TLSMode = "disable" // answer SSLRequest with 'N'
+	TLSAllow   TLSMode = "allow"   // TLS when the client asks, plaintext otherwise
+	TLSRequire TLSMode = "require" // refuse plaintext sessions with FATAL 28000
+)
+
+// BackendTLSMode is the TLS policy towards PostgreSQL servers.
+type BackendTLSMode string
+
+const (
+	BackendTLSDisable  BackendTLSMode = "disable"   // plaintext to backends
+	BackendTLSRequire  BackendTLSMode = "require"   // TLS, certificate not verified
+	BackendTLSVerifyCA BackendTLSMode = "verify-ca" // TLS, chain checked against BackendCAFile
+)
+
+// Config is the proxy's static configuration.
+type Config struct {
+	RWListen string // "" disables the rw endpoint
+	ROListen string // "" disables the ro endpoint
+
+	TLSMode  TLSMode
+	CertFile string // PEM; reloaded by ReloadTLS (SIGHUP)
+	KeyFile  string
+
+	BackendTLS    BackendTLSMode
+	BackendCAFile string
+
+	// MaxClientsPerEndpoint refuses further clients with FATAL 53300; 0
+	// means no limit.
+	MaxClientsPerEndpoint int
+	// StartupTimeout bounds the client's startup phase (TLS handshake,
+	// startup packet, authentication) as PostgreSQL's
+	// authentication_timeout does.
+	StartupTimeout time.Duration
+	// RouteWait is how long a new session waits for a backend (an election
+	// in progress, say) before it gets FATAL 57P03.
+	RouteWait time.Duration
+	// ConnectTimeout bounds dialling a backend, TLS included.
+	ConnectTimeout time.Duration
+	// MaxMessageSize bounds a client message (bytes, header included); a
+	// larger one ends the session with FATAL 08P01. 0 means PostgreSQL's
+	// own limit of 1 GiB.
+	MaxMessageSize int
+	// DrainTimeout is how long a stopping proxy lets sessions finish their
+	// transactions before it cuts them.
+	DrainTimeout time.Duration
+	// BufferSize is the relay buffer per direction per session.
+	BufferSize int
+}
+
+// Defaults fills unset fields with production defaults.
+func (c *Config) Defaults() {
+	if c.TLSMode == "" {
+		c.TLSMode = TLSDisable
+	}
+	if c.BackendTLS == "" {
+		c.BackendTLS = BackendTLSDisable
+	}
+	if c.StartupTimeout == 0 {
+		c.StartupTimeout = 60 * time.Second // PostgreSQL's authentication_timeout
+	}
+	if c.RouteWait == 0 {
+		c.RouteWait = 5 * time.Second
+	}
+	if c.ConnectTimeout == 0 {
+		c.ConnectTimeout = 5 * time.Second
+	}
+	if c.DrainTimeout == 0 {
+		c.DrainTimeout = 30 * time.Second
+	}
+	if c.BufferSize == 0 {
+		c.BufferSize = 32 << 10
+	}
+}
+
+// Validate reports the first unusable setting, naming its config key.
+func (c *Config) Validate() error {
+	if c.RWListen == "" && c.ROListen == "" {
+		return fmt.Errorf("rw_listen: at least one of rw_listen and ro_listen is required")
+	}
+	switch c.TLSMode {
+	case TLSDisable:
+	case TLSAllow, TLSRequire:
+		if c.CertFile == "" || c.KeyFile == "" {
+			return fmt.Errorf("tls_cert_file: tls_mode %s needs tls_cert_file and tls_key_file", c.TLSMode)
+		}
+		if _, err := tls.LoadX509KeyPair(c.CertFile, c.KeyFile); err != nil {
+			return fmt.Errorf("tls_cert_file: %w", err)
+		}
+	default:
+		return fmt.Errorf("tls_mode: %q is not one of disable, allow, require", c.TLSMode)
+	}
+	switch c.BackendTLS {
+	case BackendTLSDisable, BackendTLSRequire:
+	case BackendTLSVerifyCA:
+		if c.BackendCAFile == "" {
+			return fmt.Errorf("backend_tls_ca_file: backend_tls verify-ca needs a CA file")
+		}
+		if _, err := os.ReadFile(c.BackendCAFile); err != nil {
+			return fmt.Errorf("backend_tls_ca_file: %w", err)
+		}
+	default:
+		return fmt.Errorf("backend_tls: %q is not one of disable, require, verify-ca", c.BackendTLS)
+	}
+	for key, d := range map[string]time.Duration{
+		"startup_timeout": c.StartupTimeout, "route_wait": c.RouteWait,
+		"connect_timeout": c.ConnectTimeout, "drain_timeout": c.DrainTimeout,
+	} {
+		if d < 0 {
+			return fmt.Errorf("%s: must not be negative", key)
+		}
+	}
+	if c.MaxClientsPerEndpoint < 0 {
+		return fmt.Errorf("max_clients: must not be negative")
+	}
+	if c.MaxMessageSize < 0 || (c.MaxMessageSize > 0 && c.MaxMessageSize < 1024) {
+		return fmt.Errorf("max_message_size: must be 0 (no limit) or at least 1024 bytes")
+	}
+	if c.BufferSize < 4096 {
+		return fmt.Errorf("buffer_size: must be at least 4096 bytes")
+	}
+	return nil
+}

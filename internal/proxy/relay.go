@@ -1,0 +1,256 @@
+package proxy
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/pharos-ha/pharos/internal/metrics"
+	"github.com/pharos-ha/pharos/internal/router"
+	"github.com/pharos-ha/pharos/internal/wire"
+)
+
+const (
+	readOnlyParam   = "default_transaction_read_only"
+	fatalWriteGrace = time.Second // time to deliver a FATAL to a client that may not be reading
+)
+
+// relay runs an attached session from the StartupMessage to its end. It
+// owns the two copier goroutines and the fencing watcher.
+func (sess *session) relay(pkt wire.StartupPacket, deadline time.Time) {
+	params := pkt.Params
+	if sess.ep == router.RO {
+		// Startup-packet settings are applied after the client's "options",
+		// so a client cannot switch this off at connect time.
+		params = wire.WithParam(params, readOnlyParam, "on")
+	}
+	_ = sess.backend.SetDeadline(deadline)
+	if _, err := sess.backend.Write(wire.AppendStartupMessage(nil, pkt.ProtocolVersion, params)); err != nil {
+		sess.failStartup(metrics.OutcomeBackendError, &startupError{code: wire.CodeCannotConnectNow, message: "pharos: lost the backend during startup", err: err})
+		return
+	}
+
+	var wg sync.WaitGroup
+	done := make(chan struct{})
+	wg.Go(clientToBackend{sess}.run)
+	wg.Go(func() {
+		select {
+		case <-sess.route.Revoked():
+			sess.end(metrics.ReasonFenced, wire.CodeAdminShutdown,
+				fmt.Sprintf("terminating connection because backend %s is no longer a valid target for the %s endpoint", sess.route.Backend.Name, sess.ep))
+		case <-done:
+		}
+	})
+	backendToClient{sess}.run()
+	close(done)
+	sess.end("", "", "")
+	wg.Wait()
+}
+
+// clientToBackend copies the client's messages to the backend, checking
+// framing and the size limit. It is the only writer to the backend once
+// the StartupMessage is sent.
+type clientToBackend struct{ sess *session }
+
+func (c clientToBackend) run() {
+	sess := c.sess
+	s := sess.srv
+	f := wire.Framer{}
+	if s.cfg.MaxMessageSize > 0 {
+		f.MaxBodyLen = s.cfg.MaxMessageSize - 4
+	}
+	buf := make([]byte, s.cfg.BufferSize)
+	for {
+		n, err := sess.client.Read(buf)
+		if n > 0 {
+			if ferr := f.Feed(buf[:n]); ferr != nil {
+				reason := metrics.ReasonProtocolViolation
+				if errors.Is(ferr, wire.ErrMessageTooLarge) {
+					reason = metrics.ReasonMessageTooLarge
+				}
+				var pe *wire.ProtocolError
+				code, msg := wire.CodeProtocolViolation, ferr.Error()
+				if errors.As(ferr, &pe) {
+					code = pe.Code
+				}
+				sess.end(reason, code, "pharos: "+msg)
+				return
+			}
+			if _, werr := sess.backend.Write(buf[:n]); werr != nil {
+				sess.end(metrics.ReasonBackendLost, wire.CodeConnectionFailure, "pharos: lost the connection to the server")
+				return
+			}
+			s.bytesC2B.Add(float64(n))
+			if f.LastType() == wire.MsgTerminate && f.AtBoundary() {
+				sess.clientQuit.Store(true)
+			}
+		}
+		if err != nil {
+			// The client left (or end woke us): nobody to tell.
+			sess.end("", "", "")
+			return
+		}
+	}
+}
+
+// backendToClient relays the server's side: whole messages through the
+// startup phase (to filter SASL mechanisms and learn the cancel key), then
+// a raw stream whose boundaries a Framer follows. It is the only writer to
+// the client after the StartupMessage.
+type backendToClient struct{ sess *session }
+
+func (b backendToClient) run() {
+	sess := b.sess
+	s := sess.srv
+	br := bufio.NewReaderSize(sess.backend, 8192)
+	if !b.startup(br) {
+		return
+	}
+	f := wire.Framer{}
+	clientBroken := false
+	buf := make([]byte, s.cfg.BufferSize)
+	for {
+		// With an empty bufio buffer and a large buf, Read goes straight to
+		// the socket: one copy per chunk, kernel to buf.
+		n, err := br.Read(buf)
+		if n > 0 {
+			if ferr := f.Feed(buf[:n]); ferr != nil {
+				sess.end(metrics.ReasonBackendLost, wire.CodeConnectionFailure, "pharos: invalid data from the server: "+ferr.Error())
+				break
+			}
+			if _, werr := sess.client.Write(buf[:n]); werr != nil {
+				clientBroken = true
+				sess.end("", "", "")
+				break
+			}
+			s.bytesB2C.Add(float64(n))
+			idle := f.AtBoundary() && f.TxStatus() == wire.TxIdle
+			sess.idle.Store(idle)
+			if idle && s.drainFlag.Load() {
+				sess.drainIfIdle()
+			}
+		}
+		if err != nil {
+			break
+		}
+	}
+	if sess.ended.Load() == nil {
+		// The server closed on its own: after Terminate, or after a FATAL
+		// it sent itself (which the client has), nothing more is owed.
+		if sess.clientQuit.Load() || (f.AtBoundary() && f.LastType() == wire.MsgErrorResponse) {
+			sess.end("", "", "")
+		} else {
+			sess.end(metrics.ReasonBackendLost, wire.CodeConnectionFailure, "pharos: the server closed the connection unexpectedly")
+		}
+	}
+	if st := sess.ended.Load(); st.message != "" && !clientBroken && f.AtBoundary() {
+		_ = sess.client.SetWriteDeadline(time.Now().Add(fatalWriteGrace))
+		_, _ = sess.client.Write(wire.FatalError(st.code, st.message))
+	}
+}
+
+// startup relays server messages until the first ReadyForQuery. It reports
+// whether the session is established.
+func (b backendToClient) startup(br *bufio.Reader) bool {
+	sess := b.sess
+	s := sess.srv
+	var out, msgBuf []byte
+	flush := func() error {
+		if len(out) == 0 {
+			return nil
+		}
+		_, err := sess.client.Write(out)
+		out = out[:0]
+		return err
+	}
+	for {
+		typ, msg, err := wire.ReadMessage(br, msgBuf[:0], maxStartupPhaseBody)
+		if err != nil {
+			_ = flush()
+			if sess.ended.Load() != nil {
+				sess.countOutcome(metrics.OutcomeShuttingDown)
+				return false
+			}
+			if sess.clientQuit.Load() {
+				sess.countOutcome(metrics.OutcomeClientGone)
+				return false
+			}
+			sess.end("", wire.CodeCannotConnectNow, "pharos: lost the server during startup: "+err.Error())
+			sess.countOutcome(metrics.OutcomeBackendError)
+			return false
+		}
+		msgBuf = msg
+		switch typ {
+		case wire.MsgAuthentication:
+			if code, err := wire.AuthCode(msg); err == nil && code == wire.AuthSASL {
+				mechs, err := wire.SASLMechanisms(msg)
+				if err == nil && slices.Contains(mechs, scramPlus) {
+					msg = wire.AppendSASLRequest(nil, slices.DeleteFunc(mechs, func(m string) bool { return m == scramPlus }))
+				}
+			}
+		case wire.MsgBackendKeyData:
+			if _, _, err := wire.ParseBackendKeyData(msg); err == nil {
+				// Keyed like a CancelRequest's body: pid and secret.
+				sess.cancelKey = string(msg[wire.HeaderLen:])
+				s.registerCancel(sess.cancelKey, cancelTarget{addr: sess.route.Backend.Addr})
+			}
+		case wire.MsgErrorResponse:
+			out = append(out, msg...)
+			_ = flush()
+			_, code, _, _ := wire.ErrorFields(msg)
+			outcome := metrics.OutcomeServerRefused
+			if code == "28P01" || code == wire.CodeInvalidAuthSpec {
+				outcome = metrics.OutcomeAuthFailed
+			}
+			sess.countOutcome(outcome)
+			sess.end("", "", "")
+			return false
+		case wire.MsgReadyForQuery:
+			out = append(out, msg...)
+			if err := flush(); err != nil {
+				sess.countOutcome(metrics.OutcomeClientGone)
+				sess.end("", "", "")
+				return false
+			}
+			sess.established()
+			return true
+		}
+		out = append(out, msg...)
+		// Coalesce the burst after authentication (ParameterStatus,
+		// BackendKeyData, ReadyForQuery) into one write; flush whenever the
+		// server has nothing more buffered so round trips never stall.
+		if br.Buffered() == 0 {
+			if err := flush(); err != nil {
+				sess.countOutcome(metrics.OutcomeClientGone)
+				sess.end("", "", "")
+				return false
+			}
+		}
+	}
+}
+
+// established clears the startup deadlines unless the session is already
+// ending (end's deadlines must win).
+func (sess *session) established() {
+	sess.countOutcome(metrics.OutcomeOK)
+	sess.idle.Store(true)
+	sess.connMu.Lock()
+	_ = sess.client.SetDeadline(time.Time{})
+	_ = sess.backend.SetDeadline(time.Time{})
+	if sess.ended.Load() != nil {
+		now := time.Now()
+		_ = sess.client.SetDeadline(now)
+		_ = sess.backend.SetDeadline(now)
+	}
+	sess.connMu.Unlock()
+	if sess.srv.drainFlag.Load() {
+		sess.drainIfIdle()
+	}
+}
+
+func (sess *session) countOutcome(o metrics.Outcome) {
+	sess.srv.metrics.Sessions.WithLabelValues(sess.ep.String(), string(o)).Inc()
+}

@@ -1,0 +1,364 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/pharos-ha/pharos/internal/metrics"
+	"github.com/pharos-ha/pharos/internal/router"
+	"github.com/pharos-ha/pharos/internal/wire"
+)
+
+// maxStartupPhaseBody bounds any single server message before the first
+// ReadyForQuery (authentication requests, ParameterStatus, notices).
+const maxStartupPhaseBody = 1 << 20
+
+// scramPlus is the SASL mechanism that binds SCRAM to the TLS channel. The
+// proxy never lets a client see it: the client's channel is not the
+// server's, so the binding could never verify.
+const scramPlus = "SCRAM-SHA-256-PLUS"
+
+// session is one client connection. Its fields are owned by run except
+// where noted.
+type session struct {
+	srv *Server
+	ep  router.Endpoint
+
+	connMu  sync.Mutex // guards client and backend pointers for end
+	client  net.Conn   // a *tls.Conn once the client negotiated TLS
+	backend net.Conn
+
+	overLimit bool
+	route     *router.Route
+	cancelKey string
+
+	// Shared between goroutines.
+	ended      atomic.Pointer[endState]
+	idle       atomic.Bool // backend side at a boundary after ReadyForQuery 'I'
+	clientQuit atomic.Bool // the client sent Terminate
+}
+
+// endState is why a session ends. An empty message means no FATAL is owed
+// to the client (it left, or the server already said why).
+type endState struct {
+	reason  metrics.TerminateReason // "" when the proxy did not cut it
+	code    string
+	message string
+}
+
+func (s *Server) newSession(ep router.Endpoint, conn net.Conn) *session {
+	n := s.clients[ep].Add(1)
+	s.metrics.Clients.WithLabelValues(ep.String()).Inc()
+	sess := &session{srv: s, ep: ep, client: conn}
+	sess.overLimit = s.cfg.MaxClientsPerEndpoint > 0 && n > int64(s.cfg.MaxClientsPerEndpoint)
+	return sess
+}
+
+// end records why the session ends (first caller wins) and wakes both
+// copiers by expiring their deadlines. Safe from any goroutine.
+func (sess *session) end(reason metrics.TerminateReason, code, message string) {
+	if !sess.ended.CompareAndSwap(nil, &endState{reason: reason, code: code, message: message}) {
+		return
+	}
+	if reason != "" {
+		sess.srv.metrics.Terminated.WithLabelValues(string(reason)).Inc()
+	}
+	now := time.Now()
+	sess.connMu.Lock()
+	defer sess.connMu.Unlock()
+	_ = sess.client.SetDeadline(now)
+	if sess.backend != nil {
+		_ = sess.backend.SetDeadline(now)
+	}
+}
+
+// drainIfIdle ends the session now when no transaction is open; a busy
+// session is ended by its own copier when it next becomes idle.
+func (sess *session) drainIfIdle() {
+	if sess.idle.Load() {
+		sess.end(metrics.ReasonShutdown, wire.CodeAdminShutdown, "terminating connection because the proxy is shutting down")
+	}
+}
+
+func (sess *session) run() {
+	s := sess.srv
+	defer func() {
+		sess.connMu.Lock()
+		_ = sess.client.Close()
+		if sess.backend != nil {
+			_ = sess.backend.Close()
+		}
+		sess.connMu.Unlock()
+		if sess.route != nil {
+			sess.route.Release()
+		}
+		if sess.cancelKey != "" {
+			s.unregisterCancel(sess.cancelKey)
+		}
+		s.removeSession(sess)
+		s.clients[sess.ep].Add(-1)
+		s.metrics.Clients.WithLabelValues(sess.ep.String()).Dec()
+	}()
+	if !s.addSession(sess) {
+		sess.refuse(metrics.OutcomeShuttingDown, wire.CodeAdminShutdown, "the proxy is shutting down")
+		return
+	}
+	deadline := time.Now().Add(s.cfg.StartupTimeout)
+	_ = sess.client.SetDeadline(deadline)
+
+	pkt, outcome, err := sess.readStartup()
+	if err != nil {
+		sess.failStartup(outcome, err)
+		return
+	}
+	if pkt.Kind == wire.KindCancelRequest {
+		sess.forwardCancel(pkt)
+		s.metrics.Sessions.WithLabelValues(sess.ep.String(), string(metrics.OutcomeCancelRequest)).Inc()
+		return
+	}
+	if sess.overLimit {
+		sess.refuse(metrics.OutcomeTooManyClients, wire.CodeTooManyConnections, "sorry, too many clients already")
+		return
+	}
+	if outcome, err := sess.attach(deadline); err != nil {
+		sess.failStartup(outcome, err)
+		return
+	}
+	sess.relay(pkt, deadline)
+}
+
+// startupError carries the SQLSTATE and text a client is told when its
+// startup fails before a backend is attached.
+type startupError struct {
+	code, message string
+	err           error
+}
+
+func (e *startupError) Error() string {
+	if e.err != nil {
+		return e.message + ": " + e.err.Error()
+	}
+	return e.message
+}
+
+func (e *startupError) Unwrap() error { return e.err }
+
+// failStartup reports a failed startup to the client (when it can still
+// listen) and counts it.
+func (sess *session) failStartup(outcome metrics.Outcome, err error) {
+	if st := sess.ended.Load(); st != nil && st.message != "" {
+		sess.refuse(metrics.OutcomeShuttingDown, st.code, st.message)
+		return
+	}
+	var se *startupError
+	var pe *wire.ProtocolError
+	switch {
+	case errors.As(err, &se):
+		sess.refuse(outcome, se.code, se.message)
+	case errors.As(err, &pe):
+		sess.refuse(outcome, pe.Code, pe.Message)
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		sess.refuse(metrics.OutcomeTimeout, wire.CodeProtocolViolation, "timeout expired during startup")
+	default:
+		// EOF or a reset: nobody is left to tell.
+		if outcome == "" {
+			outcome = metrics.OutcomeClientGone
+		}
+		sess.srv.metrics.Sessions.WithLabelValues(sess.ep.String(), string(outcome)).Inc()
+	}
+	sess.srv.log.Debug("session startup failed", "endpoint", sess.ep, "remote", sess.client.RemoteAddr(), "outcome", outcome, "err", err)
+}
+
+// refuse sends FATAL code/message to the client and counts the outcome.
+func (sess *session) refuse(outcome metrics.Outcome, code, message string) {
+	sess.srv.metrics.Sessions.WithLabelValues(sess.ep.String(), string(outcome)).Inc()
+	_ = sess.client.SetWriteDeadline(time.Now().Add(time.Second))
+	_, _ = sess.client.Write(wire.FatalError(code, message))
+}
+
+// readStartup runs the client's side of the startup phase up to a
+// StartupMessage or CancelRequest: TLS negotiation, GSSAPI refusal, policy.
+func (sess *session) readStartup() (wire.StartupPacket, metrics.Outcome, error) {
+	s := sess.srv
+	buf := make([]byte, 0, 512)
+	tlsDone := false
+	for {
+		pkt, err := wire.ReadStartupPacket(sess.client, buf)
+		if err != nil {
+			var pe *wire.ProtocolError
+			if errors.As(err, &pe) {
+				return pkt, metrics.OutcomeProtocolError, err
+			}
+			return pkt, metrics.OutcomeClientGone, err
+		}
+		switch pkt.Kind {
+		case wire.KindSSLRequest:
+			if tlsDone {
+				return pkt, metrics.OutcomeProtocolError, &startupError{code: wire.CodeProtocolViolation, message: "SSLRequest received on an encrypted connection"}
+			}
+			if s.clientTLS == nil {
+				if _, err := sess.client.Write([]byte{'N'}); err != nil {
+					return pkt, metrics.OutcomeClientGone, err
+				}
+				continue
+			}
+			if _, err := sess.client.Write([]byte{'S'}); err != nil {
+				return pkt, metrics.OutcomeClientGone, err
+			}
+			tc := tls.Server(sess.client, s.clientTLS)
+			if err := tc.Handshake(); err != nil {
+				// The client speaks TLS now; a plaintext error would be noise.
+				return pkt, metrics.OutcomeTLSError, err
+			}
+			sess.connMu.Lock()
+			sess.client = tc
+			sess.connMu.Unlock()
+			tlsDone = true
+		case wire.KindGSSENCRequest:
+			// No GSSAPI encryption: the client falls back to TLS or plain.
+			if _, err := sess.client.Write([]byte{'N'}); err != nil {
+				return pkt, metrics.OutcomeClientGone, err
+			}
+		case wire.KindCancelRequest:
+			return pkt, "", nil
+		case wire.KindStartupMessage:
+			if s.cfg.TLSMode == TLSRequire && !tlsDone {
+				return pkt, metrics.OutcomeTLSError, &startupError{code: wire.CodeInvalidAuthSpec, message: "SSL connection is required by the proxy"}
+			}
+			// pkt aliases buf; it is used until the session ends, so the
+			// next loop iteration must not reuse it.
+			return pkt, "", nil
+		}
+		buf = pkt.Raw[:0]
+	}
+}
+
+// attach picks a backend and connects to it, retrying once on another
+// replica for ro when the first cannot be reached.
+func (sess *session) attach(deadline time.Time) (metrics.Outcome, error) {
+	s := sess.srv
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	defer cancel()
+	var tried []*router.Backend
+	for attempt := 0; ; attempt++ {
+		waitCtx, cancelWait := context.WithTimeout(ctx, s.cfg.RouteWait)
+		route, err := s.router.AcquireExcept(waitCtx, sess.ep, tried)
+		cancelWait()
+		if err != nil {
+			what := "no primary is available"
+			if sess.ep == router.RO {
+				what = "no replica is available"
+			}
+			return metrics.OutcomeNoBackend, &startupError{code: wire.CodeCannotConnectNow, message: "pharos: " + what + " for the " + sess.ep.String() + " endpoint", err: err}
+		}
+		if slices.Contains(tried, route.Backend) {
+			route.Release()
+			return metrics.OutcomeBackendError, &startupError{code: wire.CodeCannotConnectNow, message: "pharos: could not connect to any backend"}
+		}
+		conn, err := s.dialBackend(ctx, sess.ep, route.Backend.Addr)
+		if err == nil {
+			sess.connMu.Lock()
+			sess.backend = conn
+			sess.connMu.Unlock()
+			sess.route = route
+			if sess.ended.Load() != nil {
+				// Drained or fenced while dialling.
+				return metrics.OutcomeShuttingDown, errors.New("session ended during connect")
+			}
+			return "", nil
+		}
+		route.Release()
+		tried = append(tried, route.Backend)
+		s.log.Warn("backend connect failed", "endpoint", sess.ep, "backend", route.Backend.Name, "err", err)
+		if sess.ep == router.RW || attempt >= 1 || ctx.Err() != nil {
+			return metrics.OutcomeBackendError, &startupError{code: wire.CodeCannotConnectNow,
+				message: fmt.Sprintf("pharos: could not connect to backend %s", route.Backend.Name), err: err}
+		}
+	}
+}
+
+// dialBackend opens a connection to addr, with TLS when configured.
+func (s *Server) dialBackend(ctx context.Context, ep router.Endpoint, addr string) (net.Conn, error) {
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.ConnectTimeout)
+	defer cancel()
+	d := net.Dialer{KeepAlive: 15 * time.Second}
+	conn, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	if s.backendTLS != nil {
+		tc, err := s.startBackendTLS(ctx, conn, addr)
+		if err != nil {
+			_ = conn.Close()
+			return nil, err
+		}
+		conn = tc
+	}
+	s.metrics.BackendConnect.WithLabelValues(ep.String()).Observe(time.Since(start).Seconds())
+	return conn, nil
+}
+
+func (s *Server) startBackendTLS(ctx context.Context, conn net.Conn, addr string) (net.Conn, error) {
+	if dl, ok := ctx.Deadline(); ok {
+		_ = conn.SetDeadline(dl)
+		defer func() { _ = conn.SetDeadline(time.Time{}) }()
+	}
+	if _, err := conn.Write(wire.AppendSSLRequest(nil)); err != nil {
+		return nil, fmt.Errorf("backend SSLRequest: %w", err)
+	}
+	var answer [1]byte
+	if _, err := io.ReadFull(conn, answer[:]); err != nil {
+		return nil, fmt.Errorf("backend SSLRequest answer: %w", err)
+	}
+	if answer[0] != 'S' {
+		return nil, fmt.Errorf("backend %s does not accept TLS (answered %q)", addr, answer[0])
+	}
+	cfg := s.backendTLS.Clone()
+	if host, _, err := net.SplitHostPort(addr); err == nil {
+		cfg.ServerName = host
+	}
+	tc := tls.Client(conn, cfg)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		return nil, fmt.Errorf("backend TLS handshake: %w", err)
+	}
+	return tc, nil
+}
+
+// forwardCancel passes a CancelRequest to the backend that issued the key,
+// whichever endpoint it arrived on, and waits until the backend has taken
+// it (closed the connection) so the client's wait means what it does
+// against PostgreSQL itself.
+func (sess *session) forwardCancel(pkt wire.StartupPacket) {
+	s := sess.srv
+	t, ok := s.lookupCancel(string(pkt.Raw[8:]))
+	if !ok {
+		s.metrics.Cancels.WithLabelValues(metrics.CancelUnknown).Inc()
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.ConnectTimeout)
+	defer cancel()
+	conn, err := s.dialBackend(ctx, sess.ep, t.addr)
+	if err != nil {
+		s.metrics.Cancels.WithLabelValues(metrics.CancelFailed).Inc()
+		s.log.Warn("cancel forward failed", "backend", t.addr, "err", err)
+		return
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(s.cfg.ConnectTimeout))
+	if _, err := conn.Write(pkt.Raw); err != nil {
+		s.metrics.Cancels.WithLabelValues(metrics.CancelFailed).Inc()
+		return
+	}
+	_, _ = io.Copy(io.Discard, conn)
+	s.metrics.Cancels.WithLabelValues(metrics.CancelForwarded).Inc()
+}

@@ -1,0 +1,293 @@
+package wire
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+)
+
+// MaxProtocolBodyLen is the largest message body PostgreSQL accepts
+// (PG_LARGE_MESSAGE_LIMIT, MaxAllocSize - 1).
+const MaxProtocolBodyLen = 0x3fffffff - 1
+
+// HeaderLen is the size of a regular message header: type byte and int32
+// length (which counts itself but not the type byte).
+const HeaderLen = 5
+
+// Transaction status reported by ReadyForQuery.
+const (
+	TxIdle          byte = 'I'
+	TxInTransaction byte = 'T'
+	TxFailed        byte = 'E'
+)
+
+// Message types the proxy looks at. Everything else passes untouched.
+const (
+	MsgAuthentication   byte = 'R'
+	MsgBackendKeyData   byte = 'K'
+	MsgErrorResponse    byte = 'E'
+	MsgReadyForQuery    byte = 'Z'
+	MsgNegotiateVersion byte = 'v'
+	MsgTerminate        byte = 'X'
+)
+
+// Framer follows message boundaries in one direction of the regular
+// (post-startup) stream without decoding payloads. Feed it every chunk in
+// order; it keeps only the few bytes of a header split across chunks, never
+// copies payloads and never allocates.
+//
+// The zero value accepts any length the protocol allows.
+type Framer struct {
+	// MaxBodyLen bounds a message body; 0 means MaxProtocolBodyLen.
+	MaxBodyLen int
+
+	hdr        [HeaderLen]byte
+	hdrN       int // header bytes seen of the message in progress
+	rem        int // body bytes still to come of the message in progress
+	typ        byte
+	wantStatus bool // the next body byte is a ReadyForQuery status
+	txStatus   byte
+	messages   uint64
+}
+
+// ErrMessageTooLarge is wrapped by the ProtocolError returned for a message
+// longer than the configured limit.
+var ErrMessageTooLarge = errors.New("message too large")
+
+func tooLarge(typ byte, bodyLen, limit int) *ProtocolError {
+	return &ProtocolError{
+		Code:    CodeProtocolViolation,
+		Message: fmt.Sprintf("message of type %q is %d bytes, over the limit of %d", typ, bodyLen, limit),
+		Err:     ErrMessageTooLarge,
+	}
+}
+
+// Feed advances the framer over p. On error the stream is corrupt and must
+// be closed; the framer's state is then meaningless.
+func (f *Framer) Feed(p []byte) error {
+	for len(p) > 0 {
+		if f.rem > 0 {
+			if f.wantStatus {
+				f.txStatus = p[0]
+				f.wantStatus = false
+			}
+			n := min(f.rem, len(p))
+			f.rem -= n
+			p = p[n:]
+			continue
+		}
+		if f.hdrN == 0 && len(p) >= HeaderLen {
+			// Fast path: hop from header to header inside the chunk.
+			bodyLen, err := f.startMessage(p[0], binary.BigEndian.Uint32(p[1:HeaderLen]))
+			if err != nil {
+				return err
+			}
+			p = p[HeaderLen:]
+			if f.wantStatus && len(p) > 0 && bodyLen > 0 {
+				f.txStatus = p[0]
+				f.wantStatus = false
+			}
+			if bodyLen <= len(p) {
+				p = p[bodyLen:]
+				continue
+			}
+			f.rem = bodyLen - len(p)
+			return nil
+		}
+		n := copy(f.hdr[f.hdrN:], p)
+		f.hdrN += n
+		p = p[n:]
+		if f.hdrN < HeaderLen {
+			return nil
+		}
+		f.hdrN = 0
+		bodyLen, err := f.startMessage(f.hdr[0], binary.BigEndian.Uint32(f.hdr[1:]))
+		if err != nil {
+			return err
+		}
+		f.rem = bodyLen
+	}
+	return nil
+}
+
+func (f *Framer) startMessage(typ byte, length uint32) (int, error) {
+	n := int(int32(length))
+	if n < 4 {
+		return 0, protocolErrorf("invalid message length %d for message type %q", n, typ)
+	}
+	bodyLen := n - 4
+	limit := f.MaxBodyLen
+	if limit <= 0 || limit > MaxProtocolBodyLen {
+		limit = MaxProtocolBodyLen
+	}
+	if bodyLen > limit {
+		return 0, tooLarge(typ, bodyLen, limit)
+	}
+	f.typ = typ
+	f.wantStatus = typ == MsgReadyForQuery && bodyLen > 0
+	f.messages++
+	return bodyLen, nil
+}
+
+// AtBoundary reports whether everything fed so far ends with a complete
+// message, so the proxy may insert a message of its own here.
+func (f *Framer) AtBoundary() bool { return f.hdrN == 0 && f.rem == 0 }
+
+// TxStatus is the status byte of the last ReadyForQuery seen ('I', 'T' or
+// 'E'), or 0 before the first.
+func (f *Framer) TxStatus() byte { return f.txStatus }
+
+// LastType is the type byte of the last message whose header was seen.
+func (f *Framer) LastType() byte { return f.typ }
+
+// Messages counts the message headers seen.
+func (f *Framer) Messages() uint64 { return f.messages }
+
+// ReadMessage reads one whole regular message (header included) from r into
+// buf, growing it if needed, and returns its type and bytes. Bodies longer
+// than maxBodyLen are refused before anything is allocated for them. It is
+// for the startup phase, where the proxy must see whole messages; the
+// regular phase streams with a Framer instead.
+func ReadMessage(r io.Reader, buf []byte, maxBodyLen int) (typ byte, msg []byte, err error) {
+	if cap(buf) < HeaderLen {
+		buf = make([]byte, HeaderLen, 512)
+	}
+	buf = buf[:HeaderLen]
+	if _, err := io.ReadFull(r, buf); err != nil {
+		return 0, nil, err
+	}
+	typ = buf[0]
+	n := int(int32(binary.BigEndian.Uint32(buf[1:])))
+	if n < 4 {
+		return 0, nil, protocolErrorf("invalid message length %d for message type %q", n, typ)
+	}
+	if maxBodyLen <= 0 || maxBodyLen > MaxProtocolBodyLen {
+		maxBodyLen = MaxProtocolBodyLen
+	}
+	if n-4 > maxBodyLen {
+		return 0, nil, tooLarge(typ, n-4, maxBodyLen)
+	}
+	total := HeaderLen + n - 4
+	if cap(buf) < total {
+		nb := make([]byte, total)
+		copy(nb, buf)
+		buf = nb
+	}
+	buf = buf[:total]
+	if _, err := io.ReadFull(r, buf[HeaderLen:]); err != nil {
+		if errors.Is(err, io.EOF) {
+			err = io.ErrUnexpectedEOF
+		}
+		return 0, nil, err
+	}
+	return typ, buf, nil
+}
+
+// Authentication request codes (the int32 after an 'R' header).
+const (
+	AuthOK                = 0
+	AuthCleartextPassword = 3
+	AuthMD5Password       = 5
+	AuthSASL              = 10
+	AuthSASLContinue      = 11
+	AuthSASLFinal         = 12
+)
+
+// AuthCode returns the request code of an Authentication message (whole
+// message, header included).
+func AuthCode(msg []byte) (int32, error) {
+	if len(msg) < HeaderLen+4 || msg[0] != MsgAuthentication {
+		return 0, protocolErrorf("malformed authentication message")
+	}
+	return int32(binary.BigEndian.Uint32(msg[HeaderLen:])), nil
+}
+
+// SASLMechanisms returns the mechanisms an AuthenticationSASL message offers.
+func SASLMechanisms(msg []byte) ([]string, error) {
+	code, err := AuthCode(msg)
+	if err != nil {
+		return nil, err
+	}
+	if code != AuthSASL {
+		return nil, protocolErrorf("authentication request %d is not SASL", code)
+	}
+	body := msg[HeaderLen+4:]
+	var mechs []string
+	for {
+		name, rest, ok := cutString(body)
+		if !ok {
+			return nil, protocolErrorf("malformed SASL mechanism list")
+		}
+		if name == "" {
+			if len(rest) != 0 {
+				return nil, protocolErrorf("malformed SASL mechanism list: data after terminator")
+			}
+			return mechs, nil
+		}
+		mechs = append(mechs, name)
+		body = rest
+	}
+}
+
+// AppendSASLRequest appends an AuthenticationSASL message offering mechs.
+func AppendSASLRequest(dst []byte, mechs []string) []byte {
+	start := len(dst)
+	dst = append(dst, MsgAuthentication, 0, 0, 0, 0)
+	dst = binary.BigEndian.AppendUint32(dst, AuthSASL)
+	for _, m := range mechs {
+		dst = append(dst, m...)
+		dst = append(dst, 0)
+	}
+	dst = append(dst, 0)
+	binary.BigEndian.PutUint32(dst[start+1:], uint32(len(dst)-start-1))
+	return dst
+}
+
+// ParseBackendKeyData returns the process id and secret key of a
+// BackendKeyData message (whole message). The key aliases msg.
+func ParseBackendKeyData(msg []byte) (pid uint32, key []byte, err error) {
+	if len(msg) < HeaderLen || msg[0] != MsgBackendKeyData {
+		return 0, nil, protocolErrorf("malformed BackendKeyData")
+	}
+	body := msg[HeaderLen:]
+	if len(body) < 4+minCancelKeyLen || len(body) > 4+maxCancelKeyLen {
+		return 0, nil, protocolErrorf("BackendKeyData with a %d-byte body", len(body))
+	}
+	return binary.BigEndian.Uint32(body), body[4:], nil
+}
+
+// ErrorFields returns the severity (non-localized when present), SQLSTATE
+// and message of an ErrorResponse or NoticeResponse (whole message).
+func ErrorFields(msg []byte) (severity, code, message string, err error) {
+	if len(msg) < HeaderLen+1 {
+		return "", "", "", protocolErrorf("malformed error message")
+	}
+	body := msg[HeaderLen:]
+	for len(body) > 0 && body[0] != 0 {
+		field := body[0]
+		i := bytes.IndexByte(body[1:], 0)
+		if i < 0 {
+			return "", "", "", protocolErrorf("malformed error message field %q", field)
+		}
+		v := string(body[1 : 1+i])
+		switch field {
+		case 'S':
+			if severity == "" {
+				severity = v
+			}
+		case 'V':
+			severity = v
+		case 'C':
+			code = v
+		case 'M':
+			message = v
+		}
+		body = body[2+i:]
+	}
+	if len(body) == 0 {
+		return "", "", "", protocolErrorf("error message without terminator")
+	}
+	return severity, code, message, nil
+}
