@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"syscall"
@@ -28,6 +29,8 @@ type proxySettings struct {
 	ROListen      string `yaml:"ro_listen"`
 	MetricsListen string `yaml:"metrics_listen"`
 	LogLevel      string `yaml:"log_level"`
+	// Pprof serves /debug/pprof/ on the metrics listener, for profiling.
+	Pprof bool `yaml:"pprof"`
 
 	Source   string   `yaml:"source"`
 	Backends []string `yaml:"backends"`
@@ -92,6 +95,7 @@ func parseProxyArgs(args []string, stderr io.Writer) (proxySettings, error) {
 	str("rw-listen", "read-write endpoint address (\"\" to disable)", func(s *proxySettings) *string { return &s.RWListen })
 	str("ro-listen", "read-only endpoint address (\"\" to disable)", func(s *proxySettings) *string { return &s.ROListen })
 	str("metrics-listen", "Prometheus /metrics address (\"\" to disable)", func(s *proxySettings) *string { return &s.MetricsListen })
+	bind(o, "pprof", "serve /debug/pprof/ on the metrics listener", parseBool, func(s *proxySettings) *bool { return &s.Pprof })
 	str("log-level", "debug, info, warn or error", func(s *proxySettings) *string { return &s.LogLevel })
 	str("source", "topology source: static (pharos and patroni need etcd)", func(s *proxySettings) *string { return &s.Source })
 	bind(o, "backends", "comma-separated host:port list for --source static", parseList, func(s *proxySettings) *[]string { return &s.Backends })
@@ -222,6 +226,7 @@ type proxyStack struct {
 	source  *router.Static
 	metrics net.Listener // nil when disabled
 	handler http.Handler
+	pprof   bool
 }
 
 func newProxyStack(settings proxySettings, log *slog.Logger) (*proxyStack, error) {
@@ -250,7 +255,7 @@ func newProxyStack(settings proxySettings, log *slog.Logger) (*proxyStack, error
 	if err := srv.Listen(); err != nil {
 		return nil, err
 	}
-	st := &proxyStack{log: log, server: srv, router: r, source: src, handler: metrics.Handler(reg)}
+	st := &proxyStack{log: log, server: srv, router: r, source: src, handler: metrics.Handler(reg), pprof: settings.Pprof}
 	if settings.MetricsListen != "" {
 		ln, err := net.Listen("tcp", settings.MetricsListen)
 		if err != nil {
@@ -275,13 +280,14 @@ func (p *proxyStack) run(ctx context.Context, hup <-chan os.Signal) error {
 		return p.server.Serve(gctx)
 	})
 	if p.metrics != nil {
-		hs := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if r.URL.Path != "/metrics" {
-				http.NotFound(w, r)
-				return
-			}
-			p.handler.ServeHTTP(w, r)
-		}), ReadHeaderTimeout: 5 * time.Second}
+		mux := http.NewServeMux()
+		mux.Handle("GET /metrics", p.handler)
+		if p.pprof {
+			mux.HandleFunc("/debug/pprof/", pprof.Index)
+			mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+			mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+		}
+		hs := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 		g.Go(func() error {
 			if err := hs.Serve(p.metrics); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				return fmt.Errorf("metrics server: %w", err)

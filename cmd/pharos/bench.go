@@ -1,0 +1,188 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"github.com/pharos-ha/pharos/internal/bench"
+)
+
+func benchUsage(w io.Writer) {
+	fmt.Fprint(w, `usage: pharos bench <verb> [flags]
+
+verbs:
+  throughput  compare throughput and latency of several targets in alternation
+
+Run "pharos bench <verb> -h" for the verb's flags.
+`)
+}
+
+// runBench dispatches `pharos bench <verb>`.
+func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		benchUsage(stderr)
+		return exitUsage
+	}
+	switch args[0] {
+	case "throughput":
+		return runBenchThroughput(ctx, args[1:], stdout, stderr)
+	case "-h", "--help", "help":
+		benchUsage(stderr)
+		return exitOK
+	}
+	fmt.Fprintf(stderr, "pharos bench: unknown verb %q\n", args[0])
+	benchUsage(stderr)
+	return exitUsage
+}
+
+// rawList collects the values of a repeatable flag. It never fails, so the
+// flag package never echoes a value, which for --target may hold a
+// password; the values are checked after parsing.
+type rawList []string
+
+func (l *rawList) String() string     { return fmt.Sprint(len(*l), " values") }
+func (l *rawList) Set(s string) error { *l = append(*l, s); return nil }
+
+func runBenchThroughput(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	const cmd = "pharos bench throughput"
+	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	// On a bad flag the flag package prints one line naming it; the full
+	// usage is only for -h.
+	fs.Usage = func() {}
+	var (
+		rawTargets   rawList
+		clients      = fs.Int("clients", 16, "client connections per run, one goroutine each")
+		duration     = fs.Duration("duration", 10*time.Second, "measured time of each run (one target, one mode, one round)")
+		rounds       = fs.Int("rounds", 4, "rounds; each runs every mode against every target, in rotated order")
+		warmup       = fs.Duration("warmup", 2*time.Second, "unmeasured run per target before round 1 (0 skips it)")
+		modeFlag     = fs.String("mode", "both", "protocol: simple, extended (prepared statements, like pgbench -M prepared) or both")
+		pgbenchTable = fs.Bool("pgbench-table", true, "run pgbench's select-only query on pgbench_accounts (create it with pgbench -i); false runs SELECT 1")
+		accounts     = fs.Int("accounts", 100000, "aid range of pgbench_accounts: 100000 per pgbench scale unit")
+		query        = fs.String("query", "", "SQL to run instead of the pgbench query, without parameters (e.g. 'SELECT 1')")
+		jsonPath     = fs.String("json", "", "also write the results as JSON to this file")
+	)
+	fs.Var(&rawTargets, "target", "`name=DSN` of an endpoint to measure; repeat for each. The one named \"direct\", or else the first, is the baseline")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintf(stderr, "usage: %s --target name=DSN [--target name=DSN ...] [flags]\n\n", cmd)
+			fmt.Fprint(stderr, "Runs the same read-only load against each target in alternation and prints,\n"+
+				"per protocol mode, the median tps over rounds, p50/p99 latency, the ratio to\n"+
+				"the baseline target and every round's tps.\n\nflags:\n")
+			fs.SetOutput(stderr)
+			fs.PrintDefaults()
+			return exitOK
+		}
+		return exitUsage // the flag package printed the line
+	}
+	bad := func(format string, a ...any) int {
+		fmt.Fprintf(stderr, "%s: "+format+"\n", append([]any{cmd}, a...)...)
+		return exitUsage
+	}
+	if fs.NArg() > 0 {
+		return bad("unexpected argument %q (targets go in --target name=DSN)", fs.Arg(0))
+	}
+	if len(rawTargets) == 0 {
+		return bad("--target: at least one name=DSN is required")
+	}
+	var targets []bench.Target
+	seen := make(map[string]bool)
+	for i, raw := range rawTargets {
+		t, err := bench.ParseTarget(raw)
+		if err != nil {
+			// The raw value is not echoed: it may hold a password.
+			return bad("--target #%d: %v", i+1, err)
+		}
+		if seen[t.Name] {
+			return bad("--target %s: name given twice", t.Name)
+		}
+		seen[t.Name] = true
+		targets = append(targets, t)
+	}
+	modes, err := bench.ParseModes(*modeFlag)
+	if err != nil {
+		return bad("--mode: %v", err)
+	}
+	switch {
+	case *clients < 1:
+		return bad("--clients %d: must be at least 1", *clients)
+	case *duration <= 0:
+		return bad("--duration %s: must be more than 0", *duration)
+	case *rounds < 1:
+		return bad("--rounds %d: must be at least 1", *rounds)
+	case *warmup < 0:
+		return bad("--warmup %s: must not be negative", *warmup)
+	case *accounts < 1 || *accounts > 1<<31-1:
+		return bad("--accounts %d: must be between 1 and %d", *accounts, 1<<31-1)
+	}
+	q := *query
+	if q == "" && !*pgbenchTable {
+		q = "SELECT 1"
+	}
+
+	total := time.Duration(len(targets)) * (time.Duration(len(modes)*(*rounds))*(*duration) + *warmup)
+	fmt.Fprintf(stderr, "bench: targets=%d modes=%d rounds=%d duration=%s warmup=%s: about %s\n",
+		len(targets), len(modes), *rounds, *duration, *warmup, total.Round(time.Second))
+	width := 0
+	for _, t := range targets {
+		width = max(width, len(t.Name))
+	}
+	cfg := bench.Config{
+		Targets:  targets,
+		Modes:    modes,
+		Clients:  *clients,
+		Duration: *duration,
+		Rounds:   *rounds,
+		Warmup:   *warmup,
+		Query:    q,
+		Accounts: *accounts,
+		Progress: func(r bench.RunResult) {
+			round := "warm-up"
+			if r.Round > 0 {
+				round = fmt.Sprintf("round %d/%d", r.Round, *rounds)
+			}
+			fmt.Fprintf(stderr, "bench: %-11s %-8s %-*s %10.1f tps (%d queries in %s)\n",
+				round, r.Mode, width, r.Target, r.TPS, r.Transactions, r.Elapsed.Round(time.Millisecond))
+		},
+	}
+	rep, err := bench.Throughput(ctx, cfg)
+	switch {
+	case errors.Is(err, context.Canceled):
+		fmt.Fprintf(stderr, "%s: interrupted\n", cmd)
+		return exitFailure
+	case errors.Is(err, bench.ErrNoPgbenchTable):
+		fmt.Fprintf(stderr, "%s: %v, or pass --query\n", cmd, err)
+		return exitFailure
+	case err != nil:
+		fmt.Fprintf(stderr, "%s: %v\n", cmd, err)
+		return exitFailure
+	}
+	if err := rep.WriteText(stdout); err != nil {
+		fmt.Fprintf(stderr, "%s: write report: %v\n", cmd, err)
+		return exitFailure
+	}
+	if *jsonPath != "" {
+		if err := writeJSONFile(*jsonPath, rep); err != nil {
+			fmt.Fprintf(stderr, "%s: --json: %v\n", cmd, err)
+			return exitFailure
+		}
+	}
+	return exitOK
+}
+
+func writeJSONFile(path string, rep *bench.Report) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if err := rep.WriteJSON(f); err != nil {
+		f.Close()
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return f.Close()
+}
