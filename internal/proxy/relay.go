@@ -27,8 +27,13 @@ func (sess *session) relay(pkt wire.StartupPacket, deadline time.Time) {
 		// so a client cannot switch this off at connect time.
 		params = wire.WithParam(params, readOnlyParam, "on")
 	}
+	startup, err := wire.AppendStartupMessage(nil, pkt.ProtocolVersion, params)
+	if err != nil {
+		sess.failStartup(metrics.OutcomeProtocolError, err)
+		return
+	}
 	_ = sess.backend.SetDeadline(deadline)
-	if _, err := sess.backend.Write(wire.AppendStartupMessage(nil, pkt.ProtocolVersion, params)); err != nil {
+	if _, err := sess.backend.Write(startup); err != nil {
 		sess.failStartup(metrics.OutcomeBackendError, &startupError{code: wire.CodeCannotConnectNow, message: "pharos: lost the backend during startup", err: err})
 		return
 	}

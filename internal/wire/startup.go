@@ -6,12 +6,16 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 )
 
 // Limits PostgreSQL itself applies to the startup phase (see
 // MAX_STARTUP_PACKET_LENGTH and ProcessStartupPacket in the server).
 const (
+	// MaxStartupPacketLen counts the packet without its length word, as
+	// the server does: a whole packet may be 4 bytes longer.
 	MaxStartupPacketLen = 10000
+	maxStartupPacketLen = MaxStartupPacketLen + 4
 	minStartupPacketLen = 8
 	// A CancelRequest carries a 4-byte process id and a secret key of 4
 	// bytes (protocol 3.0) up to 256 bytes (3.2, PostgreSQL 18).
@@ -77,11 +81,12 @@ type StartupPacket struct {
 // ProtocolMinor returns the requested minor protocol version.
 func (p *StartupPacket) ProtocolMinor() uint16 { return uint16(p.ProtocolVersion) }
 
-// Param returns the value of the named startup parameter.
+// Param returns the value of the named startup parameter. A name sent more
+// than once yields its last value, which is the one the server applies.
 func (p *StartupPacket) Param(name string) (string, bool) {
-	for _, kv := range p.Params {
-		if kv.Name == name {
-			return kv.Value, true
+	for i := len(p.Params) - 1; i >= 0; i-- {
+		if p.Params[i].Name == name {
+			return p.Params[i].Value, true
 		}
 	}
 	return "", false
@@ -96,7 +101,7 @@ func ReadStartupPacket(r io.Reader, buf []byte) (StartupPacket, error) {
 		return StartupPacket{}, err
 	}
 	n := int(int32(binary.BigEndian.Uint32(hdr[:])))
-	if n < minStartupPacketLen || n > MaxStartupPacketLen {
+	if n < minStartupPacketLen || n > maxStartupPacketLen {
 		return StartupPacket{}, protocolErrorf("invalid length of startup packet: %d", n)
 	}
 	if cap(buf) < n {
@@ -116,7 +121,7 @@ func ReadStartupPacket(r io.Reader, buf []byte) (StartupPacket, error) {
 // ParseStartupPacket parses a complete startup-phase packet, length word
 // included. The result aliases pkt.
 func ParseStartupPacket(pkt []byte) (StartupPacket, error) {
-	if len(pkt) < minStartupPacketLen || len(pkt) > MaxStartupPacketLen {
+	if len(pkt) < minStartupPacketLen || len(pkt) > maxStartupPacketLen {
 		return StartupPacket{}, protocolErrorf("invalid length of startup packet: %d", len(pkt))
 	}
 	if n := int(int32(binary.BigEndian.Uint32(pkt))); n != len(pkt) {
@@ -157,7 +162,7 @@ func ParseStartupPacket(pkt []byte) (StartupPacket, error) {
 		return StartupPacket{}, err
 	}
 	p.Params = params
-	if _, ok := p.Param("user"); !ok {
+	if user, _ := p.Param("user"); user == "" {
 		return StartupPacket{}, &ProtocolError{Code: CodeInvalidAuthSpec, Message: "no PostgreSQL user name specified in startup packet"}
 	}
 	return p, nil
@@ -199,8 +204,15 @@ func cutString(b []byte) (s string, rest []byte, ok bool) {
 }
 
 // AppendStartupMessage appends a StartupMessage with the given protocol
-// version and parameters, in order, to dst.
-func AppendStartupMessage(dst []byte, version uint32, params []Param) []byte {
+// version and parameters, in order, to dst. A NUL inside a name or value
+// would become a separator on the wire and smuggle in another parameter, so
+// it is refused.
+func AppendStartupMessage(dst []byte, version uint32, params []Param) ([]byte, error) {
+	for _, kv := range params {
+		if strings.IndexByte(kv.Name, 0) >= 0 || strings.IndexByte(kv.Value, 0) >= 0 || kv.Name == "" {
+			return dst, protocolErrorf("invalid startup parameter %q", kv.Name)
+		}
+	}
 	start := len(dst)
 	dst = append(dst, 0, 0, 0, 0)
 	dst = binary.BigEndian.AppendUint32(dst, version)
@@ -212,7 +224,7 @@ func AppendStartupMessage(dst []byte, version uint32, params []Param) []byte {
 	}
 	dst = append(dst, 0)
 	binary.BigEndian.PutUint32(dst[start:], uint32(len(dst)-start))
-	return dst
+	return dst, nil
 }
 
 // WithParam returns params with name set to value: replaced in place if the
