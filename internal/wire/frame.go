@@ -8,9 +8,10 @@ import (
 	"io"
 )
 
-// MaxProtocolBodyLen is the largest message body PostgreSQL accepts
-// (PG_LARGE_MESSAGE_LIMIT, MaxAllocSize - 1).
-const MaxProtocolBodyLen = 0x3fffffff - 1
+// MaxProtocolBodyLen is the largest message body PostgreSQL accepts: its
+// limit (PG_LARGE_MESSAGE_LIMIT, MaxAllocSize - 1) applies to the length
+// word, which counts itself.
+const MaxProtocolBodyLen = 0x3fffffff - 1 - 4
 
 // HeaderLen is the size of a regular message header: type byte and int32
 // length (which counts itself but not the type byte).
