@@ -291,7 +291,7 @@ func TestFramerErrors(t *testing.T) {
 		{name: "one past MaxProtocolBodyLen with default limit", data: header('D', wire.MaxProtocolBodyLen+5), wantTooBig: true},
 		{
 			name: "MaxBodyLen above the protocol limit is clamped", maxBodyLen: math.MaxInt,
-			data: header('D', 0x7fffffff), wantTooBig: true, wantContain: "over the limit of 1073741822",
+			data: header('D', 0x7fffffff), wantTooBig: true, wantContain: "over the limit of 1073741818",
 		},
 		{name: "negative MaxBodyLen means the protocol limit", maxBodyLen: -1, data: header('D', 0x7fffffff), wantTooBig: true},
 	}
