@@ -101,7 +101,7 @@ type Router struct {
 	// Guarded by mu.
 	backends map[string]*Backend // by member name, kept while listed
 	rw       *target             // nil while rw has no target
-	ro       []*target           // eligible for ro, in member order
+	ro       []*target           // eligible for ro
 	roFromRW bool                // ro currently falls back to the primary
 	changed  chan struct{}       // closed and replaced on every routing change
 	rrNext   int                 // tie-breaker rotation for least connections
@@ -143,8 +143,10 @@ func (rt *Route) Revoked() <-chan struct{} { return rt.revoked }
 // Release gives the route back; it is safe to call more than once.
 func (rt *Route) Release() {
 	if rt.released.CompareAndSwap(false, true) {
-		n := rt.Backend.sessions.Add(-1)
-		rt.r.metrics.BackendSessions.WithLabelValues(rt.Backend.Name).Set(float64(n))
+		rt.r.mu.Lock()
+		rt.Backend.sessions.Add(-1)
+		rt.r.setSessionsGaugeLocked(rt.Backend)
+		rt.r.mu.Unlock()
 	}
 }
 
@@ -174,16 +176,17 @@ func (r *Router) Update(s Snapshot) {
 		seen[m.Name] = true
 		b := r.backends[m.Name]
 		if b == nil || b.Addr != m.Addr {
+			// A moved member is a new backend: routes to the old address
+			// are revoked below and release into the old object.
 			b = &Backend{Name: m.Name, Addr: m.Addr}
-			if old := r.backends[m.Name]; old != nil {
-				b.sessions.Store(old.sessions.Load())
-			}
 			r.backends[m.Name] = b
+			r.metrics.BackendSessions.WithLabelValues(m.Name).Set(0)
 		}
 	}
 	for name := range r.backends {
 		if !seen[name] {
 			delete(r.backends, name)
+			r.deleteMemberMetrics(name)
 		}
 	}
 
@@ -272,6 +275,8 @@ func (r *Router) Update(s Snapshot) {
 		}
 		if m.LagBytes >= 0 {
 			r.metrics.BackendLag.WithLabelValues(m.Name).Set(float64(m.LagBytes))
+		} else {
+			r.metrics.BackendLag.DeleteLabelValues(m.Name)
 		}
 	}
 	if r.rw != nil {
@@ -287,6 +292,24 @@ func (r *Router) Update(s Snapshot) {
 	}
 }
 
+func (r *Router) deleteMemberMetrics(name string) {
+	r.metrics.BackendUp.DeleteLabelValues(name)
+	for _, role := range []Role{RolePrimary, RoleReplica, RoleUnknown} {
+		r.metrics.BackendRole.DeleteLabelValues(name, string(role))
+	}
+	r.metrics.BackendLag.DeleteLabelValues(name)
+	r.metrics.BackendSessions.DeleteLabelValues(name)
+}
+
+// setSessionsGaugeLocked publishes b's session count if b is still the
+// member's current backend (a moved member's old object must not
+// overwrite the new one's figure).
+func (r *Router) setSessionsGaugeLocked(b *Backend) {
+	if r.backends[b.Name] == b {
+		r.metrics.BackendSessions.WithLabelValues(b.Name).Set(float64(b.sessions.Load()))
+	}
+}
+
 // Acquire picks a backend for ep, waiting for one until ctx ends. The caller
 // must Release the route.
 func (r *Router) Acquire(ctx context.Context, ep Endpoint) (*Route, error) {
@@ -294,16 +317,21 @@ func (r *Router) Acquire(ctx context.Context, ep Endpoint) (*Route, error) {
 }
 
 // AcquireExcept is Acquire that skips the backends in exclude (ones the
-// caller just failed to reach), unless nothing else is available.
+// caller just failed to reach), unless nothing else is available: then it
+// returns an excluded one at once, so the caller can give up instead of
+// waiting for a change that may never come.
 func (r *Router) AcquireExcept(ctx context.Context, ep Endpoint, exclude []*Backend) (*Route, error) {
 	for {
 		r.mu.Lock()
 		t := r.pickLocked(ep, exclude)
+		if t == nil && len(exclude) > 0 {
+			t = r.pickLocked(ep, nil)
+		}
 		changed := r.changed
 		if t != nil {
-			n := t.backend.sessions.Add(1)
+			t.backend.sessions.Add(1)
+			r.setSessionsGaugeLocked(t.backend)
 			r.mu.Unlock()
-			r.metrics.BackendSessions.WithLabelValues(t.backend.Name).Set(float64(n))
 			return &Route{Backend: t.backend, Endpoint: ep, revoked: t.revoked, r: r}, nil
 		}
 		r.mu.Unlock()

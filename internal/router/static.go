@@ -190,14 +190,14 @@ func (s *Static) check(ctx context.Context, addr string, conn *pgx.Conn) (checkR
 	if conn == nil {
 		conn, err = s.connect(ctx, addr)
 		if err != nil {
-			s.fail(addr, err)
+			s.fail(ctx, addr, err)
 			return checkResult{}, nil
 		}
 	}
 	var res checkResult
 	var lsn int64
 	if err = conn.QueryRow(ctx, checkQuery).Scan(&res.inRecover, &lsn); err != nil {
-		s.fail(addr, err)
+		s.fail(ctx, addr, err)
 		closeCtx, cancelClose := context.WithTimeout(context.Background(), 100*time.Millisecond)
 		defer cancelClose()
 		_ = conn.Close(closeCtx)
@@ -235,7 +235,10 @@ func quoteConnValue(v string) string {
 	return "'" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(v) + "'"
 }
 
-func (s *Static) fail(addr string, err error) {
+func (s *Static) fail(ctx context.Context, addr string, err error) {
+	if context.Cause(ctx) == context.Canceled {
+		return // shutting down, not a failed check
+	}
 	s.metrics.HealthCheckError.WithLabelValues(addr).Inc()
 	s.log.Debug("health check failed", "backend", addr, "err", err)
 }
