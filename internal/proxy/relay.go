@@ -40,7 +40,7 @@ func (sess *session) relay(pkt wire.StartupPacket, deadline time.Time) {
 
 	var wg sync.WaitGroup
 	done := make(chan struct{})
-	wg.Go(clientToBackend{sess}.run)
+	wg.Go((&clientToBackend{sess: sess}).run)
 	wg.Go(func() {
 		select {
 		case <-sess.route.Revoked():
@@ -49,7 +49,7 @@ func (sess *session) relay(pkt wire.StartupPacket, deadline time.Time) {
 		case <-done:
 		}
 	})
-	backendToClient{sess}.run()
+	(&backendToClient{sess: sess}).run()
 	close(done)
 	sess.end("", "", "")
 	wg.Wait()
@@ -58,108 +58,115 @@ func (sess *session) relay(pkt wire.StartupPacket, deadline time.Time) {
 // clientToBackend copies the client's messages to the backend, checking
 // framing and the size limit. It is the only writer to the backend once
 // the StartupMessage is sent.
-type clientToBackend struct{ sess *session }
+type clientToBackend struct {
+	sess *session
+	f    wire.Framer
+}
 
-func (c clientToBackend) run() {
-	sess := c.sess
-	s := sess.srv
-	f := wire.Framer{}
+func (c *clientToBackend) run() {
+	s := c.sess.srv
 	if s.cfg.MaxMessageSize > 0 {
-		f.MaxBodyLen = s.cfg.MaxMessageSize - 4
+		c.f.MaxBodyLen = s.cfg.MaxMessageSize - 4
 	}
-	buf := make([]byte, s.cfg.BufferSize)
-	for {
-		n, err := sess.client.Read(buf)
-		if n > 0 {
-			if ferr := f.Feed(buf[:n]); ferr != nil {
-				reason := metrics.ReasonProtocolViolation
-				if errors.Is(ferr, wire.ErrMessageTooLarge) {
-					reason = metrics.ReasonMessageTooLarge
-				}
-				var pe *wire.ProtocolError
-				code, msg := wire.CodeProtocolViolation, ferr.Error()
-				if errors.As(ferr, &pe) {
-					code = pe.Code
-				}
-				sess.end(reason, code, "pharos: "+msg)
-				return
-			}
-			if _, werr := sess.backend.Write(buf[:n]); werr != nil {
-				sess.end(metrics.ReasonBackendLost, wire.CodeConnectionFailure, "pharos: lost the connection to the server")
-				return
-			}
-			s.bytesC2B.Add(float64(n))
-			if f.LastType() == wire.MsgTerminate && f.AtBoundary() {
-				sess.clientQuit.Store(true)
-			}
+	_ = pump(c.sess.client, make([]byte, s.cfg.BufferSize), c.forward)
+	// The client left, or end woke us: nobody to tell.
+	c.sess.end("", "", "")
+}
+
+// forward handles one chunk from the client; false ends the pump.
+func (c *clientToBackend) forward(p []byte) bool {
+	sess := c.sess
+	if err := c.f.Feed(p); err != nil {
+		reason := metrics.ReasonProtocolViolation
+		if errors.Is(err, wire.ErrMessageTooLarge) {
+			reason = metrics.ReasonMessageTooLarge
 		}
-		if err != nil {
-			// The client left (or end woke us): nobody to tell.
-			sess.end("", "", "")
-			return
+		code := wire.CodeProtocolViolation
+		var pe *wire.ProtocolError
+		if errors.As(err, &pe) {
+			code = pe.Code
 		}
+		sess.end(reason, code, "pharos: "+err.Error())
+		return false
 	}
+	if _, err := sess.backend.Write(p); err != nil {
+		sess.end(metrics.ReasonBackendLost, wire.CodeConnectionFailure, "pharos: lost the connection to the server")
+		return false
+	}
+	sess.srv.bytesC2B.Add(float64(len(p)))
+	if c.f.LastType() == wire.MsgTerminate && c.f.AtBoundary() {
+		sess.clientQuit.Store(true)
+	}
+	return true
 }
 
 // backendToClient relays the server's side: whole messages through the
 // startup phase (to filter SASL mechanisms and learn the cancel key), then
 // a raw stream whose boundaries a Framer follows. It is the only writer to
 // the client after the StartupMessage.
-type backendToClient struct{ sess *session }
+type backendToClient struct {
+	sess         *session
+	f            wire.Framer
+	clientBroken bool // a write to the client failed: its stream position is unknown
+}
 
-func (b backendToClient) run() {
+func (b *backendToClient) run() {
 	sess := b.sess
 	s := sess.srv
 	br := bufio.NewReaderSize(sess.backend, 8192)
 	if !b.startup(br) {
 		return
 	}
-	f := wire.Framer{}
-	clientBroken := false
-	buf := make([]byte, s.cfg.BufferSize)
-	for {
-		// With an empty bufio buffer and a large buf, Read goes straight to
-		// the socket: one copy per chunk, kernel to buf.
-		n, err := br.Read(buf)
-		if n > 0 {
-			if ferr := f.Feed(buf[:n]); ferr != nil {
-				sess.end(metrics.ReasonBackendLost, wire.CodeConnectionFailure, "pharos: invalid data from the server: "+ferr.Error())
-				break
-			}
-			if _, werr := sess.client.Write(buf[:n]); werr != nil {
-				clientBroken = true
-				sess.end("", "", "")
-				break
-			}
-			s.bytesB2C.Add(float64(n))
-			idle := f.AtBoundary() && f.TxStatus() == wire.TxIdle
-			sess.idle.Store(idle)
-			if idle && s.drainFlag.Load() {
-				sess.drainIfIdle()
-			}
-		}
-		if err != nil {
-			break
-		}
+	ok := true
+	if n := br.Buffered(); n > 0 {
+		// What the server sent right behind ReadyForQuery (a notice, an
+		// async notification) is still in the startup reader.
+		pending, _ := br.Peek(n)
+		ok = b.forward(pending)
+	}
+	if ok {
+		_ = pump(sess.backend, make([]byte, s.cfg.BufferSize), b.forward)
 	}
 	if sess.ended.Load() == nil {
 		// The server closed on its own: after Terminate, or after a FATAL
 		// it sent itself (which the client has), nothing more is owed.
-		if sess.clientQuit.Load() || (f.AtBoundary() && f.LastType() == wire.MsgErrorResponse) {
+		if sess.clientQuit.Load() || (b.f.AtBoundary() && b.f.LastType() == wire.MsgErrorResponse) {
 			sess.end("", "", "")
 		} else {
 			sess.end(metrics.ReasonBackendLost, wire.CodeConnectionFailure, "pharos: the server closed the connection unexpectedly")
 		}
 	}
-	if st := sess.ended.Load(); st.message != "" && !clientBroken && f.AtBoundary() {
+	if st := sess.ended.Load(); st.message != "" && !b.clientBroken && b.f.AtBoundary() {
 		_ = sess.client.SetWriteDeadline(time.Now().Add(fatalWriteGrace))
 		_, _ = sess.client.Write(wire.FatalError(st.code, st.message))
 	}
 }
 
+// forward handles one chunk from the server; false ends the pump.
+func (b *backendToClient) forward(p []byte) bool {
+	sess := b.sess
+	s := sess.srv
+	if err := b.f.Feed(p); err != nil {
+		sess.end(metrics.ReasonBackendLost, wire.CodeConnectionFailure, "pharos: invalid data from the server: "+err.Error())
+		return false
+	}
+	if _, err := sess.client.Write(p); err != nil {
+		b.clientBroken = true
+		sess.end("", "", "")
+		return false
+	}
+	s.bytesB2C.Add(float64(len(p)))
+	idle := b.f.AtBoundary() && b.f.TxStatus() == wire.TxIdle
+	sess.idle.Store(idle)
+	if idle && s.drainFlag.Load() {
+		sess.drainIfIdle()
+	}
+	return true
+}
+
 // startup relays server messages until the first ReadyForQuery. It reports
 // whether the session is established.
-func (b backendToClient) startup(br *bufio.Reader) bool {
+func (b *backendToClient) startup(br *bufio.Reader) bool {
 	sess := b.sess
 	s := sess.srv
 	var out, msgBuf []byte
