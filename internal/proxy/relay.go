@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"os"
 	"slices"
 	"sync"
 	"time"
@@ -68,7 +69,11 @@ func (c *clientToBackend) run() {
 	if s.cfg.MaxMessageSize > 0 {
 		c.f.MaxBodyLen = s.cfg.MaxMessageSize - 4
 	}
-	_ = pump(c.sess.client, make([]byte, s.cfg.BufferSize), c.forward)
+	err := pump(c.sess.client, make([]byte, s.cfg.BufferSize), c.forward)
+	if errors.Is(err, os.ErrDeadlineExceeded) && !c.sess.attached.Load() {
+		// The startup deadline passed with authentication unfinished.
+		c.sess.finish(&endState{code: wire.CodeProtocolViolation, message: "pharos: timeout expired during startup", outcome: metrics.OutcomeTimeout})
+	}
 	// The client left, or end woke us: nobody to tell.
 	c.sess.end("", "", "")
 }
@@ -115,6 +120,12 @@ func (b *backendToClient) run() {
 	s := sess.srv
 	br := bufio.NewReaderSize(sess.backend, 8192)
 	if !b.startup(br) {
+		// The startup phase writes whole messages, so the client is at a
+		// boundary unless a write to it failed.
+		if st := sess.ended.Load(); st != nil && st.message != "" && !b.clientBroken {
+			_ = sess.client.SetWriteDeadline(time.Now().Add(fatalWriteGrace))
+			_, _ = sess.client.Write(wire.FatalError(st.code, st.message))
+		}
 		return
 	}
 	ok := true
@@ -176,22 +187,31 @@ func (b *backendToClient) startup(br *bufio.Reader) bool {
 		}
 		_, err := sess.client.Write(out)
 		out = out[:0]
+		if err != nil {
+			b.clientBroken = true
+		}
 		return err
 	}
 	for {
 		typ, msg, err := wire.ReadMessage(br, msgBuf[:0], maxStartupPhaseBody)
 		if err != nil {
 			_ = flush()
-			if sess.ended.Load() != nil {
-				sess.countOutcome(metrics.OutcomeShuttingDown)
-				return false
+			if errors.Is(err, os.ErrDeadlineExceeded) && sess.ended.Load() == nil {
+				sess.finish(&endState{code: wire.CodeProtocolViolation, message: "pharos: timeout expired during startup", outcome: metrics.OutcomeTimeout})
 			}
-			if sess.clientQuit.Load() {
+			st := sess.ended.Load()
+			switch {
+			case st == nil && !sess.clientQuit.Load():
+				sess.end("", wire.CodeCannotConnectNow, "pharos: lost the server during startup: "+err.Error())
+				sess.countOutcome(metrics.OutcomeBackendError)
+			case st == nil || (st.message == "" && st.outcome == ""):
+				sess.end("", "", "")
 				sess.countOutcome(metrics.OutcomeClientGone)
-				return false
+			case st.outcome != "":
+				sess.countOutcome(st.outcome)
+			default:
+				sess.countOutcome(metrics.OutcomeShuttingDown)
 			}
-			sess.end("", wire.CodeCannotConnectNow, "pharos: lost the server during startup: "+err.Error())
-			sess.countOutcome(metrics.OutcomeBackendError)
 			return false
 		}
 		msgBuf = msg
@@ -248,6 +268,7 @@ func (b *backendToClient) startup(br *bufio.Reader) bool {
 // ending (end's deadlines must win).
 func (sess *session) established() {
 	sess.countOutcome(metrics.OutcomeOK)
+	sess.attached.Store(true)
 	sess.idle.Store(true)
 	sess.connMu.Lock()
 	_ = sess.client.SetDeadline(time.Time{})

@@ -45,6 +45,7 @@ type session struct {
 	ended      atomic.Pointer[endState]
 	idle       atomic.Bool // backend side at a boundary after ReadyForQuery 'I'
 	clientQuit atomic.Bool // the client sent Terminate
+	attached   atomic.Bool // the first ReadyForQuery reached the client
 }
 
 // endState is why a session ends. An empty message means no FATAL is owed
@@ -53,6 +54,9 @@ type endState struct {
 	reason  metrics.TerminateReason // "" when the proxy did not cut it
 	code    string
 	message string
+	// outcome classifies a session that ends before its first
+	// ReadyForQuery; "" lets the backend side decide.
+	outcome metrics.Outcome
 }
 
 func (s *Server) newSession(ep router.Endpoint, conn net.Conn) *session {
@@ -66,7 +70,13 @@ func (s *Server) newSession(ep router.Endpoint, conn net.Conn) *session {
 // end records why the session ends (first caller wins) and wakes both
 // copiers by expiring their deadlines. Safe from any goroutine.
 func (sess *session) end(reason metrics.TerminateReason, code, message string) {
-	if !sess.ended.CompareAndSwap(nil, &endState{reason: reason, code: code, message: message}) {
+	sess.finish(&endState{reason: reason, code: code, message: message})
+}
+
+// finish is end with the whole state given.
+func (sess *session) finish(st *endState) {
+	reason := st.reason
+	if !sess.ended.CompareAndSwap(nil, st) {
 		return
 	}
 	if reason != "" {
