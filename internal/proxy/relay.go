@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"os"
@@ -81,6 +82,12 @@ func (c *clientToBackend) run() {
 // forward handles one chunk from the client; false ends the pump.
 func (c *clientToBackend) forward(p []byte) bool {
 	sess := c.sess
+	if !sess.attached.Load() && sess.bindingDoomed(p) {
+		sess.finish(&endState{code: wire.CodeInvalidAuthSpec, outcome: metrics.OutcomeAuthFailed, message: "pharos: SCRAM " +
+			"channel binding cannot pass through a proxy that terminates TLS when the backend connection also uses TLS " +
+			"(the server would reject it as a downgrade); connect with channel_binding=disable, or run the proxy with backend_tls disable"})
+		return false
+	}
 	if err := c.f.Feed(p); err != nil {
 		reason := metrics.ReasonProtocolViolation
 		if errors.Is(err, wire.ErrMessageTooLarge) {
@@ -286,4 +293,20 @@ func (sess *session) established() {
 
 func (sess *session) countOutcome(o metrics.Outcome) {
 	sess.srv.metrics.Sessions.WithLabelValues(sess.ep.String(), string(o)).Inc()
+}
+
+// bindingDoomed reports whether p starts with a SASLInitialResponse that
+// the server is bound to refuse: a TLS client that saw no -PLUS mechanism
+// (the proxy removed it) says "y" (I could bind, I think you cannot), and a
+// server on TLS takes that for a downgrade attack. Naming the way out is
+// kinder than the server's bare "channel binding negotiation error".
+func (sess *session) bindingDoomed(p []byte) bool {
+	if sess.srv.backendTLS == nil || len(p) < wire.HeaderLen || p[0] != wire.MsgSASLInitialResponse {
+		return false
+	}
+	if _, ok := sess.client.(*tls.Conn); !ok {
+		return false
+	}
+	mech, data, ok := wire.ParseSASLInitialResponse(p)
+	return ok && mech == "SCRAM-SHA-256" && len(data) >= 2 && data[0] == 'y' && data[1] == ','
 }

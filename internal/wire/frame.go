@@ -32,6 +32,9 @@ const (
 	MsgReadyForQuery    byte = 'Z'
 	MsgNegotiateVersion byte = 'v'
 	MsgTerminate        byte = 'X'
+	// MsgSASLInitialResponse shares 'p' with the other authentication
+	// responses; it is the first one after AuthenticationSASL.
+	MsgSASLInitialResponse byte = 'p'
 )
 
 // Framer follows message boundaries in one direction of the regular
@@ -291,4 +294,30 @@ func ErrorFields(msg []byte) (severity, code, message string, err error) {
 		return "", "", "", protocolErrorf("error message without terminator")
 	}
 	return severity, code, message, nil
+}
+
+// ParseSASLInitialResponse returns the mechanism and initial data of a
+// SASLInitialResponse (whole message); ok is false when p is not one.
+func ParseSASLInitialResponse(p []byte) (mech string, data []byte, ok bool) {
+	if len(p) < HeaderLen || p[0] != MsgSASLInitialResponse {
+		return "", nil, false
+	}
+	n := int(int32(binary.BigEndian.Uint32(p[1:HeaderLen])))
+	if n < 4 || 1+n > len(p) {
+		return "", nil, false
+	}
+	body := p[HeaderLen : 1+n]
+	mech, rest, ok := cutString(body)
+	if !ok || len(rest) < 4 {
+		return "", nil, false
+	}
+	dataLen := int(int32(binary.BigEndian.Uint32(rest)))
+	rest = rest[4:]
+	if dataLen == -1 {
+		return mech, nil, true
+	}
+	if dataLen < 0 || dataLen != len(rest) {
+		return "", nil, false
+	}
+	return mech, rest, true
 }
