@@ -1,0 +1,302 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/pharos-ha/pharos/internal/pglocal"
+)
+
+// runCmd runs a command line in-process and returns its exit code and
+// stderr. Every caller expects an exit before serving; a run still going
+// after 10 s fails the test instead of hanging it.
+func runCmd(t *testing.T, args ...string) (int, string) {
+	t.Helper()
+	var stdout, stderr bytes.Buffer
+	done := make(chan int, 1)
+	go func() { done <- run(args, &stdout, &stderr) }()
+	select {
+	case code := <-done:
+		return code, stderr.String()
+	case <-time.After(10 * time.Second):
+		t.Fatalf("pharos %s did not exit within 10s (is it serving?)", strings.Join(args, " "))
+		return 0, ""
+	}
+}
+
+func writeConfig(t *testing.T, yaml string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "pharos.yaml")
+	if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func TestProxyFlagsOverrideConfigFile(t *testing.T) {
+	path := writeConfig(t, `
+rw_listen: 127.0.0.1:7001
+ro_listen: 127.0.0.1:7002
+backends: [10.0.0.1:5432, 10.0.0.2:5432]
+health_check_interval: 2s
+drain_timeout: 10s
+max_message_size: 64kB
+max_clients: 50
+ro_fallback_to_primary: true
+max_lag: 16MB
+`)
+	overridden := func(s *proxySettings) {
+		s.RWListen = "127.0.0.1:8001"
+		s.Backends = []string{"10.0.0.3:5432"}
+		s.DrainTimeout = duration(time.Second)
+		s.MaxClients = 0
+		s.ROFallbackToPrimary = false
+		s.ROListen = ""
+	}
+	fromFile := defaultProxySettings()
+	fromFile.RWListen = "127.0.0.1:7001"
+	fromFile.ROListen = "127.0.0.1:7002"
+	fromFile.Backends = []string{"10.0.0.1:5432", "10.0.0.2:5432"}
+	fromFile.HealthInterval = duration(2 * time.Second)
+	fromFile.DrainTimeout = duration(10 * time.Second)
+	fromFile.MaxMessageSize = 64 << 10
+	fromFile.MaxClients = 50
+	fromFile.ROFallbackToPrimary = true
+	fromFile.MaxLag = 16 << 20
+	want := fromFile
+	overridden(&want)
+
+	flags := []string{
+		"--rw-listen", "127.0.0.1:8001",
+		"--backends", "10.0.0.3:5432",
+		"--drain-timeout", "1s",
+		"--max-clients", "0", // a zero flag still wins over the file
+		"--ro-fallback-to-primary=false",
+		"--ro-listen=", // an empty flag disables the endpoint
+	}
+	for _, tc := range []struct {
+		name string
+		args []string
+		want proxySettings
+	}{
+		{"file alone", []string{"--config", path}, fromFile},
+		{"flags after --config", append([]string{"--config", path}, flags...), want},
+		{"flags before --config", append(append([]string(nil), flags...), "--config", path), want},
+		{"flags without a file keep the defaults", []string{"--rw-listen", "127.0.0.1:8001"}, func() proxySettings {
+			s := defaultProxySettings()
+			s.RWListen = "127.0.0.1:8001"
+			return s
+		}()},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := parseProxyArgs(tc.args, io.Discard)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(got, tc.want) {
+				t.Errorf("settings\n got %+v\nwant %+v", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestProxyRejectsBadConfigBeforeServing(t *testing.T) {
+	// Every case must exit 2 with one line on stderr naming the key. The
+	// endpoints are on port 0 and metrics off, so a case that wrongly got
+	// through would not collide with anything.
+	base := []string{"--rw-listen", "127.0.0.1:0", "--ro-listen", "127.0.0.1:0", "--metrics-listen="}
+	for _, tc := range []struct {
+		name string
+		yaml string   // written to a file passed with --config when not empty
+		args []string // after base
+		key  string   // must appear on the line
+		// bug, when set, explains a known way the command misses the
+		// one-line, key-naming contract.
+		bug string
+	}{
+		{
+			name: "unknown key",
+			yaml: "rw_listen: 127.0.0.1:0\nbogus_key: 1\n",
+			key:  "bogus_key",
+			bug:  `loadYAML (config.go) prints yaml's "unmarshal errors:\n  line 2: field bogus_key not found in type main.proxySettings" as is: two lines, and a Go type name`,
+		},
+		{
+			name: "file cut inside a quoted string",
+			yaml: "rw_listen: \"127.0.0.1:0\nro_listen: 127.0.0.1:0\n",
+			key:  "unexpected end of stream",
+		},
+		{
+			name: "file cut inside a flow sequence",
+			yaml: "health_user: pharos_health\nbackends: [127.0.0.1:5432, \"127.0",
+			key:  "unexpected end of stream",
+		},
+		{
+			name: "file cut inside a nested mapping",
+			yaml: "backends:\n  - 127.0.0.1:5432\n  - {host: \"x",
+			key:  "unexpected end of stream",
+		},
+		{
+			name: "bad duration",
+			yaml: "startup_timeout: 5 parsecs\n",
+			key:  "startup_timeout",
+			bug:  `duration.UnmarshalYAML (config.go) says "line 1: \"5 parsecs\" is not a duration like 500ms or 2s" without the key`,
+		},
+		{
+			name: "bad size",
+			yaml: "max_message_size: huge\n",
+			key:  "max_message_size",
+			bug:  `byteSize.UnmarshalYAML (config.go) names the line, not the key`,
+		},
+		{
+			name: "string for an integer",
+			yaml: "max_clients: many\n",
+			key:  "max_clients",
+			bug:  `yaml's TypeError is printed as is: "unmarshal errors:\n  line 1: cannot unmarshal !!str ` + "`many`" + ` into int", two lines, no key`,
+		},
+		{
+			name: "bad duration flag",
+			args: []string{"--startup-timeout", "soon"},
+			key:  "startup-timeout",
+			bug:  "parseProxyArgs leaves the flag package's usage dump on (bench sets fs.Usage to a no-op), and runProxy repeats the error: dozens of lines",
+		},
+		{
+			name: "unknown flag",
+			args: []string{"--bogus"},
+			key:  "bogus",
+			bug:  "the flag package's usage dump follows the error, as above",
+		},
+		{name: "stray argument", args: []string{"serve"}, key: "unexpected argument"},
+		{name: "missing config file", args: []string{"--config", "/nonexistent/pharos.yaml"}, key: "config"},
+		{name: "tls_mode in the file", yaml: "tls_mode: bogus\n", key: "tls_mode"},
+		{name: "tls_mode flag", args: []string{"--tls-mode", "bogus"}, key: "tls_mode"},
+		{name: "tls require without a certificate", args: []string{"--tls-mode", "require"}, key: "tls_cert_file"},
+		{name: "backend_tls", args: []string{"--backend-tls", "maybe"}, key: "backend_tls"},
+		{name: "negative drain timeout", yaml: "drain_timeout: -1s\n", key: "drain_timeout"},
+		{name: "max_message_size too small", args: []string{"--max-message-size", "100"}, key: "max_message_size"},
+		{name: "log_level", args: []string{"--log-level", "loud"}, key: "log_level"},
+		{name: "source not yet available", args: []string{"--source", "pharos"}, key: "source"},
+		{name: "source patroni in the file", yaml: "source: patroni\n", key: "source"},
+		{name: "no backends", args: []string{"--health-user", "x"}, key: "backends"},
+		{name: "backend without a port", args: []string{"--backends", "db1"}, key: "backends"},
+		{
+			name: "health timeout equal to the interval",
+			yaml: "backends: [127.0.0.1:5432]\nhealth_check_interval: 1s\nhealth_check_timeout: 1s\n",
+			key:  "health_check_timeout",
+		},
+		{
+			name: "health timeout above the interval",
+			args: []string{"--backends", "127.0.0.1:5432", "--health-check-interval", "500ms", "--health-check-timeout", "2s"},
+			key:  "health_check_timeout",
+		},
+		{name: "empty health user", args: []string{"--backends", "127.0.0.1:5432", "--health-user="}, key: "health_user"},
+		{name: "unreadable health password file", args: []string{"--backends", "127.0.0.1:5432", "--health-password-file", "/nonexistent/pw"}, key: "health_password_file"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			args := append([]string{"proxy"}, base...)
+			if tc.yaml != "" {
+				args = append(args, "--config", writeConfig(t, tc.yaml))
+			}
+			args = append(args, tc.args...)
+			code, stderr := runCmd(t, args...)
+			if code != exitUsage {
+				t.Fatalf("exit %d, want %d; stderr:\n%s", code, exitUsage, stderr)
+			}
+			var problems []string
+			if lines := strings.Split(strings.TrimRight(stderr, "\n"), "\n"); len(lines) != 1 {
+				problems = append(problems, strconv.Itoa(len(lines))+" lines")
+			}
+			if !strings.Contains(stderr, tc.key) {
+				problems = append(problems, "no "+strconv.Quote(tc.key))
+			}
+			if len(problems) == 0 {
+				if tc.bug != "" {
+					t.Logf("known bug seems fixed: %s", tc.bug)
+				}
+				return
+			}
+			if tc.bug != "" {
+				knownBug(t, "%s (%s); stderr %q", tc.bug, strings.Join(problems, ", "), firstLines(stderr, 3))
+				return
+			}
+			t.Errorf("%s; stderr:\n%s", strings.Join(problems, ", "), stderr)
+		})
+	}
+}
+
+func firstLines(s string, n int) string {
+	lines := strings.SplitN(s, "\n", n+1)
+	if len(lines) > n {
+		lines = append(lines[:n], "…")
+	}
+	return strings.Join(lines, "\n")
+}
+
+func TestCommandDispatch(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		args   []string
+		code   int
+		stderr string
+	}{
+		{"no command", nil, exitUsage, "usage: pharos"},
+		{"unknown command", []string{"serve"}, exitUsage, `unknown command "serve"`},
+		{"help", []string{"help"}, exitOK, "usage: pharos"},
+		{"proxy help", []string{"proxy", "-h"}, exitOK, "-rw-listen"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, stderr := runCmd(t, tc.args...)
+			if code != tc.code || !strings.Contains(stderr, tc.stderr) {
+				t.Errorf("exit %d, stderr %q; want %d and %q", code, firstLines(stderr, 3), tc.code, tc.stderr)
+			}
+		})
+	}
+}
+
+func TestProxyBindFailures(t *testing.T) {
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	common := []string{"proxy", "--backends", "127.0.0.1:1", "--health-user", "x"}
+
+	t.Run("rw port in use", func(t *testing.T) {
+		code, stderr := runCmd(t, append(common, "--rw-listen", taken.Addr().String(), "--ro-listen=", "--metrics-listen=")...)
+		if code != exitFailure || !strings.Contains(stderr, "rw_listen") {
+			t.Errorf("exit %d, stderr %q; want %d naming rw_listen", code, stderr, exitFailure)
+		}
+	})
+	t.Run("metrics port in use releases the proxy ports", func(t *testing.T) {
+		port, err := pglocal.FreePort()
+		if err != nil {
+			t.Fatal(err)
+		}
+		rw := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+		code, stderr := runCmd(t, append(common, "--rw-listen", rw, "--ro-listen=", "--metrics-listen", taken.Addr().String())...)
+		if code != exitFailure || !strings.Contains(stderr, "metrics_listen") {
+			t.Fatalf("exit %d, stderr %q; want %d naming metrics_listen", code, stderr, exitFailure)
+		}
+		ln, err := net.Listen("tcp", rw)
+		if err == nil {
+			ln.Close()
+			return
+		}
+		if errors.Is(err, syscall.EADDRINUSE) {
+			// The demo and any caller that goes on after a failed
+			// newProxyStack keep the endpoints bound.
+			knownBug(t, "newProxyStack (proxy.go) returns the metrics_listen error without closing the proxy listeners it already bound: %s still in use: %v", rw, err)
+			return
+		}
+		t.Fatal(err)
+	})
+}

@@ -1,0 +1,388 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"math/big"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pharos-ha/pharos/internal/pglocal"
+	"github.com/pharos-ha/pharos/internal/wire"
+)
+
+// e2eWait bounds waits that only say "did not hang".
+const e2eWait = 10 * time.Second
+
+func TestBinaryServesAndDrainsOnSIGTERM(t *testing.T) {
+	const drain = 2 * time.Second
+	p := startPharos(t, "--drain-timeout", drain.String())
+	ctx, cancel := context.WithTimeout(context.Background(), e2eWait)
+	defer cancel()
+
+	for _, tc := range []struct {
+		name         string
+		addr         string
+		wantRecovery bool
+	}{
+		{"rw reaches the primary", p.rw, false},
+		{"ro reaches the replica", p.ro, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			conn, err := pgx.Connect(ctx, appDSN(tc.addr, ""))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close(ctx)
+			var inRecovery bool
+			if err := conn.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&inRecovery); err != nil {
+				t.Fatal(err)
+			}
+			if inRecovery != tc.wantRecovery {
+				t.Errorf("in recovery %v, want %v", inRecovery, tc.wantRecovery)
+			}
+		})
+	}
+
+	idle := rawLogin(t, p.rw, pglocal.UserTrust)
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	t.Run("idle session gets 57P01", func(t *testing.T) {
+		code, closed := idle.waitEnd(t, drain+e2eWait)
+		if code != wire.CodeAdminShutdown || !closed {
+			t.Errorf("got code %q, closed %v; want FATAL 57P01 and a close", code, closed)
+		}
+	})
+	t.Run("exits 0 within the drain timeout", func(t *testing.T) {
+		if code := p.wait(t, drain+e2eWait); code != 0 {
+			t.Errorf("exit %d, want 0", code)
+		}
+	})
+}
+
+func TestBinaryReloadsTLSOnSIGHUP(t *testing.T) {
+	dir := t.TempDir()
+	certFile, keyFile := filepath.Join(dir, "proxy.crt"), filepath.Join(dir, "proxy.key")
+	certA, keyA, derA := selfSigned(t, "pharos-test-A")
+	certB, keyB, derB := selfSigned(t, "pharos-test-B")
+	writeFile(t, certFile, certA)
+	writeFile(t, keyFile, keyA)
+	p := startPharos(t, "--tls-mode", "allow", "--tls-cert-file", certFile, "--tls-key-file", keyFile)
+	ctx, cancel := context.WithTimeout(context.Background(), e2eWait)
+	defer cancel()
+
+	before, der := tlsConnect(t, ctx, p.rw)
+	defer before.Close(context.Background())
+	if !bytes.Equal(der, derA) {
+		t.Fatalf("first certificate is not A")
+	}
+
+	writeFile(t, certFile, certB)
+	writeFile(t, keyFile, keyB)
+	if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	t.Run("new sessions see the new certificate", func(t *testing.T) {
+		deadline := time.Now().Add(e2eWait)
+		for {
+			conn, der := tlsConnect(t, ctx, p.rw)
+			conn.Close(ctx)
+			if bytes.Equal(der, derB) {
+				return
+			}
+			if !bytes.Equal(der, derA) {
+				t.Fatal("certificate is neither A nor B")
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("still certificate A %v after SIGHUP", e2eWait)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	})
+	t.Run("sessions from before keep working", func(t *testing.T) {
+		if _, err := before.Exec(ctx, "SELECT 1"); err != nil {
+			t.Fatal(err)
+		}
+	})
+	t.Run("a broken file keeps the loaded certificate", func(t *testing.T) {
+		writeFile(t, certFile, []byte("-----BEGIN CERTIFICATE-----\ntruncated"))
+		if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+			t.Fatal(err)
+		}
+		p.waitLog(t, "TLS reload failed")
+		conn, der := tlsConnect(t, ctx, p.rw)
+		conn.Close(ctx)
+		if !bytes.Equal(der, derB) {
+			t.Error("certificate changed after a failed reload")
+		}
+	})
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if code := p.wait(t, e2eWait); code != 0 {
+		t.Errorf("exit %d after SIGTERM, want 0", code)
+	}
+}
+
+// pharosProc is a `pharos proxy` process in front of the test cluster.
+type pharosProc struct {
+	cmd        *exec.Cmd
+	rw, ro     string
+	logPath    string
+	exited     chan struct{} // closed once cmd.Wait returned
+	exitStatus int
+}
+
+// startPharos runs the built binary on free loopback ports with a fast
+// static source, and waits until the rw endpoint serves a query.
+func startPharos(t *testing.T, extra ...string) *pharosProc {
+	t.Helper()
+	bin := pharosBinary(t)
+	var addrs [3]string
+	for i := range addrs {
+		port, err := pglocal.FreePort()
+		if err != nil {
+			t.Fatal(err)
+		}
+		addrs[i] = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	}
+	var backends []string
+	for _, in := range cluster.Instances() {
+		backends = append(backends, in.Addr())
+	}
+	args := append([]string{"proxy",
+		"--backends", strings.Join(backends, ","),
+		"--rw-listen", addrs[0], "--ro-listen", addrs[1], "--metrics-listen", addrs[2],
+		"--health-user", pglocal.UserHealth, "--health-sslmode", "disable",
+		"--health-check-interval", "200ms", "--health-check-timeout", "150ms",
+		"--log-level", "debug",
+	}, extra...)
+	p := &pharosProc{rw: addrs[0], ro: addrs[1], logPath: filepath.Join(t.TempDir(), "pharos.log"), exited: make(chan struct{})}
+	logf, err := os.Create(p.logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logf.Close()
+	p.cmd = exec.Command(bin, args...)
+	p.cmd.Env = append(os.Environ(), "PHAROS_HEALTH_PASSWORD="+pglocal.PasswordHealth)
+	p.cmd.Stdout, p.cmd.Stderr = logf, logf
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		_ = p.cmd.Wait()
+		p.exitStatus = p.cmd.ProcessState.ExitCode()
+		close(p.exited)
+	}()
+	t.Cleanup(func() {
+		select {
+		case <-p.exited:
+		default:
+			_ = p.cmd.Process.Kill()
+			<-p.exited
+		}
+		if t.Failed() {
+			log, _ := os.ReadFile(p.logPath)
+			t.Logf("pharos output:\n%s", log)
+		}
+	})
+
+	deadline := time.Now().Add(e2eWait)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		conn, err := pgx.Connect(ctx, appDSN(p.rw, ""))
+		if err == nil {
+			_, err = conn.Exec(ctx, "SELECT 1")
+			conn.Close(ctx)
+		}
+		cancel()
+		if err == nil {
+			return p
+		}
+		select {
+		case <-p.exited:
+			t.Fatalf("pharos exited with %d before serving", p.exitStatus)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("rw endpoint not serving after %v: %v", e2eWait, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// wait returns the exit status once the process ended, failing the test
+// if that takes longer than d.
+func (p *pharosProc) wait(t *testing.T, d time.Duration) int {
+	t.Helper()
+	select {
+	case <-p.exited:
+		return p.exitStatus
+	case <-time.After(d):
+		t.Fatalf("pharos still running %v later", d)
+		return -1
+	}
+}
+
+// waitLog waits until the process has logged a line containing s.
+func (p *pharosProc) waitLog(t *testing.T, s string) {
+	t.Helper()
+	deadline := time.Now().Add(e2eWait)
+	for {
+		log, err := os.ReadFile(p.logPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if bytes.Contains(log, []byte(s)) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no %q in the log after %v", s, e2eWait)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func appDSN(addr, extra string) string {
+	host, port, _ := net.SplitHostPort(addr)
+	return fmt.Sprintf("host=%s port=%s user=%s password=%s dbname=%s sslmode=disable connect_timeout=5 %s",
+		host, port, pglocal.UserSCRAM, pglocal.PasswordSCRAM, pglocal.AppDB, extra)
+}
+
+// tlsConnect opens a session with sslmode=require and returns it with the
+// leaf certificate the proxy presented.
+func tlsConnect(t *testing.T, ctx context.Context, addr string) (*pgx.Conn, []byte) {
+	t.Helper()
+	cfg, err := pgx.ParseConfig(appDSN(addr, "sslmode=require"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var leaf []byte
+	cfg.TLSConfig.VerifyPeerCertificate = func(raw [][]byte, _ [][]*x509.Certificate) error {
+		if len(raw) > 0 {
+			leaf = raw[0]
+		}
+		return nil
+	}
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		t.Fatalf("TLS connect: %v", err)
+	}
+	if _, err := conn.Exec(ctx, "SELECT 1"); err != nil {
+		t.Fatalf("query over TLS: %v", err)
+	}
+	return conn, leaf
+}
+
+func selfSigned(t *testing.T, cn string) (certPEM, keyPEM, der []byte) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(time.Now().UnixNano()),
+		Subject:      pkix.Name{CommonName: cn},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
+	}
+	der, err = x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pkcs8, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
+		pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: pkcs8}), der
+}
+
+func writeFile(t *testing.T, path string, data []byte) {
+	t.Helper()
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// rawSession is a protocol-level client, to see exactly what the proxy
+// sends when it ends a session.
+type rawSession struct {
+	conn net.Conn
+	br   *bufio.Reader
+}
+
+// rawLogin logs user (trust authentication) in on the app database.
+func rawLogin(t *testing.T, addr, user string) *rawSession {
+	t.Helper()
+	conn, err := net.DialTimeout("tcp", addr, e2eWait)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	s := &rawSession{conn: conn, br: bufio.NewReader(conn)}
+	pkt, err := wire.AppendStartupMessage(nil, 3<<16, []wire.Param{{Name: "user", Value: user}, {Name: "database", Value: pglocal.AppDB}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = conn.SetDeadline(time.Now().Add(e2eWait))
+	if _, err := conn.Write(pkt); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		typ, msg, err := wire.ReadMessage(s.br, nil, 1<<20)
+		if err != nil {
+			t.Fatalf("login: %v", err)
+		}
+		switch typ {
+		case wire.MsgErrorResponse:
+			_, code, m, _ := wire.ErrorFields(msg)
+			t.Fatalf("login: %s %s", code, m)
+		case wire.MsgReadyForQuery:
+			_ = conn.SetDeadline(time.Time{})
+			return s
+		}
+	}
+}
+
+// waitEnd reads until an ErrorResponse or the end of the stream and
+// returns the error's SQLSTATE ("" for none) and whether the connection
+// closed afterwards.
+func (s *rawSession) waitEnd(t *testing.T, d time.Duration) (code string, closed bool) {
+	t.Helper()
+	_ = s.conn.SetReadDeadline(time.Now().Add(d))
+	for {
+		typ, msg, err := wire.ReadMessage(s.br, nil, 1<<20)
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("nothing within %v (so far code %q)", d, code)
+		}
+		if err != nil {
+			return code, true
+		}
+		if typ == wire.MsgErrorResponse && code == "" {
+			_, code, _, _ = wire.ErrorFields(msg)
+		}
+	}
+}
