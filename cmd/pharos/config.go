@@ -1,13 +1,12 @@
 package main
 
 import (
-	"bytes"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
+	"reflect"
 	"strconv"
 	"strings"
 	"time"
@@ -68,19 +67,60 @@ func (b *byteSize) UnmarshalYAML(n *yaml.Node) error {
 	return nil
 }
 
-// loadYAML decodes a config file strictly: unknown keys and a file cut
-// short are errors naming the problem, never silently ignored.
+// loadYAML decodes a config file strictly, key by key, so that every
+// problem (an unknown key, a value of the wrong type, a file cut short) is
+// one line that names the key and its line; nothing is silently ignored.
+// into must point to a struct whose fields carry yaml tags.
 func loadYAML(path string, into any) error {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return usageErrorf("config: %v", err)
 	}
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	dec.KnownFields(true)
-	if err := dec.Decode(into); err != nil && !errors.Is(err, io.EOF) {
-		return usageErrorf("config %s: %s", path, strings.TrimPrefix(err.Error(), "yaml: "))
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		return usageErrorf("config %s: %s", path, oneLine(err))
+	}
+	if len(doc.Content) == 0 {
+		return nil // an empty file sets nothing
+	}
+	root := doc.Content[0]
+	if root.Kind != yaml.MappingNode {
+		return usageErrorf("config %s: line %d: expected key: value settings", path, root.Line)
+	}
+	fields := yamlFields(into)
+	for i := 0; i+1 < len(root.Content); i += 2 {
+		key, value := root.Content[i], root.Content[i+1]
+		field, ok := fields[key.Value]
+		if !ok {
+			return usageErrorf("config %s: line %d: unknown key %q", path, key.Line, key.Value)
+		}
+		if err := value.Decode(field.Addr().Interface()); err != nil {
+			return usageErrorf("config %s: %s (line %d): %s", path, key.Value, key.Line, oneLine(err))
+		}
 	}
 	return nil
+}
+
+// yamlFields maps the yaml tags of the struct into points to to its fields.
+func yamlFields(into any) map[string]reflect.Value {
+	v := reflect.ValueOf(into).Elem()
+	fields := make(map[string]reflect.Value, v.NumField())
+	for i := range v.NumField() {
+		if tag, _, _ := strings.Cut(v.Type().Field(i).Tag.Get("yaml"), ","); tag != "" && tag != "-" {
+			fields[tag] = v.Field(i)
+		}
+	}
+	return fields
+}
+
+// oneLine reduces a yaml error to its last line, without the "yaml: "
+// prefix.
+func oneLine(err error) string {
+	msg := strings.TrimSpace(err.Error())
+	if i := strings.LastIndex(msg, "\n"); i >= 0 {
+		msg = strings.TrimSpace(msg[i+1:])
+	}
+	return strings.TrimPrefix(msg, "yaml: ")
 }
 
 // overrides collects flag values to apply on top of the config file, so

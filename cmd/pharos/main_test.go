@@ -86,14 +86,3 @@ func pharosBinary(t *testing.T) string {
 	}
 	return buildPath
 }
-
-// knownBug marks a failure this suite knows the command has: the test is
-// skipped with the evidence, or fails when PHAROS_KNOWN_BUGS=fail.
-func knownBug(t *testing.T, format string, args ...any) {
-	t.Helper()
-	if os.Getenv("PHAROS_KNOWN_BUGS") == "fail" {
-		t.Errorf("KNOWN BUG: "+format, args...)
-		return
-	}
-	t.Skipf("KNOWN BUG (PHAROS_KNOWN_BUGS=fail to fail on it): "+format, args...)
-}

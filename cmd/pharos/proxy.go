@@ -87,7 +87,6 @@ func defaultProxySettings() proxySettings {
 // parseProxyArgs reads --config and the flags; flags override the file.
 func parseProxyArgs(args []string, stderr io.Writer) (proxySettings, error) {
 	fs := flag.NewFlagSet("pharos proxy", flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	configPath := fs.String("config", "", "YAML config file (flags override it)")
 	o := &overrides[proxySettings]{fs: fs}
 	str := func(name, usage string, f func(*proxySettings) *string) { bind(o, name, usage, parseString, f) }
@@ -121,8 +120,13 @@ func parseProxyArgs(args []string, stderr io.Writer) (proxySettings, error) {
 	bind(o, "max-message-size", "largest client message (0 = PostgreSQL's 1GB)", parseByteSize, func(s *proxySettings) *byteSize { return &s.MaxMessageSize })
 	dur("drain-timeout", "on SIGTERM, time sessions get to finish their transactions", func(s *proxySettings) *duration { return &s.DrainTimeout })
 
+	// Errors are one line (returned below); the full list only on -h.
+	fs.SetOutput(io.Discard)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
+			fs.SetOutput(stderr)
+			fmt.Fprintln(stderr, "usage: pharos proxy [--config FILE] [flags]")
+			fs.PrintDefaults()
 			return proxySettings{}, err
 		}
 		return proxySettings{}, usageErrorf("%v", err)
@@ -259,6 +263,7 @@ func newProxyStack(settings proxySettings, log *slog.Logger) (*proxyStack, error
 	if settings.MetricsListen != "" {
 		ln, err := net.Listen("tcp", settings.MetricsListen)
 		if err != nil {
+			srv.CloseListeners()
 			return nil, fmt.Errorf("metrics_listen %s: %w", settings.MetricsListen, err)
 		}
 		st.metrics = ln

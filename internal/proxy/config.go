@@ -49,9 +49,10 @@ type Config struct {
 	RouteWait time.Duration
 	// ConnectTimeout bounds dialling a backend, TLS included.
 	ConnectTimeout time.Duration
-	// MaxMessageSize bounds a client message (bytes, header included); a
+	// MaxMessageSize bounds a client message's length word (which counts
+	// itself but not the type byte, as PostgreSQL's own limit does); a
 	// larger one ends the session with FATAL 08P01. 0 means PostgreSQL's
-	// own limit of 1 GiB.
+	// limit of 1 GiB.
 	MaxMessageSize int
 	// DrainTimeout is how long a stopping proxy lets sessions finish their
 	// transactions before it cuts them.
@@ -114,12 +115,15 @@ func (c *Config) Validate() error {
 	default:
 		return fmt.Errorf("backend_tls: %q is not one of disable, require, verify-ca", c.BackendTLS)
 	}
-	for key, d := range map[string]time.Duration{
-		"startup_timeout": c.StartupTimeout, "route_wait": c.RouteWait,
-		"connect_timeout": c.ConnectTimeout, "drain_timeout": c.DrainTimeout,
+	for _, d := range []struct {
+		key string
+		d   time.Duration
+	}{
+		{"startup_timeout", c.StartupTimeout}, {"route_wait", c.RouteWait},
+		{"connect_timeout", c.ConnectTimeout}, {"drain_timeout", c.DrainTimeout},
 	} {
-		if d < 0 {
-			return fmt.Errorf("%s: must not be negative", key)
+		if d.d < 0 {
+			return fmt.Errorf("%s: must not be negative", d.key)
 		}
 	}
 	if c.MaxClientsPerEndpoint < 0 {

@@ -61,12 +61,14 @@ func (sess *session) relay(pkt wire.StartupPacket, deadline time.Time) {
 // framing and the size limit. It is the only writer to the backend once
 // the StartupMessage is sent.
 type clientToBackend struct {
-	sess *session
-	f    wire.Framer
+	sess     *session
+	f        wire.Framer
+	requests uint64 // sync points already reported to the session
 }
 
 func (c *clientToBackend) run() {
 	s := c.sess.srv
+	c.f.Frontend = true
 	if s.cfg.MaxMessageSize > 0 {
 		c.f.MaxBodyLen = s.cfg.MaxMessageSize - 4
 	}
@@ -100,6 +102,12 @@ func (c *clientToBackend) forward(p []byte) bool {
 		}
 		sess.end(reason, code, "pharos: "+err.Error())
 		return false
+	}
+	if n := c.f.SyncPoints(); n != c.requests {
+		if !sess.startRequest(n) {
+			return false
+		}
+		c.requests = n
 	}
 	if _, err := sess.backend.Write(p); err != nil {
 		sess.end(metrics.ReasonBackendLost, wire.CodeConnectionFailure, "pharos: lost the connection to the server")
@@ -154,7 +162,10 @@ func (b *backendToClient) run() {
 			sess.end(metrics.ReasonBackendLost, wire.CodeConnectionFailure, "pharos: the server closed the connection unexpectedly")
 		}
 	}
-	if st := sess.ended.Load(); st.message != "" && !b.clientBroken && b.f.AtBoundary() {
+	// After the server's own error (its FATAL when it dies, typically) a
+	// second FATAL from the proxy would only confuse the client.
+	serverSaidWhy := b.f.LastType() == wire.MsgErrorResponse
+	if st := sess.ended.Load(); st.message != "" && !b.clientBroken && b.f.AtBoundary() && !serverSaidWhy {
 		_ = sess.client.SetWriteDeadline(time.Now().Add(fatalWriteGrace))
 		_, _ = sess.client.Write(wire.FatalError(st.code, st.message))
 	}
@@ -174,8 +185,9 @@ func (b *backendToClient) forward(p []byte) bool {
 		return false
 	}
 	s.bytesB2C.Add(float64(len(p)))
+	sess.answers.Store(b.f.SyncPoints())
 	idle := b.f.AtBoundary() && b.f.TxStatus() == wire.TxIdle
-	sess.idle.Store(idle)
+	sess.txIdle.Store(idle)
 	if idle && s.drainFlag.Load() {
 		sess.drainIfIdle()
 	}
@@ -276,7 +288,7 @@ func (b *backendToClient) startup(br *bufio.Reader) bool {
 func (sess *session) established() {
 	sess.countOutcome(metrics.OutcomeOK)
 	sess.attached.Store(true)
-	sess.idle.Store(true)
+	sess.txIdle.Store(true)
 	sess.connMu.Lock()
 	_ = sess.client.SetDeadline(time.Time{})
 	_ = sess.backend.SetDeadline(time.Time{})

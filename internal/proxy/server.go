@@ -184,6 +184,10 @@ func (s *Server) Addr(ep router.Endpoint) net.Addr {
 	return nil
 }
 
+// CloseListeners releases the endpoints bound by Listen, for a caller that
+// gives up before Serve (which closes them itself).
+func (s *Server) CloseListeners() { s.closeListeners() }
+
 func (s *Server) closeListeners() {
 	for _, ln := range s.listeners {
 		_ = ln.Close()

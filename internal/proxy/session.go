@@ -42,10 +42,16 @@ type session struct {
 	cancelKey string
 
 	// Shared between goroutines.
-	ended      atomic.Pointer[endState]
-	idle       atomic.Bool // backend side at a boundary after ReadyForQuery 'I'
-	clientQuit atomic.Bool // the client sent Terminate
-	attached   atomic.Bool // the first ReadyForQuery reached the client
+	ended atomic.Pointer[endState]
+	// Drain bookkeeping: a session is idle when every request the client
+	// forwarded has been answered and the last answer said 'I'.
+	drainMu    sync.Mutex
+	requests   uint64        // guarded by drainMu: client sync points forwarded
+	cut        bool          // guarded by drainMu: the drain decided to end it
+	answers    atomic.Uint64 // server ReadyForQuery messages forwarded
+	txIdle     atomic.Bool   // the server side is at a boundary after ReadyForQuery 'I'
+	clientQuit atomic.Bool   // the client sent Terminate
+	attached   atomic.Bool   // the first ReadyForQuery reached the client
 }
 
 // endState is why a session ends. An empty message means no FATAL is owed
@@ -94,9 +100,28 @@ func (sess *session) finish(st *endState) {
 // drainIfIdle ends the session now when no transaction is open; a busy
 // session is ended by its own copier when it next becomes idle.
 func (sess *session) drainIfIdle() {
-	if sess.idle.Load() {
+	sess.drainMu.Lock()
+	idle := !sess.cut && sess.txIdle.Load() && sess.answers.Load() == sess.requests
+	if idle {
+		sess.cut = true
+	}
+	sess.drainMu.Unlock()
+	if idle {
 		sess.end(metrics.ReasonShutdown, wire.CodeAdminShutdown, "terminating connection because the proxy is shutting down")
 	}
+}
+
+// startRequest records that the client has sent its n-th sync point and
+// reports whether it may go to the server: not once the drain has cut the
+// session, so a statement is never sent to be lost with the connection.
+func (sess *session) startRequest(n uint64) bool {
+	sess.drainMu.Lock()
+	defer sess.drainMu.Unlock()
+	if sess.cut {
+		return false
+	}
+	sess.requests = n
+	return true
 }
 
 func (sess *session) run() {

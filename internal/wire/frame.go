@@ -32,6 +32,9 @@ const (
 	MsgReadyForQuery    byte = 'Z'
 	MsgNegotiateVersion byte = 'v'
 	MsgTerminate        byte = 'X'
+	MsgQuery            byte = 'Q'
+	MsgSync             byte = 'S' // from a client; from a server 'S' is ParameterStatus
+	MsgFunctionCall     byte = 'F'
 	// MsgSASLInitialResponse shares 'p' with the other authentication
 	// responses; it is the first one after AuthenticationSASL.
 	MsgSASLInitialResponse byte = 'p'
@@ -46,6 +49,9 @@ const (
 type Framer struct {
 	// MaxBodyLen bounds a message body; 0 means MaxProtocolBodyLen.
 	MaxBodyLen int
+	// Frontend says the stream comes from a client. It decides which
+	// messages SyncPoints counts.
+	Frontend bool
 
 	hdr        [HeaderLen]byte
 	hdrN       int // header bytes seen of the message in progress
@@ -54,6 +60,7 @@ type Framer struct {
 	wantStatus bool // the next body byte is a ReadyForQuery status
 	txStatus   byte
 	messages   uint64
+	syncPoints uint64
 }
 
 // ErrMessageTooLarge is wrapped by the ProtocolError returned for a message
@@ -132,6 +139,13 @@ func (f *Framer) startMessage(typ byte, length uint32) (int, error) {
 	f.typ = typ
 	f.wantStatus = typ == MsgReadyForQuery && bodyLen > 0
 	f.messages++
+	if f.Frontend {
+		if typ == MsgQuery || typ == MsgSync || typ == MsgFunctionCall {
+			f.syncPoints++
+		}
+	} else if typ == MsgReadyForQuery {
+		f.syncPoints++
+	}
 	return bodyLen, nil
 }
 
@@ -145,6 +159,12 @@ func (f *Framer) TxStatus() byte { return f.txStatus }
 
 // LastType is the type byte of the last message whose header was seen.
 func (f *Framer) LastType() byte { return f.typ }
+
+// SyncPoints counts, in a client stream, the messages each answered by
+// exactly one ReadyForQuery (Query, Sync, FunctionCall); in a server
+// stream, the ReadyForQuery messages. A session whose two counts are equal
+// has no request in flight.
+func (f *Framer) SyncPoints() uint64 { return f.syncPoints }
 
 // Messages counts the message headers seen.
 func (f *Framer) Messages() uint64 { return f.messages }
