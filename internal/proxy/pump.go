@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"syscall"
+	"unsafe"
 )
 
 // pump reads src until it fails or handle returns false, passing every
@@ -30,14 +31,14 @@ func pump(src net.Conn, buf []byte, handle func([]byte) bool) error {
 	var readErr error
 	err = rc.Read(func(fd uintptr) bool {
 		for {
-			n, err := syscall.Read(int(fd), buf)
+			n, errno := rawRead(fd, buf)
 			switch {
-			case err == syscall.EINTR:
+			case errno == syscall.EINTR:
 				continue
-			case err == syscall.EAGAIN:
+			case errno == syscall.EAGAIN:
 				return false
-			case err != nil:
-				readErr = err
+			case errno != 0:
+				readErr = errno
 				return true
 			case n == 0:
 				readErr = io.EOF
@@ -72,4 +73,76 @@ func pumpConn(src net.Conn, buf []byte, handle func([]byte) bool) error {
 			return err
 		}
 	}
+}
+
+// rawRead and rawWrite are read(2) and write(2) on a non-blocking socket
+// without the runtime's syscall bookkeeping: they cannot block, so there is
+// no point letting the scheduler hand this goroutine's P to another thread
+// while they run, which on a busy loopback is what makes a relay pay for
+// thread wake-ups on every message.
+func rawRead(fd uintptr, p []byte) (int, syscall.Errno) {
+	n, _, errno := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)))
+	return int(n), errno
+}
+
+func rawWrite(fd uintptr, p []byte) (int, syscall.Errno) {
+	n, _, errno := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)))
+	return int(n), errno
+}
+
+// socketWriter writes to a plain TCP socket with rawWrite, waiting through
+// the runtime's poller only when the socket buffer is full. It honours the
+// connection's write deadline while it waits.
+type socketWriter struct {
+	rc      syscall.RawConn
+	pending []byte
+	err     error
+	write   func(fd uintptr) bool // w.writeFD, bound once
+}
+
+// newWriter returns a socketWriter for a plain TCP connection and c itself
+// for anything else (TLS).
+func newWriter(c net.Conn) io.Writer {
+	tc, ok := c.(*net.TCPConn)
+	if !ok {
+		return c
+	}
+	rc, err := tc.SyscallConn()
+	if err != nil {
+		return c
+	}
+	w := &socketWriter{rc: rc}
+	w.write = w.writeFD
+	return w
+}
+
+func (w *socketWriter) Write(p []byte) (int, error) {
+	w.pending, w.err = p, nil
+	err := w.rc.Write(w.write)
+	n := len(p) - len(w.pending)
+	w.pending = nil
+	if err != nil {
+		return n, err
+	}
+	if w.err != nil {
+		return n, w.err
+	}
+	return n, nil
+}
+
+func (w *socketWriter) writeFD(fd uintptr) bool {
+	for len(w.pending) > 0 {
+		n, errno := rawWrite(fd, w.pending)
+		switch errno {
+		case 0:
+			w.pending = w.pending[n:]
+		case syscall.EINTR:
+		case syscall.EAGAIN:
+			return false
+		default:
+			w.err = errno
+			return true
+		}
+	}
+	return true
 }

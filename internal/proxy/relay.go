@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"slices"
 	"sync"
@@ -63,12 +64,14 @@ func (sess *session) relay(pkt wire.StartupPacket, deadline time.Time) {
 type clientToBackend struct {
 	sess     *session
 	f        wire.Framer
-	requests uint64 // sync points already reported to the session
+	backend  io.Writer // the backend connection, raw when it is plain TCP
+	requests uint64    // sync points already reported to the session
 }
 
 func (c *clientToBackend) run() {
 	s := c.sess.srv
 	c.f.Frontend = true
+	c.backend = newWriter(c.sess.backend)
 	if s.cfg.MaxMessageSize > 0 {
 		c.f.MaxBodyLen = s.cfg.MaxMessageSize - 4
 	}
@@ -109,7 +112,7 @@ func (c *clientToBackend) forward(p []byte) bool {
 		}
 		c.requests = n
 	}
-	if _, err := sess.backend.Write(p); err != nil {
+	if _, err := c.backend.Write(p); err != nil {
 		sess.end(metrics.ReasonBackendLost, wire.CodeConnectionFailure, "pharos: lost the connection to the server")
 		return false
 	}
@@ -127,7 +130,8 @@ func (c *clientToBackend) forward(p []byte) bool {
 type backendToClient struct {
 	sess         *session
 	f            wire.Framer
-	clientBroken bool // a write to the client failed: its stream position is unknown
+	client       io.Writer // the client connection, raw when it is plain TCP
+	clientBroken bool      // a write to the client failed: its stream position is unknown
 }
 
 func (b *backendToClient) run() {
@@ -143,6 +147,7 @@ func (b *backendToClient) run() {
 		}
 		return
 	}
+	b.client = newWriter(sess.client)
 	ok := true
 	if n := br.Buffered(); n > 0 {
 		// What the server sent right behind ReadyForQuery (a notice, an
@@ -179,7 +184,7 @@ func (b *backendToClient) forward(p []byte) bool {
 		sess.end(metrics.ReasonBackendLost, wire.CodeConnectionFailure, "pharos: invalid data from the server: "+err.Error())
 		return false
 	}
-	if _, err := sess.client.Write(p); err != nil {
+	if _, err := b.client.Write(p); err != nil {
 		b.clientBroken = true
 		sess.end("", "", "")
 		return false
