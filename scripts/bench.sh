@@ -26,8 +26,11 @@ stamp=$(date -u +%Y%m%dT%H%M%SZ)
 
 pids=()
 cleanup() {
+	# SIGINT stops the demo cleanly (it stops its servers); HAProxy in
+	# foreground mode wants SIGTERM.
 	for p in "${pids[@]}"; do kill -INT "$p" 2>/dev/null || true; done
-	for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+	[ -n "${haproxy_pid:-}" ] && kill -TERM "$haproxy_pid" 2>/dev/null
+	for p in "${pids[@]}" ${haproxy_pid:-}; do wait "$p" 2>/dev/null || true; done
 	rm -rf "$work"
 }
 trap cleanup EXIT
@@ -58,7 +61,9 @@ listen pg_rw
     server primary ${primary}
 CFG
 haproxy -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 &
-pids+=($!)
+haproxy_pid=$!
+sleep 0.5
+kill -0 "$haproxy_pid" 2>/dev/null || { cat "$work/haproxy.log" >&2; echo "bench: haproxy did not start" >&2; exit 1; }
 
 echo "bench: pgbench -i -s $SCALE on the primary" >&2
 pgbench -i -q -s "$SCALE" "$direct_dsn" >/dev/null 2>&1
