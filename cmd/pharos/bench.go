@@ -17,6 +17,7 @@ func benchUsage(w io.Writer) {
 
 verbs:
   throughput  compare throughput and latency of several targets in alternation
+  switch      flip the leader key between real backends and time the proxy's reroute
 
 Run "pharos bench <verb> -h" for the verb's flags.
 `)
@@ -31,6 +32,8 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	switch args[0] {
 	case "throughput":
 		return runBenchThroughput(ctx, args[1:], stdout, stderr)
+	case "switch":
+		return runBenchSwitch(ctx, args[1:], stdout, stderr)
 	case "-h", "--help", "help":
 		benchUsage(stderr)
 		return exitOK

@@ -18,7 +18,7 @@ import (
 
 // cluster is a primary and one replica for the tests that run the built
 // binary against real servers. Tests must leave it as they found it.
-var cluster *pglocal.Cluster
+var pgCluster *pglocal.Cluster
 
 // binDir holds the pharos binary once built.
 var binDir string
@@ -43,7 +43,7 @@ func runMain(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "start PostgreSQL:", err)
 		return 1
 	}
-	cluster = c
+	pgCluster = c
 	code := m.Run()
 	cctx, ccancel := context.WithTimeout(context.Background(), time.Minute)
 	defer ccancel()

@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -17,6 +19,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/pharos-ha/pharos/internal/cluster"
 	"github.com/pharos-ha/pharos/internal/metrics"
 	"github.com/pharos-ha/pharos/internal/proxy"
 	"github.com/pharos-ha/pharos/internal/router"
@@ -34,9 +37,18 @@ type proxySettings struct {
 
 	Source   string   `yaml:"source"`
 	Backends []string `yaml:"backends"`
-	// Reserved for the etcd-driven sources.
-	Etcd    []string `yaml:"etcd"`
-	Cluster string   `yaml:"cluster"`
+
+	// The etcd-driven sources (pharos, patroni).
+	Etcd             []string `yaml:"etcd"`
+	Cluster          string   `yaml:"cluster"`
+	EtcdUsername     string   `yaml:"etcd_username"`
+	EtcdPassword     string   `yaml:"etcd_password"`
+	EtcdPasswordFile string   `yaml:"etcd_password_file"`
+	EtcdCACert       string   `yaml:"etcd_cacert"`
+	EtcdCert         string   `yaml:"etcd_cert"`
+	EtcdKey          string   `yaml:"etcd_key"`
+	PatroniNamespace string   `yaml:"patroni_namespace"`
+	PatroniScope     string   `yaml:"patroni_scope"`
 
 	HealthInterval     duration `yaml:"health_check_interval"`
 	HealthTimeout      duration `yaml:"health_check_timeout"`
@@ -65,22 +77,23 @@ type proxySettings struct {
 
 func defaultProxySettings() proxySettings {
 	return proxySettings{
-		RWListen:       "127.0.0.1:6432",
-		ROListen:       "127.0.0.1:6433",
-		MetricsListen:  "127.0.0.1:6434",
-		LogLevel:       "info",
-		Source:         "static",
-		HealthInterval: duration(time.Second),
-		HealthTimeout:  duration(800 * time.Millisecond),
-		HealthUser:     "postgres",
-		HealthDatabase: "postgres",
-		HealthSSLMode:  "prefer",
-		TLSMode:        string(proxy.TLSDisable),
-		BackendTLS:     string(proxy.BackendTLSDisable),
-		StartupTimeout: duration(60 * time.Second),
-		RouteWait:      duration(5 * time.Second),
-		ConnectTimeout: duration(5 * time.Second),
-		DrainTimeout:   duration(30 * time.Second),
+		RWListen:         "127.0.0.1:6432",
+		ROListen:         "127.0.0.1:6433",
+		MetricsListen:    "127.0.0.1:6434",
+		LogLevel:         "info",
+		Source:           "static",
+		PatroniNamespace: "/service",
+		HealthInterval:   duration(time.Second),
+		HealthTimeout:    duration(800 * time.Millisecond),
+		HealthUser:       "postgres",
+		HealthDatabase:   "postgres",
+		HealthSSLMode:    "prefer",
+		TLSMode:          string(proxy.TLSDisable),
+		BackendTLS:       string(proxy.BackendTLSDisable),
+		StartupTimeout:   duration(60 * time.Second),
+		RouteWait:        duration(5 * time.Second),
+		ConnectTimeout:   duration(5 * time.Second),
+		DrainTimeout:     duration(30 * time.Second),
 	}
 }
 
@@ -96,10 +109,17 @@ func parseProxyArgs(args []string, stderr io.Writer) (proxySettings, error) {
 	str("metrics-listen", "Prometheus /metrics address (\"\" to disable)", func(s *proxySettings) *string { return &s.MetricsListen })
 	bind(o, "pprof", "serve /debug/pprof/ on the metrics listener", parseBool, func(s *proxySettings) *bool { return &s.Pprof })
 	str("log-level", "debug, info, warn or error", func(s *proxySettings) *string { return &s.LogLevel })
-	str("source", "topology source: static (pharos and patroni need etcd)", func(s *proxySettings) *string { return &s.Source })
+	str("source", "topology source: static (health checks on --backends), pharos or patroni (etcd)", func(s *proxySettings) *string { return &s.Source })
 	bind(o, "backends", "comma-separated host:port list for --source static", parseList, func(s *proxySettings) *[]string { return &s.Backends })
 	bind(o, "etcd", "comma-separated etcd endpoints", parseList, func(s *proxySettings) *[]string { return &s.Etcd })
-	str("cluster", "cluster name in etcd", func(s *proxySettings) *string { return &s.Cluster })
+	str("cluster", "cluster name in etcd (pharos: /pharos/<cluster>/; patroni: the scope)", func(s *proxySettings) *string { return &s.Cluster })
+	str("etcd-username", "etcd user (enables etcd authentication)", func(s *proxySettings) *string { return &s.EtcdUsername })
+	str("etcd-password-file", "file holding the etcd password (or env PHAROS_ETCD_PASSWORD)", func(s *proxySettings) *string { return &s.EtcdPasswordFile })
+	str("etcd-cacert", "CA bundle to verify etcd's certificate (enables TLS)", func(s *proxySettings) *string { return &s.EtcdCACert })
+	str("etcd-cert", "client certificate for etcd", func(s *proxySettings) *string { return &s.EtcdCert })
+	str("etcd-key", "client key for etcd", func(s *proxySettings) *string { return &s.EtcdKey })
+	str("patroni-namespace", "Patroni's namespace (its default is /service)", func(s *proxySettings) *string { return &s.PatroniNamespace })
+	str("patroni-scope", "Patroni's scope (default: --cluster)", func(s *proxySettings) *string { return &s.PatroniScope })
 	dur("health-check-interval", "interval between health checks", func(s *proxySettings) *duration { return &s.HealthInterval })
 	dur("health-check-timeout", "timeout of one health check (below the interval)", func(s *proxySettings) *duration { return &s.HealthTimeout })
 	str("health-user", "user the health checks log in as", func(s *proxySettings) *string { return &s.HealthUser })
@@ -224,13 +244,14 @@ func runProxy(ctx context.Context, args []string, _ io.Writer, stderr io.Writer)
 // proxyStack is a proxy with its router, topology source and metrics
 // endpoint, bound and ready to run. The demo embeds one too.
 type proxyStack struct {
-	log     *slog.Logger
-	server  *proxy.Server
-	router  *router.Router
-	source  *router.Static
-	metrics net.Listener // nil when disabled
-	handler http.Handler
-	pprof   bool
+	log         *slog.Logger
+	server      *proxy.Server
+	router      *router.Router
+	source      topologySource
+	closeSource func()
+	metrics     net.Listener // nil when disabled
+	handler     http.Handler
+	pprof       bool
 }
 
 func newProxyStack(settings proxySettings, log *slog.Logger) (*proxyStack, error) {
@@ -238,37 +259,123 @@ func newProxyStack(settings proxySettings, log *slog.Logger) (*proxyStack, error
 	if err != nil {
 		return nil, err
 	}
-	if settings.Source != "static" {
-		return nil, usageErrorf("source: %q is not available yet; this build supports static", settings.Source)
-	}
-	scfg, err := settings.staticConfig()
+	reg := metrics.NewRegistry()
+	m := metrics.NewProxy(reg)
+	src, closeSource, err := settings.newSource(log, m)
 	if err != nil {
 		return nil, err
 	}
-	reg := metrics.NewRegistry()
-	m := metrics.NewProxy(reg)
 	r := router.New(router.Config{MaxLagBytes: int64(settings.MaxLag), ROFallbackToPrimary: settings.ROFallbackToPrimary}, log, m)
-	src, err := router.NewStatic(scfg, log, m)
-	if err != nil {
-		return nil, usageErrorf("%v", err)
-	}
 	srv, err := proxy.New(pcfg, r, log, m)
 	if err != nil {
+		closeSource()
 		return nil, usageErrorf("%v", err)
 	}
 	if err := srv.Listen(); err != nil {
+		closeSource()
 		return nil, err
 	}
-	st := &proxyStack{log: log, server: srv, router: r, source: src, handler: metrics.Handler(reg), pprof: settings.Pprof}
+	st := &proxyStack{log: log, server: srv, router: r, source: src, closeSource: closeSource, handler: metrics.Handler(reg), pprof: settings.Pprof}
 	if settings.MetricsListen != "" {
 		ln, err := net.Listen("tcp", settings.MetricsListen)
 		if err != nil {
 			srv.CloseListeners()
+			closeSource()
 			return nil, fmt.Errorf("metrics_listen %s: %w", settings.MetricsListen, err)
 		}
 		st.metrics = ln
 	}
 	return st, nil
+}
+
+// topologySource feeds the router until its context ends.
+type topologySource interface {
+	Run(ctx context.Context, r *router.Router) error
+}
+
+// newSource builds the configured topology source and a function that
+// releases what it holds (the etcd client).
+func (ps proxySettings) newSource(log *slog.Logger, m *metrics.Proxy) (topologySource, func(), error) {
+	nothing := func() {}
+	switch ps.Source {
+	case "static":
+		scfg, err := ps.staticConfig()
+		if err != nil {
+			return nil, nothing, err
+		}
+		src, err := router.NewStatic(scfg, log, m)
+		if err != nil {
+			return nil, nothing, usageErrorf("%v", err)
+		}
+		return src, nothing, nil
+	case "pharos", "patroni":
+	default:
+		return nil, nothing, usageErrorf("source: %q is not one of static, pharos, patroni", ps.Source)
+	}
+	if len(ps.Etcd) == 0 {
+		return nil, nothing, usageErrorf("etcd: source %s needs at least one etcd endpoint", ps.Source)
+	}
+	var format router.Format
+	if ps.Source == "pharos" {
+		keys, err := cluster.NewKeys(ps.Cluster)
+		if err != nil {
+			return nil, nothing, usageErrorf("cluster: %v", err)
+		}
+		format = router.NewPharosFormat(keys, log)
+	} else {
+		scope := ps.PatroniScope
+		if scope == "" {
+			scope = ps.Cluster
+		}
+		keys, err := cluster.NewPatroniKeys(ps.PatroniNamespace, scope)
+		if err != nil {
+			return nil, nothing, usageErrorf("patroni_scope: %v", err)
+		}
+		format = router.NewPatroniFormat(keys, log)
+	}
+	ecfg, err := ps.etcdConfig()
+	if err != nil {
+		return nil, nothing, err
+	}
+	client, err := router.NewEtcdClient(ecfg)
+	if err != nil {
+		return nil, nothing, usageErrorf("etcd: %v", err)
+	}
+	return router.NewEtcd(client, format, ecfg.ProbeInterval, log, m), func() { _ = client.Close() }, nil
+}
+
+func (ps proxySettings) etcdConfig() (router.EtcdConfig, error) {
+	password, err := readSecret("etcd_password", ps.EtcdPassword, ps.EtcdPasswordFile, "PHAROS_ETCD_PASSWORD")
+	if err != nil {
+		return router.EtcdConfig{}, err
+	}
+	cfg := router.EtcdConfig{Endpoints: ps.Etcd, Username: ps.EtcdUsername, Password: password}
+	if password != "" && cfg.Username == "" {
+		return cfg, usageErrorf("etcd_username: an etcd password needs a user name")
+	}
+	if ps.EtcdCACert != "" || ps.EtcdCert != "" {
+		tc := &tls.Config{MinVersion: tls.VersionTLS12}
+		if ps.EtcdCACert != "" {
+			pem, err := os.ReadFile(ps.EtcdCACert)
+			if err != nil {
+				return cfg, usageErrorf("etcd_cacert: %v", err)
+			}
+			pool := x509.NewCertPool()
+			if !pool.AppendCertsFromPEM(pem) {
+				return cfg, usageErrorf("etcd_cacert: no certificate in %s", ps.EtcdCACert)
+			}
+			tc.RootCAs = pool
+		}
+		if ps.EtcdCert != "" || ps.EtcdKey != "" {
+			cert, err := tls.LoadX509KeyPair(ps.EtcdCert, ps.EtcdKey)
+			if err != nil {
+				return cfg, usageErrorf("etcd_cert: %v", err)
+			}
+			tc.Certificates = []tls.Certificate{cert}
+		}
+		cfg.TLS = tc
+	}
+	return cfg, nil
 }
 
 // run serves until ctx ends, then drains; hup reloads TLS material.
@@ -277,6 +384,7 @@ func (p *proxyStack) run(ctx context.Context, hup <-chan os.Signal) error {
 	log.Info("proxy listening", "rw", p.server.Addr(router.RW), "ro", p.server.Addr(router.RO))
 	srcCtx, stopSource := context.WithCancel(context.Background())
 	defer stopSource()
+	defer p.closeSource()
 	g, gctx := errgroup.WithContext(ctx)
 	// The source outlives ctx: draining sessions still need fencing.
 	g.Go(func() error { return p.source.Run(srcCtx, p.router) })

@@ -166,7 +166,7 @@ func startPharos(t *testing.T, extra ...string) *pharosProc {
 		addrs[i] = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 	}
 	var backends []string
-	for _, in := range cluster.Instances() {
+	for _, in := range pgCluster.Instances() {
 		backends = append(backends, in.Addr())
 	}
 	args := append([]string{"proxy",

@@ -81,6 +81,9 @@ type Proxy struct {
 	RWAvailable      prometheus.Gauge
 	ROBackends       prometheus.Gauge
 	TopologyChanges  prometheus.Counter
+	EtcdUp           prometheus.Gauge
+	LeaderEpoch      prometheus.Gauge
+	RouteSwitch      prometheus.Histogram
 }
 
 // NewProxy creates the proxy metrics and registers them on reg.
@@ -134,10 +137,23 @@ func NewProxy(reg prometheus.Registerer) *Proxy {
 		TopologyChanges: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "pharos_router_topology_changes_total", Help: "Changes of the rw target or the ro set.",
 		}),
+		EtcdUp: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "pharos_proxy_etcd_up",
+			Help: "1 while the etcd topology source reaches etcd; 0 means the proxy serves the last known topology.",
+		}),
+		LeaderEpoch: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "pharos_router_leader_epoch",
+			Help: "Leadership epoch (the leader key's create revision) of the topology in force; 0 without a leader.",
+		}),
+		RouteSwitch: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "pharos_router_route_switch_seconds",
+			Help:    "Time from receiving an etcd change to the new rw route being in force.",
+			Buckets: []float64{.00005, .0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1},
+		}),
 	}
 	reg.MustRegister(m.Clients, m.Sessions, m.Terminated, m.BackendConnect, m.Bytes, m.Cancels,
 		m.BackendUp, m.BackendRole, m.BackendLag, m.BackendSessions, m.HealthCheckError,
-		m.SplitBrain, m.RWAvailable, m.ROBackends, m.TopologyChanges)
+		m.SplitBrain, m.RWAvailable, m.ROBackends, m.TopologyChanges, m.EtcdUp, m.LeaderEpoch, m.RouteSwitch)
 	return m
 }
 

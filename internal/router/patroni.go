@@ -1,0 +1,106 @@
+package router
+
+import (
+	"log/slog"
+
+	"github.com/pharos-ha/pharos/internal/cluster"
+)
+
+// PatroniFormat reads an existing Patroni cluster's etcd v3 keys
+// (/<namespace>/<scope>/), so the proxy can stand where HAProxy stood.
+// The member named by the leader key is the rw target only once its own
+// record says it runs as primary: a member Patroni still reports as
+// "promoted" is read-only and gets no writes.
+type PatroniFormat struct {
+	keys cluster.PatroniKeys
+	log  *slog.Logger
+
+	// Owned by the source's Run: bad records already reported, by key, at
+	// which mod revision.
+	reported map[string]int64
+}
+
+// NewPatroniFormat follows the Patroni cluster at keys.
+func NewPatroniFormat(keys cluster.PatroniKeys, log *slog.Logger) *PatroniFormat {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &PatroniFormat{keys: keys, log: log, reported: make(map[string]int64)}
+}
+
+func (f *PatroniFormat) Prefix() string { return f.keys.Prefix() }
+
+func (f *PatroniFormat) Snapshot(kvs map[string]KeyValue) (Snapshot, int64) {
+	var leader string
+	var epoch int64
+	var optime, legacyOptime cluster.LSN
+	members := make(map[string]cluster.Member)
+	for _, key := range sortedNames(kvs) {
+		kv := kvs[key]
+		kind, name := f.keys.Classify(key)
+		switch kind {
+		case cluster.KeyLeader:
+			n, err := cluster.ParsePatroniLeader(kv.Value)
+			if err != nil {
+				f.reject(key, kv, err.Error())
+				continue
+			}
+			leader, epoch = n, kv.CreateRevision
+		case cluster.KeyMember:
+			m, err := cluster.ParsePatroniMember(name, kv.Value)
+			if err != nil {
+				f.reject(key, kv, err.Error())
+				continue
+			}
+			members[name] = m
+		case cluster.KeyStatus, cluster.KeyLegacyOptime:
+			lsn, err := cluster.ParsePatroniStatus(kv.Value)
+			if err != nil {
+				f.reject(key, kv, err.Error())
+				continue
+			}
+			if kind == cluster.KeyStatus {
+				optime = lsn
+			} else {
+				legacyOptime = lsn
+			}
+		}
+	}
+	for key := range f.reported {
+		if _, ok := kvs[key]; !ok {
+			delete(f.reported, key)
+		}
+	}
+	if optime == 0 {
+		optime = legacyOptime
+	}
+	if m, ok := members[leader]; ok && m.Role == cluster.RolePrimary && m.LSN > optime {
+		// The leader's own record can be fresher than the status key.
+		optime = m.LSN
+	}
+	snap := Snapshot{}
+	for _, name := range sortedNames(members) {
+		m := members[name]
+		rm := Member{Name: name, Addr: m.Addr(), Role: RoleUnknown, LagBytes: -1, NoLoadBalance: m.Tags.NoLoadBalance}
+		switch m.Role {
+		case cluster.RolePrimary:
+			rm.Role, rm.Healthy = RolePrimary, true
+		case cluster.RoleReplica:
+			rm.Role, rm.Healthy = RoleReplica, true
+			rm.LagBytes = cluster.PatroniLag(optime, m)
+		}
+		snap.Members = append(snap.Members, rm)
+	}
+	if m, ok := members[leader]; ok && m.Role == cluster.RolePrimary {
+		snap.Primary = leader
+	}
+	return snap, epoch
+}
+
+func (f *PatroniFormat) reject(key string, kv KeyValue, why string) {
+	if f.reported[key] == kv.ModRevision {
+		return
+	}
+	f.reported[key] = kv.ModRevision
+	f.log.Warn("ignoring Patroni key", "key", key, "mod_revision", kv.ModRevision, "reason", why)
+}
