@@ -63,7 +63,7 @@ type Member struct {
 	// member last saw.
 	Epoch int64 `json:"epoch,omitempty"`
 
-	Tags      Tags      `json:"tags,omitempty"`
+	Tags      Tags      `json:"tags,omitzero"`
 	UpdatedAt time.Time `json:"updated_at,omitzero"`
 }
 
@@ -94,11 +94,13 @@ func (m Member) Validate() error {
 	case m.Name == "":
 		return errors.New("name is empty")
 	case !ValidName(m.Name):
-		return fmt.Errorf("name %q has characters other than letters, digits, '-', '_' and '.'", m.Name)
+		return fmt.Errorf("name %q is not a member name: at most 128 letters, digits, '-', '_' and '.', and not \".\" or \"..\"", m.Name)
 	case !m.Role.valid():
 		return fmt.Errorf("role %q is not one of primary, replica, starting, demoted, stopped", m.Role)
 	case m.Host == "":
 		return errors.New("host is empty")
+	case strings.ContainsAny(m.Host, "[]/ \t\n"):
+		return fmt.Errorf("host %q is not a host name or address", m.Host)
 	case m.Port < 1 || m.Port > 65535:
 		return fmt.Errorf("port %d is out of range", m.Port)
 	}
@@ -108,7 +110,7 @@ func (m Member) Validate() error {
 // ValidName reports whether name can be a member name (and so a key
 // segment).
 func ValidName(name string) bool {
-	if name == "" || len(name) > 128 {
+	if name == "" || len(name) > 128 || name == "." || name == ".." {
 		return false
 	}
 	for _, r := range name {

@@ -85,9 +85,10 @@ package cluster
 // trusted it would send writes to a node that refuses them. A
 // standby_leader (the leader of a standby cluster) replicates from another
 // cluster: it is routed as a replica and never as rw, even though it holds
-// the leader key. Patroni before 3.0 set "master" right after pg_ctl
-// promote, so with those versions a record can say master while promotion
-// is still running; nothing in the record tells the two apart.
+// the leader key. Older Patroni versions (before the "promoted" role, which
+// came with the 3.0 line) set "master" right after pg_ctl promote, so with
+// those a record can say master while promotion is still running; nothing
+// in the record tells the two apart.
 
 import (
 	"bytes"
