@@ -50,6 +50,9 @@ type proxySettings struct {
 	PatroniNamespace string   `yaml:"patroni_namespace"`
 	PatroniScope     string   `yaml:"patroni_scope"`
 
+	// HealthChecks adds the static source's checks to an etcd source, where
+	// they can only exclude members.
+	HealthChecks       bool     `yaml:"health_checks"`
 	HealthInterval     duration `yaml:"health_check_interval"`
 	HealthTimeout      duration `yaml:"health_check_timeout"`
 	HealthUser         string   `yaml:"health_user"`
@@ -120,6 +123,7 @@ func parseProxyArgs(args []string, stderr io.Writer) (proxySettings, error) {
 	str("etcd-key", "client key for etcd", func(s *proxySettings) *string { return &s.EtcdKey })
 	str("patroni-namespace", "Patroni's namespace (its default is /service)", func(s *proxySettings) *string { return &s.PatroniNamespace })
 	str("patroni-scope", "Patroni's scope (default: --cluster)", func(s *proxySettings) *string { return &s.PatroniScope })
+	bind(o, "health-checks", "with --source pharos or patroni, also health-check members and exclude those that fail", parseBool, func(s *proxySettings) *bool { return &s.HealthChecks })
 	dur("health-check-interval", "interval between health checks", func(s *proxySettings) *duration { return &s.HealthInterval })
 	dur("health-check-timeout", "timeout of one health check (below the interval)", func(s *proxySettings) *duration { return &s.HealthTimeout })
 	str("health-user", "user the health checks log in as", func(s *proxySettings) *string { return &s.HealthUser })
@@ -188,12 +192,13 @@ func (ps proxySettings) proxyConfig() (proxy.Config, error) {
 	return cfg, nil
 }
 
-func (ps proxySettings) staticConfig() (router.StaticConfig, error) {
+// healthConfig is the health-check part of the settings, not validated.
+func (ps proxySettings) healthConfig() (router.StaticConfig, error) {
 	password, err := readSecret("health_password", ps.HealthPassword, ps.HealthPasswordFile, "PHAROS_HEALTH_PASSWORD")
 	if err != nil {
 		return router.StaticConfig{}, err
 	}
-	cfg := router.StaticConfig{
+	return router.StaticConfig{
 		Backends: ps.Backends,
 		Interval: time.Duration(ps.HealthInterval),
 		Timeout:  time.Duration(ps.HealthTimeout),
@@ -201,6 +206,13 @@ func (ps proxySettings) staticConfig() (router.StaticConfig, error) {
 		Password: password,
 		Database: ps.HealthDatabase,
 		SSLMode:  ps.HealthSSLMode,
+	}, nil
+}
+
+func (ps proxySettings) staticConfig() (router.StaticConfig, error) {
+	cfg, err := ps.healthConfig()
+	if err != nil {
+		return cfg, err
 	}
 	if err := cfg.Validate(); err != nil {
 		return cfg, usageErrorf("%v", err)
@@ -341,7 +353,21 @@ func (ps proxySettings) newSource(log *slog.Logger, m *metrics.Proxy) (topologyS
 	if err != nil {
 		return nil, nothing, usageErrorf("etcd: %v", err)
 	}
-	return router.NewEtcd(client, format, ecfg.ProbeInterval, log, m), func() { _ = client.Close() }, nil
+	src := router.NewEtcd(client, format, ecfg.ProbeInterval, log, m)
+	if ps.HealthChecks {
+		hcfg, err := ps.healthConfig()
+		if err != nil {
+			_ = client.Close()
+			return nil, nothing, err
+		}
+		checker, err := router.NewHealthChecker(hcfg, log, m)
+		if err != nil {
+			_ = client.Close()
+			return nil, nothing, usageErrorf("%v", err)
+		}
+		src.WithHealthChecks(checker)
+	}
+	return src, func() { _ = client.Close() }, nil
 }
 
 func (ps proxySettings) etcdConfig() (router.EtcdConfig, error) {

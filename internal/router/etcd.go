@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"maps"
 	"slices"
+	"sync"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -88,9 +89,66 @@ type Etcd struct {
 	log     *slog.Logger
 	metrics *metrics.Proxy
 
+	// Health, when set, excludes members that fail its checks.
+	health *HealthChecker
+
 	// Owned by Run.
-	keys map[string]KeyValue
-	now  func() time.Time
+	keys      map[string]KeyValue
+	now       func() time.Time
+	unhealthy map[string]bool // addresses the last health round failed
+
+	// Shared between Run and its health goroutine.
+	healthMu     sync.Mutex
+	healthAddrs  []string        // guarded by healthMu: what to check next
+	healthResult map[string]bool // guarded by healthMu: the last round's failures
+	healthReady  chan struct{}   // a new round finished (capacity 1)
+}
+
+// WithHealthChecks makes the source exclude members that fail h's checks;
+// etcd still decides everything else. Call before Run.
+func (e *Etcd) WithHealthChecks(h *HealthChecker) *Etcd {
+	e.health = h
+	e.healthReady = make(chan struct{}, 1)
+	return e
+}
+
+// runHealth checks the members of the topology in force every interval
+// until ctx ends.
+func (e *Etcd) runHealth(ctx context.Context) {
+	defer e.health.Close()
+	ticker := time.NewTicker(e.health.Interval())
+	defer ticker.Stop()
+	for {
+		e.healthMu.Lock()
+		addrs := slices.Clone(e.healthAddrs)
+		e.healthMu.Unlock()
+		failed := e.health.Round(ctx, addrs)
+		if ctx.Err() != nil {
+			return
+		}
+		e.healthMu.Lock()
+		changed := !maps.Equal(failed, e.healthResult)
+		e.healthResult = failed
+		e.healthMu.Unlock()
+		if changed {
+			select {
+			case e.healthReady <- struct{}{}:
+			default:
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-ticker.C:
+		}
+	}
+}
+
+// takeHealth adopts the health checker's latest result.
+func (e *Etcd) takeHealth() {
+	e.healthMu.Lock()
+	e.unhealthy = e.healthResult
+	e.healthMu.Unlock()
 }
 
 // NewEtcd returns a source reading format's keys through client.
@@ -109,6 +167,13 @@ var errResync = errors.New("resync")
 
 // Run feeds r until ctx ends.
 func (e *Etcd) Run(ctx context.Context, r *Router) error {
+	if e.health != nil {
+		var wg sync.WaitGroup
+		hctx, stop := context.WithCancel(ctx)
+		wg.Go(func() { e.runHealth(hctx) })
+		defer wg.Wait()
+		defer stop()
+	}
 	backoff := 100 * time.Millisecond
 	up := true
 	for ctx.Err() == nil {
@@ -136,10 +201,22 @@ func (e *Etcd) Run(ctx context.Context, r *Router) error {
 		}
 		up = false
 		e.metrics.EtcdUp.Set(0)
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-time.After(backoff):
+		wait := time.NewTimer(backoff)
+	waitLoop:
+		for {
+			select {
+			case <-ctx.Done():
+				wait.Stop()
+				return nil
+			case <-e.healthReady:
+				// Health still applies to the last known topology.
+				e.takeHealth()
+				if e.keys != nil {
+					e.apply(r, e.now())
+				}
+			case <-wait.C:
+				break waitLoop
+			}
 		}
 		backoff = min(backoff*2, 2*time.Second)
 	}
@@ -175,6 +252,9 @@ func (e *Etcd) watch(ctx context.Context, r *Router, rev int64) error {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
+		case <-e.healthReady:
+			e.takeHealth()
+			e.apply(r, e.now())
 		case <-probe.C:
 			if err := e.probeOnce(ctx); err != nil {
 				// The watch may have silently missed nothing, or a
@@ -228,6 +308,18 @@ func (e *Etcd) probeOnce(ctx context.Context) error {
 // change arrived, for the route-switch latency.
 func (e *Etcd) apply(r *Router, received time.Time) {
 	snap, epoch := e.format.Snapshot(e.keys)
+	if e.health != nil {
+		addrs := make([]string, 0, len(snap.Members))
+		for i, m := range snap.Members {
+			addrs = append(addrs, m.Addr)
+			if e.unhealthy[m.Addr] {
+				snap.Members[i].Healthy = false
+			}
+		}
+		e.healthMu.Lock()
+		e.healthAddrs = addrs
+		e.healthMu.Unlock()
+	}
 	before, _ := r.Current()
 	r.Update(snap)
 	after, _ := r.Current()

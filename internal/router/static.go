@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -121,27 +122,7 @@ func (s *Static) Run(ctx context.Context, r *Router) error {
 
 // round checks all backends concurrently and builds a snapshot.
 func (s *Static) round(ctx context.Context) Snapshot {
-	results := make([]checkResult, len(s.cfg.Backends))
-	var mu sync.Mutex // guards s.conns across the round's goroutines
-	var g errgroup.Group
-	for i, addr := range s.cfg.Backends {
-		mu.Lock()
-		conn := s.conns[addr]
-		mu.Unlock()
-		g.Go(func() error {
-			res, c := s.check(ctx, addr, conn)
-			results[i] = res
-			mu.Lock()
-			if c == nil {
-				delete(s.conns, addr)
-			} else {
-				s.conns[addr] = c
-			}
-			mu.Unlock()
-			return nil
-		})
-	}
-	_ = g.Wait()
+	results := s.checkAll(ctx, s.cfg.Backends)
 
 	snap := Snapshot{}
 	var primaryLSN uint64
@@ -176,6 +157,81 @@ func (s *Static) round(ctx context.Context) Snapshot {
 	}
 	return snap
 }
+
+// checkAll checks addrs concurrently, keeping one connection per address
+// for the next round and closing those of addresses no longer checked.
+func (s *Static) checkAll(ctx context.Context, addrs []string) []checkResult {
+	results := make([]checkResult, len(addrs))
+	conns := make([]*pgx.Conn, len(addrs))
+	for i, addr := range addrs {
+		conns[i] = s.conns[addr]
+	}
+	var mu sync.Mutex // guards s.conns across the round's goroutines
+	var g errgroup.Group
+	for i, addr := range addrs {
+		conn := conns[i]
+		g.Go(func() error {
+			res, c := s.check(ctx, addr, conn)
+			results[i] = res
+			mu.Lock()
+			if c == nil {
+				delete(s.conns, addr)
+			} else {
+				s.conns[addr] = c
+			}
+			mu.Unlock()
+			return nil
+		})
+	}
+	_ = g.Wait()
+	for addr, c := range s.conns {
+		if !slices.Contains(addrs, addr) {
+			closeCtx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+			_ = c.Close(closeCtx)
+			cancel()
+			delete(s.conns, addr)
+		}
+	}
+	return results
+}
+
+// HealthChecker runs the static source's checks against the members an
+// etcd source names. It can only exclude: a member that fails is taken out
+// of routing, one that passes gets nothing etcd did not give it.
+type HealthChecker struct {
+	static *Static
+}
+
+// NewHealthChecker validates cfg (its Backends are ignored) and returns a
+// checker.
+func NewHealthChecker(cfg StaticConfig, log *slog.Logger, m *metrics.Proxy) (*HealthChecker, error) {
+	cfg.Backends = []string{"127.0.0.1:1"} // validated per round instead
+	s, err := NewStatic(cfg, log, m)
+	if err != nil {
+		return nil, err
+	}
+	s.cfg.Backends = nil
+	return &HealthChecker{static: s}, nil
+}
+
+// Interval is the time between rounds.
+func (h *HealthChecker) Interval() time.Duration { return h.static.cfg.Interval }
+
+// Round checks addrs once and returns those that did not answer. Not safe
+// for concurrent use: one owner runs the rounds.
+func (h *HealthChecker) Round(ctx context.Context, addrs []string) map[string]bool {
+	results := h.static.checkAll(ctx, addrs)
+	failed := make(map[string]bool)
+	for i, addr := range addrs {
+		if !results[i].ok {
+			failed[addr] = true
+		}
+	}
+	return failed
+}
+
+// Close closes the checks' connections.
+func (h *HealthChecker) Close() { h.static.closeConns() }
 
 const checkQuery = `SELECT pg_is_in_recovery(),
 	(CASE WHEN pg_is_in_recovery() THEN coalesce(pg_last_wal_replay_lsn(), '0/0') ELSE pg_current_wal_lsn() END
