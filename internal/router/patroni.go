@@ -12,20 +12,13 @@ import (
 // record says it runs as primary: a member Patroni still reports as
 // "promoted" is read-only and gets no writes.
 type PatroniFormat struct {
-	keys cluster.PatroniKeys
-	log  *slog.Logger
-
-	// Owned by the source's Run: bad records already reported, by key, at
-	// which mod revision.
-	reported map[string]int64
+	keys    cluster.PatroniKeys
+	rejects rejectLog
 }
 
 // NewPatroniFormat follows the Patroni cluster at keys.
 func NewPatroniFormat(keys cluster.PatroniKeys, log *slog.Logger) *PatroniFormat {
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
-	return &PatroniFormat{keys: keys, log: log, reported: make(map[string]int64)}
+	return &PatroniFormat{keys: keys, rejects: newRejectLog(log, "ignoring Patroni key")}
 }
 
 func (f *PatroniFormat) Prefix() string { return f.keys.Prefix() }
@@ -42,21 +35,21 @@ func (f *PatroniFormat) Snapshot(kvs map[string]KeyValue) (Snapshot, int64) {
 		case cluster.KeyLeader:
 			n, err := cluster.ParsePatroniLeader(kv.Value)
 			if err != nil {
-				f.reject(key, kv, err.Error())
+				f.rejects.reject(key, kv, err.Error())
 				continue
 			}
 			leader, epoch = n, kv.CreateRevision
 		case cluster.KeyMember:
 			m, err := cluster.ParsePatroniMember(name, kv.Value)
 			if err != nil {
-				f.reject(key, kv, err.Error())
+				f.rejects.reject(key, kv, err.Error())
 				continue
 			}
 			members[name] = m
 		case cluster.KeyStatus, cluster.KeyLegacyOptime:
 			lsn, err := cluster.ParsePatroniStatus(kv.Value)
 			if err != nil {
-				f.reject(key, kv, err.Error())
+				f.rejects.reject(key, kv, err.Error())
 				continue
 			}
 			if kind == cluster.KeyStatus {
@@ -66,11 +59,7 @@ func (f *PatroniFormat) Snapshot(kvs map[string]KeyValue) (Snapshot, int64) {
 			}
 		}
 	}
-	for key := range f.reported {
-		if _, ok := kvs[key]; !ok {
-			delete(f.reported, key)
-		}
-	}
+	f.rejects.forget(kvs)
 	if optime == 0 {
 		optime = legacyOptime
 	}
@@ -81,26 +70,10 @@ func (f *PatroniFormat) Snapshot(kvs map[string]KeyValue) (Snapshot, int64) {
 	snap := Snapshot{}
 	for _, name := range sortedNames(members) {
 		m := members[name]
-		rm := Member{Name: name, Addr: m.Addr(), Role: RoleUnknown, LagBytes: -1, NoLoadBalance: m.Tags.NoLoadBalance}
-		switch m.Role {
-		case cluster.RolePrimary:
-			rm.Role, rm.Healthy = RolePrimary, true
-		case cluster.RoleReplica:
-			rm.Role, rm.Healthy = RoleReplica, true
-			rm.LagBytes = cluster.PatroniLag(optime, m)
-		}
-		snap.Members = append(snap.Members, rm)
+		snap.Members = append(snap.Members, routeMember(m, cluster.PatroniLag(optime, m)))
 	}
 	if m, ok := members[leader]; ok && m.Role == cluster.RolePrimary {
 		snap.Primary = leader
 	}
 	return snap, epoch
-}
-
-func (f *PatroniFormat) reject(key string, kv KeyValue, why string) {
-	if f.reported[key] == kv.ModRevision {
-		return
-	}
-	f.reported[key] = kv.ModRevision
-	f.log.Warn("ignoring Patroni key", "key", key, "mod_revision", kv.ModRevision, "reason", why)
 }

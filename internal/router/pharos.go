@@ -10,20 +10,13 @@ import (
 // key names the member whose record must also say primary before rw goes
 // there; replicas come from their records.
 type PharosFormat struct {
-	keys cluster.Keys
-	log  *slog.Logger
-
-	// Owned by the source's Run: which bad records were already reported,
-	// by key, at which mod revision, so each is logged once.
-	reported map[string]int64
+	keys    cluster.Keys
+	rejects rejectLog
 }
 
 // NewPharosFormat follows the cluster's keys under /pharos/<cluster>/.
 func NewPharosFormat(keys cluster.Keys, log *slog.Logger) *PharosFormat {
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
-	return &PharosFormat{keys: keys, log: log, reported: make(map[string]int64)}
+	return &PharosFormat{keys: keys, rejects: newRejectLog(log, "ignoring etcd key")}
 }
 
 func (f *PharosFormat) Prefix() string { return f.keys.Prefix() }
@@ -40,36 +33,25 @@ func (f *PharosFormat) Snapshot(kvs map[string]KeyValue) (Snapshot, int64) {
 			if v := string(kv.Value); cluster.ValidName(v) {
 				leader, epoch = v, kv.CreateRevision
 			} else {
-				f.reject(key, kv, "leader key does not hold a member name")
+				f.rejects.reject(key, kv, "leader key does not hold a member name")
 			}
 		case cluster.KeyMember:
 			m, err := cluster.ParseMember(kv.Value)
 			switch {
 			case err != nil:
-				f.reject(key, kv, err.Error())
+				f.rejects.reject(key, kv, err.Error())
 			case m.Name != name:
-				f.reject(key, kv, "record names member "+m.Name)
+				f.rejects.reject(key, kv, "record names member "+m.Name)
 			default:
 				members[name] = m
 			}
 		}
 	}
-	for key := range f.reported {
-		if _, ok := kvs[key]; !ok {
-			delete(f.reported, key)
-		}
-	}
+	f.rejects.forget(kvs)
 	snap := Snapshot{}
 	for _, name := range sortedNames(members) {
 		m := members[name]
-		rm := Member{Name: name, Addr: m.Addr(), Role: RoleUnknown, LagBytes: m.Lag(), NoLoadBalance: m.Tags.NoLoadBalance}
-		switch m.Role {
-		case cluster.RolePrimary:
-			rm.Role, rm.Healthy = RolePrimary, true
-		case cluster.RoleReplica:
-			rm.Role, rm.Healthy = RoleReplica, true
-		}
-		snap.Members = append(snap.Members, rm)
+		snap.Members = append(snap.Members, routeMember(m, m.Lag()))
 	}
 	// rw only to the leader whose own record says primary: holding the key
 	// while still promoting is not enough.
@@ -79,10 +61,48 @@ func (f *PharosFormat) Snapshot(kvs map[string]KeyValue) (Snapshot, int64) {
 	return snap, epoch
 }
 
-func (f *PharosFormat) reject(key string, kv KeyValue, why string) {
-	if f.reported[key] == kv.ModRevision {
+// routeMember is the router's view of a member record: only primary and
+// replica records are routable, the rest are listed but unhealthy.
+func routeMember(m cluster.Member, lag int64) Member {
+	rm := Member{Name: m.Name, Addr: m.Addr(), Role: RoleUnknown, LagBytes: -1, NoLoadBalance: m.Tags.NoLoadBalance}
+	switch m.Role {
+	case cluster.RolePrimary:
+		rm.Role, rm.Healthy = RolePrimary, true
+	case cluster.RoleReplica:
+		rm.Role, rm.Healthy, rm.LagBytes = RoleReplica, true, lag
+	}
+	return rm
+}
+
+// rejectLog logs each unusable key once per mod revision, so a bad record
+// is reported when it appears or changes, not on every snapshot. Owned by
+// the source's Run.
+type rejectLog struct {
+	log      *slog.Logger
+	msg      string
+	reported map[string]int64 // key → mod revision already logged
+}
+
+func newRejectLog(log *slog.Logger, msg string) rejectLog {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return rejectLog{log: log, msg: msg, reported: make(map[string]int64)}
+}
+
+func (r *rejectLog) reject(key string, kv KeyValue, why string) {
+	if r.reported[key] == kv.ModRevision {
 		return
 	}
-	f.reported[key] = kv.ModRevision
-	f.log.Warn("ignoring etcd key", "key", key, "mod_revision", kv.ModRevision, "reason", why)
+	r.reported[key] = kv.ModRevision
+	r.log.Warn(r.msg, "key", key, "mod_revision", kv.ModRevision, "reason", why)
+}
+
+// forget drops what was reported about keys that are gone.
+func (r *rejectLog) forget(kvs map[string]KeyValue) {
+	for key := range r.reported {
+		if _, ok := kvs[key]; !ok {
+			delete(r.reported, key)
+		}
+	}
 }
