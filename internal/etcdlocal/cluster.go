@@ -1,0 +1,496 @@
+package etcdlocal
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/server/v3/embed"
+	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
+)
+
+// Options configure Start. The zero value starts one member in a temporary
+// directory.
+type Options struct {
+	// Dir holds one data directory per member (Dir/m0, Dir/m1, ...). Empty
+	// means a new temporary directory, removed by Close. A given Dir is kept
+	// by Close and must not already hold member data.
+	Dir string
+	// Members is the cluster size: 0 means 1. Use 3 for member-loss tests.
+	Members int
+	// Logger receives member state changes. Nil discards them.
+	Logger *slog.Logger
+}
+
+// Timeouts. Every wait in this package is bounded by one of these or by the
+// caller's context.
+const (
+	// ClientDialTimeout is the DialTimeout of clients from Cluster.Client.
+	ClientDialTimeout = 2 * time.Second
+	// portFreeTimeout bounds the wait, after a member is closed, until its
+	// ports can be bound again.
+	portFreeTimeout = 5 * time.Second
+	// startAttempts is how often Start picks new ports when one it picked
+	// was taken by someone else in the meantime.
+	startAttempts = 3
+)
+
+// probeKey is read by Client and CurrentRevision. It need not exist.
+const probeKey = "etcdlocal/probe"
+
+// Cluster is a running embedded etcd cluster. Its methods are safe for
+// concurrent use; operations on different members run concurrently.
+type Cluster struct {
+	// Static after Start.
+	log     *slog.Logger
+	dir     string
+	ownDir  bool
+	members []*member
+	// Set by startNew before the first successful start; etcd ignores
+	// them when a member restarts on its data.
+	initialCluster string
+	token          string
+
+	closed atomic.Bool
+}
+
+// member is one etcd server: its identity, directory and ports never change,
+// so a restarted member is the same member to its peers and its clients.
+type member struct {
+	// Static after Start (which picks new ports when an attempt fails).
+	// Each address is 127.0.0.1:port. Clients and peers connect to the
+	// gates; etcd listens behind them.
+	name         string
+	dir          string
+	clientAddr   string // client gate, advertised to clients
+	clientBehind string // where etcd serves clients
+	peerAddr     string // peer gate, advertised to peers
+	peerBehind   string // where etcd serves peers
+
+	// Guarded by mu, which is held for the whole of a start or stop.
+	mu         sync.Mutex
+	etcd       *embed.Etcd // nil while stopped
+	clientGate *gate       // nil while stopped
+	peerGate   *gate       // nil while stopped
+}
+
+func httpURL(addr string) url.URL { return url.URL{Scheme: "http", Host: addr} }
+
+func (m *member) clientURL() string { return "http://" + m.clientAddr }
+func (m *member) peerURL() string   { return "http://" + m.peerAddr }
+
+// closeGatesLocked cuts every connection to m, from clients and peers.
+func (m *member) closeGatesLocked() {
+	for _, g := range []*gate{m.clientGate, m.peerGate} {
+		if g != nil {
+			g.close()
+		}
+	}
+}
+
+// Start starts a cluster and returns once every member is ready to serve.
+// Members start concurrently, since each waits for a quorum of peers.
+func Start(ctx context.Context, opts Options) (*Cluster, error) {
+	n := opts.Members
+	if n == 0 {
+		n = 1
+	}
+	if n < 0 {
+		return nil, fmt.Errorf("etcdlocal: %d members", n)
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	c := &Cluster{log: log, dir: opts.Dir}
+	if c.dir == "" {
+		d, err := os.MkdirTemp("", "etcdlocal-")
+		if err != nil {
+			return nil, fmt.Errorf("etcdlocal: data dir: %w", err)
+		}
+		c.dir, c.ownDir = d, true
+	} else if err := os.MkdirAll(c.dir, 0o700); err != nil {
+		return nil, fmt.Errorf("etcdlocal: data dir: %w", err)
+	}
+	for i := range n {
+		m := &member{name: "m" + strconv.Itoa(i)}
+		m.dir = filepath.Join(c.dir, m.name)
+		if _, err := os.Stat(m.dir); err == nil {
+			c.removeOwnDir()
+			return nil, fmt.Errorf("etcdlocal: %s already holds member data", m.dir)
+		}
+		c.members = append(c.members, m)
+	}
+
+	var err error
+	for attempt := 1; attempt <= startAttempts; attempt++ {
+		if err = c.startNew(ctx); err == nil {
+			return c, nil
+		}
+		for _, m := range c.members {
+			os.RemoveAll(m.dir)
+		}
+		if !isAddrInUse(err) || ctx.Err() != nil {
+			break
+		}
+		log.Info("etcd port taken, retrying with new ports", "attempt", attempt, "err", err)
+	}
+	c.removeOwnDir()
+	return nil, err
+}
+
+// startNew picks ports for all members and starts a new cluster on them. On
+// failure every member it started is stopped again.
+func (c *Cluster) startNew(ctx context.Context) error {
+	ports, err := freePorts(4 * len(c.members))
+	if err != nil {
+		return err
+	}
+	addr := func(port int) string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(port)) }
+	initial := make([]string, len(c.members))
+	for i, m := range c.members {
+		m.clientAddr = addr(ports[4*i])
+		m.clientBehind = addr(ports[4*i+1])
+		m.peerAddr = addr(ports[4*i+2])
+		m.peerBehind = addr(ports[4*i+3])
+		initial[i] = m.name + "=" + m.peerURL()
+	}
+	c.initialCluster = strings.Join(initial, ",")
+	// A token unique to this cluster, so that members of another cluster
+	// that later get the same ports cannot join this one by mistake.
+	c.token = "etcdlocal-" + strconv.Itoa(ports[0]) + "-" + strconv.FormatInt(time.Now().UnixNano(), 36)
+
+	g, gctx := errgroup.WithContext(ctx)
+	for _, m := range c.members {
+		g.Go(func() error {
+			m.mu.Lock()
+			defer m.mu.Unlock()
+			return c.startLocked(gctx, m)
+		})
+	}
+	if err := g.Wait(); err != nil {
+		c.stopAll()
+		return err
+	}
+	return nil
+}
+
+// startLocked starts m and waits until it is ready.
+func (c *Cluster) startLocked(ctx context.Context, m *member) error {
+	cfg := embed.NewConfig()
+	cfg.Name = m.name
+	cfg.Dir = m.dir
+	// etcd logs spurious errors while closing; it gets a logger of its own
+	// that discards everything.
+	cfg.Logger = "zap"
+	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
+	cfg.ListenClientUrls = []url.URL{httpURL(m.clientBehind)}
+	cfg.AdvertiseClientUrls = []url.URL{httpURL(m.clientAddr)}
+	cfg.ListenPeerUrls = []url.URL{httpURL(m.peerBehind)}
+	cfg.AdvertisePeerUrls = []url.URL{httpURL(m.peerAddr)}
+	cfg.InitialCluster = c.initialCluster
+	cfg.InitialClusterToken = c.token
+	cfg.ClusterState = embed.ClusterStateFlagNew
+	cfg.AutoCompactionRetention = "0" // off
+	cfg.UnsafeNoFsync = true
+
+	// Peers must reach the member before it can be ready; clients only
+	// once it is.
+	pg, err := openGate(m.peerAddr, m.peerBehind)
+	if err != nil {
+		return fmt.Errorf("etcdlocal: start %s: peer gate: %w", m.name, err)
+	}
+	e, err := embed.StartEtcd(cfg)
+	if err != nil {
+		pg.close()
+		return fmt.Errorf("etcdlocal: start %s: %w", m.name, err)
+	}
+	fail := func(err error) error {
+		pg.close()
+		e.Server.HardStop()
+		e.Close()
+		return fmt.Errorf("etcdlocal: start %s: %w", m.name, err)
+	}
+	select {
+	case <-e.Server.ReadyNotify():
+	case err := <-e.Err():
+		return fail(err)
+	case <-e.Server.StopNotify():
+		return fail(errors.New("server stopped before it was ready"))
+	case <-ctx.Done():
+		return fail(fmt.Errorf("waiting until ready: %w", ctx.Err()))
+	}
+	cg, err := openGate(m.clientAddr, m.clientBehind)
+	if err != nil {
+		return fail(fmt.Errorf("client gate: %w", err))
+	}
+	m.etcd, m.clientGate, m.peerGate = e, cg, pg
+	c.log.Info("etcd member started", "member", m.name, "client", m.clientURL(), "peer", m.peerURL(), "dir", m.dir)
+	return nil
+}
+
+// stopLocked closes m's server, if running, and waits until its ports are
+// free again.
+func (c *Cluster) stopLocked(m *member) error {
+	if m.etcd == nil {
+		return nil
+	}
+	// Cut clients and peers off first, so that etcd's graceful stop has no
+	// open streams or peer connections to wait for. Then stop the server
+	// without handing its leadership over, as a crash would: the transfer
+	// would make a member loss gentler than a real one, and waits for
+	// seconds when the peers are stopping too.
+	m.closeGatesLocked()
+	m.etcd.Server.HardStop()
+	m.etcd.Close()
+	m.etcd, m.clientGate, m.peerGate = nil, nil, nil
+	if err := waitPortsFree(portFreeTimeout, m.clientAddr, m.clientBehind, m.peerAddr, m.peerBehind); err != nil {
+		return fmt.Errorf("etcdlocal: stop %s: %w", m.name, err)
+	}
+	c.log.Info("etcd member stopped", "member", m.name)
+	return nil
+}
+
+// stopAll stops every member concurrently. It first cuts every member off
+// from clients and peers, so that no connection between two members
+// outlives them: etcd's peer transport can otherwise leave a connection,
+// and its goroutines, waiting for seconds on a peer's read timeout.
+func (c *Cluster) stopAll() error {
+	for _, m := range c.members {
+		m.mu.Lock()
+		m.closeGatesLocked()
+		m.mu.Unlock()
+	}
+	errs := make([]error, len(c.members))
+	var wg sync.WaitGroup
+	for i, m := range c.members {
+		wg.Go(func() {
+			m.mu.Lock()
+			defer m.mu.Unlock()
+			errs[i] = c.stopLocked(m)
+		})
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+func (c *Cluster) member(i int) (*member, error) {
+	if i < 0 || i >= len(c.members) {
+		return nil, fmt.Errorf("etcdlocal: no member %d in a cluster of %d", i, len(c.members))
+	}
+	return c.members[i], nil
+}
+
+// Members returns the cluster size.
+func (c *Cluster) Members() int { return len(c.members) }
+
+// Endpoints returns the client URL of every member, "http://127.0.0.1:port",
+// in member order. They do not change when members restart.
+func (c *Cluster) Endpoints() []string {
+	eps := make([]string, len(c.members))
+	for i, m := range c.members {
+		eps[i] = m.clientURL()
+	}
+	return eps
+}
+
+// Dir returns the directory holding the members' data directories.
+func (c *Cluster) Dir() string { return c.dir }
+
+// StopMember stops member i (0-based) the way an etcd process dies: its
+// clients' connections are reset at once, open watches and lease
+// keep-alives included, new ones are refused until StartMember, and a
+// leader does not hand its leadership over, so the others elect a new one
+// after an election timeout (1 s). It returns once the server is closed and
+// its ports are free. Stopping a stopped member is an error.
+func (c *Cluster) StopMember(i int) error {
+	m, err := c.member(i)
+	if err != nil {
+		return err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.etcd == nil {
+		return fmt.Errorf("etcdlocal: stop %s: not running", m.name)
+	}
+	return c.stopLocked(m)
+}
+
+// StartMember starts member i again on its data directory and ports, and
+// waits until it is ready, which needs a quorum of the cluster: with two of
+// three members stopped, start them concurrently. Starting a running member
+// is an error.
+func (c *Cluster) StartMember(ctx context.Context, i int) error {
+	m, err := c.member(i)
+	if err != nil {
+		return err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if c.closed.Load() {
+		return fmt.Errorf("etcdlocal: start %s: cluster closed", m.name)
+	}
+	if m.etcd != nil {
+		return fmt.Errorf("etcdlocal: start %s: already running", m.name)
+	}
+	return c.startLocked(ctx, m)
+}
+
+// Running reports whether member i is running.
+func (c *Cluster) Running(i int) bool {
+	m, err := c.member(i)
+	if err != nil {
+		return false
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.etcd != nil
+}
+
+// Leader returns the index of the running member that is the raft leader,
+// or -1 when no running member is. The answer may be stale by the time it
+// is used; it is meant for choosing which member a test stops.
+func (c *Cluster) Leader() int {
+	for i, m := range c.members {
+		m.mu.Lock()
+		e := m.etcd
+		m.mu.Unlock()
+		if e != nil && e.Server.Leader() == e.Server.MemberID() {
+			return i
+		}
+	}
+	return -1
+}
+
+// Client returns a client of all members that has answered a linearizable
+// read within ctx. It logs nothing, and its DialTimeout is
+// ClientDialTimeout. The caller closes it.
+func (c *Cluster) Client(ctx context.Context) (*clientv3.Client, error) {
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints:   c.Endpoints(),
+		DialTimeout: ClientDialTimeout,
+		Logger:      zap.NewNop(),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("etcdlocal: client: %w", err)
+	}
+	if _, err := cli.Get(ctx, probeKey); err != nil {
+		cli.Close()
+		return nil, fmt.Errorf("etcdlocal: client: probe read: %w", err)
+	}
+	return cli, nil
+}
+
+// CurrentRevision returns the cluster's current revision, read
+// linearizably.
+func (c *Cluster) CurrentRevision(ctx context.Context) (int64, error) {
+	cli, err := c.Client(ctx)
+	if err != nil {
+		return 0, err
+	}
+	defer cli.Close()
+	resp, err := cli.Get(ctx, probeKey)
+	if err != nil {
+		return 0, fmt.Errorf("etcdlocal: current revision: %w", err)
+	}
+	return resp.Header.Revision, nil
+}
+
+// Compact compacts the key-value history up to rev and waits until the
+// member that answered has removed the compacted entries from its storage
+// (physical compaction). Afterwards a watch or read at a revision below rev
+// fails with rpctypes.ErrCompacted.
+func (c *Cluster) Compact(ctx context.Context, rev int64) error {
+	cli, err := c.Client(ctx)
+	if err != nil {
+		return err
+	}
+	defer cli.Close()
+	if _, err := cli.Compact(ctx, rev, clientv3.WithCompactPhysical()); err != nil {
+		return fmt.Errorf("etcdlocal: compact at %d: %w", rev, err)
+	}
+	c.log.Info("etcd compacted", "revision", rev)
+	return nil
+}
+
+// Close stops every member and, when Start created the directory, removes
+// it. It is safe to call more than once.
+func (c *Cluster) Close() error {
+	c.closed.Store(true)
+	err := c.stopAll()
+	if rerr := c.removeOwnDir(); rerr != nil {
+		err = errors.Join(err, rerr)
+	}
+	return err
+}
+
+func (c *Cluster) removeOwnDir() error {
+	if !c.ownDir {
+		return nil
+	}
+	if err := os.RemoveAll(c.dir); err != nil {
+		return fmt.Errorf("etcdlocal: remove %s: %w", c.dir, err)
+	}
+	return nil
+}
+
+// freePorts returns n distinct loopback ports that were free a moment ago:
+// it holds all n listeners open at once so the kernel hands out n different
+// ports, then closes them. Someone else may take one before etcd binds it;
+// Start retries with new ports when that happens.
+func freePorts(n int) ([]int, error) {
+	ports := make([]int, 0, n)
+	var ls []net.Listener
+	defer func() {
+		for _, l := range ls {
+			l.Close()
+		}
+	}()
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, fmt.Errorf("etcdlocal: free port: %w", err)
+		}
+		ls = append(ls, l)
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+	}
+	return ports, nil
+}
+
+// waitPortsFree waits until every addr can be bound, for at most timeout.
+func waitPortsFree(timeout time.Duration, addrs ...string) error {
+	deadline := time.Now().Add(timeout)
+	for _, addr := range addrs {
+		for {
+			l, err := net.Listen("tcp", addr)
+			if err == nil {
+				l.Close()
+				break
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("port %s still in use after %v: %w", addr, timeout, err)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	return nil
+}
+
+// isAddrInUse reports whether err comes from binding a taken port. etcd
+// does not always wrap the listener's error, hence the text match.
+func isAddrInUse(err error) bool {
+	return errors.Is(err, syscall.EADDRINUSE) || strings.Contains(err.Error(), "address already in use")
+}
