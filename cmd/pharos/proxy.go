@@ -14,6 +14,7 @@ import (
 	"net/http/pprof"
 	"os"
 	"os/signal"
+	"runtime"
 	"syscall"
 	"time"
 
@@ -34,6 +35,9 @@ type proxySettings struct {
 	LogLevel      string `yaml:"log_level"`
 	// Pprof serves /debug/pprof/ on the metrics listener, for profiling.
 	Pprof bool `yaml:"pprof"`
+	// Threads caps the OS threads running Go code (GOMAXPROCS); 0 keeps
+	// Go's default of one per CPU.
+	Threads int `yaml:"threads"`
 
 	Source   string   `yaml:"source"`
 	Backends []string `yaml:"backends"`
@@ -111,6 +115,7 @@ func parseProxyArgs(args []string, stderr io.Writer) (proxySettings, error) {
 	str("ro-listen", "read-only endpoint address (\"\" to disable)", func(s *proxySettings) *string { return &s.ROListen })
 	str("metrics-listen", "Prometheus /metrics address (\"\" to disable)", func(s *proxySettings) *string { return &s.MetricsListen })
 	bind(o, "pprof", "serve /debug/pprof/ on the metrics listener", parseBool, func(s *proxySettings) *bool { return &s.Pprof })
+	bind(o, "threads", "OS threads running the relay (0: one per CPU); 1 suits a small host shared with PostgreSQL", parseInt, func(s *proxySettings) *int { return &s.Threads })
 	str("log-level", "debug, info, warn or error", func(s *proxySettings) *string { return &s.LogLevel })
 	str("source", "topology source: static (health checks on --backends), pharos or patroni (etcd)", func(s *proxySettings) *string { return &s.Source })
 	bind(o, "backends", "comma-separated host:port list for --source static", parseList, func(s *proxySettings) *[]string { return &s.Backends })
@@ -233,6 +238,13 @@ func runProxy(ctx context.Context, args []string, _ io.Writer, stderr io.Writer)
 	if err != nil {
 		fmt.Fprintf(stderr, "pharos proxy: %v\n", err)
 		return exitUsage
+	}
+	if settings.Threads < 0 {
+		fmt.Fprintln(stderr, "pharos proxy: threads: must not be negative")
+		return exitUsage
+	}
+	if settings.Threads > 0 {
+		runtime.GOMAXPROCS(settings.Threads)
 	}
 	p, err := newProxyStack(settings, log)
 	if err != nil {
