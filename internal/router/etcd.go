@@ -241,27 +241,28 @@ func (e *Etcd) resync(ctx context.Context, r *Router) (int64, error) {
 }
 
 // watch follows the prefix from rev+1 until the watch fails or etcd stops
-// answering.
+// answering. The probe runs in its own goroutine from the start, because
+// opening a watch blocks inside the client for as long as etcd is away.
 func (e *Etcd) watch(ctx context.Context, r *Router, rev int64) error {
-	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-	defer cancel()
+	wctx, cancel := context.WithCancelCause(clientv3.WithRequireLeader(ctx))
+	var probes sync.WaitGroup
+	defer probes.Wait()
+	defer cancel(nil)
+	probes.Go(func() { e.probeLoop(wctx, cancel) })
 	wch := e.client.Watch(wctx, e.format.Prefix(), clientv3.WithPrefix(), clientv3.WithRev(rev+1))
-	probe := time.NewTicker(e.probe)
-	defer probe.Stop()
 	for {
 		select {
-		case <-ctx.Done():
-			return ctx.Err()
+		case <-wctx.Done():
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			// The probe failed. The watch may have missed nothing, or a
+			// compaction may be waiting for it; either way, start over
+			// once etcd answers again.
+			return context.Cause(wctx)
 		case <-e.healthReady:
 			e.takeHealth()
 			e.apply(r, e.now())
-		case <-probe.C:
-			if err := e.probeOnce(ctx); err != nil {
-				// The watch may have silently missed nothing, or a
-				// compaction may be waiting for it; either way, start over
-				// once etcd answers again.
-				return err
-			}
 		case resp, ok := <-wch:
 			if !ok {
 				return fmt.Errorf("watch closed: %w", errResync)
@@ -289,6 +290,24 @@ func (e *Etcd) watch(ctx context.Context, r *Router, rev int64) error {
 				e.keys[key] = KeyValue{Value: ev.Kv.Value, CreateRevision: ev.Kv.CreateRevision, ModRevision: ev.Kv.ModRevision}
 			}
 			e.apply(r, received)
+		}
+	}
+}
+
+// probeLoop checks every probe interval that etcd answers, and cancels
+// the watch with the reason when it does not.
+func (e *Etcd) probeLoop(ctx context.Context, fail context.CancelCauseFunc) {
+	ticker := time.NewTicker(e.probe)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-ticker.C:
+			if err := e.probeOnce(ctx); err != nil && ctx.Err() == nil {
+				fail(err)
+				return
+			}
 		}
 	}
 }

@@ -99,12 +99,13 @@ type Router struct {
 
 	mu sync.Mutex
 	// Guarded by mu.
-	backends map[string]*Backend // by member name, kept while listed
-	rw       *target             // nil while rw has no target
-	ro       []*target           // eligible for ro
-	roFromRW bool                // ro currently falls back to the primary
-	changed  chan struct{}       // closed and replaced on every routing change
-	rrNext   int                 // tie-breaker rotation for least connections
+	backends map[string]*Backend        // by member name, kept while listed
+	rw       *target                    // nil while rw has no target
+	ro       []*target                  // eligible for ro
+	roRevoke map[*Backend]chan struct{} // per backend with ro routes, closed when it goes or fails
+	roFromRW bool                       // ro currently falls back to the primary
+	changed  chan struct{}              // closed and replaced on every routing change
+	rrNext   int                        // tie-breaker rotation for least connections
 	conflict bool
 }
 
@@ -161,6 +162,7 @@ func New(cfg Config, log *slog.Logger, m *metrics.Proxy) *Router {
 		log:      log,
 		metrics:  m,
 		backends: make(map[string]*Backend),
+		roRevoke: make(map[*Backend]chan struct{}),
 		changed:  make(chan struct{}),
 	}
 }
@@ -238,24 +240,27 @@ func (r *Router) Update(s Snapshot) {
 		i := slices.IndexFunc(s.Members, func(m Member) bool { return m.Name == name })
 		return i >= 0 && s.Members[i].Healthy
 	}
-	var ro []*target
-	for _, t := range r.ro {
-		if slices.Contains(eligible, t.backend) {
-			ro = append(ro, t)
-			continue
-		}
-		changed = true
-		// Lag or noloadbalance only stops new sessions; a replica that is
-		// gone or unhealthy also loses the ones it has.
-		if !healthy(t.backend.Name) || r.backends[t.backend.Name] != t.backend {
-			close(t.revoked)
+	// Lag or noloadbalance only stop new ro sessions; a replica that is
+	// gone, moved or unhealthy also loses the ones it has, including those
+	// it kept through an earlier exclusion. So the revocation channel lives
+	// with the backend, not with its current place in the ro set.
+	for b, ch := range r.roRevoke {
+		if r.backends[b.Name] != b || !healthy(b.Name) {
+			close(ch)
+			delete(r.roRevoke, b)
 		}
 	}
+	ro := make([]*target, 0, len(eligible))
 	for _, b := range eligible {
-		if !slices.ContainsFunc(ro, func(t *target) bool { return t.backend == b }) {
-			ro = append(ro, &target{backend: b, revoked: make(chan struct{})})
-			changed = true
+		ch := r.roRevoke[b]
+		if ch == nil {
+			ch = make(chan struct{})
+			r.roRevoke[b] = ch
 		}
+		ro = append(ro, &target{backend: b, revoked: ch})
+	}
+	if !slices.EqualFunc(ro, r.ro, func(a, b *target) bool { return a.backend == b.backend }) {
+		changed = true
 	}
 	r.ro = ro
 	r.roFromRW = len(ro) == 0 && r.cfg.ROFallbackToPrimary && r.rw != nil
