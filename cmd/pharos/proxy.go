@@ -115,7 +115,7 @@ func parseProxyArgs(args []string, stderr io.Writer) (proxySettings, error) {
 	str("ro-listen", "read-only endpoint address (\"\" to disable)", func(s *proxySettings) *string { return &s.ROListen })
 	str("metrics-listen", "Prometheus /metrics address (\"\" to disable)", func(s *proxySettings) *string { return &s.MetricsListen })
 	bind(o, "pprof", "serve /debug/pprof/ on the metrics listener", parseBool, func(s *proxySettings) *bool { return &s.Pprof })
-	bind(o, "threads", "OS threads running the relay (0: one per CPU); 1 suits a small host shared with PostgreSQL", parseInt, func(s *proxySettings) *int { return &s.Threads })
+	bind(o, "threads", "OS threads running the relay (GOMAXPROCS; 0: one per CPU)", parseInt, func(s *proxySettings) *int { return &s.Threads })
 	str("log-level", "debug, info, warn or error", func(s *proxySettings) *string { return &s.LogLevel })
 	str("source", "topology source: static (health checks on --backends), pharos or patroni (etcd)", func(s *proxySettings) *string { return &s.Source })
 	bind(o, "backends", "comma-separated host:port list for --source static", parseList, func(s *proxySettings) *[]string { return &s.Backends })

@@ -190,9 +190,8 @@ func (b *backendToClient) forward(p []byte) bool {
 		return false
 	}
 	s.bytesB2C.Add(float64(len(p)))
-	sess.answers.Store(b.f.SyncPoints())
 	idle := b.f.AtBoundary() && b.f.TxStatus() == wire.TxIdle
-	sess.txIdle.Store(idle)
+	sess.setAnswered(b.f.SyncPoints(), idle)
 	if idle && s.drainFlag.Load() {
 		sess.drainIfIdle()
 	}
@@ -293,7 +292,7 @@ func (b *backendToClient) startup(br *bufio.Reader) bool {
 func (sess *session) established() {
 	sess.countOutcome(metrics.OutcomeOK)
 	sess.attached.Store(true)
-	sess.txIdle.Store(true)
+	sess.setAnswered(0, true)
 	sess.connMu.Lock()
 	_ = sess.client.SetDeadline(time.Time{})
 	_ = sess.backend.SetDeadline(time.Time{})

@@ -45,13 +45,15 @@ type session struct {
 	ended atomic.Pointer[endState]
 	// Drain bookkeeping: a session is idle when every request the client
 	// forwarded has been answered and the last answer said 'I'.
-	drainMu    sync.Mutex
-	requests   uint64        // guarded by drainMu: client sync points forwarded
-	cut        bool          // guarded by drainMu: the drain decided to end it
-	answers    atomic.Uint64 // server ReadyForQuery messages forwarded
-	txIdle     atomic.Bool   // the server side is at a boundary after ReadyForQuery 'I'
-	clientQuit atomic.Bool   // the client sent Terminate
-	attached   atomic.Bool   // the first ReadyForQuery reached the client
+	drainMu  sync.Mutex
+	requests uint64 // guarded by drainMu: client sync points forwarded
+	cut      bool   // guarded by drainMu: the drain decided to end it
+	// answered packs, in one word so the drain never sees one half new and
+	// the other old, the count of ReadyForQuery messages forwarded (<<1)
+	// and whether the server side rests at a boundary after an 'I' (bit 0).
+	answered   atomic.Uint64
+	clientQuit atomic.Bool // the client sent Terminate
+	attached   atomic.Bool // the first ReadyForQuery reached the client
 }
 
 // endState is why a session ends. An empty message means no FATAL is owed
@@ -101,7 +103,8 @@ func (sess *session) finish(st *endState) {
 // session is ended by its own copier when it next becomes idle.
 func (sess *session) drainIfIdle() {
 	sess.drainMu.Lock()
-	idle := !sess.cut && sess.txIdle.Load() && sess.answers.Load() == sess.requests
+	a := sess.answered.Load()
+	idle := !sess.cut && a&1 == 1 && a>>1 == sess.requests
 	if idle {
 		sess.cut = true
 	}
@@ -122,6 +125,15 @@ func (sess *session) startRequest(n uint64) bool {
 	}
 	sess.requests = n
 	return true
+}
+
+// setAnswered publishes the server side's progress for drainIfIdle.
+func (sess *session) setAnswered(readyForQuery uint64, idle bool) {
+	v := readyForQuery << 1
+	if idle {
+		v |= 1
+	}
+	sess.answered.Store(v)
 }
 
 func (sess *session) run() {
