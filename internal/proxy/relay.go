@@ -112,14 +112,16 @@ func (c *clientToBackend) forward(p []byte) bool {
 		}
 		c.requests = n
 	}
+	if c.f.LastType() == wire.MsgTerminate && c.f.AtBoundary() {
+		// Before the write: the server closes as soon as it reads
+		// Terminate, and the backend side must already know why.
+		sess.clientQuit.Store(true)
+	}
 	if _, err := c.backend.Write(p); err != nil {
 		sess.end(metrics.ReasonBackendLost, wire.CodeConnectionFailure, "pharos: lost the connection to the server")
 		return false
 	}
 	sess.srv.bytesC2B.Add(float64(len(p)))
-	if c.f.LastType() == wire.MsgTerminate && c.f.AtBoundary() {
-		sess.clientQuit.Store(true)
-	}
 	return true
 }
 
