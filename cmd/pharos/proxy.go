@@ -18,6 +18,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/pharos-ha/pharos/internal/cluster"
@@ -285,7 +286,7 @@ func newProxyStack(settings proxySettings, log *slog.Logger) (*proxyStack, error
 	}
 	reg := metrics.NewRegistry()
 	m := metrics.NewProxy(reg)
-	src, closeSource, err := settings.newSource(log, m)
+	src, closeSource, err := settings.newSource(log, m, reg)
 	if err != nil {
 		return nil, err
 	}
@@ -319,7 +320,7 @@ type topologySource interface {
 
 // newSource builds the configured topology source and a function that
 // releases what it holds (the etcd client).
-func (ps proxySettings) newSource(log *slog.Logger, m *metrics.Proxy) (topologySource, func(), error) {
+func (ps proxySettings) newSource(log *slog.Logger, m *metrics.Proxy, reg prometheus.Registerer) (topologySource, func(), error) {
 	nothing := func() {}
 	switch ps.Source {
 	case "static":
@@ -365,6 +366,7 @@ func (ps proxySettings) newSource(log *slog.Logger, m *metrics.Proxy) (topologyS
 	if err != nil {
 		return nil, nothing, usageErrorf("etcd: %v", err)
 	}
+	m.RegisterEtcd(reg)
 	src := router.NewEtcd(client, format, ecfg.ProbeInterval, log, m)
 	if ps.HealthChecks {
 		hcfg, err := ps.healthConfig()

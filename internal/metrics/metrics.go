@@ -153,8 +153,15 @@ func NewProxy(reg prometheus.Registerer) *Proxy {
 	}
 	reg.MustRegister(m.Clients, m.Sessions, m.Terminated, m.BackendConnect, m.Bytes, m.Cancels,
 		m.BackendUp, m.BackendRole, m.BackendLag, m.BackendSessions, m.HealthCheckError,
-		m.SplitBrain, m.RWAvailable, m.ROBackends, m.TopologyChanges, m.EtcdUp, m.LeaderEpoch, m.RouteSwitch)
+		m.SplitBrain, m.RWAvailable, m.ROBackends, m.TopologyChanges)
 	return m
+}
+
+// RegisterEtcd adds the etcd-source metrics to reg. Only a proxy that
+// follows etcd exports them, so that a static deployment does not show
+// pharos_proxy_etcd_up 0 and trip an "etcd down" alert.
+func (m *Proxy) RegisterEtcd(reg prometheus.Registerer) {
+	reg.MustRegister(m.EtcdUp, m.LeaderEpoch, m.RouteSwitch)
 }
 
 // NewRegistry returns a registry with the Go runtime and process collectors,

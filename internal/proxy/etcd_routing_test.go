@@ -44,6 +44,7 @@ func startEtcdProxy(t *testing.T, ec *etcdlocal.Cluster, keys pharoscluster.Keys
 	log := testLogger(t)
 	reg := prometheus.NewRegistry()
 	m := metrics.NewProxy(reg)
+	m.RegisterEtcd(reg)
 	r := router.New(router.Config{}, log, m)
 	client, err := router.NewEtcdClient(router.EtcdConfig{Endpoints: ec.Endpoints()})
 	if err != nil {

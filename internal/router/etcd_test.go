@@ -302,6 +302,7 @@ func runEtcd(t *testing.T, cli *clientv3.Client, opts sourceOptions) *etcdRun {
 	t.Helper()
 	reg := prometheus.NewRegistry()
 	m := metrics.NewProxy(reg)
+	m.RegisterEtcd(reg)
 	log, logs := newTestLog(t)
 	format := opts.Format(log)
 	f := &syncFormat{Format: format, marker: format.Prefix() + "test-sync", changed: make(chan struct{})}
