@@ -71,6 +71,8 @@ type proxyOptions struct {
 	Router   router.Config
 	Backends []*pglocal.Instance // default: the shared cluster's instances
 	Cluster  *pglocal.Cluster    // default: the shared cluster
+	// Ready says when the proxy may be used; default: rw has a target.
+	Ready func(rw string, ro []string) bool
 }
 
 // startProxy starts a proxy on free loopback ports in front of the shared
@@ -140,17 +142,21 @@ func startProxy(t *testing.T, opts proxyOptions) *testProxy {
 	}()
 	t.Cleanup(func() { tp.Stop(t) })
 
+	ready := opts.Ready
+	if ready == nil {
+		ready = func(rw string, _ []string) bool { return rw != "" }
+	}
 	wctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	for {
-		rw, _ := r.Current()
-		if rw != "" {
+		changed := r.Changed()
+		if ready(r.Current()) {
 			break
 		}
 		select {
-		case <-r.Changed():
+		case <-changed:
 		case <-wctx.Done():
-			t.Fatalf("proxy never found a primary among %v", addrs)
+			t.Fatalf("proxy never became ready with backends %v", addrs)
 		}
 	}
 	return tp

@@ -696,61 +696,8 @@ func rbCheckPgError(t *testing.T, err error, code, msgPart string) {
 // among them: it waits for the ro endpoint instead of rw.
 func rbStartProxyWithoutPrimary(t *testing.T, cfg proxy.Config, backends ...*pglocal.Instance) *testProxy {
 	t.Helper()
-	cfg.RWListen, cfg.ROListen = "127.0.0.1:0", "127.0.0.1:0"
-	if cfg.DrainTimeout == 0 {
-		cfg.DrainTimeout = 2 * time.Second
-	}
-	log := testLogger(t)
-	reg := prometheus.NewRegistry()
-	m := metrics.NewProxy(reg)
-	r := router.New(router.Config{}, log, m)
-	var addrs []string
-	for _, in := range backends {
-		addrs = append(addrs, in.Addr())
-	}
-	src, err := router.NewStatic(router.StaticConfig{
-		Backends: addrs, Interval: 200 * time.Millisecond, Timeout: 150 * time.Millisecond,
-		User: pglocal.UserHealth, Password: pglocal.PasswordHealth, Database: "postgres", SSLMode: "disable",
-	}, log, m)
-	if err != nil {
-		t.Fatalf("static source: %v", err)
-	}
-	srv, err := proxy.New(cfg, r, log, m)
-	if err != nil {
-		t.Fatalf("proxy.New: %v", err)
-	}
-	if err := srv.Listen(); err != nil {
-		t.Fatalf("listen: %v", err)
-	}
-	ctx, stop := context.WithCancel(context.Background())
-	srcCtx, stopSrc := context.WithCancel(context.Background())
-	tp := &testProxy{Server: srv, Router: r, Metrics: m, Reg: reg, stop: stop, done: make(chan error, 1)}
-	srcDone := make(chan struct{})
-	go func() {
-		defer close(srcDone)
-		_ = src.Run(srcCtx, r)
-	}()
-	go func() {
-		err := srv.Serve(ctx)
-		stopSrc()
-		<-srcDone
-		tp.done <- err
-	}()
-	t.Cleanup(func() { tp.Stop(t) })
-
-	timer := time.NewTimer(10 * time.Second)
-	defer timer.Stop()
-	for {
-		changed := r.Changed()
-		if _, ro := r.Current(); len(ro) > 0 {
-			return tp
-		}
-		select {
-		case <-changed:
-		case <-timer.C:
-			t.Fatalf("proxy never found a replica among %v", addrs)
-		}
-	}
+	return startProxy(t, proxyOptions{Config: cfg, Backends: backends,
+		Ready: func(_ string, ro []string) bool { return len(ro) > 0 }})
 }
 
 // rbConn is a raw protocol client. Its methods fail the test on I/O errors
