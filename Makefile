@@ -23,11 +23,14 @@ test: deps
 	$(GO) vet $(PKGS)
 	$(GO) test -race -count=1 -timeout 14m $(PKGS)
 
-# fuzz runs each wire parser's fuzz target for FUZZTIME (default 20s each).
+# fuzz runs every fuzz target (wire parsers, record parsers) for FUZZTIME.
 FUZZTIME ?= 20s
+FUZZPKGS := ./internal/wire ./internal/cluster
 fuzz:
-	for t in $$($(GO) test -list '^Fuzz' ./internal/wire | grep ^Fuzz); do \
-		$(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) ./internal/wire || exit 1; \
+	for p in $(FUZZPKGS); do \
+		for t in $$($(GO) test -list '^Fuzz' $$p | grep ^Fuzz); do \
+			$(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) $$p || exit 1; \
+		done; \
 	done
 
 bench: deps build
