@@ -156,6 +156,20 @@ type pharosProc struct {
 // static source, and waits until the rw endpoint serves a query.
 func startPharos(t *testing.T, extra ...string) *pharosProc {
 	t.Helper()
+	var backends []string
+	for _, in := range pgCluster.Instances() {
+		backends = append(backends, in.Addr())
+	}
+	p := launchPharos(t, append([]string{"--backends", strings.Join(backends, ",")}, extra...)...)
+	p.waitServing(t)
+	return p
+}
+
+// launchPharos runs `pharos proxy` with the given source arguments on free
+// loopback ports, fast health checks and debug logs, and kills it at test
+// end if it is still running.
+func launchPharos(t *testing.T, extra ...string) *pharosProc {
+	t.Helper()
 	bin := pharosBinary(t)
 	var addrs [3]string
 	for i := range addrs {
@@ -165,12 +179,7 @@ func startPharos(t *testing.T, extra ...string) *pharosProc {
 		}
 		addrs[i] = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 	}
-	var backends []string
-	for _, in := range pgCluster.Instances() {
-		backends = append(backends, in.Addr())
-	}
 	args := append([]string{"proxy",
-		"--backends", strings.Join(backends, ","),
 		"--rw-listen", addrs[0], "--ro-listen", addrs[1], "--metrics-listen", addrs[2],
 		"--health-user", pglocal.UserHealth, "--health-sslmode", "disable",
 		"--health-check-interval", "200ms", "--health-check-timeout", "150ms",
@@ -205,7 +214,12 @@ func startPharos(t *testing.T, extra ...string) *pharosProc {
 			t.Logf("pharos output:\n%s", log)
 		}
 	})
+	return p
+}
 
+// waitServing waits until the rw endpoint serves a query.
+func (p *pharosProc) waitServing(t *testing.T) {
+	t.Helper()
 	deadline := time.Now().Add(e2eWait)
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
@@ -216,7 +230,7 @@ func startPharos(t *testing.T, extra ...string) *pharosProc {
 		}
 		cancel()
 		if err == nil {
-			return p
+			return
 		}
 		select {
 		case <-p.exited:
