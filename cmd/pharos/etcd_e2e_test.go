@@ -3,7 +3,9 @@ package main
 import (
 	"context"
 	"errors"
+	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -114,6 +116,70 @@ func TestBinaryFollowsEtcd(t *testing.T) {
 		}
 		if code := p.wait(t, e2eWait); code != 0 {
 			t.Errorf("exit %d after SIGTERM, want 0", code)
+		}
+	})
+}
+
+// TestBinaryFollowsEtcdOverTLS: with --etcd-cacert the proxy verifies
+// etcd's certificate and follows the cluster; without the CA it cannot
+// trust etcd, says so, and routes nothing.
+func TestBinaryFollowsEtcdOverTLS(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	dir := t.TempDir()
+	certPEM, keyPEM, _ := selfSigned(t, "etcd")
+	files := &etcdlocal.TLSFiles{CertFile: filepath.Join(dir, "etcd.crt"), KeyFile: filepath.Join(dir, "etcd.key"), CAFile: filepath.Join(dir, "etcd.crt")}
+	writeFile(t, files.CertFile, certPEM)
+	writeFile(t, files.KeyFile, keyPEM)
+	etcd, err := etcdlocal.Start(ctx, etcdlocal.Options{ClientTLS: files})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer etcd.Close()
+	writer, err := etcd.Client(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer writer.Close()
+	keys, _ := pcluster.NewKeys("tls")
+	primary := pgCluster.Primary()
+	rec, err := pcluster.MarshalMember(pcluster.Member{Name: "pg-a", Role: pcluster.RolePrimary, Host: "127.0.0.1", Port: primary.Port})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := writer.Put(ctx, keys.Member("pg-a"), string(rec)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := writer.Put(ctx, keys.Leader(), "pg-a"); err != nil {
+		t.Fatal(err)
+	}
+	endpoint := etcd.Endpoints()[0]
+	if !strings.HasPrefix(endpoint, "https://") {
+		t.Fatalf("endpoint %s is not https", endpoint)
+	}
+
+	t.Run("with the CA it routes", func(t *testing.T) {
+		p := launchPharos(t, "--source", "pharos", "--etcd", endpoint, "--cluster", "tls", "--etcd-cacert", files.CAFile)
+		p.waitServing(t)
+		conn, err := pgx.Connect(ctx, appDSN(p.rw, ""))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close(ctx)
+		var port int
+		if err := conn.QueryRow(ctx, "SELECT inet_server_port()").Scan(&port); err != nil || port != primary.Port {
+			t.Errorf("rw reached port %d (err %v), want %d", port, err, primary.Port)
+		}
+	})
+	t.Run("without the CA it trusts nothing and routes nothing", func(t *testing.T) {
+		p := launchPharos(t, "--source", "pharos", "--etcd", endpoint, "--cluster", "tls", "--route-wait", "300ms")
+		p.waitLog(t, "etcd unreachable")
+		cctx, ccancel := context.WithTimeout(ctx, 5*time.Second)
+		defer ccancel()
+		_, err := pgx.Connect(cctx, appDSN(p.rw, ""))
+		var pgErr *pgconn.PgError
+		if !errors.As(err, &pgErr) || pgErr.Code != "57P03" {
+			t.Errorf("rw connect: %v, want FATAL 57P03", err)
 		}
 	})
 }

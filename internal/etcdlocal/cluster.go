@@ -2,6 +2,8 @@ package etcdlocal
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -16,6 +18,7 @@ import (
 	"syscall"
 	"time"
 
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
@@ -33,6 +36,14 @@ type Options struct {
 	Members int
 	// Logger receives member state changes. Nil discards them.
 	Logger *slog.Logger
+	// ClientTLS, when set, makes members serve clients over TLS with this
+	// certificate (peers stay plaintext). Client uses CAFile to verify it.
+	ClientTLS *TLSFiles
+}
+
+// TLSFiles name PEM files.
+type TLSFiles struct {
+	CertFile, KeyFile, CAFile string
 }
 
 // Timeouts. Every wait in this package is bounded by one of these or by the
@@ -56,6 +67,7 @@ const probeKey = "etcdlocal/probe"
 type Cluster struct {
 	// Static after Start.
 	log     *slog.Logger
+	tls     *TLSFiles // client TLS, nil for plaintext
 	dir     string
 	ownDir  bool
 	members []*member
@@ -75,6 +87,7 @@ type member struct {
 	// gates; etcd listens behind them.
 	name         string
 	dir          string
+	clientScheme string // http, or https with Options.ClientTLS
 	clientAddr   string // client gate, advertised to clients
 	clientBehind string // where etcd serves clients
 	peerAddr     string // peer gate, advertised to peers
@@ -89,7 +102,7 @@ type member struct {
 
 func httpURL(addr string) url.URL { return url.URL{Scheme: "http", Host: addr} }
 
-func (m *member) clientURL() string { return "http://" + m.clientAddr }
+func (m *member) clientURL() string { return m.clientScheme + "://" + m.clientAddr }
 func (m *member) peerURL() string   { return "http://" + m.peerAddr }
 
 // closeGatesLocked cuts every connection to m, from clients and peers.
@@ -115,7 +128,7 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	c := &Cluster{log: log, dir: opts.Dir}
+	c := &Cluster{log: log, tls: opts.ClientTLS, dir: opts.Dir}
 	if c.dir == "" {
 		d, err := os.MkdirTemp("", "etcdlocal-")
 		if err != nil {
@@ -126,7 +139,10 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 		return nil, fmt.Errorf("etcdlocal: data dir: %w", err)
 	}
 	for i := range n {
-		m := &member{name: "m" + strconv.Itoa(i)}
+		m := &member{name: "m" + strconv.Itoa(i), clientScheme: "http"}
+		if opts.ClientTLS != nil {
+			m.clientScheme = "https"
+		}
 		m.dir = filepath.Join(c.dir, m.name)
 		if _, err := os.Stat(m.dir); err == nil {
 			c.removeOwnDir()
@@ -197,8 +213,11 @@ func (c *Cluster) startLocked(ctx context.Context, m *member) error {
 	// that discards everything.
 	cfg.Logger = "zap"
 	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
-	cfg.ListenClientUrls = []url.URL{httpURL(m.clientBehind)}
-	cfg.AdvertiseClientUrls = []url.URL{httpURL(m.clientAddr)}
+	cfg.ListenClientUrls = []url.URL{{Scheme: m.clientScheme, Host: m.clientBehind}}
+	cfg.AdvertiseClientUrls = []url.URL{{Scheme: m.clientScheme, Host: m.clientAddr}}
+	if t := c.tls; t != nil {
+		cfg.ClientTLSInfo = transport.TLSInfo{CertFile: t.CertFile, KeyFile: t.KeyFile}
+	}
 	cfg.ListenPeerUrls = []url.URL{httpURL(m.peerBehind)}
 	cfg.AdvertisePeerUrls = []url.URL{httpURL(m.peerAddr)}
 	cfg.InitialCluster = c.initialCluster
@@ -379,11 +398,23 @@ func (c *Cluster) Leader() int {
 // read within ctx. It logs nothing, and its DialTimeout is
 // ClientDialTimeout. The caller closes it.
 func (c *Cluster) Client(ctx context.Context) (*clientv3.Client, error) {
-	cli, err := clientv3.New(clientv3.Config{
+	cfg := clientv3.Config{
 		Endpoints:   c.Endpoints(),
 		DialTimeout: ClientDialTimeout,
 		Logger:      zap.NewNop(),
-	})
+	}
+	if c.tls != nil {
+		pem, err := os.ReadFile(c.tls.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("etcdlocal: client: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("etcdlocal: client: no certificate in %s", c.tls.CAFile)
+		}
+		cfg.TLS = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	}
+	cli, err := clientv3.New(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("etcdlocal: client: %w", err)
 	}
