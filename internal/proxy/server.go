@@ -282,12 +282,6 @@ func (s *Server) drain(sessions *sync.WaitGroup) {
 	<-done
 }
 
-func (s *Server) isDraining() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.draining
-}
-
 func (s *Server) addSession(sess *session) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
