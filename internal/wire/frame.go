@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+
+	"github.com/jackc/pgx/v5/pgproto3"
 )
 
 // MaxProtocolBodyLen is the largest message body PostgreSQL accepts: its
@@ -257,16 +259,13 @@ func SASLMechanisms(msg []byte) ([]string, error) {
 
 // AppendSASLRequest appends an AuthenticationSASL message offering mechs.
 func AppendSASLRequest(dst []byte, mechs []string) []byte {
-	start := len(dst)
-	dst = append(dst, MsgAuthentication, 0, 0, 0, 0)
-	dst = binary.BigEndian.AppendUint32(dst, AuthSASL)
-	for _, m := range mechs {
-		dst = append(dst, m...)
-		dst = append(dst, 0)
+	out, err := (&pgproto3.AuthenticationSASL{AuthMechanisms: mechs}).Encode(dst)
+	if err != nil {
+		// Only a message over 1 GiB fails to encode; a mechanism list
+		// taken from a server message never is.
+		panic(fmt.Sprintf("wire: encode AuthenticationSASL: %v", err))
 	}
-	dst = append(dst, 0)
-	binary.BigEndian.PutUint32(dst[start+1:], uint32(len(dst)-start-1))
-	return dst
+	return out
 }
 
 // ParseBackendKeyData returns the process id and secret key of a

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"strings"
+
+	"github.com/jackc/pgx/v5/pgproto3"
 )
 
 // Limits PostgreSQL itself applies to the startup phase (see
@@ -247,11 +249,13 @@ func WithParam(params []Param, name, value string) []Param {
 
 // AppendSSLRequest appends an SSLRequest to dst.
 func AppendSSLRequest(dst []byte) []byte {
-	dst = binary.BigEndian.AppendUint32(dst, 8)
-	return binary.BigEndian.AppendUint32(dst, codeSSLRequest)
+	out, _ := (&pgproto3.SSLRequest{}).Encode(dst) // cannot fail
+	return out
 }
 
-// AppendCancelRequest appends a CancelRequest for the given key to dst.
+// AppendCancelRequest appends a CancelRequest for the given key to dst. It
+// does not check the key's length, so tests can build the oversized
+// requests the parser must refuse.
 func AppendCancelRequest(dst []byte, pid uint32, key []byte) []byte {
 	dst = binary.BigEndian.AppendUint32(dst, uint32(12+len(key)))
 	dst = binary.BigEndian.AppendUint32(dst, codeCancelRequest)
