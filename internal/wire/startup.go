@@ -206,7 +206,9 @@ func cutString(b []byte) (s string, rest []byte, ok bool) {
 }
 
 // AppendStartupMessage appends a StartupMessage with the given protocol
-// version and parameters, in order, to dst. A NUL inside a name or value
+// version and parameters, in order, to dst. (pgproto3's StartupMessage
+// holds parameters in a map and decodes only 3.0 and 3.2; the proxy must
+// pass any 3.x minor and the client's parameter order through.) A NUL inside a name or value
 // would become a separator on the wire and smuggle in another parameter, so
 // it is refused.
 func AppendStartupMessage(dst []byte, version uint32, params []Param) ([]byte, error) {
