@@ -143,9 +143,8 @@ func (b *backendToClient) run() {
 	if !b.startup(br) {
 		// The startup phase writes whole messages, so the client is at a
 		// boundary unless a write to it failed.
-		if st := sess.ended.Load(); st != nil && st.message != "" && !b.clientBroken {
-			_ = sess.client.SetWriteDeadline(time.Now().Add(fatalWriteGrace))
-			_, _ = sess.client.Write(wire.FatalError(st.code, st.message))
+		if !b.clientBroken {
+			b.sendFatal()
 		}
 		return
 	}
@@ -172,10 +171,20 @@ func (b *backendToClient) run() {
 	// After the server's own error (its FATAL when it dies, typically) a
 	// second FATAL from the proxy would only confuse the client.
 	serverSaidWhy := b.f.LastType() == wire.MsgErrorResponse
-	if st := sess.ended.Load(); st.message != "" && !b.clientBroken && b.f.AtBoundary() && !serverSaidWhy {
-		_ = sess.client.SetWriteDeadline(time.Now().Add(fatalWriteGrace))
-		_, _ = sess.client.Write(wire.FatalError(st.code, st.message))
+	if !b.clientBroken && b.f.AtBoundary() && !serverSaidWhy {
+		b.sendFatal()
 	}
+}
+
+// sendFatal tells the client why the session ends, if the proxy owes it a
+// reason; the caller checks that the client stream is at a boundary.
+func (b *backendToClient) sendFatal() {
+	st := b.sess.ended.Load()
+	if st == nil || st.message == "" {
+		return
+	}
+	_ = b.sess.client.SetWriteDeadline(time.Now().Add(fatalWriteGrace))
+	_, _ = b.sess.client.Write(wire.FatalError(st.code, st.message))
 }
 
 // forward handles one chunk from the server; false ends the pump.
