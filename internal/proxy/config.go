@@ -57,7 +57,8 @@ type Config struct {
 	// DrainTimeout is how long a stopping proxy lets sessions finish their
 	// transactions before it cuts them.
 	DrainTimeout time.Duration
-	// BufferSize is the relay buffer per direction per session.
+	// BufferSize is the relay buffer a copier borrows while it reads; an
+	// idle plain-TCP session holds none.
 	BufferSize int
 }
 

@@ -8,28 +8,41 @@ import (
 	"unsafe"
 )
 
+// bufferPool lends relay buffers (*[]byte); *sync.Pool is one.
+type bufferPool interface {
+	Get() any
+	Put(any)
+}
+
 // pump reads src until it fails or handle returns false, passing every
 // chunk to handle, and returns the read error (nil when handle stopped it).
+// handle must be done with the chunk when it returns.
 //
 // On a plain TCP socket it reads through the raw descriptor and, after a
-// read that did not fill buf, waits for readiness instead of reading again:
-// net.Conn.Read would first make a read that only says EAGAIN, and in a
-// request/response relay that is one wasted syscall per message and
+// read that did not fill the buffer, waits for readiness instead of reading
+// again: net.Conn.Read would first make a read that only says EAGAIN, and
+// in a request/response relay that is one wasted syscall per message and
 // direction. Staying inside one RawConn.Read call matters: each new call
 // resets the descriptor's readiness, which would lose an edge that arrived
 // in between, while the loop inside keeps it. A short read means the socket
 // was drained, and any byte that arrives later raises a new edge.
-func pump(src net.Conn, buf []byte, handle func([]byte) bool) error {
+//
+// The buffer comes from buffers only while there is something to read and
+// goes back before waiting, so an idle session holds no relay buffer.
+func pump(src net.Conn, buffers bufferPool, handle func([]byte) bool) error {
 	tc, ok := src.(*net.TCPConn)
 	if !ok {
-		return pumpConn(src, buf, handle)
+		return pumpConn(src, buffers, handle)
 	}
 	rc, err := tc.SyscallConn()
 	if err != nil {
-		return pumpConn(src, buf, handle)
+		return pumpConn(src, buffers, handle)
 	}
 	var readErr error
 	err = rc.Read(func(fd uintptr) bool {
+		bp := buffers.Get().(*[]byte)
+		defer buffers.Put(bp)
+		buf := *bp
 		for {
 			n, errno := rawRead(fd, buf)
 			switch {
@@ -59,8 +72,12 @@ func pump(src net.Conn, buf []byte, handle func([]byte) bool) error {
 	return readErr
 }
 
-// pumpConn is pump for connections without a raw descriptor (TLS).
-func pumpConn(src net.Conn, buf []byte, handle func([]byte) bool) error {
+// pumpConn is pump for connections without a raw descriptor (TLS), which
+// must hold their buffer while they wait in Read.
+func pumpConn(src net.Conn, buffers bufferPool, handle func([]byte) bool) error {
+	bp := buffers.Get().(*[]byte)
+	defer buffers.Put(bp)
+	buf := *bp
 	for {
 		n, err := src.Read(buf)
 		if n > 0 && !handle(buf[:n]) {

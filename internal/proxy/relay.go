@@ -75,7 +75,7 @@ func (c *clientToBackend) run() {
 	if s.cfg.MaxMessageSize > 0 {
 		c.f.MaxBodyLen = s.cfg.MaxMessageSize - 4
 	}
-	err := pump(c.sess.client, make([]byte, s.cfg.BufferSize), c.forward)
+	err := pump(c.sess.client, &s.buffers, c.forward)
 	if errors.Is(err, os.ErrDeadlineExceeded) && !c.sess.attached.Load() {
 		// The startup deadline passed with authentication unfinished.
 		c.sess.finish(&endState{code: wire.CodeProtocolViolation, message: "pharos: timeout expired during startup", outcome: metrics.OutcomeTimeout})
@@ -157,7 +157,7 @@ func (b *backendToClient) run() {
 		ok = b.forward(pending)
 	}
 	if ok {
-		_ = pump(sess.backend, make([]byte, s.cfg.BufferSize), b.forward)
+		_ = pump(sess.backend, &s.buffers, b.forward)
 	}
 	if sess.ended.Load() == nil {
 		// The server closed on its own: after Terminate, or after a FATAL

@@ -48,6 +48,7 @@ type Server struct {
 	clients    [3]atomic.Int64 // by router.Endpoint
 	bytesC2B   prometheusCounter
 	bytesB2C   prometheusCounter
+	buffers    sync.Pool // *[]byte of cfg.BufferSize, lent to copiers while they read
 
 	// Set by Listen.
 	listeners map[router.Endpoint]net.Listener
@@ -89,6 +90,10 @@ func New(cfg Config, r *router.Router, log *slog.Logger, m *metrics.Proxy) (*Ser
 		listeners: make(map[router.Endpoint]net.Listener),
 		sessions:  make(map[*session]struct{}),
 		cancels:   make(map[string]cancelTarget),
+	}
+	s.buffers.New = func() any {
+		b := make([]byte, cfg.BufferSize)
+		return &b
 	}
 	if cfg.TLSMode != TLSDisable {
 		if err := s.ReloadTLS(); err != nil {
