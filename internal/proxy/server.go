@@ -101,6 +101,7 @@ func New(cfg Config, r *router.Router, log *slog.Logger, m *metrics.Proxy) (*Ser
 		}
 		s.clientTLS = &tls.Config{
 			MinVersion: tls.VersionTLS12,
+			NextProtos: []string{alpnPostgres},
 			GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 				return s.cert.Load(), nil
 			},

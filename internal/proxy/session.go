@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -238,8 +239,31 @@ func (sess *session) readStartup() (wire.StartupPacket, metrics.Outcome, error) 
 	s := sess.srv
 	buf := make([]byte, 0, 512)
 	tlsDone := false
+	// The first byte tells a PostgreSQL 17 client using direct TLS
+	// (sslnegotiation=direct: a TLS handshake straight away) from a startup
+	// packet's length word, which can never begin with that byte.
+	var first [1]byte
+	if _, err := io.ReadFull(sess.client, first[:]); err != nil {
+		return wire.StartupPacket{}, metrics.OutcomeClientGone, err
+	}
+	// replay holds the byte read ahead until the first packet is read.
+	var replay io.Reader = bytes.NewReader(first[:])
+	if first[0] == wire.TLSHandshakeByte {
+		if s.clientTLS == nil {
+			// A TLS client cannot read a plaintext error; close.
+			return wire.StartupPacket{}, metrics.OutcomeTLSError, errors.New("direct TLS handshake, but TLS is disabled")
+		}
+		if err := sess.startTLS(&prefixConn{Conn: sess.client, prefix: first[:]}, true); err != nil {
+			return wire.StartupPacket{}, metrics.OutcomeTLSError, err
+		}
+		tlsDone, replay = true, nil
+	}
 	for {
-		pkt, err := wire.ReadStartupPacket(sess.client, buf)
+		var src io.Reader = sess.client
+		if replay != nil {
+			src, replay = io.MultiReader(replay, sess.client), nil
+		}
+		pkt, err := wire.ReadStartupPacket(src, buf)
 		if err != nil {
 			var pe *wire.ProtocolError
 			if errors.As(err, &pe) {
@@ -261,14 +285,10 @@ func (sess *session) readStartup() (wire.StartupPacket, metrics.Outcome, error) 
 			if _, err := sess.client.Write([]byte{'S'}); err != nil {
 				return pkt, metrics.OutcomeClientGone, err
 			}
-			tc := tls.Server(sess.client, s.clientTLS)
-			if err := tc.Handshake(); err != nil {
+			if err := sess.startTLS(sess.client, false); err != nil {
 				// The client speaks TLS now; a plaintext error would be noise.
 				return pkt, metrics.OutcomeTLSError, err
 			}
-			sess.connMu.Lock()
-			sess.client = tc
-			sess.connMu.Unlock()
 			tlsDone = true
 		case wire.KindGSSENCRequest:
 			// No GSSAPI encryption: the client falls back to TLS or plain.
@@ -287,6 +307,42 @@ func (sess *session) readStartup() (wire.StartupPacket, metrics.Outcome, error) 
 		}
 		buf = pkt.Raw[:0]
 	}
+}
+
+// startTLS runs the server side of a TLS handshake on conn and makes the
+// session's client connection the TLS one. Direct TLS must have agreed on
+// the "postgresql" ALPN protocol, as PostgreSQL 17 requires, so a TLS
+// client meant for another service is not taken for a database client.
+func (sess *session) startTLS(conn net.Conn, direct bool) error {
+	tc := tls.Server(conn, sess.srv.clientTLS)
+	if err := tc.Handshake(); err != nil {
+		return err
+	}
+	if direct && tc.ConnectionState().NegotiatedProtocol != alpnPostgres {
+		return errors.New("direct TLS without the postgresql ALPN protocol")
+	}
+	sess.connMu.Lock()
+	sess.client = tc
+	sess.connMu.Unlock()
+	return nil
+}
+
+// alpnPostgres is the ALPN protocol PostgreSQL clients offer (17+).
+const alpnPostgres = "postgresql"
+
+// prefixConn replays bytes already read from Conn before reading more.
+type prefixConn struct {
+	net.Conn
+	prefix []byte
+}
+
+func (c *prefixConn) Read(p []byte) (int, error) {
+	if len(c.prefix) > 0 {
+		n := copy(p, c.prefix)
+		c.prefix = c.prefix[n:]
+		return n, nil
+	}
+	return c.Conn.Read(p)
 }
 
 // attach picks a backend and connects to it, retrying once on another

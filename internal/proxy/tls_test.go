@@ -277,3 +277,37 @@ func TestChannelBindingWithTLSOnBothSides(t *testing.T) {
 		}
 	})
 }
+
+// TestDirectTLS: a PostgreSQL 17-style client that starts TLS at once
+// (sslnegotiation=direct, ALPN "postgresql") is served like one that sent
+// an SSLRequest; with client TLS disabled the proxy just closes, since such
+// a client cannot read a plaintext error.
+func TestDirectTLS(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		extra string
+	}{
+		{"direct negotiation", "sslmode=require sslnegotiation=direct"},
+		{"classic negotiation still works", "sslmode=require sslnegotiation=postgres"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := tlsProxy(t, proxy.TLSRequire, proxy.BackendTLSDisable, "")
+			for _, ep := range []router.Endpoint{router.RW, router.RO} {
+				conn := p.connect(t, ep, pglocal.UserSCRAM, tc.extra)
+				if !isTLS(conn) {
+					t.Errorf("%s: session is not encrypted", ep)
+				}
+				var one int
+				if err := conn.QueryRow(context.Background(), "SELECT 1").Scan(&one); err != nil || one != 1 {
+					t.Errorf("%s: SELECT 1 = %d, %v", ep, one, err)
+				}
+			}
+		})
+	}
+	t.Run("direct TLS to a proxy without TLS is closed", func(t *testing.T) {
+		p := startProxy(t, proxyOptions{})
+		if err := connectErr(t, p.DSN(router.RW, pglocal.UserSCRAM, "sslmode=require sslnegotiation=direct")); err == nil {
+			t.Fatal("a direct TLS client got a session from a proxy with TLS disabled")
+		}
+	})
+}
