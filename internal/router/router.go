@@ -1,8 +1,10 @@
 // Package router owns the live topology as the proxy sees it and the choice
 // of a backend per endpoint: rw goes to the one primary a source vouches for,
 // ro spreads sessions over eligible replicas by least connections. It also
-// owns the topology sources that feed it (static: a host list with health
-// checks; etcd-driven sources follow).
+// owns the topology sources that feed it: Static (a host list with health
+// checks) and Etcd (one watch on a cluster's keys, read through a Format:
+// pharos's own layout or Patroni's), which may add health checks that only
+// exclude.
 //
 // It hands out Routes; a Route is revoked (its channel closed) when its
 // backend stops being a valid target for the endpoint, which is how the proxy
