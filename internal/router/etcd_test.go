@@ -321,6 +321,17 @@ func runEtcd(t *testing.T, cli *clientv3.Client, opts sourceOptions) *etcdRun {
 	return run
 }
 
+// waitHeld waits until a source run with HoldFirstSnapshot has read the
+// prefix and stopped in its first snapshot.
+func (s *etcdRun) waitHeld(t *testing.T) {
+	t.Helper()
+	select {
+	case <-s.format.held:
+	case <-time.After(etcdBound):
+		t.Fatal("source never took its first snapshot")
+	}
+}
+
 // release lets a held first snapshot proceed; safe to call more than once.
 func (s *etcdRun) release() {
 	if s.format.hold != nil {
@@ -815,11 +826,7 @@ func TestEtcdOutage(t *testing.T) {
 		a.member(keys, rec("n2", cluster.RoleReplica, 0))
 		a.campaign(keys.Leader(), "n1")
 		s := runEtcd(t, etcdClient(t, ec.Endpoints()...), sourceOptions{Format: pharosFormat(keys), HoldFirstSnapshot: true})
-		select {
-		case <-s.format.held:
-		case <-time.After(etcdBound):
-			t.Fatal("source never took its first snapshot")
-		}
+		s.waitHeld(t)
 		if err := ec.StopMember(0); err != nil {
 			t.Fatalf("StopMember: %v", err)
 		}
@@ -892,11 +899,7 @@ func TestEtcdCompaction(t *testing.T) {
 		// The source reads the prefix, then waits in its first snapshot:
 		// its watch will start from the revision after that read.
 		s := runEtcd(t, etcdClient(t, ec.Endpoints()...), sourceOptions{Format: pharosFormat(keys), HoldFirstSnapshot: true})
-		select {
-		case <-s.format.held:
-		case <-time.After(etcdBound):
-			t.Fatal("source never took its first snapshot")
-		}
+		s.waitHeld(t)
 		a.del(keys.Leader())
 		epoch := a.campaign(keys.Leader(), "n2")
 		a.member(keys, rec("n2", cluster.RolePrimary, 0))
