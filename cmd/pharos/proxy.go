@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -120,13 +118,8 @@ func parseProxyArgs(args []string, stderr io.Writer) (proxySettings, error) {
 	str("log-level", "debug, info, warn or error", func(s *proxySettings) *string { return &s.LogLevel })
 	str("source", "topology source: static (health checks on --backends), pharos or patroni (etcd)", func(s *proxySettings) *string { return &s.Source })
 	bind(o, "backends", "comma-separated host:port list for --source static", parseList, func(s *proxySettings) *[]string { return &s.Backends })
-	bind(o, "etcd", "comma-separated etcd endpoints", parseList, func(s *proxySettings) *[]string { return &s.Etcd })
+	bindEtcdFlags(o, (*proxySettings).etcdFields)
 	str("cluster", "cluster name in etcd (pharos: /pharos/<cluster>/; patroni: the scope)", func(s *proxySettings) *string { return &s.Cluster })
-	str("etcd-username", "etcd user (enables etcd authentication)", func(s *proxySettings) *string { return &s.EtcdUsername })
-	str("etcd-password-file", "file holding the etcd password (or env PHAROS_ETCD_PASSWORD)", func(s *proxySettings) *string { return &s.EtcdPasswordFile })
-	str("etcd-cacert", "CA bundle to verify etcd's certificate (enables TLS)", func(s *proxySettings) *string { return &s.EtcdCACert })
-	str("etcd-cert", "client certificate for etcd", func(s *proxySettings) *string { return &s.EtcdCert })
-	str("etcd-key", "client key for etcd", func(s *proxySettings) *string { return &s.EtcdKey })
 	str("patroni-namespace", "Patroni's namespace (its default is /service)", func(s *proxySettings) *string { return &s.PatroniNamespace })
 	str("patroni-scope", "Patroni's scope (default: --cluster)", func(s *proxySettings) *string { return &s.PatroniScope })
 	bind(o, "health-checks", "with --source pharos or patroni, also health-check members and exclude those that fail", parseBool, func(s *proxySettings) *bool { return &s.HealthChecks })
@@ -385,37 +378,14 @@ func (ps proxySettings) newSource(log *slog.Logger, m *metrics.Proxy, reg promet
 }
 
 func (ps proxySettings) etcdConfig() (router.EtcdConfig, error) {
-	password, err := readSecret("etcd_password", ps.EtcdPassword, ps.EtcdPasswordFile, "PHAROS_ETCD_PASSWORD")
-	if err != nil {
-		return router.EtcdConfig{}, err
+	return ps.etcdFields().config()
+}
+
+func (ps *proxySettings) etcdFields() etcdFields {
+	return etcdFields{
+		Endpoints: &ps.Etcd, Username: &ps.EtcdUsername, Password: &ps.EtcdPassword, PasswordFile: &ps.EtcdPasswordFile,
+		CACert: &ps.EtcdCACert, Cert: &ps.EtcdCert, Key: &ps.EtcdKey,
 	}
-	cfg := router.EtcdConfig{Endpoints: ps.Etcd, Username: ps.EtcdUsername, Password: password}
-	if password != "" && cfg.Username == "" {
-		return cfg, usageErrorf("etcd_username: an etcd password needs a user name")
-	}
-	if ps.EtcdCACert != "" || ps.EtcdCert != "" {
-		tc := &tls.Config{MinVersion: tls.VersionTLS12}
-		if ps.EtcdCACert != "" {
-			pem, err := os.ReadFile(ps.EtcdCACert)
-			if err != nil {
-				return cfg, usageErrorf("etcd_cacert: %v", err)
-			}
-			pool := x509.NewCertPool()
-			if !pool.AppendCertsFromPEM(pem) {
-				return cfg, usageErrorf("etcd_cacert: no certificate in %s", ps.EtcdCACert)
-			}
-			tc.RootCAs = pool
-		}
-		if ps.EtcdCert != "" || ps.EtcdKey != "" {
-			cert, err := tls.LoadX509KeyPair(ps.EtcdCert, ps.EtcdKey)
-			if err != nil {
-				return cfg, usageErrorf("etcd_cert: %v", err)
-			}
-			tc.Certificates = []tls.Certificate{cert}
-		}
-		cfg.TLS = tc
-	}
-	return cfg, nil
 }
 
 // run serves until ctx ends, then drains; hup reloads TLS material.

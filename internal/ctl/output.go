@@ -1,0 +1,165 @@
+package ctl
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/pharos-ha/pharos/internal/cluster"
+)
+
+// WriteTable writes the status for a human: one row per member, a line
+// naming the leader, then anything an operator should look at (a primary
+// without the leader key, unreadable records).
+func WriteTable(w io.Writer, s ClusterStatus) error {
+	if s.empty() {
+		_, err := fmt.Fprintf(w, "nothing under %s: no member has joined this cluster (is the cluster name right?)\n", s.Prefix)
+		return err
+	}
+	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
+	fmt.Fprintln(tw, "MEMBER\tHOST:PORT\tROLE\tSTATE\tTL\tLAG\tLEADER\tTAGS")
+	for _, m := range s.Members {
+		leader := "-"
+		if s.Leader != nil && s.Leader.Name == m.Name {
+			leader = "* epoch " + strconv.FormatInt(s.Leader.Epoch, 10)
+		}
+		tl := "-"
+		if m.Timeline > 0 {
+			tl = strconv.FormatInt(m.Timeline, 10)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n",
+			m.Name, m.Addr(), m.Role, dash(m.State), tl, lag(m), leader, dash(tags(m.Tags)))
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	var b strings.Builder
+	switch l := s.Leader; {
+	case l == nil:
+		b.WriteString("no leader\n")
+	case !l.HasRecord:
+		fmt.Fprintf(&b, "leader %s (epoch %d), which has no member record\n", l.Name, l.Epoch)
+	default:
+		fmt.Fprintf(&b, "leader %s (epoch %d)", l.Name, l.Epoch)
+		if m, _ := s.Member(l.Name); m.Role != cluster.RolePrimary {
+			fmt.Fprintf(&b, ", whose record says %s", m.Role)
+		}
+		b.WriteString("\n")
+	}
+	for _, m := range s.Members {
+		if m.Role == cluster.RolePrimary && (s.Leader == nil || s.Leader.Name != m.Name) {
+			fmt.Fprintf(&b, "warning: %s says primary but does not hold the leader key\n", m.Name)
+		}
+	}
+	if in := s.Initialize; in != nil {
+		id := in.SystemID
+		if id == "" {
+			id = "not yet known"
+		}
+		fmt.Fprintf(&b, "bootstrapped by %s, system identifier %s\n", in.By, id)
+	}
+	if len(s.Invalid) > 0 {
+		b.WriteString("invalid records:\n")
+		for _, r := range s.Invalid {
+			fmt.Fprintf(&b, "  %s (mod revision %d): %s\n", r.Key, r.ModRevision, r.Error)
+		}
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+// WriteJSON writes the status as indented JSON.
+func WriteJSON(w io.Writer, s ClusterStatus) error {
+	return writeJSON(w, s)
+}
+
+// WriteHistoryTable writes the timeline history for a human, oldest first.
+func WriteHistoryTable(w io.Writer, h cluster.History) error {
+	if len(h) == 0 {
+		_, err := io.WriteString(w, "no history: no member has promoted yet\n")
+		return err
+	}
+	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
+	fmt.Fprintln(tw, "TL\tLSN\tREASON\tTIME\tNEW LEADER\tOLD LEADER")
+	for _, e := range h {
+		t := "-"
+		if !e.Time.IsZero() {
+			t = e.Time.Format(time.RFC3339)
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\n", e.Timeline, e.LSN, dash(e.Reason), t, dash(e.NewLeader), dash(e.OldLeader))
+	}
+	return tw.Flush()
+}
+
+// WriteHistoryJSON writes the history as an indented JSON array, as the
+// history key holds it; an empty history is [].
+func WriteHistoryJSON(w io.Writer, h cluster.History) error {
+	if h == nil {
+		h = cluster.History{}
+	}
+	return writeJSON(w, h)
+}
+
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+// lag is the member's replay lag for humans.
+func lag(m cluster.Member) string {
+	n := m.Lag()
+	if n < 0 {
+		return "unknown"
+	}
+	return humanBytes(n)
+}
+
+// humanBytes writes a byte count with a binary unit, as the config files
+// accept them: "0 B", "512 B", "1.5 kB", "12 MB". Values below 10 units keep
+// one decimal.
+func humanBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return strconv.FormatInt(n, 10) + " B"
+	}
+	v := float64(n)
+	suffix := ""
+	for _, s := range []string{"kB", "MB", "GB", "TB", "PB", "EB"} {
+		v /= unit
+		suffix = s
+		if v < unit {
+			break
+		}
+	}
+	if v < 10 {
+		out := strconv.FormatFloat(v, 'f', 1, 64)
+		return strings.TrimSuffix(out, ".0") + " " + suffix
+	}
+	return strconv.FormatFloat(v, 'f', 0, 64) + " " + suffix
+}
+
+func tags(t cluster.Tags) string {
+	var out []string
+	if t.NoFailover {
+		out = append(out, "nofailover")
+	}
+	if t.NoLoadBalance {
+		out = append(out, "noloadbalance")
+	}
+	if t.FailoverPriority != 0 {
+		out = append(out, "failover_priority="+strconv.Itoa(t.FailoverPriority))
+	}
+	return strings.Join(out, ",")
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
