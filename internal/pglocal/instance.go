@@ -191,7 +191,7 @@ func (in *Instance) spawn() (*postmaster, error) {
 		"-c", "cluster_name="+in.Name,
 	)
 	cmd.Dir = in.workDir
-	cmd.Env = childEnv()
+	cmd.Env = ChildEnv()
 	cmd.Stdout = logf
 	cmd.Stderr = logf
 	in.owner.Apply(cmd)
@@ -350,34 +350,61 @@ func (in *Instance) killLeftovers() error {
 	return nil
 }
 
-// serverPids lists the live processes of the server: postgres processes
-// whose working directory is the data directory, plus postmaster (when not
-// 0), from /proc. Zombies are left out: they hold no shared memory.
+// serverPids lists the live processes of the server: ServerProcesses plus
+// postmaster (when not 0).
 func (in *Instance) serverPids(postmaster int) []int {
 	pids := []int{}
 	if postmaster != 0 {
 		pids = append(pids, postmaster)
 	}
+	for _, pid := range ServerProcesses(in.DataDir) {
+		if pid != postmaster {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// ServerProcesses lists the live postgres processes whose working directory
+// is dataDir (every process of a server runs there), from /proc. Zombies
+// are left out: they hold no shared memory.
+func ServerProcesses(dataDir string) []int {
+	var pids []int
 	entries, err := os.ReadDir("/proc")
 	if err != nil {
-		return pids
+		return nil
 	}
 	for _, e := range entries {
 		pid, err := strconv.Atoi(e.Name())
-		if err != nil || pid == postmaster {
+		if err != nil {
 			continue
 		}
 		dir := filepath.Join("/proc", e.Name())
-		if cwd, err := os.Readlink(filepath.Join(dir, "cwd")); err != nil || cwd != in.DataDir {
+		if cwd, err := os.Readlink(filepath.Join(dir, "cwd")); err != nil || cwd != dataDir {
 			continue
 		}
 		exe, err := os.Readlink(filepath.Join(dir, "exe"))
 		if err != nil || filepath.Base(strings.TrimSuffix(exe, " (deleted)")) != "postgres" {
 			continue
 		}
+		if stat, err := os.ReadFile(filepath.Join(dir, "stat")); err == nil && zombie(stat) {
+			continue
+		}
 		pids = append(pids, pid)
 	}
 	return pids
+}
+
+// zombie reads the state field of /proc/<pid>/stat ("pid (comm) S ...").
+func zombie(stat []byte) bool {
+	i := strings.LastIndexByte(string(stat), ')')
+	return i >= 0 && i+2 < len(stat) && stat[i+2] == 'Z'
+}
+
+// ProcessAlive reports whether pid is a live (not zombie) process.
+func ProcessAlive(pid int) bool {
+	stat, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
+	return err == nil && !zombie(stat)
 }
 
 // Promote ends recovery on a standby (pg_promote, waiting up to 60 s) and
@@ -433,9 +460,10 @@ func fileTail(path string, n int64) string {
 	return strings.TrimSpace(string(b))
 }
 
-// childEnv is the environment of every child: the caller's, without PG*
-// variables that would redirect libpq-based tools, in the C locale.
-func childEnv() []string {
+// ChildEnv is the environment for PostgreSQL programs: the caller's,
+// without PG* variables that would redirect libpq-based tools, in the C
+// locale.
+func ChildEnv() []string {
 	var env []string
 	for _, kv := range os.Environ() {
 		if strings.HasPrefix(kv, "PG") || strings.HasPrefix(kv, "LC_") || strings.HasPrefix(kv, "LANG=") {
@@ -476,7 +504,7 @@ func runCommand(ctx context.Context, owner Owner, workDir, binDir, name string, 
 	defer cancel()
 	cmd := exec.CommandContext(ctx, filepath.Join(binDir, name), args...)
 	cmd.Dir = workDir
-	cmd.Env = childEnv()
+	cmd.Env = ChildEnv()
 	owner.Apply(cmd)
 	cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
 	cmd.WaitDelay = 5 * time.Second

@@ -1,0 +1,100 @@
+package cluster
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// HistoryEntry is one timeline switch: the promotion that started Timeline.
+// The history key holds a JSON array of entries, oldest first, rewritten by
+// each new leader after it promotes (on the condition that it still holds
+// the leader key with Epoch).
+type HistoryEntry struct {
+	// Timeline is the timeline the promotion started.
+	Timeline int64 `json:"timeline"`
+	// LSN is where the previous timeline ended on the promoted node: the
+	// switch point. A former primary whose WAL goes past it on the old
+	// timeline has diverged and needs pg_rewind.
+	LSN LSN `json:"lsn"`
+	// Reason says why: "bootstrap", "failover", "switchover", "manual".
+	Reason string `json:"reason"`
+	// Time is when the promotion finished.
+	Time time.Time `json:"time"`
+	// NewLeader is the member that promoted; OldLeader the one it replaced
+	// when known.
+	NewLeader string `json:"new_leader"`
+	OldLeader string `json:"old_leader,omitempty"`
+	// Epoch is the leadership epoch of the new leader.
+	Epoch int64 `json:"epoch,omitempty"`
+}
+
+// History is the content of the history key.
+type History []HistoryEntry
+
+// ParseHistory decodes the history key; an empty value is an empty history.
+func ParseHistory(data []byte) (History, error) {
+	if len(data) == 0 {
+		return nil, nil
+	}
+	var h History
+	if err := json.Unmarshal(data, &h); err != nil {
+		return nil, fmt.Errorf("history: %w", err)
+	}
+	for i, e := range h {
+		if e.Timeline < 1 {
+			return nil, fmt.Errorf("history entry %d: timeline %d is not positive", i, e.Timeline)
+		}
+		if e.NewLeader != "" && !ValidName(e.NewLeader) {
+			return nil, fmt.Errorf("history entry %d: new_leader %q is not a member name", i, e.NewLeader)
+		}
+	}
+	return h, nil
+}
+
+// Append returns h with e added, replacing an entry for the same timeline
+// (a leader that retries its write after a lost reply must not duplicate
+// the entry).
+func (h History) Append(e HistoryEntry) History {
+	out := make(History, 0, len(h)+1)
+	for _, old := range h {
+		if old.Timeline != e.Timeline {
+			out = append(out, old)
+		}
+	}
+	return append(out, e)
+}
+
+// MarshalHistory encodes the history key.
+func MarshalHistory(h History) ([]byte, error) {
+	if h == nil {
+		h = History{}
+	}
+	return json.Marshal(h)
+}
+
+// Initialize is the content of the initialize key. A bootstrapping member
+// creates it (on its own lease, so that its death lets another member
+// bootstrap) and rewrites it without a lease once initdb finished, with the
+// system identifier every later member must match.
+type Initialize struct {
+	// SystemID is pg_control's database system identifier, as a decimal
+	// string (it does not fit in a JSON number). Empty while bootstrapping.
+	SystemID string `json:"system_id,omitempty"`
+	// By is the member that bootstrapped.
+	By   string    `json:"by"`
+	Time time.Time `json:"time,omitzero"`
+}
+
+// ParseInitialize decodes the initialize key.
+func ParseInitialize(data []byte) (Initialize, error) {
+	var in Initialize
+	if err := json.Unmarshal(data, &in); err != nil {
+		return Initialize{}, fmt.Errorf("initialize: %w", err)
+	}
+	if in.By == "" {
+		return Initialize{}, errors.New("initialize: by is empty")
+	}
+	return in, nil
+}
