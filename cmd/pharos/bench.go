@@ -18,6 +18,7 @@ func benchUsage(w io.Writer) {
 verbs:
   throughput  compare throughput and latency of several targets in alternation
   switch      flip the leader key between real backends and time the proxy's reroute
+  failover    write through a fault and check that no acknowledged write was lost
 
 Run "pharos bench <verb> -h" for the verb's flags.
 `)
@@ -34,6 +35,8 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		return runBenchThroughput(ctx, args[1:], stdout, stderr)
 	case "switch":
 		return runBenchSwitch(ctx, args[1:], stdout, stderr)
+	case "failover":
+		return runBenchFailover(ctx, args[1:], stdout, stderr)
 	case "-h", "--help", "help":
 		benchUsage(stderr)
 		return exitOK
