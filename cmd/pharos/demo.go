@@ -6,29 +6,44 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
 
-	"github.com/pharos-ha/pharos/internal/pglocal"
+	"github.com/jackc/pgx/v5"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/pharos-ha/pharos/internal/cluster"
+	"github.com/pharos-ha/pharos/internal/ctl"
+	"github.com/pharos-ha/pharos/internal/etcdlocal"
+	"github.com/pharos-ha/pharos/internal/localha"
 	"github.com/pharos-ha/pharos/internal/router"
 )
 
-// runDemo starts a local primary with streaming replicas and the proxy in
-// front of them (static source), prints how to connect and writes
-// demo.env, then runs until Ctrl-C and stops everything it started.
-//
-// Until the agent exists there is no failover here: the demo shows the
-// proxy's data path, routing and metrics on real servers.
+// Demo application account, created through the rw endpoint once the
+// cluster is up.
+const (
+	demoUser     = "app"
+	demoPassword = "app-secret"
+	demoDB       = "app"
+)
+
+// runDemo runs a whole cluster on loopback: an embedded etcd, one agent
+// process per PostgreSQL node (supervised: a killed agent is restarted
+// after a few seconds), and the proxy following the agents' keys. It prints
+// how to connect, writes demo.env, and on Ctrl-C stops everything it
+// started.
 func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("pharos demo", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	dir := fs.String("dir", "demo-data", "directory for the servers' data, logs and demo.env (wiped at start)")
-	nodes := fs.Int("nodes", 3, "PostgreSQL servers: one primary and nodes-1 replicas")
+	dir := fs.String("dir", "demo-data", "directory for etcd, the nodes' data and logs, and demo.env (wiped at start)")
+	nodes := fs.Int("nodes", 3, "PostgreSQL nodes, each under its own agent")
 	basePort := fs.Int("base-port", 6432, "rw endpoint port; ro is base+1, metrics base+2")
-	logLevel := fs.String("log-level", "info", "proxy log level")
+	logLevel := fs.String("log-level", "info", "log level of the proxy and the agents")
+	agentArgs := fs.String("agent-args", "", "extra flags for every agent, space-separated (e.g. \"--ttl 6s\")")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return exitOK
@@ -53,90 +68,198 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "pharos demo: --dir: %v\n", err)
 		return exitUsage
 	}
-	pgDir := filepath.Join(absDir, "pg")
-	if err := os.RemoveAll(pgDir); err != nil {
-		fmt.Fprintf(stderr, "pharos demo: clean %s: %v\n", pgDir, err)
-		return exitFailure
-	}
-	if err := os.MkdirAll(absDir, 0o755); err != nil {
+	if err := demo(ctx, demoOptions{dir: absDir, nodes: *nodes, basePort: *basePort, logLevel: *logLevel,
+		agentArgs: strings.Fields(*agentArgs)}, log, stdout); err != nil {
 		fmt.Fprintf(stderr, "pharos demo: %v\n", err)
 		return exitFailure
 	}
+	return exitOK
+}
 
-	fmt.Fprintf(stdout, "starting a primary and %d replica(s) in %s ...\n", *nodes-1, pgDir)
-	started := time.Now()
-	cluster, err := pglocal.NewCluster(ctx, pglocal.Options{BaseDir: pgDir, Replicas: *nodes - 1, Logger: log})
+type demoOptions struct {
+	dir       string
+	nodes     int
+	basePort  int
+	logLevel  string
+	agentArgs []string
+}
+
+func demo(ctx context.Context, o demoOptions, log *slog.Logger, stdout io.Writer) error {
+	for _, sub := range []string{"etcd", "nodes"} {
+		if err := os.RemoveAll(filepath.Join(o.dir, sub)); err != nil {
+			return fmt.Errorf("clean %s: %w", o.dir, err)
+		}
+	}
+	if err := os.MkdirAll(o.dir, 0o755); err != nil {
+		return err
+	}
+	self, err := os.Executable()
 	if err != nil {
-		fmt.Fprintf(stderr, "pharos demo: %v\n", err)
-		return exitFailure
+		return err
+	}
+	const clusterName = "demo"
+	keys, _ := cluster.NewKeys(clusterName)
+
+	fmt.Fprintf(stdout, "[1/4] starting etcd (embedded) ...\n")
+	etcd, err := etcdlocal.Start(ctx, etcdlocal.Options{Dir: filepath.Join(o.dir, "etcd")})
+	if err != nil {
+		return fmt.Errorf("etcd: %w", err)
+	}
+	defer etcd.Close()
+	cli, err := etcd.Client(ctx)
+	if err != nil {
+		return err
+	}
+	defer cli.Close()
+
+	fmt.Fprintf(stdout, "[2/4] starting %d agents; the first to claim the cluster runs initdb, the others clone it ...\n", o.nodes)
+	started := time.Now()
+	nodesDir := filepath.Join(o.dir, "nodes")
+	hc, err := localha.Start(ctx, localha.Options{
+		Binary: self, Dir: nodesDir, Nodes: o.nodes, Cluster: clusterName, Etcd: etcd.Endpoints(),
+		AgentArgs: append([]string{"--log-level", o.logLevel, "--auto-reinit=true"}, o.agentArgs...),
+		Logger:    log,
+	})
+	if err != nil {
+		return err
 	}
 	defer func() {
-		fmt.Fprintln(stdout, "stopping PostgreSQL servers ...")
-		sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		fmt.Fprintln(stdout, "stopping agents (each stops its PostgreSQL) ...")
+		sctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 		defer cancel()
-		if err := cluster.Close(sctx); err != nil {
-			fmt.Fprintf(stderr, "pharos demo: stop servers: %v\n", err)
+		if err := hc.Close(sctx); err != nil {
+			fmt.Fprintf(stdout, "stop: %v\n", err)
 		}
 	}()
-	fmt.Fprintf(stdout, "servers up in %s\n", time.Since(started).Round(time.Millisecond))
-
-	var backends []string
-	for _, in := range cluster.Instances() {
-		backends = append(backends, in.Addr())
+	if err := waitClusterUp(ctx, cli, keys, o.nodes, 3*time.Minute, stdout); err != nil {
+		return fmt.Errorf("%w\nagent logs are in %s/*/agent.log", err, nodesDir)
 	}
+	fmt.Fprintf(stdout, "      cluster up in %s\n", time.Since(started).Round(100*time.Millisecond))
+
+	fmt.Fprintf(stdout, "[3/4] starting the proxy ...\n")
 	settings := defaultProxySettings()
-	settings.LogLevel = *logLevel
-	settings.RWListen = "127.0.0.1:" + strconv.Itoa(*basePort)
-	settings.ROListen = "127.0.0.1:" + strconv.Itoa(*basePort+1)
-	settings.MetricsListen = "127.0.0.1:" + strconv.Itoa(*basePort+2)
-	settings.Backends = backends
-	settings.HealthUser = pglocal.UserHealth
-	settings.HealthPassword = pglocal.PasswordHealth
+	settings.LogLevel = o.logLevel
+	settings.Source = "pharos"
+	settings.Etcd = etcd.Endpoints()
+	settings.Cluster = clusterName
+	settings.RWListen = "127.0.0.1:" + strconv.Itoa(o.basePort)
+	settings.ROListen = "127.0.0.1:" + strconv.Itoa(o.basePort+1)
+	settings.MetricsListen = "127.0.0.1:" + strconv.Itoa(o.basePort+2)
 	settings.ROFallbackToPrimary = true
 	settings.DrainTimeout = duration(2 * time.Second)
 	stack, err := newProxyStack(settings, log)
 	if err != nil {
-		fmt.Fprintf(stderr, "pharos demo: %v\n", err)
-		return exitFailure
+		return err
+	}
+	proxyCtx, stopProxy := context.WithCancel(ctx)
+	proxyDone := make(chan error, 1)
+	go func() { proxyDone <- stack.run(proxyCtx, nil) }()
+	defer func() { stopProxy(); <-proxyDone }()
+
+	rwAddr, roAddr := stack.server.Addr(router.RW), stack.server.Addr(router.RO)
+	fmt.Fprintf(stdout, "[4/4] creating the demo database through the proxy ...\n")
+	superDSN := fmt.Sprintf("postgres://%s:%s@%s/postgres?sslmode=disable", hc.SuperUser, hc.SuperPassword, rwAddr)
+	if err := createDemoDB(ctx, superDSN); err != nil {
+		return err
 	}
 
-	rwDSN := fmt.Sprintf("postgres://%s:%s@%s/%s?sslmode=disable", pglocal.UserSCRAM, pglocal.PasswordSCRAM, stack.server.Addr(router.RW), pglocal.AppDB)
-	roDSN := fmt.Sprintf("postgres://%s:%s@%s/%s?sslmode=disable", pglocal.UserSCRAM, pglocal.PasswordSCRAM, stack.server.Addr(router.RO), pglocal.AppDB)
+	rwDSN := fmt.Sprintf("postgres://%s:%s@%s/%s?sslmode=disable", demoUser, demoPassword, rwAddr, demoDB)
+	roDSN := fmt.Sprintf("postgres://%s:%s@%s/%s?sslmode=disable", demoUser, demoPassword, roAddr, demoDB)
 	metricsURL := "http://" + settings.MetricsListen + "/metrics"
 	env := strings.Join([]string{
 		"PHAROS_RW_DSN=" + rwDSN,
 		"PHAROS_RO_DSN=" + roDSN,
 		"PHAROS_METRICS_URL=" + metricsURL,
-		"PHAROS_BACKENDS=" + strings.Join(backends, ","),
-		// No etcd yet: the demo's proxy uses the static source.
-		"PHAROS_ETCD=",
-		"PHAROS_CLUSTER=demo",
+		"PHAROS_ETCD=" + strings.Join(etcd.Endpoints(), ","),
+		"PHAROS_CLUSTER=" + clusterName,
+		"PHAROS_SUPERUSER_DSN=" + superDSN,
 		"",
 	}, "\n")
-	envPath := filepath.Join(absDir, "demo.env")
+	envPath := filepath.Join(o.dir, "demo.env")
 	if err := os.WriteFile(envPath, []byte(env), 0o600); err != nil {
-		fmt.Fprintf(stderr, "pharos demo: %v\n", err)
-		return exitFailure
+		return err
 	}
 
 	fmt.Fprintf(stdout, "\npharos demo is running (Ctrl-C stops it)\n\n")
 	fmt.Fprintf(stdout, "  read-write:  psql '%s'\n", rwDSN)
 	fmt.Fprintf(stdout, "  read-only:   psql '%s'\n", roDSN)
 	fmt.Fprintf(stdout, "  metrics:     %s\n", metricsURL)
-	fmt.Fprintf(stdout, "  settings:    %s\n\n", envPath)
-	fmt.Fprintf(stdout, "  %-8s %-17s %-8s %s\n", "MEMBER", "ADDRESS", "ROLE", "LOG")
-	for i, in := range cluster.Instances() {
-		role := "replica"
-		if i == 0 {
-			role = "primary"
-		}
-		fmt.Fprintf(stdout, "  %-8s %-17s %-8s %s\n", in.Name, in.Addr(), role, in.LogPath())
+	fmt.Fprintf(stdout, "  settings:    %s   (source it: set -a; . %s)\n", envPath, envPath)
+	fmt.Fprintf(stdout, "  status:      %s ctl --etcd %s --cluster %s list\n", self, strings.Join(etcd.Endpoints(), ","), clusterName)
+	fmt.Fprintf(stdout, "  agent logs:  %s/n*/agent.log\n\n", nodesDir)
+	if st, err := ctl.Status(ctx, cli, keys); err == nil {
+		_ = ctl.WriteTable(stdout, st)
 	}
-	fmt.Fprintln(stdout)
+	fmt.Fprintf(stdout, "\nTry a failover: kill -9 the leader's agent and postmaster (see `ctl list`),\nor `kill -9 $(head -1 %s/<leader>/data/postmaster.pid)`; the agent is restarted\nafter 3 s and its node rejoins as a replica.\n\n", nodesDir)
 
-	if err := stack.run(ctx, nil); err != nil {
-		fmt.Fprintf(stderr, "pharos demo: proxy: %v\n", err)
-		return exitFailure
+	select {
+	case <-ctx.Done():
+		return nil
+	case err := <-proxyDone:
+		proxyDone <- err
+		return fmt.Errorf("proxy: %w", err)
 	}
-	return exitOK
+}
+
+// waitClusterUp polls until a leader runs as primary and every member is a
+// running primary or streaming replica, printing each change of the table.
+func waitClusterUp(ctx context.Context, cli *clientv3.Client, keys cluster.Keys, nodes int, timeout time.Duration, stdout io.Writer) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	last := ""
+	for {
+		st, err := ctl.Status(ctx, cli, keys)
+		if err == nil {
+			ready := st.Leader != nil
+			count := 0
+			var parts []string
+			for _, m := range st.Members {
+				parts = append(parts, m.Name+"="+string(m.Role))
+				if m.Role == cluster.RolePrimary || (m.Role == cluster.RoleReplica && strings.HasPrefix(m.State, "streaming")) {
+					count++
+				}
+			}
+			if s := strings.Join(parts, " "); s != last && s != "" {
+				fmt.Fprintf(stdout, "      %s\n", s)
+				last = s
+			}
+			if ready && count == nodes {
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("cluster not up within %v (last: %s)", timeout, last)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// createDemoDB creates the demo role and database (idempotent).
+func createDemoDB(ctx context.Context, superDSN string) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, superDSN)
+	if err != nil {
+		return fmt.Errorf("connect through the proxy: %w", err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	var exists bool
+	if err := conn.QueryRow(ctx, "SELECT EXISTS (SELECT FROM pg_roles WHERE rolname = $1)", demoUser).Scan(&exists); err != nil {
+		return err
+	}
+	if !exists {
+		if _, err := conn.Exec(ctx, "CREATE ROLE "+demoUser+" LOGIN PASSWORD '"+demoPassword+"'"); err != nil {
+			return err
+		}
+	}
+	if err := conn.QueryRow(ctx, "SELECT EXISTS (SELECT FROM pg_database WHERE datname = $1)", demoDB).Scan(&exists); err != nil {
+		return err
+	}
+	if !exists {
+		if _, err := conn.Exec(ctx, "CREATE DATABASE "+demoDB+" OWNER "+demoUser); err != nil {
+			return err
+		}
+	}
+	return nil
 }

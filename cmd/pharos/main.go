@@ -33,6 +33,7 @@ type subcommand struct {
 func subcommands() []subcommand {
 	return []subcommand{
 		{"proxy", "run the PostgreSQL proxy (rw and ro endpoints)", runProxy},
+		{"agent", "run the HA agent of one PostgreSQL node", runAgent},
 		{"ctl", "inspect and operate a cluster through etcd", runCtl},
 		{"bench", "measure throughput and latency against several targets", runBench},
 		{"demo", "run a local primary and replica with the proxy in front", runDemo},

@@ -1,0 +1,257 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/pharos-ha/pharos/internal/cluster"
+	"github.com/pharos-ha/pharos/internal/haagent"
+	"github.com/pharos-ha/pharos/internal/pglocal"
+	"github.com/pharos-ha/pharos/internal/router"
+)
+
+// agentSettings are the agent's config-file keys (and, with dashes, its
+// flags).
+type agentSettings struct {
+	Name      string `yaml:"name"`
+	DataDir   string `yaml:"data_dir"`
+	BinDir    string `yaml:"bin_dir"`
+	PGPort    int    `yaml:"pg_port"`
+	PGListen  string `yaml:"pg_listen"`
+	Host      string `yaml:"host"`
+	SocketDir string `yaml:"socket_dir"`
+	LogLevel  string `yaml:"log_level"`
+
+	Cluster          string   `yaml:"cluster"`
+	Etcd             []string `yaml:"etcd"`
+	EtcdUsername     string   `yaml:"etcd_username"`
+	EtcdPassword     string   `yaml:"etcd_password"`
+	EtcdPasswordFile string   `yaml:"etcd_password_file"`
+	EtcdCACert       string   `yaml:"etcd_cacert"`
+	EtcdCert         string   `yaml:"etcd_cert"`
+	EtcdKey          string   `yaml:"etcd_key"`
+
+	SuperUser               string `yaml:"superuser"`
+	SuperPassword           string `yaml:"superuser_password"`
+	SuperPasswordFile       string `yaml:"superuser_password_file"`
+	ReplicationUser         string `yaml:"replication_user"`
+	ReplicationPassword     string `yaml:"replication_password"`
+	ReplicationPasswordFile string `yaml:"replication_password_file"`
+
+	TTL                  duration          `yaml:"ttl"`
+	LoopWait             duration          `yaml:"loop_wait"`
+	RetryTimeout         duration          `yaml:"retry_timeout"`
+	SafetyMargin         duration          `yaml:"safety_margin"`
+	MaximumLagOnFailover byteSize          `yaml:"maximum_lag_on_failover"`
+	CrashRestartTimeout  duration          `yaml:"crash_restart_timeout"`
+	AutoReinit           bool              `yaml:"auto_reinit"`
+	NoFailover           bool              `yaml:"nofailover"`
+	NoLoadBalance        bool              `yaml:"noloadbalance"`
+	FailoverPriority     int               `yaml:"failover_priority"`
+	Parameters           map[string]string `yaml:"parameters"`
+	PGHBA                []string          `yaml:"pg_hba"`
+}
+
+func defaultAgentSettings() agentSettings {
+	t := haagent.DefaultTiming()
+	return agentSettings{
+		PGListen:             "127.0.0.1",
+		Host:                 "127.0.0.1",
+		LogLevel:             "info",
+		SuperUser:            "postgres",
+		ReplicationUser:      "replicator",
+		TTL:                  duration(t.TTL),
+		LoopWait:             duration(t.LoopWait),
+		RetryTimeout:         duration(t.RetryTimeout),
+		SafetyMargin:         duration(t.SafetyMargin),
+		MaximumLagOnFailover: haagent.DefaultMaximumLagOnFailover,
+		CrashRestartTimeout:  duration(haagent.DefaultCrashRestartTimeout),
+	}
+}
+
+func (s *agentSettings) etcdFields() etcdFields {
+	return etcdFields{
+		Endpoints: &s.Etcd, Username: &s.EtcdUsername, Password: &s.EtcdPassword, PasswordFile: &s.EtcdPasswordFile,
+		CACert: &s.EtcdCACert, Cert: &s.EtcdCert, Key: &s.EtcdKey,
+	}
+}
+
+func parseAgentArgs(args []string, stderr io.Writer) (agentSettings, error) {
+	fs := flag.NewFlagSet("pharos agent", flag.ContinueOnError)
+	configPath := fs.String("config", "", "YAML config file (flags override it)")
+	o := &overrides[agentSettings]{fs: fs}
+	str := func(name, usage string, f func(*agentSettings) *string) { bind(o, name, usage, parseString, f) }
+	dur := func(name, usage string, f func(*agentSettings) *duration) { bind(o, name, usage, parseDuration, f) }
+	str("name", "member name (unique in the cluster)", func(s *agentSettings) *string { return &s.Name })
+	str("data-dir", "PostgreSQL data directory", func(s *agentSettings) *string { return &s.DataDir })
+	str("bin-dir", "directory of the PostgreSQL programs (default: found like pg_config does)", func(s *agentSettings) *string { return &s.BinDir })
+	bind(o, "pg-port", "PostgreSQL port", parseInt, func(s *agentSettings) *int { return &s.PGPort })
+	str("pg-listen", "PostgreSQL listen_addresses", func(s *agentSettings) *string { return &s.PGListen })
+	str("host", "address other members and the proxy reach this PostgreSQL at", func(s *agentSettings) *string { return &s.Host })
+	str("socket-dir", "PostgreSQL Unix socket directory (default: the data directory's parent)", func(s *agentSettings) *string { return &s.SocketDir })
+	str("log-level", "debug, info, warn or error", func(s *agentSettings) *string { return &s.LogLevel })
+	str("cluster", "cluster name (keys under /pharos/<cluster>/)", func(s *agentSettings) *string { return &s.Cluster })
+	bindEtcdFlags(o, (*agentSettings).etcdFields)
+	str("superuser", "PostgreSQL superuser the agent creates and uses", func(s *agentSettings) *string { return &s.SuperUser })
+	str("superuser-password-file", "file holding its password (or env PHAROS_SUPERUSER_PASSWORD)", func(s *agentSettings) *string { return &s.SuperPasswordFile })
+	str("replication-user", "replication account", func(s *agentSettings) *string { return &s.ReplicationUser })
+	str("replication-password-file", "file holding its password (or env PHAROS_REPLICATION_PASSWORD)", func(s *agentSettings) *string { return &s.ReplicationPasswordFile })
+	dur("ttl", "lease of the leader key and member records (whole seconds)", func(s *agentSettings) *duration { return &s.TTL })
+	dur("loop-wait", "loop and renewal period", func(s *agentSettings) *duration { return &s.LoopWait })
+	dur("retry-timeout", "bound of one etcd call", func(s *agentSettings) *duration { return &s.RetryTimeout })
+	dur("safety-margin", "time before lease expiry by which an unrenewed leader has fenced itself", func(s *agentSettings) *duration { return &s.SafetyMargin })
+	bind(o, "maximum-lag-on-failover", "a replica further behind (bytes, e.g. 1MB) does not take the lead", parseByteSize, func(s *agentSettings) *byteSize { return &s.MaximumLagOnFailover })
+	dur("crash-restart-timeout", "how long a leader restarts a crashed PostgreSQL in place before releasing the key", func(s *agentSettings) *duration { return &s.CrashRestartTimeout })
+	bind(o, "auto-reinit", "wipe and clone again when pg_rewind fails", parseBool, func(s *agentSettings) *bool { return &s.AutoReinit })
+	bind(o, "nofailover", "never take the lead", parseBool, func(s *agentSettings) *bool { return &s.NoFailover })
+	bind(o, "noloadbalance", "keep the proxy's ro endpoint away from this member", parseBool, func(s *agentSettings) *bool { return &s.NoLoadBalance })
+	bind(o, "failover-priority", "breaks ties between equally advanced candidates (higher wins)", parseInt, func(s *agentSettings) *int { return &s.FailoverPriority })
+
+	fs.SetOutput(io.Discard)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fs.SetOutput(stderr)
+			fmt.Fprintln(stderr, "usage: pharos agent [--config FILE] [flags]")
+			fs.PrintDefaults()
+			return agentSettings{}, err
+		}
+		return agentSettings{}, usageErrorf("%v", err)
+	}
+	if fs.NArg() > 0 {
+		return agentSettings{}, usageErrorf("unexpected argument %q", fs.Arg(0))
+	}
+	s := defaultAgentSettings()
+	if *configPath != "" {
+		if err := loadYAML(*configPath, &s); err != nil {
+			return agentSettings{}, err
+		}
+	}
+	o.apply(&s)
+	return s, nil
+}
+
+// agentConfig validates the settings into the agent's config.
+func (s agentSettings) agentConfig(ctx context.Context) (haagent.Config, router.EtcdConfig, cluster.Keys, error) {
+	var zero haagent.Config
+	if s.Name == "" {
+		return zero, router.EtcdConfig{}, cluster.Keys{}, usageErrorf("name: required (--name)")
+	}
+	if s.DataDir == "" {
+		return zero, router.EtcdConfig{}, cluster.Keys{}, usageErrorf("data_dir: required (--data-dir)")
+	}
+	if s.PGPort < 1 || s.PGPort > 65535 {
+		return zero, router.EtcdConfig{}, cluster.Keys{}, usageErrorf("pg_port: %d is not a port (--pg-port)", s.PGPort)
+	}
+	if len(s.Etcd) == 0 {
+		return zero, router.EtcdConfig{}, cluster.Keys{}, usageErrorf("etcd: at least one endpoint is required (--etcd)")
+	}
+	keys, err := cluster.NewKeys(s.Cluster)
+	if err != nil {
+		return zero, router.EtcdConfig{}, cluster.Keys{}, usageErrorf("cluster: %v", err)
+	}
+	ecfg, err := s.etcdFields().config()
+	if err != nil {
+		return zero, router.EtcdConfig{}, cluster.Keys{}, err
+	}
+	superPW, err := readSecret("superuser_password", s.SuperPassword, s.SuperPasswordFile, "PHAROS_SUPERUSER_PASSWORD")
+	if err != nil {
+		return zero, ecfg, keys, err
+	}
+	replPW, err := readSecret("replication_password", s.ReplicationPassword, s.ReplicationPasswordFile, "PHAROS_REPLICATION_PASSWORD")
+	if err != nil {
+		return zero, ecfg, keys, err
+	}
+	if superPW == "" {
+		return zero, ecfg, keys, usageErrorf("superuser_password: required (file, config or env PHAROS_SUPERUSER_PASSWORD)")
+	}
+	if replPW == "" {
+		return zero, ecfg, keys, usageErrorf("replication_password: required (file, config or env PHAROS_REPLICATION_PASSWORD)")
+	}
+	binDir, err := pglocal.FindBinDir(ctx, s.BinDir)
+	if err != nil {
+		return zero, ecfg, keys, usageErrorf("bin_dir: %v", err)
+	}
+	owner, err := pglocal.CurrentOwner()
+	if err != nil {
+		return zero, ecfg, keys, fmt.Errorf("server account: %w", err)
+	}
+	rules := haagent.Rules{
+		Name: s.Name,
+		Timing: haagent.Timing{
+			TTL: time.Duration(s.TTL), LoopWait: time.Duration(s.LoopWait),
+			RetryTimeout: time.Duration(s.RetryTimeout), SafetyMargin: time.Duration(s.SafetyMargin),
+		},
+		Tags:                 cluster.Tags{NoFailover: s.NoFailover, NoLoadBalance: s.NoLoadBalance, FailoverPriority: s.FailoverPriority},
+		MaximumLagOnFailover: int64(s.MaximumLagOnFailover),
+		CrashRestartTimeout:  time.Duration(s.CrashRestartTimeout),
+		AutoReinit:           s.AutoReinit,
+	}
+	if err := rules.Validate(); err != nil {
+		return zero, ecfg, keys, usageErrorf("%v", err)
+	}
+	return haagent.Config{
+		Rules: rules,
+		Host:  s.Host,
+		Postgres: haagent.PostgresConfig{
+			DataDir: s.DataDir, BinDir: binDir, SocketDir: s.SocketDir, Listen: s.PGListen, Port: s.PGPort,
+			SuperUser: s.SuperUser, SuperPassword: superPW,
+			ReplicationUser: s.ReplicationUser, ReplicationPassword: replPW,
+			HBA: s.PGHBA, Parameters: s.Parameters, Owner: owner,
+		},
+	}, ecfg, keys, nil
+}
+
+// runAgent runs the HA agent until SIGTERM or SIGINT, then stops
+// PostgreSQL cleanly and hands the leadership over.
+func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	s, err := parseAgentArgs(args, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return exitOK
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, "pharos agent:", err)
+		return exitUsage
+	}
+	log, err := newLogger(stderr, s.LogLevel)
+	if err != nil {
+		fmt.Fprintln(stderr, "pharos agent:", err)
+		return exitUsage
+	}
+	cfg, ecfg, keys, err := s.agentConfig(ctx)
+	if err != nil {
+		fmt.Fprintln(stderr, "pharos agent:", err)
+		var ue *usageError
+		if errors.As(err, &ue) {
+			return exitUsage
+		}
+		return exitFailure
+	}
+	cli, err := router.NewEtcdClient(ecfg)
+	if err != nil {
+		fmt.Fprintln(stderr, "pharos agent: etcd:", err)
+		return exitUsage
+	}
+	defer cli.Close()
+	agent, err := haagent.New(cfg, cli, keys, log)
+	if err != nil {
+		fmt.Fprintln(stderr, "pharos agent:", err)
+		return exitUsage
+	}
+	// SIGTERM is the service manager's stop: a clean hand-over.
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	log.Info("agent starting", "cluster", s.Cluster, "data_dir", s.DataDir, "pg_port", s.PGPort,
+		"ttl", cfg.Rules.Timing.TTL, "loop_wait", cfg.Rules.Timing.LoopWait)
+	if err := agent.Run(ctx); err != nil && !errors.Is(err, context.Canceled) {
+		fmt.Fprintln(stderr, "pharos agent:", err)
+		return exitFailure
+	}
+	return exitOK
+}

@@ -1,0 +1,697 @@
+package haagent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/pharos-ha/pharos/internal/cluster"
+)
+
+// Config is one agent's configuration.
+type Config struct {
+	Rules    Rules
+	Postgres PostgresConfig
+	// Host is the address other members and the proxy reach PostgreSQL at.
+	Host string
+	// APIURL is published in the member record (the REST API).
+	APIURL string
+	// StartTimeout bounds one start of PostgreSQL (crash recovery
+	// included).
+	StartTimeout time.Duration
+	// StopTimeout bounds a clean stop when the agent shuts down.
+	StopTimeout time.Duration
+}
+
+// Agent runs the HA loop of one node.
+type Agent struct {
+	// Static after construction.
+	cfg   Config
+	rules Rules
+	dcs   *dcs
+	pg    *postgres
+	log   *slog.Logger
+	now   func() time.Time
+	wake  chan struct{}
+
+	// Written by the renewal goroutine, read by the loop.
+	lastRenew     atomic.Int64 // unix nanos of the send time of the last acknowledged keep-alive
+	leaseGone     atomic.Bool
+	leaderGoneRev atomic.Int64 // revision of the last leader deletion the watch saw
+
+	// Owned by the loop (Run), not thread-safe.
+	mu         sync.Mutex // guards lease for the renewal goroutine
+	lease      clientv3.LeaseID
+	epoch      int64 // leader key create revision while this member leads
+	view       DCSView
+	mem        Memory
+	seen       map[string]seenRecord
+	lastPlan   string
+	lastLeader string
+	reason     string // why the coming promotion happens, for the history
+}
+
+type seenRecord struct {
+	rev int64
+	at  time.Time
+}
+
+// New checks cfg and returns an agent that uses cli (owned by the caller).
+func New(cfg Config, cli *clientv3.Client, keys cluster.Keys, log *slog.Logger) (*Agent, error) {
+	if err := cfg.Rules.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Host == "" {
+		cfg.Host = "127.0.0.1"
+	}
+	if cfg.StartTimeout <= 0 {
+		cfg.StartTimeout = time.Minute
+	}
+	if cfg.StopTimeout <= 0 {
+		cfg.StopTimeout = 30 * time.Second
+	}
+	cfg.Postgres.Name = cfg.Rules.Name
+	if cfg.Postgres.DataDir == "" || cfg.Postgres.Port == 0 || cfg.Postgres.BinDir == "" {
+		return nil, errors.New("postgres: data_dir, pg_port and bin_dir are required")
+	}
+	if cfg.Postgres.SuperUser == "" || cfg.Postgres.ReplicationUser == "" {
+		return nil, errors.New("postgres: superuser and replication user names are required")
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	log = log.With("member", cfg.Rules.Name)
+	return &Agent{
+		cfg:   cfg,
+		rules: cfg.Rules,
+		dcs:   &dcs{cli: cli, keys: keys, name: cfg.Rules.Name, ttl: cfg.Rules.Timing.TTL},
+		pg:    newPostgres(cfg.Postgres, log),
+		log:   log,
+		now:   time.Now,
+		wake:  make(chan struct{}, 1),
+		seen:  map[string]seenRecord{},
+	}, nil
+}
+
+func (a *Agent) poke() {
+	select {
+	case a.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (a *Agent) callCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, a.rules.Timing.RetryTimeout)
+}
+
+// Run runs the loop until ctx ends, then shuts down: a leader stops
+// PostgreSQL cleanly first and releases the key after, so a replica with
+// all the WAL takes over without waiting for the lease to expire.
+func (a *Agent) Run(ctx context.Context) error {
+	if err := a.join(ctx); err != nil {
+		return err
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { a.renewLoop(gctx); return nil })
+	g.Go(func() error { a.watchLoop(gctx); return nil })
+	g.Go(func() error { a.postmasterLoop(gctx); return nil })
+	g.Go(func() error { a.loop(gctx); return nil })
+	err := g.Wait()
+	a.shutdown()
+	return err
+}
+
+// join gets a lease. An agent restarted while its node leads adopts the
+// lease the leader key is on, so a restart of the agent alone is not a
+// failover.
+func (a *Agent) join(ctx context.Context) error {
+	pause := 100 * time.Millisecond
+	for {
+		cctx, cancel := a.callCtx(ctx)
+		snap, err := a.dcs.read(cctx)
+		if err == nil && snap.Leader == a.rules.Name && snap.LeaderLease != 0 {
+			if err = a.dcs.renew(cctx, snap.LeaderLease); err == nil {
+				a.setLease(snap.LeaderLease)
+				a.epoch = snap.LeaderEpoch
+				a.lastRenew.Store(a.now().UnixNano())
+				cancel()
+				a.log.Info("adopted the lease of the leader key this member holds", "epoch", a.epoch)
+				return nil
+			}
+		}
+		if err == nil {
+			var id clientv3.LeaseID
+			if id, err = a.dcs.grant(cctx); err == nil {
+				a.setLease(id)
+				a.lastRenew.Store(a.now().UnixNano())
+				cancel()
+				return nil
+			}
+		}
+		cancel()
+		a.log.Warn("etcd unreachable, retrying", "err", err)
+		select {
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		case <-time.After(pause):
+		}
+		pause = min(pause*2, a.rules.Timing.LoopWait)
+	}
+}
+
+func (a *Agent) setLease(id clientv3.LeaseID) {
+	a.mu.Lock()
+	a.lease = id
+	a.mu.Unlock()
+	a.leaseGone.Store(false)
+}
+
+func (a *Agent) currentLease() clientv3.LeaseID {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.lease
+}
+
+// renewLoop sends one keep-alive per loop_wait, each bounded by
+// retry_timeout, and records the send time of each that etcd acknowledged:
+// the fencing deadline counts from there. It never decides anything; it
+// wakes the loop when the lease is gone or the deadline passed.
+func (a *Agent) renewLoop(ctx context.Context) {
+	t := time.NewTicker(a.rules.Timing.LoopWait)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		id := a.currentLease()
+		if id == 0 || a.leaseGone.Load() {
+			continue
+		}
+		sent := a.now()
+		cctx, cancel := a.callCtx(ctx)
+		err := a.dcs.renew(cctx, id)
+		cancel()
+		switch {
+		case err == nil:
+			a.lastRenew.Store(sent.UnixNano())
+		case errors.Is(err, errLeaseGone):
+			a.leaseGone.Store(true)
+			a.log.Warn("lease expired", "lease", fmt.Sprintf("%x", id))
+			a.poke()
+		default:
+			if ctx.Err() == nil {
+				a.log.Warn("lease renewal failed", "err", err, "last_renewed_ago", a.now().Sub(time.Unix(0, a.lastRenew.Load())).Round(time.Millisecond))
+			}
+			a.poke()
+		}
+	}
+}
+
+// watchLoop wakes the loop on every change under the cluster prefix, so a
+// vanished leader key starts an election at once instead of at the next
+// tick, and records the revision of leader deletions.
+func (a *Agent) watchLoop(ctx context.Context) {
+	leaderKey := a.dcs.keys.Leader()
+	for ctx.Err() == nil {
+		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+		for resp := range a.dcs.cli.Watch(wctx, a.dcs.keys.Prefix(), clientv3.WithPrefix()) {
+			if resp.Err() != nil {
+				break
+			}
+			for _, ev := range resp.Events {
+				if ev.Type == clientv3.EventTypeDelete && string(ev.Kv.Key) == leaderKey {
+					a.leaderGoneRev.Store(ev.Kv.ModRevision)
+				}
+			}
+			a.poke()
+		}
+		cancel()
+		select {
+		case <-ctx.Done():
+		case <-time.After(a.rules.Timing.LoopWait / 4):
+		}
+	}
+}
+
+// postmasterLoop wakes the loop within 50 ms of the postmaster dying, so a
+// crash under a live leader is restarted at once.
+func (a *Agent) postmasterLoop(ctx context.Context) {
+	t := time.NewTicker(50 * time.Millisecond)
+	defer t.Stop()
+	last := a.pg.postmasterPid()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		pid := a.pg.postmasterPid()
+		if last != 0 && pid != last {
+			a.poke()
+		}
+		last = pid
+	}
+}
+
+func (a *Agent) loop(ctx context.Context) {
+	tick := time.NewTicker(a.rules.Timing.LoopWait)
+	defer tick.Stop()
+	for {
+		progressed := a.iterate(ctx)
+		if progressed {
+			continue
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		case <-a.wake:
+		}
+	}
+}
+
+// iterate is one observe → decide → execute round. It reports whether the
+// plan changed the state, so the next round should follow at once.
+func (a *Agent) iterate(ctx context.Context) bool {
+	obs := a.observe(ctx)
+	a.publish(ctx, obs)
+	p := Decide(obs, a.rules)
+	if s := p.String(); s != a.lastPlan {
+		a.log.Info("plan", "plan", s, "leader", obs.DCS.Leader, "epoch", obs.DCS.LeaderEpoch,
+			"timeline", obs.PG.Timeline, "lsn", obs.PG.Position().String())
+		a.lastPlan = s
+	}
+	changed := false
+	for _, act := range p.Actions {
+		if ctx.Err() != nil {
+			return false
+		}
+		t0 := a.now()
+		if err := a.execute(ctx, act, obs); err != nil {
+			a.log.Error("action failed", "action", act.String(), "err", err, "took", a.now().Sub(t0).Round(time.Millisecond))
+			return false
+		}
+		if act.Kind != ActSyncSlots {
+			changed = true
+			a.log.Info("action done", "action", act.String(), "took", a.now().Sub(t0).Round(time.Millisecond), "epoch", a.epoch)
+		}
+	}
+	return changed
+}
+
+func (a *Agent) observe(ctx context.Context) Observation {
+	now := a.now()
+	if a.leaseGone.Load() {
+		a.replaceLease(ctx)
+	}
+	cctx, cancel := a.callCtx(ctx)
+	snap, err := a.dcs.read(cctx)
+	cancel()
+	if err != nil {
+		a.view.Reachable = false
+	} else {
+		a.view = a.viewOf(snap, now)
+	}
+	o := Observation{
+		Now: now,
+		DCS: a.view,
+		Lease: LeaseView{
+			Held:        a.currentLease() != 0 && !a.leaseGone.Load(),
+			LastRenewed: time.Unix(0, a.lastRenew.Load()),
+		},
+	}
+	o.PG = a.pg.observe(ctx, a.view.Members)
+
+	// Memory that Decide reads.
+	if leader := a.view.Leader; leader != "" {
+		a.mem.LeaderGoneRev, a.mem.LeaderGoneAt = 0, time.Time{}
+		if rec, ok := a.view.Members[leader]; ok && rec.Role == cluster.RolePrimary {
+			a.mem.LastLeaderLSN = rec.LSN
+		}
+		a.lastLeader = leader
+	} else if err == nil && a.mem.LeaderGoneRev == 0 {
+		rev := a.leaderGoneRev.Load()
+		if rev == 0 || rev > snap.Revision {
+			rev = snap.Revision
+		}
+		a.mem.LeaderGoneRev, a.mem.LeaderGoneAt = rev, now
+	}
+	if a.view.LeaderIsMine && o.PG.Data == DataPresent && !o.PG.Running {
+		if a.mem.CrashedAt.IsZero() {
+			a.mem.CrashedAt = now
+		}
+	} else {
+		a.mem.CrashedAt = time.Time{}
+	}
+	o.Memory = a.mem
+	return o
+}
+
+// replaceLease gets a new lease after the old one expired: the member
+// record and, if this member led, the leader key went with it.
+func (a *Agent) replaceLease(ctx context.Context) {
+	cctx, cancel := a.callCtx(ctx)
+	defer cancel()
+	id, err := a.dcs.grant(cctx)
+	if err != nil {
+		return
+	}
+	a.setLease(id)
+	a.lastRenew.Store(a.now().UnixNano())
+	a.epoch = 0
+}
+
+func (a *Agent) viewOf(s snapshot, now time.Time) DCSView {
+	v := DCSView{
+		Reachable:    true,
+		Initialized:  s.Initialized,
+		SystemID:     s.Initialize.SystemID,
+		Leader:       s.Leader,
+		LeaderEpoch:  s.LeaderEpoch,
+		Members:      s.Members,
+		MemberRev:    s.MemberRev,
+		MemberSeenAt: map[string]time.Time{},
+		History:      s.History,
+		Paused:       s.Paused,
+	}
+	lease := a.currentLease()
+	v.LeaderIsMine = s.Leader == a.rules.Name && lease != 0 && s.LeaderLease == lease
+	if v.LeaderIsMine {
+		a.epoch = s.LeaderEpoch
+	} else {
+		a.epoch = 0
+	}
+	for name, rev := range s.MemberRev {
+		r, ok := a.seen[name]
+		if !ok || r.rev != rev {
+			r = seenRecord{rev: rev, at: now}
+			a.seen[name] = r
+		}
+		v.MemberSeenAt[name] = r.at
+	}
+	return v
+}
+
+// publish writes this member's record on its lease.
+func (a *Agent) publish(ctx context.Context, o Observation) {
+	lease := a.currentLease()
+	if lease == 0 || !o.DCS.Reachable || !o.Lease.Held {
+		return
+	}
+	role, state := PublishedRole(o)
+	m := cluster.Member{
+		Name:       a.rules.Name,
+		Role:       role,
+		State:      state,
+		Host:       a.cfg.Host,
+		Port:       a.cfg.Postgres.Port,
+		APIURL:     a.cfg.APIURL,
+		Timeline:   o.PG.Timeline,
+		LSN:        o.PG.LSN,
+		ReceiveLSN: o.PG.ReceiveLSN,
+		Epoch:      o.DCS.LeaderEpoch,
+		Tags:       a.rules.Tags,
+		UpdatedAt:  o.Now.UTC(),
+	}
+	if role == cluster.RoleReplica && a.mem.LastLeaderLSN != 0 {
+		lag := max(int64(a.mem.LastLeaderLSN)-int64(o.PG.LSN), 0)
+		m.LagBytes = &lag
+	}
+	if role == cluster.RolePrimary {
+		zero := int64(0)
+		m.LagBytes = &zero
+	}
+	if !o.PG.Running && o.PG.Data == DataMissing {
+		m.Role, m.State = cluster.RoleStarting, "no data directory yet"
+	}
+	cctx, cancel := a.callCtx(ctx)
+	defer cancel()
+	if err := a.dcs.publish(cctx, lease, m); err != nil && ctx.Err() == nil {
+		a.log.Debug("publish member record", "err", err)
+	}
+}
+
+// publishNow re-reads PostgreSQL and publishes, for the end of a promotion:
+// the proxy routes rw once the record says primary.
+func (a *Agent) publishNow(ctx context.Context) {
+	o := a.observe(ctx)
+	a.publish(ctx, o)
+}
+
+func (a *Agent) member(o Observation, name string) (cluster.Member, error) {
+	m, ok := o.DCS.Members[name]
+	if !ok {
+		return cluster.Member{}, fmt.Errorf("member %s has no record", name)
+	}
+	return m, nil
+}
+
+// execute runs one action with its own deadline.
+func (a *Agent) execute(ctx context.Context, act Action, o Observation) error {
+	t := a.rules.Timing
+	switch act.Kind {
+	case ActBootstrap:
+		return a.bootstrap(ctx)
+	case ActClone, ActReclone:
+		up, err := a.member(o, act.Target)
+		if err != nil {
+			return err
+		}
+		if act.Kind == ActReclone {
+			if err := a.pg.stop(ctx, a.cfg.StopTimeout); err != nil {
+				return err
+			}
+			if err := a.pg.wipe(); err != nil {
+				return fmt.Errorf("wipe data directory: %w", err)
+			}
+			a.log.Warn("data directory wiped for a fresh clone", "from", up.Name)
+		}
+		a.log.Info("cloning", "from", up.Name, "addr", up.Addr())
+		if err := a.pg.basebackup(ctx, up); err != nil {
+			_ = a.pg.wipe()
+			return fmt.Errorf("clone from %s: %w", up.Name, err)
+		}
+		a.mem.RewindFailed = ""
+		return nil
+	case ActRewind:
+		up, err := a.member(o, act.Target)
+		if err != nil {
+			return err
+		}
+		if err := a.pg.rewind(ctx, up); err != nil {
+			a.mem.RewindFailed = up.Name
+			return fmt.Errorf("rewind from %s: %w", up.Name, err)
+		}
+		a.mem.RewindFailed = ""
+		return nil
+	case ActStartPrimary:
+		if err := a.pg.writeConf(false, nil); err != nil {
+			return err
+		}
+		return a.pg.start(ctx, a.cfg.StartTimeout)
+	case ActStartReplica:
+		var up *cluster.Member
+		if act.Target != "" {
+			m, err := a.member(o, act.Target)
+			if err != nil {
+				return err
+			}
+			up = &m
+		}
+		if err := a.pg.writeConf(true, up); err != nil {
+			return err
+		}
+		return a.pg.start(ctx, a.cfg.StartTimeout)
+	case ActRepoint:
+		up, err := a.member(o, act.Target)
+		if err != nil {
+			return err
+		}
+		if err := a.pg.writeConf(true, &up); err != nil {
+			return err
+		}
+		return a.pg.reload(ctx)
+	case ActAcquireLeader:
+		cctx, cancel := a.callCtx(ctx)
+		defer cancel()
+		epoch, err := a.dcs.acquire(cctx, a.currentLease())
+		if err != nil {
+			return err
+		}
+		if epoch == 0 {
+			return errors.New("another member took the leader key first")
+		}
+		a.epoch = epoch
+		a.view.LeaderIsMine, a.view.Leader, a.view.LeaderEpoch = true, a.rules.Name, epoch
+		a.reason = "failover"
+		a.log.Info("leader key acquired", "epoch", epoch, "lsn", o.PG.Position().String())
+		return nil
+	case ActPromote:
+		if err := a.pg.promote(ctx); err != nil {
+			return err
+		}
+		if err := a.pg.writeConf(false, nil); err != nil {
+			return err
+		}
+		a.publishNow(ctx)
+		return nil
+	case ActRecordHistory:
+		return a.recordHistory(ctx, a.reason)
+	case ActSyncSlots:
+		return a.syncSlots(ctx, o)
+	case ActDemote:
+		a.log.Warn("demoting: stopping PostgreSQL", "grace", t.SafetyMargin/2)
+		return a.pg.stop(ctx, t.SafetyMargin/2)
+	case ActReleaseLeader:
+		cctx, cancel := a.callCtx(ctx)
+		defer cancel()
+		if a.epoch == 0 {
+			a.epoch = o.DCS.LeaderEpoch
+		}
+		err := a.dcs.release(cctx, a.epoch)
+		if err == nil {
+			a.log.Info("leader key released", "epoch", a.epoch)
+			a.epoch = 0
+		}
+		return err
+	}
+	return fmt.Errorf("unknown action %v", act)
+}
+
+func (a *Agent) recordHistory(ctx context.Context, reason string) error {
+	var v PGView
+	if err := a.pg.query(ctx, &v); err != nil {
+		return err
+	}
+	e := cluster.HistoryEntry{Timeline: v.Timeline, Reason: reason, Time: a.now().UTC(), NewLeader: a.rules.Name, Epoch: a.epoch}
+	if a.lastLeader != a.rules.Name {
+		e.OldLeader = a.lastLeader
+	}
+	if v.Timeline > 1 {
+		sp, err := a.pg.switchPoint(v.Timeline)
+		if err != nil {
+			return err
+		}
+		e.LSN = sp
+	}
+	cctx, cancel := a.callCtx(ctx)
+	defer cancel()
+	return a.dcs.recordHistory(cctx, a.epoch, e)
+}
+
+// slotGrace is how long a member may be absent before its slot is dropped:
+// a restarting agent's record disappears with its lease for a few seconds,
+// and dropping its slot then would let the primary recycle WAL it needs.
+func (a *Agent) slotGrace() time.Duration { return 10 * a.rules.Timing.TTL }
+
+func (a *Agent) syncSlots(ctx context.Context, o Observation) error {
+	var want, drop []string
+	for name := range o.DCS.Members {
+		if name != a.rules.Name {
+			want = append(want, name)
+		}
+	}
+	for name, r := range a.seen {
+		if _, ok := o.DCS.Members[name]; !ok && name != a.rules.Name && o.Now.Sub(r.at) > a.slotGrace() {
+			drop = append(drop, name)
+			delete(a.seen, name)
+		}
+	}
+	return a.pg.syncSlots(ctx, want, drop)
+}
+
+// bootstrap claims the initialize key, runs initdb, starts and leads.
+func (a *Agent) bootstrap(ctx context.Context) error {
+	lease := a.currentLease()
+	cctx, cancel := a.callCtx(ctx)
+	ok, err := a.dcs.claimInitialize(cctx, lease)
+	cancel()
+	if err != nil {
+		return err
+	}
+	if !ok {
+		a.log.Info("another member is bootstrapping the cluster")
+		return nil
+	}
+	a.log.Info("bootstrapping the cluster", "data_dir", a.cfg.Postgres.DataDir)
+	fail := func(err error) error {
+		_ = a.pg.stop(context.WithoutCancel(ctx), 10*time.Second)
+		_ = a.pg.wipe()
+		cctx, cancel := a.callCtx(context.WithoutCancel(ctx))
+		defer cancel()
+		if _, derr := a.dcs.cli.Delete(cctx, a.dcs.keys.Initialize()); derr != nil {
+			err = errors.Join(err, fmt.Errorf("remove initialize key: %w", derr))
+		}
+		return fmt.Errorf("bootstrap: %w", err)
+	}
+	if err := a.pg.initdb(ctx); err != nil {
+		return fail(err)
+	}
+	if err := a.pg.writeConf(false, nil); err != nil {
+		return fail(err)
+	}
+	if err := a.pg.start(ctx, a.cfg.StartTimeout); err != nil {
+		return fail(err)
+	}
+	if err := a.pg.createRoles(ctx); err != nil {
+		return fail(err)
+	}
+	cctx, cancel = a.callCtx(ctx)
+	epoch, err := a.dcs.acquire(cctx, lease)
+	cancel()
+	if err != nil || epoch == 0 {
+		return fail(fmt.Errorf("take the leader key: %v", err))
+	}
+	a.epoch = epoch
+	var v PGView
+	if err := a.pg.query(ctx, &v); err != nil {
+		return fail(err)
+	}
+	cctx, cancel = a.callCtx(ctx)
+	err = a.dcs.finishInitialize(cctx, epoch, v.SystemID)
+	cancel()
+	if err != nil {
+		return fail(err)
+	}
+	a.lastLeader = a.rules.Name
+	if err := a.recordHistory(ctx, "bootstrap"); err != nil {
+		a.log.Warn("bootstrap history not recorded", "err", err)
+	}
+	a.log.Info("cluster bootstrapped", "system_id", v.SystemID, "epoch", epoch)
+	return nil
+}
+
+// shutdown stops PostgreSQL cleanly, then releases the key and the lease.
+// It runs after ctx ended, with its own bounded contexts.
+func (a *Agent) shutdown() {
+	ctx, cancel := context.WithTimeout(context.Background(), a.cfg.StopTimeout+5*time.Second)
+	defer cancel()
+	if err := a.pg.stop(ctx, a.cfg.StopTimeout); err != nil {
+		a.log.Error("stop PostgreSQL", "err", err)
+	} else {
+		a.log.Info("PostgreSQL stopped")
+	}
+	cctx, ccancel := a.callCtx(ctx)
+	defer ccancel()
+	if a.epoch != 0 {
+		if err := a.dcs.release(cctx, a.epoch); err != nil {
+			a.log.Warn("release leader key", "err", err)
+		} else {
+			a.log.Info("leader key released", "epoch", a.epoch)
+		}
+	}
+	if lease := a.currentLease(); lease != 0 {
+		if err := a.dcs.revoke(cctx, lease); err != nil {
+			a.log.Warn("revoke lease", "err", err)
+		}
+	}
+}

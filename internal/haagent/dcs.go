@@ -1,0 +1,221 @@
+package haagent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/pharos-ha/pharos/internal/cluster"
+)
+
+// dcs is the agent's side of etcd: one lease, the leader key, this member's
+// record, and the cluster keys. Every leader-only write is one transaction
+// that compares the leader key's create revision with the epoch, so
+// leadership is never checked in one call and acted on in another.
+type dcs struct {
+	cli  *clientv3.Client
+	keys cluster.Keys
+	name string
+	ttl  time.Duration
+}
+
+// snapshot is one consistent read of the cluster prefix.
+type snapshot struct {
+	Revision     int64
+	Initialized  bool
+	Initialize   cluster.Initialize
+	Leader       string
+	LeaderEpoch  int64
+	LeaderLease  clientv3.LeaseID
+	Members      map[string]cluster.Member
+	MemberRev    map[string]int64
+	History      cluster.History
+	HistoryRev   int64
+	Paused       bool
+	InvalidCount int
+}
+
+func (d *dcs) read(ctx context.Context) (snapshot, error) {
+	resp, err := d.cli.Get(ctx, d.keys.Prefix(), clientv3.WithPrefix())
+	if err != nil {
+		return snapshot{}, err
+	}
+	s := snapshot{Revision: resp.Header.Revision, Members: map[string]cluster.Member{}, MemberRev: map[string]int64{}}
+	for _, kv := range resp.Kvs {
+		kind, name := d.keys.Classify(string(kv.Key))
+		switch kind {
+		case cluster.KeyLeader:
+			s.Leader, s.LeaderEpoch, s.LeaderLease = string(kv.Value), kv.CreateRevision, clientv3.LeaseID(kv.Lease)
+		case cluster.KeyMember:
+			m, err := cluster.ParseMember(kv.Value)
+			if err != nil || m.Name != name {
+				s.InvalidCount++
+				continue
+			}
+			s.Members[name], s.MemberRev[name] = m, kv.ModRevision
+		case cluster.KeyInitialize:
+			s.Initialized = true
+			if in, err := cluster.ParseInitialize(kv.Value); err == nil {
+				s.Initialize = in
+			}
+		case cluster.KeyHistory:
+			if h, err := cluster.ParseHistory(kv.Value); err == nil {
+				s.History = h
+			} else {
+				s.InvalidCount++
+			}
+			s.HistoryRev = kv.ModRevision
+		case cluster.KeyConfig:
+			var c struct {
+				Pause bool `json:"pause"`
+			}
+			if json.Unmarshal(kv.Value, &c) == nil {
+				s.Paused = c.Pause
+			}
+		}
+	}
+	return s, nil
+}
+
+func (d *dcs) grant(ctx context.Context) (clientv3.LeaseID, error) {
+	resp, err := d.cli.Grant(ctx, int64(d.ttl/time.Second))
+	if err != nil {
+		return 0, fmt.Errorf("grant lease: %w", err)
+	}
+	return resp.ID, nil
+}
+
+// errLeaseGone: etcd no longer knows the lease (it expired or was revoked).
+var errLeaseGone = errors.New("lease expired")
+
+// renew sends one keep-alive. The caller records the send time on success.
+func (d *dcs) renew(ctx context.Context, id clientv3.LeaseID) error {
+	resp, err := d.cli.KeepAliveOnce(ctx, id)
+	if errors.Is(err, rpctypes.ErrLeaseNotFound) {
+		return errLeaseGone
+	}
+	if err != nil {
+		return err
+	}
+	if resp.TTL <= 0 {
+		return errLeaseGone
+	}
+	return nil
+}
+
+func (d *dcs) revoke(ctx context.Context, id clientv3.LeaseID) error {
+	_, err := d.cli.Revoke(ctx, id)
+	return err
+}
+
+func (d *dcs) publish(ctx context.Context, id clientv3.LeaseID, m cluster.Member) error {
+	b, err := cluster.MarshalMember(m)
+	if err != nil {
+		return err
+	}
+	_, err = d.cli.Put(ctx, d.keys.Member(d.name), string(b), clientv3.WithLease(id))
+	return err
+}
+
+// acquire creates the leader key on the lease if nobody holds it and
+// returns the new epoch, or 0 when another member won.
+func (d *dcs) acquire(ctx context.Context, id clientv3.LeaseID) (int64, error) {
+	k := d.keys.Leader()
+	resp, err := d.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(k), "=", 0)).
+		Then(clientv3.OpPut(k, d.name, clientv3.WithLease(id))).
+		Commit()
+	if err != nil {
+		return 0, err
+	}
+	if !resp.Succeeded {
+		return 0, nil
+	}
+	return resp.Header.Revision, nil
+}
+
+// release deletes the leader key if it is still ours (same epoch).
+func (d *dcs) release(ctx context.Context, epoch int64) error {
+	k := d.keys.Leader()
+	_, err := d.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(k), "=", epoch)).
+		Then(clientv3.OpDelete(k)).
+		Commit()
+	return err
+}
+
+// claimInitialize creates the initialize key on the lease (so that a
+// bootstrapper that dies frees it); false when another member has it.
+func (d *dcs) claimInitialize(ctx context.Context, id clientv3.LeaseID) (bool, error) {
+	k := d.keys.Initialize()
+	b, _ := json.Marshal(cluster.Initialize{By: d.name, Time: time.Now().UTC()})
+	resp, err := d.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(k), "=", 0)).
+		Then(clientv3.OpPut(k, string(b), clientv3.WithLease(id))).
+		Commit()
+	if err != nil {
+		return false, err
+	}
+	return resp.Succeeded, nil
+}
+
+// finishInitialize records the system identifier and detaches the key from
+// the lease, on the condition that this member still leads.
+func (d *dcs) finishInitialize(ctx context.Context, epoch int64, sysid string) error {
+	b, _ := json.Marshal(cluster.Initialize{SystemID: sysid, By: d.name, Time: time.Now().UTC()})
+	resp, err := d.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(d.keys.Leader()), "=", epoch)).
+		Then(clientv3.OpPut(d.keys.Initialize(), string(b))).
+		Commit()
+	if err != nil {
+		return err
+	}
+	if !resp.Succeeded {
+		return errors.New("lost the leader key before initialize was recorded")
+	}
+	return nil
+}
+
+// recordHistory appends e to the history key if this member still leads
+// and nobody changed the history since it was read.
+func (d *dcs) recordHistory(ctx context.Context, epoch int64, e cluster.HistoryEntry) error {
+	resp, err := d.cli.Get(ctx, d.keys.History())
+	if err != nil {
+		return err
+	}
+	var h cluster.History
+	var rev int64
+	if len(resp.Kvs) == 1 {
+		rev = resp.Kvs[0].ModRevision
+		if h, err = cluster.ParseHistory(resp.Kvs[0].Value); err != nil {
+			return err
+		}
+	}
+	b, err := cluster.MarshalHistory(h.Append(e))
+	if err != nil {
+		return err
+	}
+	txn, err := d.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(d.keys.Leader()), "=", epoch),
+			clientv3.Compare(clientv3.ModRevision(d.keys.History()), "=", rev)).
+		Then(clientv3.OpPut(d.keys.History(), string(b))).
+		Commit()
+	if err != nil {
+		return err
+	}
+	if !txn.Succeeded {
+		return errors.New("history not recorded: leadership or history changed meanwhile")
+	}
+	return nil
+}
+
+// removeMember deletes this member's record.
+func (d *dcs) removeMember(ctx context.Context) error {
+	_, err := d.cli.Delete(ctx, d.keys.Member(d.name))
+	return err
+}

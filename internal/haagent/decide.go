@@ -1,0 +1,443 @@
+package haagent
+
+import (
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/pharos-ha/pharos/internal/cluster"
+)
+
+// Observation is everything Decide may look at: one loop's view of etcd and
+// of the local PostgreSQL, and what the agent remembers between loops. The
+// loop builds it; Decide never reads a clock, etcd or the disk itself.
+type Observation struct {
+	Now    time.Time
+	DCS    DCSView
+	Lease  LeaseView
+	PG     PGView
+	Memory Memory
+}
+
+// DCSView is the cluster as the last successful read of etcd saw it. When
+// Reachable is false the rest is the last good view, which may be stale.
+type DCSView struct {
+	Reachable bool
+	// Initialized: the initialize key exists. SystemID is empty while the
+	// bootstrapping member has not finished initdb.
+	Initialized bool
+	SystemID    string
+	// Leader names the leader key's holder ("" when there is none), and
+	// LeaderEpoch is the key's create revision.
+	Leader      string
+	LeaderEpoch int64
+	// LeaderIsMine: the leader key is attached to this agent's lease.
+	LeaderIsMine bool
+	// Members are the records present, keyed by name (this member's own
+	// included when published). MemberRev is each record's etcd mod
+	// revision and MemberSeenAt when this agent saw it change, on its own
+	// clock: freshness never compares two machines' clocks.
+	Members      map[string]cluster.Member
+	MemberRev    map[string]int64
+	MemberSeenAt map[string]time.Time
+	History      cluster.History
+	// Paused stops automatic promotion and demotion.
+	Paused bool
+}
+
+// LeaseView describes this agent's lease.
+type LeaseView struct {
+	Held bool
+	// LastRenewed is when the last keep-alive that etcd acknowledged was
+	// sent: etcd restarted the TTL no earlier than that.
+	LastRenewed time.Time
+}
+
+// DataDirState is what the data directory holds.
+type DataDirState uint8
+
+const (
+	DataMissing DataDirState = iota // empty or absent: needs bootstrap or a clone
+	DataPresent                     // a PostgreSQL data directory
+)
+
+// PGView is the local PostgreSQL.
+type PGView struct {
+	Data     DataDirState
+	SystemID string
+	Running  bool
+	// InRecovery is pg_is_in_recovery() when running.
+	InRecovery bool
+	// Standby: standby.signal is present (a stopped standby, or a running
+	// one).
+	Standby bool
+	// Timeline is the current timeline (the control file's when stopped).
+	Timeline int64
+	// LSN is the write position on a primary, the replay position on a
+	// standby, the last checkpoint's when stopped; ReceiveLSN the last
+	// position received from upstream on a standby.
+	LSN        cluster.LSN
+	ReceiveLSN cluster.LSN
+	// Upstream is the member the standby is configured to follow ("" for
+	// none).
+	Upstream string
+}
+
+// Position is the furthest WAL position this server has.
+func (p PGView) Position() cluster.LSN { return max(p.LSN, p.ReceiveLSN) }
+
+// Memory is what the agent carries from one loop to the next.
+type Memory struct {
+	// CrashedAt is when PostgreSQL was found dead while this member led;
+	// zero when it is not in that state.
+	CrashedAt time.Time
+	// RewindFailed names the member a pg_rewind from failed, so that the
+	// next loop does not retry it endlessly.
+	RewindFailed string
+	// LastLeaderLSN is the leader's position as last seen in its record,
+	// the reference for maximum_lag_on_failover once it is gone.
+	LastLeaderLSN cluster.LSN
+	// LeaderGoneRev is the etcd revision of the read that first found the
+	// leader key gone, LeaderGoneAt when (local clock); zero while a
+	// leader is known. Candidates wait briefly for every peer to publish
+	// its position after that revision, so that they compare current
+	// positions, not a loop-old ones.
+	LeaderGoneRev int64
+	LeaderGoneAt  time.Time
+}
+
+// ActionKind names one step of a plan.
+type ActionKind uint8
+
+const (
+	// ActBootstrap claims the initialize key, runs initdb, starts the
+	// server and takes the leader key.
+	ActBootstrap ActionKind = iota + 1
+	// ActClone copies the data directory from Target with pg_basebackup.
+	ActClone
+	// ActReclone wipes the data directory and clones from Target.
+	ActReclone
+	// ActRewind runs pg_rewind from Target (after a clean stop).
+	ActRewind
+	// ActStartPrimary starts the server without standby.signal: only ever
+	// planned for the holder of the leader key.
+	ActStartPrimary
+	// ActStartReplica starts the server as a standby of Target ("": no
+	// upstream, read-only until someone leads).
+	ActStartReplica
+	// ActRepoint makes a running standby follow Target with a reload.
+	ActRepoint
+	// ActAcquireLeader creates the leader key on this agent's lease.
+	ActAcquireLeader
+	// ActPromote ends recovery.
+	ActPromote
+	// ActRecordHistory appends the promotion to the history key.
+	ActRecordHistory
+	// ActSyncSlots creates a physical slot per other member and drops the
+	// slots of members gone from the cluster.
+	ActSyncSlots
+	// ActDemote stops a server that accepts writes without the key: a fast
+	// shutdown, escalated to an immediate one within the safety margin.
+	ActDemote
+	// ActReleaseLeader deletes the leader key if it is still this agent's.
+	ActReleaseLeader
+)
+
+var actionNames = map[ActionKind]string{
+	ActBootstrap: "bootstrap", ActClone: "clone", ActReclone: "reclone", ActRewind: "rewind",
+	ActStartPrimary: "start-primary", ActStartReplica: "start-replica", ActRepoint: "repoint",
+	ActAcquireLeader: "acquire-leader", ActPromote: "promote", ActRecordHistory: "record-history",
+	ActSyncSlots: "sync-slots", ActDemote: "demote", ActReleaseLeader: "release-leader",
+}
+
+func (k ActionKind) String() string {
+	if s, ok := actionNames[k]; ok {
+		return s
+	}
+	return fmt.Sprintf("action(%d)", k)
+}
+
+// Action is one step; Target is a member name where the step needs one.
+type Action struct {
+	Kind   ActionKind
+	Target string
+}
+
+func (a Action) String() string {
+	if a.Target != "" {
+		return a.Kind.String() + " " + a.Target
+	}
+	return a.Kind.String()
+}
+
+// Plan is Decide's answer: the steps to run in order (the loop stops at the
+// first that fails) and a one-line reason for humans and tests.
+type Plan struct {
+	Actions []Action
+	Reason  string
+}
+
+func (p Plan) String() string {
+	parts := make([]string, len(p.Actions))
+	for i, a := range p.Actions {
+		parts[i] = a.String()
+	}
+	if len(parts) == 0 {
+		return "none (" + p.Reason + ")"
+	}
+	return strings.Join(parts, ", ") + " (" + p.Reason + ")"
+}
+
+func plan(reason string, actions ...Action) Plan { return Plan{Actions: actions, Reason: reason} }
+
+func act(k ActionKind) Action                  { return Action{Kind: k} }
+func actOn(k ActionKind, target string) Action { return Action{Kind: k, Target: target} }
+
+// promotion is what a member that holds the key does to become primary.
+func promotion(pg PGView) []Action {
+	if pg.Running && !pg.InRecovery {
+		return []Action{act(ActSyncSlots)}
+	}
+	return []Action{act(ActPromote), act(ActRecordHistory), act(ActSyncSlots)}
+}
+
+// Decide owns every HA rule: given one observation it returns what this
+// member must do. It is pure: no clock, no I/O, same input, same plan.
+func Decide(o Observation, r Rules) Plan {
+	pg, dcs := o.PG, o.DCS
+
+	// Fencing comes before everything: a leader that cannot prove its
+	// lease is alive must stop accepting writes before etcd can expire it
+	// and let another member promote.
+	if dcs.LeaderIsMine && !dcs.Paused {
+		if since := o.Now.Sub(o.Lease.LastRenewed); !o.Lease.Held || since >= r.Timing.FenceAfter() {
+			reason := fmt.Sprintf("lease not renewed for %v (fence after %v)", since.Round(time.Millisecond), r.Timing.FenceAfter())
+			if !o.Lease.Held {
+				reason = "lease lost"
+			}
+			steps := []Action{}
+			if pg.Running && !pg.InRecovery {
+				steps = append(steps, act(ActDemote))
+			}
+			if dcs.Reachable {
+				steps = append(steps, act(ActReleaseLeader))
+			}
+			return plan(reason, steps...)
+		}
+	}
+
+	if !dcs.Reachable {
+		if pg.Running && !pg.InRecovery && !dcs.LeaderIsMine && !dcs.Paused {
+			return plan("etcd unreachable and this primary does not hold the key", act(ActDemote))
+		}
+		return plan("etcd unreachable: keeping the last state")
+	}
+
+	if !dcs.Initialized {
+		if pg.Data == DataMissing {
+			return plan("cluster not initialized", act(ActBootstrap))
+		}
+		return plan("cluster not initialized but this data directory exists: refusing to bootstrap over it")
+	}
+	if dcs.SystemID != "" && pg.Data == DataPresent && pg.SystemID != "" && pg.SystemID != dcs.SystemID {
+		return plan(fmt.Sprintf("data directory belongs to system %s, cluster is %s", pg.SystemID, dcs.SystemID))
+	}
+
+	leader, leaderRec, leaderUp := dcs.Leader, cluster.Member{}, false
+	if leader != "" {
+		leaderRec, leaderUp = dcs.Members[leader]
+		leaderUp = leaderUp && leaderRec.Role == cluster.RolePrimary
+	}
+
+	if pg.Data == DataMissing {
+		switch {
+		case dcs.SystemID == "":
+			return plan("bootstrap in progress elsewhere")
+		case leader == "" || dcs.LeaderIsMine:
+			return plan("no primary to clone from")
+		case !leaderUp:
+			return plan("leader " + leader + " is not a running primary yet")
+		}
+		return plan("new member", actOn(ActClone, leader), actOn(ActStartReplica, leader))
+	}
+
+	if dcs.Paused {
+		return plan("paused: no automatic action")
+	}
+
+	switch {
+	case dcs.LeaderIsMine:
+		return decideLeader(o, r)
+	case leader != "":
+		return decideFollower(o, r, leader, leaderRec, leaderUp)
+	}
+	return decideElection(o, r)
+}
+
+// decideLeader: this member holds a renewed key.
+func decideLeader(o Observation, r Rules) Plan {
+	pg := o.PG
+	if pg.Running {
+		if pg.InRecovery {
+			return plan("leader in recovery", promotion(pg)...)
+		}
+		return plan("leader running", promotion(pg)...)
+	}
+	if !o.Memory.CrashedAt.IsZero() && o.Now.Sub(o.Memory.CrashedAt) >= r.CrashRestartTimeout {
+		return plan(fmt.Sprintf("PostgreSQL down for %v under the leader", o.Now.Sub(o.Memory.CrashedAt).Round(time.Millisecond)), act(ActReleaseLeader))
+	}
+	if pg.Standby {
+		return plan("leader's server is a stopped standby",
+			append([]Action{actOn(ActStartReplica, "")}, promotion(PGView{InRecovery: true})...)...)
+	}
+	return plan("leader's server is down: restart in place", act(ActStartPrimary), act(ActSyncSlots))
+}
+
+// decideFollower: another member leads.
+func decideFollower(o Observation, r Rules, leader string, leaderRec cluster.Member, leaderUp bool) Plan {
+	pg := o.PG
+	if pg.Running && !pg.InRecovery {
+		return plan("primary without the key while "+leader+" leads", act(ActDemote))
+	}
+	if !leaderUp {
+		return plan("waiting for leader " + leader + " to run as primary")
+	}
+	if !pg.Running {
+		// A former primary, or a standby on an older timeline than the
+		// leader's, may hold WAL the new timeline does not have. pg_rewind
+		// decides precisely from both servers' WAL and is a no-op when
+		// nothing diverged, so it is always the way back in.
+		if !pg.Standby || pg.Timeline < leaderRec.Timeline {
+			if o.Memory.RewindFailed == leader {
+				if r.AutoReinit {
+					return plan("rewind from "+leader+" failed: cloning again", actOn(ActReclone, leader), actOn(ActStartReplica, leader))
+				}
+				return plan("rewind from " + leader + " failed and auto_reinit is off: needs an operator")
+			}
+			if !pg.Standby {
+				return plan("former primary rejoins "+leader, actOn(ActRewind, leader), actOn(ActStartReplica, leader))
+			}
+			return plan("timeline diverged from "+leader, actOn(ActRewind, leader), actOn(ActStartReplica, leader))
+		}
+		return plan("replica down", actOn(ActStartReplica, leader))
+	}
+	if pg.Upstream != leader {
+		return plan("following "+orNone(pg.Upstream)+" instead of "+leader, actOn(ActRepoint, leader))
+	}
+	return plan("replica of " + leader)
+}
+
+// decideElection: nobody holds the key.
+func decideElection(o Observation, r Rules) Plan {
+	pg := o.PG
+	if !pg.Running {
+		return plan("no leader: start read-only to take part", actOn(ActStartReplica, ""))
+	}
+	if why := ineligible(o, r); why != "" {
+		return plan("no leader, not a candidate: " + why)
+	}
+	if late := unpublished(o, r); late != "" {
+		return plan("no leader, waiting for " + late + " to publish its position")
+	}
+	if better := betterCandidate(o, r); better != "" {
+		return plan("no leader, " + better + " is the better candidate")
+	}
+	return plan("no leader, healthiest eligible member", append([]Action{act(ActAcquireLeader)}, promotion(pg)...)...)
+}
+
+// ineligible says why this member must not take the lead, or "".
+func ineligible(o Observation, r Rules) string {
+	if r.Tags.NoFailover {
+		return "tagged nofailover"
+	}
+	pos := o.PG.Position()
+	if r.MaximumLagOnFailover > 0 && o.Memory.LastLeaderLSN > pos && int64(o.Memory.LastLeaderLSN-pos) > r.MaximumLagOnFailover {
+		return fmt.Sprintf("%d bytes behind the last primary position %s (maximum_lag_on_failover %d)",
+			int64(o.Memory.LastLeaderLSN-pos), o.Memory.LastLeaderLSN, r.MaximumLagOnFailover)
+	}
+	return ""
+}
+
+// electionWait bounds how long a candidate waits for peers to publish
+// after the leader vanished: peers publish as soon as the same watch event
+// wakes them, so this only matters when one of them is slow or dying.
+func electionWait(t Timing) time.Duration { return min(t.RetryTimeout, 500*time.Millisecond) }
+
+// candidates are the other members whose records count in an election:
+// seen to change recently, running, not nofailover.
+func candidates(o Observation, r Rules) []string {
+	var out []string
+	for name, m := range o.DCS.Members {
+		if name == r.Name || m.Tags.NoFailover || o.Now.Sub(o.DCS.MemberSeenAt[name]) > r.Timing.StaleAfter() {
+			continue
+		}
+		if m.Role != cluster.RoleReplica && m.Role != cluster.RolePrimary && m.Role != cluster.RoleDemoted {
+			continue
+		}
+		out = append(out, name)
+	}
+	return out
+}
+
+// unpublished names a candidate that has not published since the leader
+// vanished, while the wait for it lasts.
+func unpublished(o Observation, r Rules) string {
+	if o.Memory.LeaderGoneRev == 0 || o.Now.Sub(o.Memory.LeaderGoneAt) >= electionWait(r.Timing) {
+		return ""
+	}
+	for _, name := range candidates(o, r) {
+		if o.DCS.MemberRev[name] < o.Memory.LeaderGoneRev {
+			return name
+		}
+	}
+	return ""
+}
+
+// betterCandidate names a fresh, eligible member that should win instead of
+// this one, or "": the highest position wins, then the higher
+// failover_priority, then the smaller name, so all members agree.
+func betterCandidate(o Observation, r Rules) string {
+	mine, myPrio := o.PG.Position(), r.Tags.FailoverPriority
+	best := ""
+	for _, name := range candidates(o, r) {
+		m := o.DCS.Members[name]
+		if r.MaximumLagOnFailover > 0 && o.Memory.LastLeaderLSN > max(m.LSN, m.ReceiveLSN) &&
+			int64(o.Memory.LastLeaderLSN-max(m.LSN, m.ReceiveLSN)) > r.MaximumLagOnFailover {
+			continue
+		}
+		theirs := max(m.LSN, m.ReceiveLSN)
+		switch {
+		case theirs > mine,
+			theirs == mine && m.Tags.FailoverPriority > myPrio,
+			theirs == mine && m.Tags.FailoverPriority == myPrio && name < r.Name:
+			if best == "" || name < best {
+				best = name // deterministic whatever the map order
+			}
+		}
+	}
+	return best
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "nobody"
+	}
+	return s
+}
+
+// PublishedRole is the role this member's record shows for what the loop
+// observed.
+func PublishedRole(o Observation) (cluster.Role, string) {
+	pg := o.PG
+	switch {
+	case !pg.Running:
+		return cluster.RoleStopped, "stopped"
+	case !pg.InRecovery && o.DCS.LeaderIsMine:
+		return cluster.RolePrimary, "running"
+	case !pg.InRecovery:
+		return cluster.RoleDemoted, "primary without the leader key"
+	case pg.Upstream == "":
+		return cluster.RoleReplica, "in recovery, no upstream"
+	}
+	return cluster.RoleReplica, "streaming from " + pg.Upstream
+}

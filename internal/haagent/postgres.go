@@ -1,0 +1,646 @@
+package haagent
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pharos-ha/pharos/internal/cluster"
+	"github.com/pharos-ha/pharos/internal/pglocal"
+)
+
+// PostgresConfig describes the local server the agent manages.
+type PostgresConfig struct {
+	Name    string // member name: cluster_name and the replication slot
+	DataDir string
+	BinDir  string
+	// SocketDir holds the Unix socket the agent connects through; default
+	// the data directory's parent.
+	SocketDir string
+	// Listen is listen_addresses; Port the server port.
+	Listen string
+	Port   int
+	// Superuser and Replication are the accounts bootstrap creates and the
+	// agent uses; passwords are never logged nor written to a file other
+	// than through initdb's --pwfile, which is removed at once.
+	SuperUser, SuperPassword             string
+	ReplicationUser, ReplicationPassword string
+	// HBA lines replace the pg_hba.conf initdb writes; empty: loopback
+	// only, scram-sha-256 everywhere.
+	HBA []string
+	// Parameters are extra postgresql.conf settings.
+	Parameters map[string]string
+	// Owner is the OS account the server runs as (the postgres user when
+	// the agent runs as root).
+	Owner pglocal.Owner
+}
+
+// postgres runs and inspects the local server. Its methods are called from
+// the agent loop only.
+type postgres struct {
+	cfg     PostgresConfig
+	log     *slog.Logger
+	logPath string
+}
+
+func newPostgres(cfg PostgresConfig, log *slog.Logger) *postgres {
+	if cfg.SocketDir == "" {
+		cfg.SocketDir = filepath.Dir(cfg.DataDir)
+	}
+	if cfg.Listen == "" {
+		cfg.Listen = "127.0.0.1"
+	}
+	return &postgres{cfg: cfg, log: log, logPath: filepath.Join(filepath.Dir(cfg.DataDir), cfg.Name+"-postgres.log")}
+}
+
+// confFile is ours, included from postgresql.conf; rewritten before every
+// start because pg_basebackup and pg_rewind copy the source's.
+const confFile = "pharos.conf"
+
+// slotName turns a member name into a replication slot name ([a-z0-9_]).
+func slotName(member string) string {
+	var b strings.Builder
+	for _, r := range strings.ToLower(member) {
+		if r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '_' {
+			b.WriteRune(r)
+		} else {
+			b.WriteByte('_')
+		}
+	}
+	return b.String()
+}
+
+func (p *postgres) path(name string) string { return filepath.Join(p.cfg.DataDir, name) }
+
+func (p *postgres) dataPresent() bool {
+	_, err := os.Stat(p.path("PG_VERSION"))
+	return err == nil
+}
+
+// postmasterPid returns the pid in postmaster.pid when that process lives.
+func (p *postgres) postmasterPid() int {
+	b, err := os.ReadFile(p.path("postmaster.pid"))
+	if err != nil {
+		return 0
+	}
+	line, _, _ := bytes.Cut(b, []byte("\n"))
+	pid, err := strconv.Atoi(strings.TrimSpace(string(line)))
+	if err != nil || pid <= 0 || !pglocal.ProcessAlive(pid) {
+		return 0
+	}
+	return pid
+}
+
+func (p *postgres) connString(db string) string {
+	return fmt.Sprintf("host=%s port=%d user=%s dbname=%s connect_timeout=2 application_name=pharos-agent",
+		quoteConn(p.cfg.SocketDir), p.cfg.Port, quoteConn(p.cfg.SuperUser), db)
+}
+
+func quoteConn(v string) string {
+	return "'" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(v) + "'"
+}
+
+func (p *postgres) connect(ctx context.Context) (*pgx.Conn, error) {
+	cc, err := pgx.ParseConfig(p.connString("postgres"))
+	if err != nil {
+		return nil, err
+	}
+	cc.Password = p.cfg.SuperPassword
+	return pgx.ConnectConfig(ctx, cc)
+}
+
+// observe fills a PGView. A server that runs but does not answer counts as
+// running (its state unknown) so that nothing starts a second postmaster.
+func (p *postgres) observe(ctx context.Context, members map[string]cluster.Member) PGView {
+	v := PGView{}
+	if !p.dataPresent() {
+		return v
+	}
+	v.Data = DataPresent
+	_, err := os.Stat(p.path("standby.signal"))
+	v.Standby = err == nil
+	v.Upstream = p.configuredUpstream(members)
+	if p.postmasterPid() != 0 {
+		v.Running = true
+		if err := p.query(ctx, &v); err != nil {
+			p.log.Debug("query local server", "err", err)
+			v.InRecovery = v.Standby // best guess until it answers
+		}
+		return v
+	}
+	if cd, err := p.controlData(ctx); err == nil {
+		v.SystemID = cd["Database system identifier"]
+		v.Timeline, _ = strconv.ParseInt(cd["Latest checkpoint's TimeLineID"], 10, 64)
+		v.LSN, _ = cluster.ParseLSN(cd["Latest checkpoint location"])
+		if min, err := cluster.ParseLSN(cd["Minimum recovery ending location"]); err == nil {
+			v.ReceiveLSN = min
+		}
+	} else {
+		p.log.Warn("pg_controldata", "err", err)
+	}
+	return v
+}
+
+func (p *postgres) query(ctx context.Context, v *PGView) error {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	conn, err := p.connect(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	var sysid string
+	var lsn, recv *string
+	var tl *int64
+	// On a primary the timeline comes from the current WAL file name:
+	// pg_control_checkpoint() lags behind a promotion until the next
+	// checkpoint. On a standby: the walreceiver's, else the last
+	// restartpoint's.
+	err = conn.QueryRow(ctx, `
+SELECT (SELECT system_identifier::text FROM pg_control_system()),
+       pg_is_in_recovery(),
+       CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()::text ELSE pg_current_wal_lsn()::text END,
+       CASE WHEN pg_is_in_recovery() THEN pg_last_wal_receive_lsn()::text END,
+       CASE WHEN pg_is_in_recovery()
+            THEN coalesce((SELECT received_tli::bigint FROM pg_stat_get_wal_receiver() WHERE received_tli > 0),
+                          (SELECT timeline_id::bigint FROM pg_control_checkpoint()))
+            ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::bigint END`).
+		Scan(&sysid, &v.InRecovery, &lsn, &recv, &tl)
+	if err != nil {
+		return err
+	}
+	v.SystemID = sysid
+	if tl != nil {
+		v.Timeline = *tl
+	}
+	if lsn != nil {
+		v.LSN, _ = cluster.ParseLSN(*lsn)
+	}
+	if recv != nil {
+		v.ReceiveLSN, _ = cluster.ParseLSN(*recv)
+	}
+	return nil
+}
+
+// controlData runs pg_controldata and returns its "key: value" lines.
+func (p *postgres) controlData(ctx context.Context) (map[string]string, error) {
+	out, err := p.run(ctx, 10*time.Second, nil, "pg_controldata", "-D", p.cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	m := map[string]string{}
+	sc := bufio.NewScanner(strings.NewReader(out))
+	for sc.Scan() {
+		k, v, ok := strings.Cut(sc.Text(), ":")
+		if ok {
+			m[strings.TrimSpace(k)] = strings.TrimSpace(v)
+		}
+	}
+	return m, nil
+}
+
+// run runs a PostgreSQL program as the owner, bounded by timeout and ctx;
+// env adds variables (passwords go there, never on the command line).
+func (p *postgres) run(ctx context.Context, timeout time.Duration, env []string, name string, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, filepath.Join(p.cfg.BinDir, name), args...)
+	cmd.Dir = filepath.Dir(p.cfg.DataDir)
+	cmd.Env = append(pglocal.ChildEnv(), env...)
+	p.cfg.Owner.Apply(cmd)
+	cmd.WaitDelay = 2 * time.Second
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("%s: %w: %s", name, err, lastLines(string(out), 5))
+	}
+	return string(out), nil
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, " | ")
+}
+
+// initdb creates the data directory with checksums (pg_rewind needs them or
+// wal_log_hints) and the superuser; the password reaches initdb through a
+// file that exists only while it runs.
+func (p *postgres) initdb(ctx context.Context) error {
+	if err := p.cfg.Owner.MkdirAll(p.cfg.DataDir, 0o700); err != nil {
+		return err
+	}
+	pw, err := os.CreateTemp(filepath.Dir(p.cfg.DataDir), ".pwfile-*")
+	if err != nil {
+		return fmt.Errorf("initdb: password file: %w", err)
+	}
+	defer os.Remove(pw.Name())
+	_, werr := pw.WriteString(p.cfg.SuperPassword + "\n")
+	if err := errors.Join(werr, pw.Close(), p.cfg.Owner.Chown(pw.Name())); err != nil {
+		return fmt.Errorf("initdb: password file: %w", err)
+	}
+	args := []string{"-D", p.cfg.DataDir, "-U", p.cfg.SuperUser, "--pwfile", pw.Name(),
+		"--auth-local=scram-sha-256", "--auth-host=scram-sha-256",
+		"--data-checksums", "--encoding=UTF8", "--no-locale", "--no-instructions"}
+	if _, err := p.run(ctx, 2*time.Minute, nil, "initdb", args...); err != nil {
+		return err
+	}
+	conf, err := os.OpenFile(p.path("postgresql.conf"), os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		return err
+	}
+	_, werr = conf.WriteString("\n# pharos: its settings, rewritten before every start\ninclude_if_exists = '" + confFile + "'\n")
+	return errors.Join(werr, conf.Close())
+}
+
+// writeConf writes pharos.conf, pg_hba.conf and standby.signal (or removes
+// it) for the next start. upstream nil: a standby with no upstream.
+func (p *postgres) writeConf(standby bool, upstream *cluster.Member) error {
+	params := map[string]string{
+		"listen_addresses":             p.cfg.Listen,
+		"port":                         strconv.Itoa(p.cfg.Port),
+		"unix_socket_directories":      p.cfg.SocketDir,
+		"cluster_name":                 p.cfg.Name,
+		"wal_level":                    "replica",
+		"hot_standby":                  "on",
+		"hot_standby_feedback":         "on",
+		"max_wal_senders":              "10",
+		"max_replication_slots":        "10",
+		"wal_keep_size":                "256MB",
+		"wal_log_hints":                "on",
+		"wal_retrieve_retry_interval":  "500ms",
+		"wal_receiver_status_interval": "1s",
+		"recovery_target_timeline":     "latest",
+		"logging_collector":            "off",
+		"log_line_prefix":              "%m [%p] %q%u@%d ",
+		"password_encryption":          "scram-sha-256",
+	}
+	for k, v := range p.cfg.Parameters {
+		params[k] = v
+	}
+	if standby && upstream != nil {
+		params["primary_conninfo"] = p.primaryConninfo(*upstream)
+		params["primary_slot_name"] = slotName(p.cfg.Name)
+	} else {
+		params["primary_conninfo"] = ""
+		params["primary_slot_name"] = ""
+	}
+	keys := make([]string, 0, len(params))
+	for k := range params {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	var b strings.Builder
+	b.WriteString("# written by the pharos agent; edits are lost\n")
+	if upstream != nil && standby {
+		fmt.Fprintf(&b, "# upstream: %s\n", upstream.Name)
+	}
+	for _, k := range keys {
+		fmt.Fprintf(&b, "%s = '%s'\n", k, strings.ReplaceAll(params[k], "'", "''"))
+	}
+	if err := p.writeOwned(confFile, b.String()); err != nil {
+		return err
+	}
+	if err := p.writeOwned("pg_hba.conf", p.hba()); err != nil {
+		return err
+	}
+	if standby {
+		return p.writeOwned("standby.signal", "")
+	}
+	if err := os.Remove(p.path("standby.signal")); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+// The password is passed through the environment of the walreceiver, not
+// written here: primary_conninfo lands in a file the whole cluster copies.
+// libpq reads it from a passfile the agent writes beside the data dir.
+func (p *postgres) primaryConninfo(up cluster.Member) string {
+	return fmt.Sprintf("host=%s port=%d user=%s application_name=%s passfile=%s connect_timeout=2",
+		up.Host, up.Port, p.cfg.ReplicationUser, p.cfg.Name, p.passfile())
+}
+
+func (p *postgres) passfile() string {
+	return filepath.Join(filepath.Dir(p.cfg.DataDir), ".pharos-pgpass")
+}
+
+// writePassfile writes the replication password for the walreceiver
+// (libpq's passfile, mode 0600, owned by the server's account).
+func (p *postgres) writePassfile() error {
+	esc := strings.NewReplacer(`\`, `\\`, `:`, `\:`)
+	line := "*:*:*:" + esc.Replace(p.cfg.ReplicationUser) + ":" + esc.Replace(p.cfg.ReplicationPassword) + "\n"
+	path := p.passfile()
+	if err := os.WriteFile(path, []byte(line), 0o600); err != nil {
+		return err
+	}
+	return p.cfg.Owner.Chown(path)
+}
+
+func (p *postgres) hba() string {
+	lines := p.cfg.HBA
+	if len(lines) == 0 {
+		lines = []string{
+			"local all all scram-sha-256",
+			"host replication " + p.cfg.ReplicationUser + " 127.0.0.0/8 scram-sha-256",
+			"host all all 127.0.0.0/8 scram-sha-256",
+		}
+	}
+	return "# written by the pharos agent\n" + strings.Join(lines, "\n") + "\n"
+}
+
+func (p *postgres) writeOwned(name, content string) error {
+	path := p.path(name)
+	if err := os.WriteFile(path+".tmp", []byte(content), 0o600); err != nil {
+		return err
+	}
+	if err := p.cfg.Owner.Chown(path + ".tmp"); err != nil {
+		return err
+	}
+	return os.Rename(path+".tmp", path)
+}
+
+// configuredUpstream reads which member pharos.conf follows, matched by
+// the comment writeConf leaves; "" when none.
+func (p *postgres) configuredUpstream(map[string]cluster.Member) string {
+	b, err := os.ReadFile(p.path(confFile))
+	if err != nil {
+		return ""
+	}
+	if m := upstreamRe.FindSubmatch(b); m != nil {
+		return string(m[1])
+	}
+	return ""
+}
+
+var upstreamRe = regexp.MustCompile(`(?m)^# upstream: (\S+)$`)
+
+// start starts the server with pg_ctl and waits until it accepts
+// connections. Processes of a crashed server that outlive their postmaster
+// hold its shared memory, so they are killed first.
+func (p *postgres) start(ctx context.Context, timeout time.Duration) error {
+	if p.postmasterPid() != 0 {
+		return nil
+	}
+	if err := p.killLeftovers(); err != nil {
+		return err
+	}
+	// The lock file of a dead postmaster blocks a new one for as long as
+	// the dead one is an unreaped zombie (kill(pid, 0) still succeeds),
+	// and the init of a container may take a second to reap it. Nothing of
+	// that server lives any more (killLeftovers), so the file is stale.
+	if err := os.Remove(p.path("postmaster.pid")); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove stale postmaster.pid: %w", err)
+	}
+	if err := p.writePassfile(); err != nil {
+		return fmt.Errorf("passfile: %w", err)
+	}
+	secs := max(int(timeout/time.Second), 1)
+	_, err := p.run(ctx, timeout+5*time.Second, nil, "pg_ctl", "start", "-D", p.cfg.DataDir, "-l", p.logPath,
+		"-w", "-t", strconv.Itoa(secs), "-s")
+	if err != nil {
+		return fmt.Errorf("%w (log %s: %s)", err, p.logPath, tail(p.logPath, 600))
+	}
+	return nil
+}
+
+func (p *postgres) killLeftovers() error {
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		left := pglocal.ServerProcesses(p.cfg.DataDir)
+		if len(left) == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("processes %v of a dead postmaster do not go away", left)
+		}
+		for _, pid := range left {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// stop shuts the server down: fast (sessions cut, shutdown checkpoint,
+// standbys sent all WAL), escalated to SIGKILL of every server process
+// when it takes longer than grace. It returns once no process is left.
+func (p *postgres) stop(ctx context.Context, grace time.Duration) error {
+	pid := p.postmasterPid()
+	if pid == 0 {
+		return p.killLeftovers()
+	}
+	_ = syscall.Kill(pid, syscall.SIGINT)
+	deadline := time.NewTimer(grace)
+	defer deadline.Stop()
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for pglocal.ProcessAlive(pid) {
+		select {
+		case <-tick.C:
+			continue
+		case <-deadline.C:
+		case <-ctx.Done():
+		}
+		p.log.Warn("fast shutdown too slow: killing the server", "grace", grace)
+		for _, q := range append([]int{pid}, pglocal.ServerProcesses(p.cfg.DataDir)...) {
+			_ = syscall.Kill(q, syscall.SIGKILL)
+		}
+		break
+	}
+	return p.killLeftovers()
+}
+
+func (p *postgres) promote(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	conn, err := p.connect(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	var ok bool
+	if err := conn.QueryRow(ctx, "SELECT pg_promote(true, 25)").Scan(&ok); err != nil {
+		return err
+	}
+	if !ok {
+		return errors.New("pg_promote returned false")
+	}
+	return nil
+}
+
+// reload applies a changed pharos.conf (primary_conninfo and
+// primary_slot_name are reloadable since PostgreSQL 13).
+func (p *postgres) reload(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	conn, err := p.connect(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	_, err = conn.Exec(ctx, "SELECT pg_reload_conf()")
+	return err
+}
+
+// switchPoint reads the newest timeline history file for where timeline
+// tl−1 ended.
+func (p *postgres) switchPoint(tl int64) (cluster.LSN, error) {
+	b, err := os.ReadFile(p.path(fmt.Sprintf("pg_wal/%08X.history", tl)))
+	if err != nil {
+		return 0, err
+	}
+	var last cluster.LSN
+	found := false
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 2 && !strings.HasPrefix(f[0], "#") {
+			if t, err := strconv.ParseInt(f[0], 10, 64); err == nil && t == tl-1 {
+				if l, err := cluster.ParseLSN(f[1]); err == nil {
+					last, found = l, true
+				}
+			}
+		}
+	}
+	if !found {
+		return 0, fmt.Errorf("timeline %d history has no line for timeline %d", tl, tl-1)
+	}
+	return last, nil
+}
+
+// syncSlots makes the physical slots match want: creates the missing ones
+// and drops those of members in drop (inactive only).
+func (p *postgres) syncSlots(ctx context.Context, want, drop []string) error {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	conn, err := p.connect(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	rows, err := conn.Query(ctx, "SELECT slot_name FROM pg_replication_slots WHERE slot_type = 'physical'")
+	if err != nil {
+		return err
+	}
+	have, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return err
+	}
+	for _, m := range want {
+		s := slotName(m)
+		if slices.Contains(have, s) {
+			continue
+		}
+		if _, err := conn.Exec(ctx, "SELECT pg_create_physical_replication_slot($1, true)", s); err != nil {
+			return fmt.Errorf("create slot %s: %w", s, err)
+		}
+		p.log.Info("replication slot created", "slot", s)
+	}
+	for _, m := range drop {
+		s := slotName(m)
+		if !slices.Contains(have, s) {
+			continue
+		}
+		tag, err := conn.Exec(ctx, "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active", s)
+		if err != nil {
+			return fmt.Errorf("drop slot %s: %w", s, err)
+		}
+		if tag.RowsAffected() > 0 {
+			p.log.Info("replication slot dropped: member left the cluster", "slot", s)
+		}
+	}
+	return nil
+}
+
+// createRoles makes the replication account (the superuser exists since
+// initdb).
+func (p *postgres) createRoles(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	conn, err := p.connect(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	// The password is sent as a query parameter would be logged on error
+	// by some setups; format it as a literal inside the statement instead
+	// and never log the statement.
+	_, err = conn.Exec(ctx, "CREATE ROLE "+pgx.Identifier{p.cfg.ReplicationUser}.Sanitize()+
+		" WITH REPLICATION LOGIN PASSWORD "+quoteLiteral(p.cfg.ReplicationPassword))
+	if err != nil {
+		return errors.New("create replication role failed: " + redact(err.Error(), p.cfg.ReplicationPassword))
+	}
+	return nil
+}
+
+func quoteLiteral(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", "''") + "'"
+}
+
+func redact(s, secret string) string {
+	if secret == "" {
+		return s
+	}
+	return strings.ReplaceAll(s, secret, "********")
+}
+
+// basebackup clones the data directory from up (which must be empty).
+func (p *postgres) basebackup(ctx context.Context, up cluster.Member) error {
+	if err := p.cfg.Owner.MkdirAll(p.cfg.DataDir, 0o700); err != nil {
+		return err
+	}
+	_, err := p.run(ctx, 30*time.Minute, []string{"PGPASSWORD=" + p.cfg.ReplicationPassword, "PGAPPNAME=pharos-clone"},
+		"pg_basebackup", "-D", p.cfg.DataDir, "-h", up.Host, "-p", strconv.Itoa(up.Port),
+		"-U", p.cfg.ReplicationUser, "-X", "stream", "-c", "fast", "--no-password")
+	return err
+}
+
+// rewind runs pg_rewind against up. PostgreSQL 13+ runs crash recovery on
+// a target that was not shut down cleanly first.
+func (p *postgres) rewind(ctx context.Context, up cluster.Member) error {
+	src := fmt.Sprintf("host=%s port=%d user=%s dbname=postgres connect_timeout=5", up.Host, up.Port, quoteConn(p.cfg.SuperUser))
+	out, err := p.run(ctx, 30*time.Minute, []string{"PGPASSWORD=" + p.cfg.SuperPassword},
+		"pg_rewind", "-D", p.cfg.DataDir, "--source-server", src)
+	if err != nil {
+		return err
+	}
+	p.log.Info("pg_rewind done", "from", up.Name, "output", lastLines(out, 2))
+	return nil
+}
+
+// wipe removes the data directory's content (for a fresh clone).
+func (p *postgres) wipe() error {
+	if err := os.RemoveAll(p.cfg.DataDir); err != nil {
+		return err
+	}
+	return p.cfg.Owner.MkdirAll(p.cfg.DataDir, 0o700)
+}
+
+func tail(path string, n int64) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	if st, err := f.Stat(); err == nil && st.Size() > n {
+		_, _ = f.Seek(st.Size()-n, 0)
+	}
+	b := make([]byte, n)
+	k, _ := f.Read(b)
+	return strings.TrimSpace(string(b[:k]))
+}

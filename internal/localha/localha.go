@@ -1,0 +1,377 @@
+// Package localha runs a whole pharos cluster on loopback for the demo,
+// the end-to-end tests and the chaos runs: one `pharos agent` process per
+// node, supervised the way systemd would (a dead agent is restarted after a
+// pause), against etcd endpoints the caller provides.
+//
+// It owns the agents' processes, their directories and the faults tests
+// inject into them (SIGKILL of an agent, of a postmaster, SIGSTOP). It must
+// not know HA rules: what the agents do is theirs, and tests judge it
+// through etcd and SQL.
+package localha
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/pharos-ha/pharos/internal/pglocal"
+)
+
+// Options configure Start.
+type Options struct {
+	// Binary is the pharos executable the agents run.
+	Binary string
+	// Dir holds one directory per node (data, logs) and the secrets. It
+	// must be reachable by the postgres account when running as root.
+	Dir     string
+	Nodes   int
+	Cluster string
+	Etcd    []string
+	// RestartDelay is the pause before a dead agent is started again; 0
+	// means 3 s, negative means never (a test restarts it itself).
+	RestartDelay time.Duration
+	// AgentArgs are extra flags for every agent (timing, log level...).
+	AgentArgs []string
+	Logger    *slog.Logger
+}
+
+// Cluster is the set of supervised agents.
+type Cluster struct {
+	// Static after Start.
+	opts  Options
+	nodes []*Node
+	log   *slog.Logger
+	// SuperUser and SuperPassword log in to every node.
+	SuperUser, SuperPassword string
+
+	wg sync.WaitGroup
+}
+
+// Node is one agent and its PostgreSQL.
+type Node struct {
+	// Static after Start.
+	Name    string
+	Dir     string
+	DataDir string
+	Port    int
+	LogPath string // the agent's output
+	args    []string
+	c       *Cluster
+
+	mu      sync.Mutex
+	proc    *os.Process
+	exited  chan struct{} // closed when proc exits
+	stopped bool          // Close or a test stopped supervision
+	paused  bool          // supervision paused: do not restart
+	starts  int
+}
+
+// Start writes the secrets, starts every agent and returns at once; the
+// agents bootstrap on their own (see WaitReady-style helpers of callers).
+func Start(ctx context.Context, opts Options) (*Cluster, error) {
+	if opts.Nodes < 1 {
+		return nil, errors.New("localha: at least one node")
+	}
+	if opts.RestartDelay == 0 {
+		opts.RestartDelay = 3 * time.Second
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	owner, err := pglocal.CurrentOwner()
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(opts.Dir, 0o755); err != nil {
+		return nil, err
+	}
+	if err := owner.CheckReachable(opts.Dir); err != nil {
+		return nil, err
+	}
+	c := &Cluster{opts: opts, log: opts.Logger, SuperUser: "postgres", SuperPassword: randomSecret()}
+	superFile := filepath.Join(opts.Dir, "superuser.password")
+	replFile := filepath.Join(opts.Dir, "replication.password")
+	if err := os.WriteFile(superFile, []byte(c.SuperPassword+"\n"), 0o600); err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(replFile, []byte(randomSecret()+"\n"), 0o600); err != nil {
+		return nil, err
+	}
+	for i := range opts.Nodes {
+		name := fmt.Sprintf("n%d", i+1)
+		dir := filepath.Join(opts.Dir, name)
+		if err := owner.MkdirAll(dir, 0o700); err != nil {
+			return nil, err
+		}
+		port, err := pglocal.FreePort()
+		if err != nil {
+			return nil, err
+		}
+		n := &Node{Name: name, Dir: dir, DataDir: filepath.Join(dir, "data"), Port: port,
+			LogPath: filepath.Join(dir, "agent.log"), c: c}
+		n.args = append([]string{"agent",
+			"--name", name, "--cluster", opts.Cluster, "--etcd", strings.Join(opts.Etcd, ","),
+			"--data-dir", n.DataDir, "--pg-port", strconv.Itoa(port),
+			"--superuser-password-file", superFile, "--replication-password-file", replFile,
+		}, opts.AgentArgs...)
+		c.nodes = append(c.nodes, n)
+	}
+	for _, n := range c.nodes {
+		if err := n.spawn(); err != nil {
+			c.Close(context.WithoutCancel(ctx))
+			return nil, err
+		}
+		c.wg.Add(1)
+		go n.supervise()
+	}
+	return c, nil
+}
+
+func randomSecret() string {
+	b := make([]byte, 12)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// Nodes lists the nodes in name order.
+func (c *Cluster) Nodes() []*Node { return c.nodes }
+
+// Node returns the node called name, or nil.
+func (c *Cluster) Node(name string) *Node {
+	for _, n := range c.nodes {
+		if n.Name == name {
+			return n
+		}
+	}
+	return nil
+}
+
+func (n *Node) spawn() error {
+	logf, err := os.OpenFile(n.LogPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	cmd := exec.Command(n.c.opts.Binary, n.args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	// Own process group: a terminal's Ctrl-C reaches the supervisor only,
+	// which then stops the agents in order.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start agent %s: %w", n.Name, err)
+	}
+	exited := make(chan struct{})
+	n.mu.Lock()
+	n.proc, n.exited = cmd.Process, exited
+	n.starts++
+	n.mu.Unlock()
+	go func() {
+		_ = cmd.Wait()
+		close(exited)
+	}()
+	n.c.log.Info("agent started", "node", n.Name, "pid", cmd.Process.Pid, "pg_port", n.Port)
+	return nil
+}
+
+// supervise restarts the agent after RestartDelay whenever it exits,
+// until Close.
+func (n *Node) supervise() {
+	defer n.c.wg.Done()
+	for {
+		n.mu.Lock()
+		exited := n.exited
+		n.mu.Unlock()
+		<-exited
+		n.mu.Lock()
+		stop := n.stopped
+		n.mu.Unlock()
+		if stop || n.c.opts.RestartDelay < 0 {
+			return
+		}
+		n.c.log.Info("agent exited; restarting", "node", n.Name, "after", n.c.opts.RestartDelay)
+		time.Sleep(n.c.opts.RestartDelay)
+		n.mu.Lock()
+		stop, paused := n.stopped, n.paused
+		n.mu.Unlock()
+		if stop {
+			return
+		}
+		if paused {
+			n.waitResumed()
+			continue
+		}
+		if err := n.spawn(); err != nil {
+			n.c.log.Error("restart agent", "node", n.Name, "err", err)
+			return
+		}
+	}
+}
+
+func (n *Node) waitResumed() {
+	for {
+		time.Sleep(100 * time.Millisecond)
+		n.mu.Lock()
+		stop, paused := n.stopped, n.paused
+		n.mu.Unlock()
+		if stop || !paused {
+			if !stop {
+				_ = n.spawn()
+			}
+			return
+		}
+	}
+}
+
+// AgentPid is the agent's process id (0 when not running).
+func (n *Node) AgentPid() int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	select {
+	case <-n.exited:
+		return 0
+	default:
+		return n.proc.Pid
+	}
+}
+
+// Starts counts how many times the agent was started.
+func (n *Node) Starts() int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.starts
+}
+
+// SignalAgent sends sig to the agent process.
+func (n *Node) SignalAgent(sig syscall.Signal) error {
+	pid := n.AgentPid()
+	if pid == 0 {
+		return fmt.Errorf("agent %s is not running", n.Name)
+	}
+	return syscall.Kill(pid, sig)
+}
+
+// KillAgent SIGKILLs the agent and waits until it is gone; the supervisor
+// restarts it after RestartDelay.
+func (n *Node) KillAgent() error {
+	n.mu.Lock()
+	proc, exited := n.proc, n.exited
+	n.mu.Unlock()
+	if err := proc.Signal(syscall.SIGKILL); err != nil && !errors.Is(err, os.ErrProcessDone) {
+		return err
+	}
+	select {
+	case <-exited:
+		return nil
+	case <-time.After(10 * time.Second):
+		return fmt.Errorf("agent %s survives SIGKILL", n.Name)
+	}
+}
+
+// PostmasterPid reads postmaster.pid (0 when not running).
+func (n *Node) PostmasterPid() int {
+	b, err := os.ReadFile(filepath.Join(n.DataDir, "postmaster.pid"))
+	if err != nil {
+		return 0
+	}
+	line, _, _ := bytes.Cut(b, []byte("\n"))
+	pid, err := strconv.Atoi(strings.TrimSpace(string(line)))
+	if err != nil || !pglocal.ProcessAlive(pid) {
+		return 0
+	}
+	return pid
+}
+
+// KillPostmaster SIGKILLs the postmaster only, as a crash of it does: its
+// children notice and exit on their own.
+func (n *Node) KillPostmaster() error {
+	pid := n.PostmasterPid()
+	if pid == 0 {
+		return fmt.Errorf("postgres of %s is not running", n.Name)
+	}
+	return syscall.Kill(pid, syscall.SIGKILL)
+}
+
+// KillNode SIGKILLs the agent and every PostgreSQL process of the node at
+// once: the node is lost. The agent is restarted by the supervisor later.
+func (n *Node) KillNode() error {
+	pids := pglocal.ServerProcesses(n.DataDir)
+	if err := n.SignalAgent(syscall.SIGKILL); err != nil {
+		return err
+	}
+	for _, pid := range pids {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+	}
+	return nil
+}
+
+// DSN is a superuser connection string to the node's PostgreSQL.
+func (n *Node) DSN() string {
+	return fmt.Sprintf("host=127.0.0.1 port=%d user=%s password=%s dbname=postgres connect_timeout=3 sslmode=disable",
+		n.Port, n.c.SuperUser, n.c.SuperPassword)
+}
+
+// Close stops every agent with SIGTERM (each stops its PostgreSQL and
+// hands over), waits up to the context, then kills what is left, agents
+// and servers alike.
+func (c *Cluster) Close(ctx context.Context) error {
+	var live []*Node
+	for _, n := range c.nodes {
+		n.mu.Lock()
+		n.stopped = true
+		p := n.proc
+		n.mu.Unlock()
+		if p != nil {
+			_ = p.Signal(syscall.SIGCONT) // a stopped agent cannot handle SIGTERM
+			_ = p.Signal(syscall.SIGTERM)
+			live = append(live, n)
+		}
+	}
+	var errs []error
+	for _, n := range live {
+		n.mu.Lock()
+		exited, p := n.exited, n.proc
+		n.mu.Unlock()
+		select {
+		case <-exited:
+		case <-ctx.Done():
+			_ = p.Signal(syscall.SIGKILL)
+			<-exited
+			errs = append(errs, fmt.Errorf("agent %s did not stop in time", n.Name))
+		}
+	}
+	c.wg.Wait()
+	for _, n := range c.nodes {
+		for _, pid := range pglocal.ServerProcesses(n.DataDir) {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+			errs = append(errs, fmt.Errorf("node %s: postgres process %d left running, killed", n.Name, pid))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Tail returns the end of the node's agent log, for failure messages.
+func (n *Node) Tail(max int) string {
+	f, err := os.Open(n.LogPath)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	if st, err := f.Stat(); err == nil && st.Size() > int64(max) {
+		_, _ = f.Seek(st.Size()-int64(max), io.SeekStart)
+	}
+	b, _ := io.ReadAll(f)
+	return string(b)
+}
