@@ -190,7 +190,7 @@ func demo(ctx context.Context, o demoOptions, log *slog.Logger, stdout io.Writer
 	if st, err := ctl.Status(ctx, cli, keys); err == nil {
 		_ = ctl.WriteTable(stdout, st)
 	}
-	fmt.Fprintf(stdout, "\nTry a failover: kill -9 the leader's agent and postmaster (see `ctl list`),\nor `kill -9 $(head -1 %s/<leader>/data/postmaster.pid)`; the agent is restarted\nafter 3 s and its node rejoins as a replica.\n\n", nodesDir)
+	fmt.Fprintf(stdout, "\nTry a failover: kill -9 the leader's agent and postmaster (see `ctl list`),\nor `kill -9 $(head -1 %s/<leader>/data/postmaster.pid)`; the agent is restarted\nafter 5 s and its node rejoins as a replica.\n\n", nodesDir)
 
 	select {
 	case <-ctx.Done():

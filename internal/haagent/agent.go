@@ -337,13 +337,23 @@ func (a *Agent) observe(ctx context.Context) Observation {
 		if rec, ok := a.view.Members[leader]; ok && rec.Role == cluster.RolePrimary {
 			a.mem.LastLeaderLSN = rec.LSN
 		}
-		a.lastLeader = leader
+		if leader != a.rules.Name {
+			a.lastLeader = leader
+		}
 	} else if err == nil && a.mem.LeaderGoneRev == 0 {
 		rev := a.leaderGoneRev.Load()
 		if rev == 0 || rev > snap.Revision {
 			rev = snap.Revision
 		}
 		a.mem.LeaderGoneRev, a.mem.LeaderGoneAt = rev, now
+	}
+	if rec, ok := a.view.Members[a.view.Leader]; ok && !a.view.LeaderIsMine && o.PG.Running && o.PG.InRecovery &&
+		o.PG.Upstream == a.view.Leader && o.PG.Timeline < rec.Timeline {
+		if a.mem.BehindSince.IsZero() {
+			a.mem.BehindSince = now
+		}
+	} else {
+		a.mem.BehindSince = time.Time{}
 	}
 	if a.view.LeaderIsMine && o.PG.Data == DataPresent && !o.PG.Running {
 		if a.mem.CrashedAt.IsZero() {
@@ -543,11 +553,18 @@ func (a *Agent) execute(ctx context.Context, act Action, o Observation) error {
 			return err
 		}
 		a.publishNow(ctx)
+		// Writes are open; the checkpoint only updates the control file's
+		// timeline, which pg_rewind on the former primary reads.
+		if err := a.pg.checkpoint(ctx, ""); err != nil {
+			a.log.Warn("checkpoint after promotion", "err", err)
+		}
 		return nil
 	case ActRecordHistory:
 		return a.recordHistory(ctx, a.reason)
 	case ActSyncSlots:
 		return a.syncSlots(ctx, o)
+	case ActStop:
+		return a.pg.stop(ctx, a.cfg.StopTimeout)
 	case ActDemote:
 		a.log.Warn("demoting: stopping PostgreSQL", "grace", t.SafetyMargin/2)
 		return a.pg.stop(ctx, t.SafetyMargin/2)
@@ -572,8 +589,11 @@ func (a *Agent) recordHistory(ctx context.Context, reason string) error {
 	if err := a.pg.query(ctx, &v); err != nil {
 		return err
 	}
+	if reason == "" {
+		reason = "failover"
+	}
 	e := cluster.HistoryEntry{Timeline: v.Timeline, Reason: reason, Time: a.now().UTC(), NewLeader: a.rules.Name, Epoch: a.epoch}
-	if a.lastLeader != a.rules.Name {
+	if reason != "bootstrap" {
 		e.OldLeader = a.lastLeader
 	}
 	if v.Timeline > 1 {
@@ -662,7 +682,6 @@ func (a *Agent) bootstrap(ctx context.Context) error {
 	if err != nil {
 		return fail(err)
 	}
-	a.lastLeader = a.rules.Name
 	if err := a.recordHistory(ctx, "bootstrap"); err != nil {
 		a.log.Warn("bootstrap history not recorded", "err", err)
 	}

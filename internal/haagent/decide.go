@@ -104,6 +104,10 @@ type Memory struct {
 	// positions, not a loop-old ones.
 	LeaderGoneRev int64
 	LeaderGoneAt  time.Time
+	// BehindSince is when this running standby was first seen following
+	// the leader from an older timeline; zero otherwise. A standby that
+	// stays there could not switch to the new timeline: its WAL diverged.
+	BehindSince time.Time
 }
 
 // ActionKind names one step of a plan.
@@ -136,6 +140,8 @@ const (
 	// ActSyncSlots creates a physical slot per other member and drops the
 	// slots of members gone from the cluster.
 	ActSyncSlots
+	// ActStop stops the server cleanly (a standby that must be rewound).
+	ActStop
 	// ActDemote stops a server that accepts writes without the key: a fast
 	// shutdown, escalated to an immediate one within the safety margin.
 	ActDemote
@@ -147,7 +153,7 @@ var actionNames = map[ActionKind]string{
 	ActBootstrap: "bootstrap", ActClone: "clone", ActReclone: "reclone", ActRewind: "rewind",
 	ActStartPrimary: "start-primary", ActStartReplica: "start-replica", ActRepoint: "repoint",
 	ActAcquireLeader: "acquire-leader", ActPromote: "promote", ActRecordHistory: "record-history",
-	ActSyncSlots: "sync-slots", ActDemote: "demote", ActReleaseLeader: "release-leader",
+	ActSyncSlots: "sync-slots", ActStop: "stop", ActDemote: "demote", ActReleaseLeader: "release-leader",
 }
 
 func (k ActionKind) String() string {
@@ -324,6 +330,10 @@ func decideFollower(o Observation, r Rules, leader string, leaderRec cluster.Mem
 	if pg.Upstream != leader {
 		return plan("following "+orNone(pg.Upstream)+" instead of "+leader, actOn(ActRepoint, leader))
 	}
+	if !o.Memory.BehindSince.IsZero() && o.Now.Sub(o.Memory.BehindSince) >= timelineSwitchWait(r.Timing) {
+		return plan(fmt.Sprintf("still on timeline %d after %v while %s is on %d: diverged, stopping to rewind",
+			pg.Timeline, o.Now.Sub(o.Memory.BehindSince).Round(time.Millisecond), leader, leaderRec.Timeline), act(ActStop))
+	}
 	return plan("replica of " + leader)
 }
 
@@ -357,6 +367,11 @@ func ineligible(o Observation, r Rules) string {
 	}
 	return ""
 }
+
+// timelineSwitchWait is how long a standby may follow the leader from an
+// older timeline before it counts as diverged: a healthy one switches as
+// soon as its walreceiver reconnects (wal_retrieve_retry_interval 500 ms).
+func timelineSwitchWait(t Timing) time.Duration { return 2*t.LoopWait + t.RetryTimeout }
 
 // electionWait bounds how long a candidate waits for peers to publish
 // after the leader vanished: peers publish as soon as the same watch event

@@ -484,6 +484,28 @@ func (p *postgres) promote(ctx context.Context) error {
 	return nil
 }
 
+// checkpoint runs CHECKPOINT on the server dsn names (the local one when
+// dsn is empty).
+func (p *postgres) checkpoint(ctx context.Context, dsn string) error {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+	defer cancel()
+	if dsn == "" {
+		dsn = p.connString("postgres")
+	}
+	cc, err := pgx.ParseConfig(dsn)
+	if err != nil {
+		return err
+	}
+	cc.Password = p.cfg.SuperPassword
+	conn, err := pgx.ConnectConfig(ctx, cc)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	_, err = conn.Exec(ctx, "CHECKPOINT")
+	return err
+}
+
 // reload applies a changed pharos.conf (primary_conninfo and
 // primary_slot_name are reloadable since PostgreSQL 13).
 func (p *postgres) reload(ctx context.Context) error {
@@ -614,6 +636,12 @@ func (p *postgres) basebackup(ctx context.Context, up cluster.Member) error {
 // a target that was not shut down cleanly first.
 func (p *postgres) rewind(ctx context.Context, up cluster.Member) error {
 	src := fmt.Sprintf("host=%s port=%d user=%s dbname=postgres connect_timeout=5", up.Host, up.Port, quoteConn(p.cfg.SuperUser))
+	// pg_rewind reads the source's timeline from its control file, which
+	// a just-promoted server updates only at its next checkpoint; without
+	// one it answers "no rewind required" for a diverged target.
+	if err := p.checkpoint(ctx, src); err != nil {
+		return fmt.Errorf("checkpoint on %s before rewind: %w", up.Name, err)
+	}
 	out, err := p.run(ctx, 30*time.Minute, []string{"PGPASSWORD=" + p.cfg.SuperPassword},
 		"pg_rewind", "-D", p.cfg.DataDir, "--source-server", src)
 	if err != nil {

@@ -41,7 +41,7 @@ type Options struct {
 	Cluster string
 	Etcd    []string
 	// RestartDelay is the pause before a dead agent is started again; 0
-	// means 3 s, negative means never (a test restarts it itself).
+	// means 5 s (longer than the default ttl, so a killed node fails over first), negative means never (a test restarts it itself).
 	RestartDelay time.Duration
 	// AgentArgs are extra flags for every agent (timing, log level...).
 	AgentArgs []string
@@ -86,7 +86,7 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 		return nil, errors.New("localha: at least one node")
 	}
 	if opts.RestartDelay == 0 {
-		opts.RestartDelay = 3 * time.Second
+		opts.RestartDelay = 5 * time.Second
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
