@@ -262,18 +262,33 @@ func (a *Agent) postmasterLoop(ctx context.Context) {
 	}
 }
 
+// fenceDeadline is when a leader without a newer renewal must fence.
+func (a *Agent) fenceDeadline() time.Time {
+	return time.Unix(0, a.lastRenew.Load()).Add(a.rules.Timing.FenceAfter())
+}
+
 func (a *Agent) loop(ctx context.Context) {
 	tick := time.NewTicker(a.rules.Timing.LoopWait)
 	defer tick.Stop()
+	fence := time.NewTimer(time.Hour)
+	defer fence.Stop()
 	for {
 		progressed := a.iterate(ctx)
 		if progressed {
 			continue
 		}
+		// A leader also wakes at its fencing deadline, whatever else is
+		// going on.
+		if a.view.LeaderIsMine {
+			fence.Reset(max(time.Until(a.fenceDeadline()), 0) + time.Millisecond)
+		} else {
+			fence.Stop()
+		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
+		case <-fence.C:
 		case <-a.wake:
 		}
 	}
@@ -313,7 +328,18 @@ func (a *Agent) observe(ctx context.Context) Observation {
 	if a.leaseGone.Load() {
 		a.replaceLease(ctx)
 	}
+	// A leader's read must not outlast its fencing deadline: a hung etcd
+	// would otherwise hold the decision to fence back by a whole
+	// retry_timeout.
 	cctx, cancel := a.callCtx(ctx)
+	if a.view.LeaderIsMine {
+		cancel()
+		deadline := now.Add(a.rules.Timing.RetryTimeout)
+		if fd := a.fenceDeadline(); fd.Before(deadline) {
+			deadline = fd
+		}
+		cctx, cancel = context.WithDeadline(ctx, deadline)
+	}
 	snap, err := a.dcs.read(cctx)
 	cancel()
 	if err != nil {
@@ -321,6 +347,7 @@ func (a *Agent) observe(ctx context.Context) Observation {
 	} else {
 		a.view = a.viewOf(snap, now)
 	}
+	now = a.now()
 	o := Observation{
 		Now: now,
 		DCS: a.view,

@@ -405,8 +405,11 @@ func (p *postgres) start(ctx context.Context, timeout time.Duration) error {
 	// the dead one is an unreaped zombie (kill(pid, 0) still succeeds),
 	// and the init of a container may take a second to reap it. Nothing of
 	// that server lives any more (killLeftovers), so the file is stale.
-	if err := os.Remove(p.path("postmaster.pid")); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("remove stale postmaster.pid: %w", err)
+	sock := filepath.Join(p.cfg.SocketDir, fmt.Sprintf(".s.PGSQL.%d", p.cfg.Port))
+	for _, stale := range []string{p.path("postmaster.pid"), sock + ".lock", sock} {
+		if err := os.Remove(stale); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("remove stale lock file: %w", err)
+		}
 	}
 	if err := p.writePassfile(); err != nil {
 		return fmt.Errorf("passfile: %w", err)

@@ -235,6 +235,15 @@ func (n *Node) waitResumed() {
 	}
 }
 
+// StartAgent starts the agent again after it died, for clusters without
+// automatic restarts (RestartDelay < 0).
+func (n *Node) StartAgent() error {
+	if n.AgentPid() != 0 {
+		return fmt.Errorf("agent %s is running", n.Name)
+	}
+	return n.spawn()
+}
+
 // AgentPid is the agent's process id (0 when not running).
 func (n *Node) AgentPid() int {
 	n.mu.Lock()

@@ -1,0 +1,465 @@
+package localha_test
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/goleak"
+
+	"github.com/pharos-ha/pharos/internal/bench"
+	"github.com/pharos-ha/pharos/internal/cluster"
+	"github.com/pharos-ha/pharos/internal/ctl"
+	"github.com/pharos-ha/pharos/internal/etcdlocal"
+	"github.com/pharos-ha/pharos/internal/localha"
+	"github.com/pharos-ha/pharos/internal/pglocal"
+)
+
+var pharosBin string
+
+func TestMain(m *testing.M) {
+	os.Exit(runMain(m))
+}
+
+func runMain(m *testing.M) int {
+	dir, err := os.MkdirTemp("", "pharos-ha-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	pharosBin = filepath.Join(dir, "pharos")
+	goTool, err := exec.LookPath("go")
+	if err != nil {
+		goTool = filepath.Join(runtime.GOROOT(), "bin", "go") //nolint:staticcheck // fallback when PATH has no go
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	if out, err := exec.CommandContext(ctx, goTool, "build", "-o", pharosBin, "../../cmd/pharos").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "go build: %v: %s\n", err, out)
+		return 1
+	}
+	code := m.Run()
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintln(os.Stderr, "goroutine leak:", err)
+			return 1
+		}
+	}
+	return code
+}
+
+// haEnv is a running cluster: embedded etcd, agents as child processes,
+// and a pharos proxy process following them.
+type haEnv struct {
+	t     *testing.T
+	etcd  *etcdlocal.Cluster
+	cli   *clientv3.Client
+	keys  cluster.Keys
+	ha    *localha.Cluster
+	rw    string // proxy rw address
+	proxy *exec.Cmd
+}
+
+const clusterName = "e2e"
+
+func startHA(t *testing.T, nodes int) *haEnv {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "pharos-ha-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() && os.Getenv("PHAROS_KEEP_HA") != "" {
+			t.Logf("kept %s", dir)
+			return
+		}
+		os.RemoveAll(dir)
+	})
+	ctx := context.Background()
+	e := &haEnv{t: t}
+	e.keys, _ = cluster.NewKeys(clusterName)
+	e.etcd, err = etcdlocal.Start(ctx, etcdlocal.Options{Dir: filepath.Join(dir, "etcd")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.etcd.Close() })
+	e.cli, err = e.etcd.Client(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.cli.Close() })
+	e.ha, err = localha.Start(ctx, localha.Options{
+		Binary: pharosBin, Dir: filepath.Join(dir, "nodes"), Nodes: nodes, Cluster: clusterName,
+		Etcd: e.etcd.Endpoints(), RestartDelay: -1, AgentArgs: []string{"--log-level", "debug"},
+		Logger: slog.New(slog.NewTextHandler(testWriter{t}, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, n := range e.ha.Nodes() {
+				t.Logf("--- agent %s (tail):\n%s", n.Name, n.Tail(6000))
+			}
+		}
+		cctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if err := e.ha.Close(cctx); err != nil {
+			t.Errorf("close cluster: %v", err)
+		}
+	})
+	e.startProxy(filepath.Join(dir, "proxy.log"))
+	return e
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+func freeAddr(t *testing.T) string {
+	port, err := pglocal.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+}
+
+func (e *haEnv) startProxy(logPath string) {
+	t := e.t
+	e.rw = freeAddr(t)
+	logf, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logf.Close()
+	e.proxy = exec.Command(pharosBin, "proxy", "--source", "pharos", "--etcd", strings.Join(e.etcd.Endpoints(), ","),
+		"--cluster", clusterName, "--rw-listen", e.rw, "--ro-listen", freeAddr(t), "--metrics-listen", "",
+		"--route-wait", "10s", "--drain-timeout", "1s")
+	e.proxy.Stdout, e.proxy.Stderr = logf, logf
+	if err := e.proxy.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = e.proxy.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { _ = e.proxy.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			_ = e.proxy.Process.Kill()
+			<-done
+		}
+		if t.Failed() {
+			b, _ := os.ReadFile(logPath)
+			t.Logf("--- proxy:\n%s", lastBytes(string(b), 4000))
+		}
+	})
+}
+
+func lastBytes(s string, n int) string {
+	if len(s) > n {
+		return s[len(s)-n:]
+	}
+	return s
+}
+
+// proxyDSN reaches the rw endpoint as the superuser.
+func (e *haEnv) proxyDSN() string {
+	return fmt.Sprintf("host=%s port=%s user=%s password=%s dbname=postgres sslmode=disable connect_timeout=3",
+		strings.Split(e.rw, ":")[0], strings.Split(e.rw, ":")[1], e.ha.SuperUser, e.ha.SuperPassword)
+}
+
+func (e *haEnv) status(ctx context.Context) (ctl.ClusterStatus, error) {
+	cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	return ctl.Status(cctx, e.cli, e.keys)
+}
+
+// waitHealthy waits until a leader runs as primary and every one of the
+// members named (all nodes when none are) is the primary or a replica
+// streaming from it on the leader's timeline, with a record published
+// after since; it returns the leader's name.
+func (e *haEnv) waitHealthy(t *testing.T, since time.Time, timeout time.Duration, members ...string) string {
+	t.Helper()
+	if len(members) == 0 {
+		for _, n := range e.ha.Nodes() {
+			members = append(members, n.Name)
+		}
+	}
+	deadline := time.Now().Add(timeout)
+	var last string
+	for time.Now().Before(deadline) {
+		st, err := e.status(context.Background())
+		if err == nil && st.Leader != nil {
+			leader, ok := st.Member(st.Leader.Name)
+			good := ok && leader.Role == cluster.RolePrimary
+			var parts []string
+			for _, name := range members {
+				m, ok := st.Member(name)
+				if !ok {
+					parts = append(parts, name+"=absent")
+					good = false
+					continue
+				}
+				parts = append(parts, fmt.Sprintf("%s=%s/%s/tl%d", m.Name, m.Role, m.State, m.Timeline))
+				if m.UpdatedAt.Before(since) {
+					good = false
+				}
+				if m.Name != st.Leader.Name && (m.Role != cluster.RoleReplica || m.State != "streaming from "+st.Leader.Name || m.Timeline != leader.Timeline) {
+					good = false
+				}
+			}
+			last = strings.Join(parts, " ")
+			if good {
+				return st.Leader.Name
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("cluster not healthy within %v; last: %s", timeout, last)
+	return ""
+}
+
+// checkTruth compares what ctl list shows with what each server says over
+// SQL: the leader is the only node out of recovery, timelines match.
+func (e *haEnv) checkTruth(t *testing.T, ctx context.Context, members ...string) {
+	t.Helper()
+	st, err := e.status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var table strings.Builder
+	_ = ctl.WriteTable(&table, st)
+	t.Logf("ctl list:\n%s", table.String())
+	for _, n := range e.ha.Nodes() {
+		if len(members) > 0 && !slices.Contains(members, n.Name) {
+			continue
+		}
+		m, ok := st.Member(n.Name)
+		if !ok {
+			t.Errorf("ctl list lacks %s", n.Name)
+			continue
+		}
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		conn, err := pgx.Connect(cctx, n.DSN())
+		if err != nil {
+			cancel()
+			t.Errorf("%s: %v", n.Name, err)
+			continue
+		}
+		var recovery bool
+		var tl int64
+		err = conn.QueryRow(cctx, `SELECT pg_is_in_recovery(),
+			CASE WHEN pg_is_in_recovery() THEN (SELECT received_tli FROM pg_stat_wal_receiver)
+			ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::bigint END`).Scan(&recovery, &tl)
+		conn.Close(cctx)
+		cancel()
+		if err != nil {
+			t.Errorf("%s: %v", n.Name, err)
+			continue
+		}
+		isLeader := st.Leader != nil && st.Leader.Name == n.Name
+		if isLeader == recovery {
+			t.Errorf("%s: ctl says leader=%v, server says in recovery=%v", n.Name, isLeader, recovery)
+		}
+		if (m.Role == cluster.RolePrimary) != !recovery {
+			t.Errorf("%s: ctl says role %s, server says in recovery=%v", n.Name, m.Role, recovery)
+		}
+		if m.Timeline != tl {
+			t.Errorf("%s: ctl says timeline %d, server says %d", n.Name, m.Timeline, tl)
+		}
+	}
+}
+
+// probe runs the failover probe through the proxy around fault.
+func (e *haEnv) probe(t *testing.T, name string, fault func(context.Context) error) *bench.FailoverReport {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	rep, err := bench.RunFailover(ctx, bench.FailoverOptions{
+		DSN: e.proxyDSN(), Before: 500 * time.Millisecond, After: 40 * time.Second, Settle: time.Second,
+		Fault: fault,
+	})
+	if err != nil {
+		t.Fatalf("%s: probe: %v", name, err)
+	}
+	var out strings.Builder
+	_ = rep.WriteText(&out)
+	t.Logf("%s:\n%s", name, out.String())
+	if !rep.Settled {
+		t.Fatalf("%s: writes never settled after the fault", name)
+	}
+	return rep
+}
+
+func (e *haEnv) replicas(leader string) []*localha.Node {
+	var out []*localha.Node
+	for _, n := range e.ha.Nodes() {
+		if n.Name != leader {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// TestFailoverEndToEnd drives a three-node cluster through the faults of
+// issue 4 with writes through the proxy, checking after each that the
+// writes resume, the old primary comes back as a replica, and ctl list
+// tells the truth.
+func TestFailoverEndToEnd(t *testing.T) {
+	e := startHA(t, 3)
+	ctx := context.Background()
+
+	leader := e.waitHealthy(t, time.Time{}, 2*time.Minute)
+	e.checkTruth(t, ctx)
+	hist, err := ctl.History(ctx, e.cli, e.keys)
+	if err != nil || len(hist) != 1 || hist[0].Reason != "bootstrap" || hist[0].NewLeader != leader {
+		t.Fatalf("history after bootstrap: %+v, %v", hist, err)
+	}
+
+	t.Run("replica lost and back", func(t *testing.T) {
+		victim := e.replicas(leader)[0]
+		rep := e.probe(t, "replica node lost", func(context.Context) error { return victim.KillNode() })
+		if len(rep.Lost) != 0 {
+			t.Errorf("acknowledged writes lost: %v", rep.Lost)
+		}
+		if rep.NewPrimary != "" {
+			t.Errorf("losing a replica moved the primary to %s", rep.NewPrimary)
+		}
+		restarted := time.Now()
+		if err := victim.StartAgent(); err != nil {
+			t.Fatal(err)
+		}
+		if got := e.waitHealthy(t, restarted, time.Minute); got != leader {
+			t.Fatalf("leader changed from %s to %s", leader, got)
+		}
+		e.checkTruth(t, ctx)
+	})
+
+	t.Run("postmaster crash under a live agent", func(t *testing.T) {
+		old := e.ha.Node(leader)
+		rep := e.probe(t, "postmaster SIGKILL", func(context.Context) error { return old.KillPostmaster() })
+		if len(rep.Lost) != 0 {
+			t.Errorf("acknowledged writes lost after an in-place restart: %v", rep.Lost)
+		}
+		if rep.RecoveredAfter <= 0 {
+			t.Errorf("the probe saw no outage: was the postmaster killed?")
+		}
+		if got := e.waitHealthy(t, time.Now(), time.Minute); got != leader {
+			t.Fatalf("a crash under a live agent must restart in place; leader moved %s → %s", leader, got)
+		}
+		e.checkTruth(t, ctx)
+	})
+
+	t.Run("primary node lost, rejoins with rewind", func(t *testing.T) {
+		old := e.ha.Node(leader)
+		rep := e.probe(t, "primary node SIGKILL", func(context.Context) error { return old.KillNode() })
+		if rep.NewPrimary == "" || rep.NewPrimary == leader {
+			t.Fatalf("no new primary took the writes (before %s, after %q)", leader, rep.NewPrimary)
+		}
+		// Asynchronous replication: the last commits of the killed
+		// primary may not have reached any replica. Synchronous mode
+		// (issue 6) is what makes this zero; here it is reported.
+		t.Logf("acknowledged writes missing on the new primary (async replication): %d", len(rep.Lost))
+		var survivors []string
+		for _, n := range e.replicas(leader) {
+			survivors = append(survivors, n.Name)
+		}
+		newLeader := e.waitHealthy(t, time.Now(), 30*time.Second, survivors...)
+		if newLeader != rep.NewPrimary {
+			t.Fatalf("etcd names %s, the writes went to %s", newLeader, rep.NewPrimary)
+		}
+		e.checkTruth(t, ctx, survivors...)
+		restarted := time.Now()
+		if err := old.StartAgent(); err != nil {
+			t.Fatal(err)
+		}
+		if got := e.waitHealthy(t, restarted, time.Minute); got != newLeader {
+			t.Fatalf("the old primary took the lead back: %s", got)
+		}
+		e.checkTruth(t, ctx)
+		hist, err := ctl.History(ctx, e.cli, e.keys)
+		if err != nil || len(hist) < 2 {
+			t.Fatalf("history: %+v, %v", hist, err)
+		}
+		lastEntry := hist[len(hist)-1]
+		if lastEntry.Reason != "failover" || lastEntry.NewLeader != newLeader || lastEntry.OldLeader != leader || lastEntry.LSN == 0 {
+			t.Errorf("last history entry %+v, want a failover %s → %s with a switch LSN", lastEntry, leader, newLeader)
+		}
+		leader = newLeader
+	})
+
+	t.Run("leader cut off from etcd fences itself", func(t *testing.T) {
+		// One etcd member: stopping it cuts every agent off. The leader
+		// must stop accepting writes before its lease could expire, and
+		// no replica may promote meanwhile.
+		primary := e.ha.Node(leader)
+		stoppedAt := time.Now()
+		if err := e.etcd.StopMember(0); err != nil {
+			t.Fatal(err)
+		}
+		fenced := waitUntil(10*time.Second, func() bool { return !acceptsWrites(primary) })
+		took := time.Since(stoppedAt)
+		if !fenced {
+			t.Fatalf("the leader still accepts writes 10 s after losing etcd")
+		}
+		t.Logf("leader fenced %v after etcd stopped (ttl 4s, safety margin 1s)", took.Round(time.Millisecond))
+		if took >= 4*time.Second {
+			t.Errorf("fenced after %v: not before its 4 s lease could expire", took)
+		}
+		for _, n := range e.replicas(leader) {
+			if acceptsWrites(n) {
+				t.Errorf("%s accepts writes while etcd is down", n.Name)
+			}
+		}
+		if err := e.etcd.StartMember(ctx, 0); err != nil {
+			t.Fatal(err)
+		}
+		e.waitHealthy(t, time.Now(), time.Minute)
+		e.checkTruth(t, ctx)
+	})
+}
+
+func waitUntil(d time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) {
+		if cond() {
+			return true
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return false
+}
+
+// acceptsWrites reports whether the node's server takes a write now.
+func acceptsWrites(n *localha.Node) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, n.DSN())
+	if err != nil {
+		return false
+	}
+	defer conn.Close(ctx)
+	_, err = conn.Exec(ctx, "CREATE TEMP TABLE fence_probe (x int)")
+	return err == nil
+}
