@@ -556,3 +556,73 @@ func TestTimingValidate(t *testing.T) {
 		})
 	}
 }
+
+// TestScenarioParserRejects: a typo or an impossible observation must fail
+// the case, never be ignored.
+func TestScenarioParserRejects(t *testing.T) {
+	const obs = "observe now=100s\n  dcs initialized sysid=42 leader=-\n  lease held renewed=99s\n"
+	for _, tc := range []struct {
+		name, text, want string
+	}{
+		{"unknown command", "rule name=n2\n", `unknown command "rule"`},
+		{"unknown rules word", "rules name=n2 tll=4s\n", `unknown word "tll"`},
+		{"invalid timing", "rules name=n2 ttl=1s\n", "ttl 1s"},
+		{"observe before rules", obs + "  pg data running\n", "observe before any rules"},
+		{"unknown observation", "rules name=n2\n" + obs + "  pq data running\n", `unknown observation "pq"`},
+		{"unknown pg word", "rules name=n2\n" + obs + "  pg data running recovry\n", `unknown word "recovry"`},
+		{"flag with a value", "rules name=n2\n" + obs + "  pg data running=yes\n", "running is a flag"},
+		{"value missing", "rules name=n2\n" + obs + "  pg data running upstream\n", "upstream needs a value"},
+		{"neither running nor stopped", "rules name=n2\n" + obs + "  pg data\n", "exactly one of running and stopped"},
+		{"recovery while stopped", "rules name=n2\n" + obs + "  pg data stopped recovery\n", "only a running server"},
+		{"missing pg line", "rules name=n2\n" + obs, "needs a pg line"},
+		{"line given twice", "rules name=n2\n" + obs + "  pg data stopped\n  lease lost\n", "lease given twice"},
+		{"member without rev", "rules name=n2\n" + obs + "  pg data stopped\n  member n1 role=primary seen=99s\n", "rev= is required"},
+		{"member with a bad role", "rules name=n2\n" + obs + "  pg data stopped\n  member n1 role=leader seen=99s rev=3\n", `role "leader"`},
+		{"mine on another's key", "rules name=n2\nobserve now=1s\n  dcs initialized leader=n1 mine\n  lease held\n  pg data stopped\n", "not this member's"},
+		{"bad LSN", "rules name=n2\n" + obs + "  pg data stopped lsn=3000000\n", "not of the form"},
+		{"two observes", "rules name=n2\n" + obs + "  pg data stopped\n" + obs, "one observe per case"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var lines []scenarioLine
+			for i, l := range strings.Split(strings.TrimSuffix(tc.text, "\n"), "\n") {
+				lines = append(lines, scenarioLine{n: i + 1, text: l})
+			}
+			var rules *Rules
+			got, err := runScenario(lines, &rules)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("runScenario = %q, %v; want an error containing %q", got, err, tc.want)
+			}
+		})
+	}
+}
+
+// TestPlanInvariants: the check run on every scenario catches the plans it
+// is there for.
+func TestPlanInvariants(t *testing.T) {
+	mine := Observation{DCS: DCSView{Reachable: true, Leader: "n2", LeaderIsMine: true}}
+	none := Observation{DCS: DCSView{Reachable: true}}
+	other := Observation{DCS: DCSView{Reachable: true, Leader: "n1"}}
+	for _, tc := range []struct {
+		name string
+		o    Observation
+		p    Plan
+		ok   bool
+	}{
+		{"promote with the key", mine, plan("", act(ActPromote), act(ActRecordHistory)), true},
+		{"acquire then promote", none, plan("", act(ActAcquireLeader), act(ActPromote)), true},
+		{"start-primary with the key", mine, plan("", act(ActStartPrimary)), true},
+		{"promote without the key", none, plan("", act(ActPromote)), false},
+		{"start-primary without the key", other, plan("", act(ActStartPrimary)), false},
+		{"promote before acquiring", none, plan("", act(ActPromote), act(ActAcquireLeader)), false},
+		{"promote after releasing", mine, plan("", act(ActReleaseLeader), act(ActPromote)), false},
+		{"acquire a held key", other, plan("", act(ActAcquireLeader)), false},
+		{"demote and promote", mine, plan("", act(ActDemote), act(ActPromote)), false},
+		{"demote and release", mine, plan("", act(ActDemote), act(ActReleaseLeader)), true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if err := checkPlanInvariants(tc.o, tc.p); (err == nil) != tc.ok {
+				t.Fatalf("checkPlanInvariants(%v) = %v, want ok=%v", tc.p, err, tc.ok)
+			}
+		})
+	}
+}
