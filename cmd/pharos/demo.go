@@ -261,5 +261,22 @@ func createDemoDB(ctx context.Context, superDSN string) error {
 			return err
 		}
 	}
-	return nil
+	// The printed ro DSN must work at once: wait until every replica
+	// replayed the new database.
+	for {
+		var behind int
+		err := conn.QueryRow(ctx, `SELECT count(*) FROM pg_stat_replication
+			WHERE replay_lsn IS NULL OR replay_lsn < pg_current_wal_lsn()`).Scan(&behind)
+		if err != nil {
+			return err
+		}
+		if behind == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("replicas did not replay the demo database: %w", ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }

@@ -13,13 +13,18 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/pharos-ha/pharos/internal/cluster"
+	"github.com/pharos-ha/pharos/internal/ctl"
 
 	"github.com/pharos-ha/pharos/internal/pglocal"
 )
 
-// TestDemoRunsAndStops runs `pharos demo` as `make demo` does (with two
-// nodes to keep it short): it must write demo.env, serve rw on the primary
-// and ro on a replica through the proxy, and stop everything on Ctrl-C.
+// TestDemoRunsAndStops runs `pharos demo` as `make demo` does: it must
+// write demo.env, serve rw on the primary and ro on a replica through the
+// proxy, fail over when the leader's node is killed and bring that node
+// back as a replica by itself, and stop everything on Ctrl-C.
 func TestDemoRunsAndStops(t *testing.T) {
 	bin := pharosBinary(t)
 	dir, err := os.MkdirTemp("", "pharos-demo-")
@@ -36,9 +41,9 @@ func TestDemoRunsAndStops(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, bin, "demo", "--dir", dir, "--nodes", "2", "--base-port", strconv.Itoa(base), "--log-level", "warn")
+	cmd := exec.CommandContext(ctx, bin, "demo", "--dir", dir, "--nodes", "3", "--base-port", strconv.Itoa(base), "--log-level", "warn")
 	out, err := os.Create(filepath.Join(dir, "demo.out"))
 	if err != nil {
 		t.Fatal(err)
@@ -60,10 +65,10 @@ func TestDemoRunsAndStops(t *testing.T) {
 
 	envPath := filepath.Join(dir, "demo.env")
 	env := map[string]string{}
-	for deadline := time.Now().Add(60 * time.Second); len(env) == 0; {
+	for deadline := time.Now().Add(2 * time.Minute); len(env) == 0; {
 		if time.Now().After(deadline) {
 			logs, _ := os.ReadFile(out.Name())
-			t.Fatalf("no demo.env after 60s; output:\n%s", logs)
+			t.Fatalf("no demo.env after 2 minutes; output:\n%s", logs)
 		}
 		select {
 		case err := <-exited:
@@ -101,6 +106,13 @@ func TestDemoRunsAndStops(t *testing.T) {
 		}
 	}
 
+	for _, key := range []string{"PHAROS_ETCD", "PHAROS_CLUSTER", "PHAROS_METRICS_URL"} {
+		if env[key] == "" {
+			t.Errorf("demo.env lacks %s", key)
+		}
+	}
+	demoFailover(t, ctx, dir, env)
+
 	if err := cmd.Process.Signal(syscall.SIGINT); err != nil {
 		t.Fatal(err)
 	}
@@ -120,5 +132,83 @@ func TestDemoRunsAndStops(t *testing.T) {
 		if b, err := os.ReadFile(p); err == nil && strings.Contains(string(b), dir) {
 			t.Errorf("a process still runs from the demo directory: %s", strings.ReplaceAll(string(b), "\x00", " "))
 		}
+	}
+}
+
+// demoFailover kills the leader's agent and PostgreSQL together and checks
+// that rw reaches another primary and that the supervisor brings the
+// killed node back as a replica.
+func demoFailover(t *testing.T, ctx context.Context, dir string, env map[string]string) {
+	t.Helper()
+	status := func() ctl.ClusterStatus {
+		cli, err := clientv3.New(clientv3.Config{Endpoints: strings.Split(env["PHAROS_ETCD"], ","), DialTimeout: 2 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cli.Close()
+		keys, _ := cluster.NewKeys(env["PHAROS_CLUSTER"])
+		cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		defer cancel()
+		st, err := ctl.Status(cctx, cli, keys)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st
+	}
+	st := status()
+	if st.Leader == nil {
+		t.Fatal("no leader in the running demo")
+	}
+	old := st.Leader.Name
+	nodeDir := filepath.Join(dir, "nodes", old)
+	// The agent is the process whose command line names its data dir.
+	var pids []int
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range procs {
+		b, err := os.ReadFile(p)
+		if err != nil || !strings.Contains(string(b), filepath.Join(nodeDir, "data")) {
+			continue
+		}
+		if pid, err := strconv.Atoi(filepath.Base(filepath.Dir(p))); err == nil {
+			pids = append(pids, pid)
+		}
+	}
+	if len(pids) < 2 {
+		t.Fatalf("found %d processes of node %s, want its agent and PostgreSQL", len(pids), old)
+	}
+	for _, pid := range pids {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+	}
+	killed := time.Now()
+	var newPrimary string
+	for deadline := time.Now().Add(30 * time.Second); newPrimary == ""; {
+		if time.Now().After(deadline) {
+			t.Fatalf("no write reached a new primary within 30s of killing %s", old)
+		}
+		cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		conn, err := pgx.Connect(cctx, env["PHAROS_RW_DSN"])
+		if err == nil {
+			var name string
+			if _, err := conn.Exec(cctx, "CREATE TEMP TABLE w(x int)"); err == nil {
+				if err := conn.QueryRow(cctx, "SELECT current_setting('cluster_name')").Scan(&name); err == nil && name != old {
+					newPrimary = name
+				}
+			}
+			conn.Close(cctx)
+		}
+		cancel()
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Logf("writes reached %s %v after %s was killed", newPrimary, time.Since(killed).Round(time.Millisecond), old)
+	for deadline := time.Now().Add(90 * time.Second); ; {
+		st := status()
+		m, ok := st.Member(old)
+		if ok && m.Role == cluster.RoleReplica && m.State == "streaming from "+newPrimary {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s did not come back as a replica of %s: %+v", old, newPrimary, m)
+		}
+		time.Sleep(250 * time.Millisecond)
 	}
 }

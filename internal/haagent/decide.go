@@ -215,7 +215,9 @@ func Decide(o Observation, r Rules) Plan {
 	// Fencing comes before everything: a leader that cannot prove its
 	// lease is alive must stop accepting writes before etcd can expire it
 	// and let another member promote.
-	if dcs.LeaderIsMine && !dcs.Paused {
+	// Pause does not suspend it: a paused leader cut off from etcd cannot
+	// know that an operator resumed the cluster meanwhile.
+	if dcs.LeaderIsMine {
 		if since := o.Now.Sub(o.Lease.LastRenewed); !o.Lease.Held || since >= r.Timing.FenceAfter() {
 			reason := fmt.Sprintf("lease not renewed for %v (fence after %v)", since.Round(time.Millisecond), r.Timing.FenceAfter())
 			if !o.Lease.Held {
@@ -245,6 +247,11 @@ func Decide(o Observation, r Rules) Plan {
 		}
 		return plan("cluster not initialized but this data directory exists: refusing to bootstrap over it")
 	}
+	if dcs.SystemID == "" && !dcs.LeaderIsMine {
+		// Whatever this node holds, the cluster's identity is not known
+		// yet: nothing here may start, lead or clone.
+		return plan("bootstrap in progress elsewhere")
+	}
 	if dcs.SystemID != "" && pg.Data == DataPresent && pg.SystemID != "" && pg.SystemID != dcs.SystemID {
 		return plan(fmt.Sprintf("data directory belongs to system %s, cluster is %s", pg.SystemID, dcs.SystemID))
 	}
@@ -257,8 +264,8 @@ func Decide(o Observation, r Rules) Plan {
 
 	if pg.Data == DataMissing {
 		switch {
-		case dcs.SystemID == "":
-			return plan("bootstrap in progress elsewhere")
+		case dcs.LeaderIsMine && !dcs.Paused:
+			return plan("leader without a data directory", act(ActReleaseLeader))
 		case leader == "" || dcs.LeaderIsMine:
 			return plan("no primary to clone from")
 		case !leaderUp:
@@ -343,14 +350,20 @@ func decideElection(o Observation, r Rules) Plan {
 	if !pg.Running {
 		return plan("no leader: start read-only to take part", actOn(ActStartReplica, ""))
 	}
+	// A primary that will not lead must stop taking writes before the
+	// winner promotes, not one loop after.
+	var lose []Action
+	if !pg.InRecovery {
+		lose = []Action{act(ActDemote)}
+	}
 	if why := ineligible(o, r); why != "" {
-		return plan("no leader, not a candidate: " + why)
+		return plan("no leader, not a candidate: "+why, lose...)
 	}
 	if late := unpublished(o, r); late != "" {
 		return plan("no leader, waiting for " + late + " to publish its position")
 	}
 	if better := betterCandidate(o, r); better != "" {
-		return plan("no leader, " + better + " is the better candidate")
+		return plan("no leader, "+better+" is the better candidate", lose...)
 	}
 	return plan("no leader, healthiest eligible member", append([]Action{act(ActAcquireLeader)}, promotion(pg)...)...)
 }
