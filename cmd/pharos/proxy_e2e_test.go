@@ -182,7 +182,7 @@ func launchPharos(t *testing.T, extra ...string) *pharosProc {
 	args := append([]string{"proxy",
 		"--rw-listen", addrs[0], "--ro-listen", addrs[1], "--metrics-listen", addrs[2],
 		"--health-user", pglocal.UserHealth, "--health-sslmode", "disable",
-		"--health-check-interval", "200ms", "--health-check-timeout", "150ms",
+		"--health-check-interval", "500ms", "--health-check-timeout", "400ms",
 		"--log-level", "debug",
 	}, extra...)
 	p := &pharosProc{rw: addrs[0], ro: addrs[1], logPath: filepath.Join(t.TempDir(), "pharos.log"), exited: make(chan struct{})}
