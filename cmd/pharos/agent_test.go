@@ -1,0 +1,146 @@
+package main
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/pharos-ha/pharos/internal/pglocal"
+)
+
+// TestAgentRejectsBadConfig: every bad setting is one line naming the key,
+// exit 2, before anything touches etcd or the data directory.
+func TestAgentRejectsBadConfig(t *testing.T) {
+	dataDir := filepath.Join(t.TempDir(), "data")
+	pw := filepath.Join(t.TempDir(), "pw")
+	if err := os.WriteFile(pw, []byte("secret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	base := []string{"agent", "--name", "n1", "--cluster", "c1", "--etcd", "127.0.0.1:1", "--data-dir", dataDir,
+		"--pg-port", "5432", "--superuser-password-file", pw, "--replication-password-file", pw}
+	with := func(extra ...string) []string { return append(append([]string{}, base...), extra...) }
+	without := func(flag string) []string {
+		var out []string
+		for i := 0; i < len(base); i++ {
+			if base[i] == flag {
+				i++
+				continue
+			}
+			out = append(out, base[i])
+		}
+		return out
+	}
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"no name", without("--name"), "name: required"},
+		{"bad name", with("--name", "n/1"), `name "n/1"`},
+		{"no data dir", without("--data-dir"), "data_dir: required"},
+		{"no etcd", without("--etcd"), "etcd: at least one endpoint"},
+		{"bad cluster", with("--cluster", "a b"), "cluster:"},
+		{"port out of range", with("--pg-port", "70000"), "pg_port: 70000"},
+		{"ttl not whole seconds", with("--ttl", "4500ms"), "ttl 4.5s: etcd leases have whole seconds"},
+		{"ttl too short", with("--ttl", "1s"), "ttl 1s: must be at least 2s"},
+		{"safety margin above ttl", with("--safety-margin", "5s"), "safety_margin 5s: must be below ttl"},
+		{"loop too slow for the ttl", with("--loop-wait", "2s"), "need 2·loop_wait + retry_timeout ≤ ttl − safety_margin"},
+		{"bad duration", with("--ttl", "soon"), `invalid value "soon" for flag -ttl`},
+		{"missing password file", with("--superuser-password-file", "/nonexistent/pw"), "superuser_password_file:"},
+		{"negative lag", with("--maximum-lag-on-failover", "-1"), "maximum-lag-on-failover"},
+		{"unexpected argument", with("extra"), `unexpected argument "extra"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, stderr := runCmd(t, tc.args...)
+			if code != exitUsage || !strings.Contains(stderr, tc.want) || strings.Count(strings.TrimSpace(stderr), "\n") != 0 {
+				t.Errorf("exit %d, stderr %q; want exit 2 and one line with %q", code, stderr, tc.want)
+			}
+			if _, err := os.Stat(dataDir); err == nil {
+				t.Errorf("the data directory was created despite the bad config")
+			}
+		})
+	}
+	t.Run("unknown key in the config file", func(t *testing.T) {
+		path := writeConfig(t, "name: n1\nttl: 4s\nttl_seconds: 4\n")
+		code, stderr := runCmd(t, "agent", "--config", path)
+		if code != exitUsage || !strings.Contains(stderr, `unknown key "ttl_seconds"`) {
+			t.Errorf("exit %d, stderr %q", code, stderr)
+		}
+	})
+	t.Run("config file cut short", func(t *testing.T) {
+		path := writeConfig(t, "name: n1\nparameters:\n  shared_buffers: '128MB\n")
+		code, stderr := runCmd(t, "agent", "--config", path)
+		if code != exitUsage || !strings.Contains(stderr, "config") {
+			t.Errorf("exit %d, stderr %q", code, stderr)
+		}
+	})
+}
+
+// TestAgentWaitsForEtcd: with etcd unreachable the agent keeps retrying,
+// says so, touches nothing, and stops cleanly on SIGTERM.
+func TestAgentWaitsForEtcd(t *testing.T) {
+	bin := pharosBinary(t)
+	dir := t.TempDir()
+	pw := filepath.Join(dir, "pw")
+	if err := os.WriteFile(pw, []byte("secret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	port, err := pglocal.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed, err := pglocal.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dataDir := filepath.Join(dir, "data")
+	logPath := filepath.Join(dir, "agent.log")
+	logf, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logf.Close()
+	cmd := exec.Command(bin, "agent", "--name", "n1", "--cluster", "c1", "--etcd", "127.0.0.1:"+itoa(int64(closed)),
+		"--data-dir", dataDir, "--pg-port", itoa(int64(port)), "--superuser-password-file", pw, "--replication-password-file", pw)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		b, _ := os.ReadFile(logPath)
+		if strings.Contains(string(b), "etcd unreachable, retrying") {
+			break
+		}
+		if time.Now().After(deadline) {
+			_ = cmd.Process.Kill()
+			<-exited
+			t.Fatalf("no 'etcd unreachable' log within 15s:\n%s", b)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if _, err := os.Stat(dataDir); err == nil {
+		t.Error("the agent created the data directory without etcd")
+	}
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-exited:
+		b, _ := os.ReadFile(logPath)
+		if err != nil && !strings.Contains(err.Error(), "exit status") {
+			t.Errorf("agent exit: %v\n%s", err, b)
+		}
+		if strings.Contains(string(b), "secret") {
+			t.Errorf("a password reached the log:\n%s", b)
+		}
+	case <-time.After(10 * time.Second):
+		_ = cmd.Process.Kill()
+		<-exited
+		t.Fatal("agent did not stop within 10s of SIGTERM")
+	}
+}

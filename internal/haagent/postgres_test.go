@@ -1,0 +1,113 @@
+package haagent
+
+import (
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/pharos-ha/pharos/internal/cluster"
+	"github.com/pharos-ha/pharos/internal/pglocal"
+)
+
+func testPostgres(t *testing.T) *postgres {
+	t.Helper()
+	dir := t.TempDir()
+	data := filepath.Join(dir, "data")
+	if err := os.MkdirAll(filepath.Join(data, "pg_wal"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	// The files stay the caller's: no server reads them here.
+	self := pglocal.Owner{UID: uint32(os.Getuid()), GID: uint32(os.Getgid())}
+	return newPostgres(PostgresConfig{Name: "node-A.1", DataDir: data, Port: 5433, SuperUser: "postgres", ReplicationUser: "repl",
+		ReplicationPassword: "p:w\\d", Owner: self},
+		slog.New(slog.DiscardHandler))
+}
+
+func TestSlotName(t *testing.T) {
+	for in, want := range map[string]string{"n1": "n1", "Node-A.1": "node_a_1", "db_2": "db_2"} {
+		if got := slotName(in); got != want {
+			t.Errorf("slotName(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestSwitchPoint(t *testing.T) {
+	p := testPostgres(t)
+	history := "1\t0/3000148\tno recovery target specified\n\n2\t0/5000A28\tno recovery target specified\n"
+	if err := os.WriteFile(p.path("pg_wal/00000003.history"), []byte(history), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	got, err := p.switchPoint(3)
+	if err != nil || got.String() != "0/5000A28" {
+		t.Fatalf("switchPoint(3) = %v, %v; want 0/5000A28", got, err)
+	}
+	if _, err := p.switchPoint(4); err == nil {
+		t.Error("switchPoint of a missing history file did not fail")
+	}
+	if err := os.WriteFile(p.path("pg_wal/00000005.history"), []byte("1\t0/1\tx\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.switchPoint(5); err == nil || !strings.Contains(err.Error(), "no line for timeline 4") {
+		t.Errorf("history without the previous timeline: %v", err)
+	}
+}
+
+// TestWriteConf: the standby configuration names its upstream (which the
+// agent reads back to know whom it follows), the primary's does not, and
+// standby.signal follows the role.
+func TestWriteConf(t *testing.T) {
+	p := testPostgres(t)
+	up := cluster.Member{Name: "n2", Host: "127.0.0.2", Port: 6000}
+	if err := p.writeConf(true, &up); err != nil {
+		t.Fatal(err)
+	}
+	conf, _ := os.ReadFile(p.path(confFile))
+	for _, want := range []string{"port = '5433'", "cluster_name = 'node-A.1'", "primary_slot_name = 'node_a_1'",
+		"host=127.0.0.2 port=6000 user=repl", "recovery_target_timeline = 'latest'"} {
+		if !strings.Contains(string(conf), want) {
+			t.Errorf("pharos.conf lacks %q:\n%s", want, conf)
+		}
+	}
+	if strings.Contains(string(conf), "p:w") {
+		t.Error("the replication password is in pharos.conf")
+	}
+	if got := p.configuredUpstream(nil); got != "n2" {
+		t.Errorf("upstream read back %q, want n2", got)
+	}
+	if _, err := os.Stat(p.path("standby.signal")); err != nil {
+		t.Errorf("standby.signal: %v", err)
+	}
+	if err := p.writeConf(false, nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := p.configuredUpstream(nil); got != "" {
+		t.Errorf("a primary follows %q", got)
+	}
+	if _, err := os.Stat(p.path("standby.signal")); err == nil {
+		t.Error("standby.signal left on a primary")
+	}
+	hba, _ := os.ReadFile(p.path("pg_hba.conf"))
+	if !strings.Contains(string(hba), "host replication repl 127.0.0.0/8 scram-sha-256") || strings.Contains(string(hba), "trust") {
+		t.Errorf("pg_hba.conf:\n%s", hba)
+	}
+}
+
+// TestPassfileEscapes: libpq's passfile needs ':' and '\' escaped.
+func TestPassfileEscapes(t *testing.T) {
+	p := testPostgres(t)
+	if err := p.writePassfile(); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(p.passfile())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := string(b), "*:*:*:repl:p\\:w\\\\d\n"; got != want {
+		t.Errorf("passfile %q, want %q", got, want)
+	}
+	if st, _ := os.Stat(p.passfile()); st.Mode().Perm() != 0o600 {
+		t.Errorf("passfile mode %v", st.Mode().Perm())
+	}
+}
