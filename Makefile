@@ -33,8 +33,11 @@ fuzz:
 		done; \
 	done
 
+# bench: proxy throughput (direct vs pharos vs HAProxy), then failover
+# outages through the proxy (five faults of each kind, medians).
 bench: deps build
 	bash scripts/bench.sh
+	$(GO) test -run '^$$' -bench Failover -benchtime 5x ./internal/localha
 
 clean:
 	rm -rf bin demo-data
