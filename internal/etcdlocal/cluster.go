@@ -1,6 +1,8 @@
 package etcdlocal
 
 import (
+	"github.com/pharos-ha/pharos/internal/freeport"
+
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -478,25 +480,14 @@ func (c *Cluster) removeOwnDir() error {
 	return nil
 }
 
-// freePorts returns n distinct loopback ports that were free a moment ago:
-// it holds all n listeners open at once so the kernel hands out n different
-// ports, then closes them. Someone else may take one before etcd binds it;
-// Start retries with new ports when that happens.
+// freePorts returns n distinct loopback ports that were free a moment ago,
+// outside the ephemeral range so that a stopped member finds its ports
+// still free when it starts again. Someone else may take one before etcd
+// binds it; Start retries with new ports when that happens.
 func freePorts(n int) ([]int, error) {
-	ports := make([]int, 0, n)
-	var ls []net.Listener
-	defer func() {
-		for _, l := range ls {
-			l.Close()
-		}
-	}()
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, fmt.Errorf("etcdlocal: free port: %w", err)
-		}
-		ls = append(ls, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+	ports, err := freeport.Distinct(n)
+	if err != nil {
+		return nil, fmt.Errorf("etcdlocal: %w", err)
 	}
 	return ports, nil
 }

@@ -2,6 +2,7 @@ package localha_test
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"log/slog"
 	"net"
@@ -48,7 +49,15 @@ func runMain(m *testing.M) int {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	if out, err := exec.CommandContext(ctx, goTool, "build", "-o", pharosBin, "../../cmd/pharos").CombinedOutput(); err != nil {
+	// Tests build with the race detector: the agents' and the proxy's
+	// goroutines run here for real, and a report in their logs fails the
+	// test. Benchmarks build without it, to measure what users run.
+	flag.Parse()
+	build := []string{"build", "-race", "-o", pharosBin, "../../cmd/pharos"}
+	if f := flag.Lookup("test.bench"); f != nil && f.Value.String() != "" {
+		build = slices.Delete(build, 1, 2)
+	}
+	if out, err := exec.CommandContext(ctx, goTool, build...).CombinedOutput(); err != nil {
 		fmt.Fprintf(os.Stderr, "go build: %v: %s\n", err, out)
 		return 1
 	}
@@ -124,6 +133,11 @@ func startHA(t testing.TB, nodes int) *haEnv {
 		if err := e.ha.Close(cctx); err != nil {
 			t.Errorf("close cluster: %v", err)
 		}
+		for _, n := range e.ha.Nodes() {
+			if b, _ := os.ReadFile(n.LogPath); strings.Contains(string(b), "DATA RACE") {
+				t.Errorf("race detector report in agent %s's log:\n%s", n.Name, lastBytes(string(b), 8000))
+			}
+		}
 	})
 	e.startProxy(filepath.Join(dir, "proxy.log"))
 	return e
@@ -169,8 +183,11 @@ func (e *haEnv) startProxy(logPath string) {
 			_ = e.proxy.Process.Kill()
 			<-done
 		}
+		b, _ := os.ReadFile(logPath)
+		if strings.Contains(string(b), "DATA RACE") {
+			t.Errorf("race detector report in the proxy's log:\n%s", lastBytes(string(b), 8000))
+		}
 		if t.Failed() {
-			b, _ := os.ReadFile(logPath)
 			t.Logf("--- proxy:\n%s", lastBytes(string(b), 4000))
 		}
 	})

@@ -1,9 +1,10 @@
 package pglocal
 
 import (
+	"github.com/pharos-ha/pharos/internal/freeport"
+
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -76,17 +77,7 @@ func pgConfigBinDir(ctx context.Context) string {
 	return strings.TrimSpace(string(out))
 }
 
-// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago. Another
-// process may take it before the caller binds it; NewCluster retries on a
-// bind failure.
-func FreePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("free port: %w", err)
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	if err := l.Close(); err != nil {
-		return 0, fmt.Errorf("free port: %w", err)
-	}
-	return port, nil
-}
+// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago,
+// outside the ephemeral range (see package freeport). Another process may
+// take it before the caller binds it; NewCluster retries on a bind failure.
+func FreePort() (int, error) { return freeport.Pick() }
