@@ -109,8 +109,8 @@ func startProxy(t *testing.T, opts proxyOptions) *testProxy {
 	}
 	src, err := router.NewStatic(router.StaticConfig{
 		Backends: addrs,
-		Interval: 200 * time.Millisecond,
-		Timeout:  150 * time.Millisecond,
+		Interval: 500 * time.Millisecond,
+		Timeout:  400 * time.Millisecond,
 		User:     pglocal.UserHealth,
 		Password: pglocal.PasswordHealth,
 		Database: "postgres",

@@ -43,7 +43,7 @@ func TestEtcdHealthChecksOnlyExclude(t *testing.T) {
 	m := metrics.NewProxy(prometheus.NewRegistry())
 	r := router.New(router.Config{}, nil, m)
 	checker, err := router.NewHealthChecker(router.StaticConfig{
-		Interval: 200 * time.Millisecond, Timeout: 150 * time.Millisecond,
+		Interval: 500 * time.Millisecond, Timeout: 400 * time.Millisecond,
 		User: pglocal.UserHealth, Password: pglocal.PasswordHealth, Database: "postgres", SSLMode: "disable",
 	}, nil, m)
 	if err != nil {

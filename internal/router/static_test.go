@@ -100,8 +100,8 @@ func runStatic(t *testing.T, backends []string, password string) *staticRun {
 	r := router.New(router.Config{}, log, m)
 	src, err := router.NewStatic(router.StaticConfig{
 		Backends: backends,
-		Interval: 200 * time.Millisecond,
-		Timeout:  150 * time.Millisecond,
+		Interval: 500 * time.Millisecond,
+		Timeout:  400 * time.Millisecond,
 		User:     pglocal.UserHealth,
 		Password: password,
 		Database: "postgres",
