@@ -63,8 +63,11 @@ type Member struct {
 	// member last saw.
 	Epoch int64 `json:"epoch,omitempty"`
 
-	Tags      Tags      `json:"tags,omitzero"`
-	UpdatedAt time.Time `json:"updated_at,omitzero"`
+	Tags Tags `json:"tags,omitzero"`
+	// PendingRestart: a parameter changed that PostgreSQL applies only at
+	// the next restart.
+	PendingRestart bool      `json:"pending_restart,omitempty"`
+	UpdatedAt      time.Time `json:"updated_at,omitzero"`
 }
 
 // Addr is host:port.

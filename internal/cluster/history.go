@@ -98,3 +98,43 @@ func ParseInitialize(data []byte) (Initialize, error) {
 	}
 	return in, nil
 }
+
+// Switchover is the content of the switchover key: a planned change of
+// leader requested by an operator (ctl or REST), then, once the old leader
+// has stopped cleanly, the hand-over itself.
+type Switchover struct {
+	// Leader is the leader the request expects ("" for whichever leads).
+	Leader string `json:"leader,omitempty"`
+	// Candidate is the member that is to lead ("" lets the leader pick the
+	// healthiest replica).
+	Candidate string `json:"candidate,omitempty"`
+	// ScheduledAt delays the switchover; nil means at once.
+	ScheduledAt *time.Time `json:"scheduled_at,omitempty"`
+	// Failover skips the candidate's health checks (an operator's forced
+	// choice); with no leader it is a hand-over at once.
+	Failover bool `json:"failover,omitempty"`
+	// Handover is set by the old leader in the same transaction that
+	// deletes the leader key, after it stopped PostgreSQL and the
+	// candidate received all its WAL: only Candidate may take the key.
+	Handover    bool      `json:"handover,omitempty"`
+	HandoverAt  time.Time `json:"handover_at,omitzero"`
+	RequestedAt time.Time `json:"requested_at,omitzero"`
+}
+
+// ParseSwitchover decodes the switchover key.
+func ParseSwitchover(data []byte) (Switchover, error) {
+	var s Switchover
+	if err := json.Unmarshal(data, &s); err != nil {
+		return Switchover{}, fmt.Errorf("switchover: %w", err)
+	}
+	if s.Candidate != "" && !ValidName(s.Candidate) {
+		return Switchover{}, fmt.Errorf("switchover: candidate %q is not a member name", s.Candidate)
+	}
+	if s.Leader != "" && !ValidName(s.Leader) {
+		return Switchover{}, fmt.Errorf("switchover: leader %q is not a member name", s.Leader)
+	}
+	if s.Handover && s.Candidate == "" {
+		return Switchover{}, errors.New("switchover: a hand-over needs a candidate")
+	}
+	return s, nil
+}
