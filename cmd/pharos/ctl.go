@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"flag"
@@ -12,6 +13,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.yaml.in/yaml/v3"
+	"golang.org/x/sys/unix"
 
 	"github.com/pharos-ha/pharos/internal/cluster"
 	"github.com/pharos-ha/pharos/internal/ctl"
@@ -43,12 +45,54 @@ func (s *ctlSettings) etcdFields() etcdFields {
 	}
 }
 
-// ctlAction runs a verb once its flags are parsed.
-type ctlAction func(ctx context.Context, cli *clientv3.Client, keys cluster.Keys, stdout io.Writer) error
+// ctlEnv is what a verb works with.
+type ctlEnv struct {
+	cli            *clientv3.Client
+	keys           cluster.Keys
+	stdin          io.Reader
+	stdout, stderr io.Writer
+	// interactive: stdin is a terminal, so changes can be confirmed there.
+	interactive bool
+	// timeout bounds each etcd call.
+	timeout time.Duration
+	// args are the verb's positional arguments (verbs with takesArgs).
+	args []string
+}
+
+// call bounds one step of a verb by the timeout.
+func (e ctlEnv) call(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, e.timeout)
+}
+
+// confirm asks on the terminal before a verb changes the cluster; scripts
+// pass --force.
+func (e ctlEnv) confirm(force bool, question string) error {
+	if force {
+		return nil
+	}
+	if !e.interactive {
+		return usageErrorf("%s: not on a terminal, pass --force to confirm", question)
+	}
+	fmt.Fprintf(e.stderr, "%s [y/N] ", question)
+	line, _ := bufio.NewReader(e.stdin).ReadString('\n')
+	switch strings.ToLower(strings.TrimSpace(line)) {
+	case "y", "yes":
+		return nil
+	}
+	return errCancelled
+}
+
+var errCancelled = errors.New("cancelled, nothing changed")
+
+// ctlAction runs a verb once its flags are parsed; ctx is not bounded by
+// the timeout (verbs that wait have their own bound).
+type ctlAction func(ctx context.Context, env ctlEnv) error
 
 type ctlVerb struct {
 	name    string
 	summary string
+	// takesArgs: the verb reads positional arguments (key=value...).
+	takesArgs bool
 	// flags registers the verb's own flags and returns the action that
 	// reads them.
 	flags func(fs *flag.FlagSet) ctlAction
@@ -56,32 +100,202 @@ type ctlVerb struct {
 
 func ctlVerbs() []ctlVerb {
 	return []ctlVerb{
-		{"list", "members with role, state, timeline, lag and the leader", func(fs *flag.FlagSet) ctlAction {
+		{"list", "members with role, state, timeline, lag and the leader", false, func(fs *flag.FlagSet) ctlAction {
 			asJSON := fs.Bool("json", false, "print JSON instead of a table")
-			return func(ctx context.Context, cli *clientv3.Client, keys cluster.Keys, stdout io.Writer) error {
-				st, err := ctl.Status(ctx, cli, keys)
+			return func(ctx context.Context, env ctlEnv) error {
+				ctx, cancel := env.call(ctx)
+				defer cancel()
+				st, err := ctl.Status(ctx, env.cli, env.keys)
 				if err != nil {
 					return err
 				}
 				if *asJSON {
-					return ctl.WriteJSON(stdout, st)
+					return ctl.WriteJSON(env.stdout, st)
 				}
-				return ctl.WriteTable(stdout, st)
+				return ctl.WriteTable(env.stdout, st)
 			}
 		}},
-		{"history", "timeline switches, oldest first", func(fs *flag.FlagSet) ctlAction {
+		{"history", "timeline switches, oldest first", false, func(fs *flag.FlagSet) ctlAction {
 			asJSON := fs.Bool("json", false, "print JSON instead of a table")
-			return func(ctx context.Context, cli *clientv3.Client, keys cluster.Keys, stdout io.Writer) error {
-				h, err := ctl.History(ctx, cli, keys)
+			return func(ctx context.Context, env ctlEnv) error {
+				ctx, cancel := env.call(ctx)
+				defer cancel()
+				h, err := ctl.History(ctx, env.cli, env.keys)
 				if err != nil {
 					return err
 				}
 				if *asJSON {
-					return ctl.WriteHistoryJSON(stdout, h)
+					return ctl.WriteHistoryJSON(env.stdout, h)
 				}
-				return ctl.WriteHistoryTable(stdout, h)
+				return ctl.WriteHistoryTable(env.stdout, h)
 			}
 		}},
+		{"switchover", "planned change of leader: [--to M] [--at TIME] [--cancel]", false, ctlSwitchover},
+		{"failover", "make --to M the leader, even with no leader left", false, ctlFailover},
+		{"pause", "stop automatic failover and demotion", false, func(fs *flag.FlagSet) ctlAction { return ctlSetPause(fs, true) }},
+		{"resume", "end a pause", false, func(fs *flag.FlagSet) ctlAction { return ctlSetPause(fs, false) }},
+		{"show-config", "the dynamic configuration", false, func(fs *flag.FlagSet) ctlAction {
+			return func(ctx context.Context, env ctlEnv) error {
+				ctx, cancel := env.call(ctx)
+				defer cancel()
+				cfg, _, err := ctl.Config(ctx, env.cli, env.keys)
+				if err != nil {
+					return err
+				}
+				return ctl.WriteConfig(env.stdout, cfg)
+			}
+		}},
+		{"edit-config", "set key=value... (pause, maximum_lag_on_failover, postgresql.parameters.<name>; null removes)", true, func(fs *flag.FlagSet) ctlAction {
+			force := fs.Bool("force", false, "do not ask for confirmation")
+			return func(ctx context.Context, env ctlEnv) error {
+				if err := env.confirm(*force, "Change "+strings.Join(env.args, " ")+" for every member?"); err != nil {
+					return err
+				}
+				ctx, cancel := env.call(ctx)
+				defer cancel()
+				cfg, err := ctl.EditConfig(ctx, env.cli, env.keys, env.args)
+				if err != nil {
+					return err
+				}
+				return ctl.WriteConfig(env.stdout, cfg)
+			}
+		}},
+	}
+}
+
+func ctlSwitchover(fs *flag.FlagSet) ctlAction {
+	to := fs.String("to", "", "member to lead (default: the healthiest replica)")
+	at := fs.String("at", "", "when: RFC 3339 time or +duration (default: now)")
+	leader := fs.String("leader", "", "refuse unless this member leads")
+	cancelIt := fs.Bool("cancel", false, "cancel the pending (scheduled) switchover")
+	force := fs.Bool("force", false, "do not ask for confirmation")
+	wait := fs.Duration("wait", 30*time.Second, "how long to wait for the new leader (0: do not wait)")
+	maxLag := byteSize(1 << 20)
+	fs.Func("max-lag", "refuse a candidate lagging more (default 1MB)", func(v string) error {
+		b, err := parseByteSize(v)
+		maxLag = b
+		return err
+	})
+	return func(ctx context.Context, env ctlEnv) error {
+		if *cancelIt {
+			if err := env.confirm(*force, "Cancel the pending switchover?"); err != nil {
+				return err
+			}
+			cctx, cancel := env.call(ctx)
+			defer cancel()
+			if err := ctl.CancelSwitchover(cctx, env.cli, env.keys); err != nil {
+				return err
+			}
+			fmt.Fprintln(env.stdout, "switchover cancelled")
+			return nil
+		}
+		now := time.Now()
+		req := ctl.SwitchoverRequest{Leader: *leader, Candidate: *to, MaxLag: int64(maxLag)}
+		if *at != "" {
+			t, err := ctl.ParseSchedule(*at, now)
+			if err != nil {
+				return usageErrorf("at: %v", err)
+			}
+			req.ScheduledAt = &t
+		}
+		cctx, cancel := env.call(ctx)
+		defer cancel()
+		st, err := ctl.Status(cctx, env.cli, env.keys)
+		if err != nil {
+			return err
+		}
+		from, target := "the leader", *to
+		if st.Leader != nil {
+			from = st.Leader.Name
+		}
+		if target == "" {
+			target = "the healthiest replica"
+		}
+		when := ""
+		if req.ScheduledAt != nil {
+			when = " at " + req.ScheduledAt.Format(time.RFC3339)
+		}
+		if err := env.confirm(*force, fmt.Sprintf("Switch over from %s to %s%s?", from, target, when)); err != nil {
+			return err
+		}
+		if err := ctl.RequestSwitchover(cctx, env.cli, env.keys, req, now); err != nil {
+			return err
+		}
+		if req.ScheduledAt != nil || *wait == 0 {
+			fmt.Fprintf(env.stdout, "switchover from %s to %s%s requested\n", from, target, when)
+			return nil
+		}
+		return waitLeader(ctx, env, from, *wait, now)
+	}
+}
+
+func waitLeader(ctx context.Context, env ctlEnv, from string, wait time.Duration, since time.Time) error {
+	wctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	leader, err := ctl.WaitNewLeader(wctx, env.cli, env.keys, from)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(env.stdout, "%s leads now (%v after the request)\n", leader, time.Since(since).Round(time.Millisecond))
+	return nil
+}
+
+func ctlFailover(fs *flag.FlagSet) ctlAction {
+	to := fs.String("to", "", "member to lead (required)")
+	force := fs.Bool("force", false, "do not ask for confirmation")
+	wait := fs.Duration("wait", 30*time.Second, "how long to wait for the new leader (0: do not wait)")
+	return func(ctx context.Context, env ctlEnv) error {
+		if *to == "" {
+			return usageErrorf("failover: --to is required")
+		}
+		cctx, cancel := env.call(ctx)
+		defer cancel()
+		st, err := ctl.Status(cctx, env.cli, env.keys)
+		if err != nil {
+			return err
+		}
+		from := ""
+		question := fmt.Sprintf("Make %s the leader? Writes it never received are lost.", *to)
+		if st.Leader != nil {
+			from = st.Leader.Name
+			question = fmt.Sprintf("Fail over from %s to %s?", from, *to)
+		}
+		if err := env.confirm(*force, question); err != nil {
+			return err
+		}
+		now := time.Now()
+		if err := ctl.RequestFailover(cctx, env.cli, env.keys, *to, now); err != nil {
+			return err
+		}
+		if *wait == 0 {
+			fmt.Fprintf(env.stdout, "failover to %s requested\n", *to)
+			return nil
+		}
+		return waitLeader(ctx, env, from, *wait, now)
+	}
+}
+
+func ctlSetPause(fs *flag.FlagSet, pause bool) ctlAction {
+	force := fs.Bool("force", false, "do not ask for confirmation")
+	return func(ctx context.Context, env ctlEnv) error {
+		question := "Pause the cluster (no automatic failover until resume)?"
+		if !pause {
+			question = "Resume automatic failover?"
+		}
+		if err := env.confirm(*force, question); err != nil {
+			return err
+		}
+		cctx, cancel := env.call(ctx)
+		defer cancel()
+		if _, err := ctl.EditConfig(cctx, env.cli, env.keys, []string{fmt.Sprintf("pause=%v", pause)}); err != nil {
+			return err
+		}
+		if pause {
+			fmt.Fprintln(env.stdout, "paused: the agents keep publishing but neither promote nor demote")
+		} else {
+			fmt.Fprintln(env.stdout, "resumed")
+		}
+		return nil
 	}
 }
 
@@ -158,7 +372,19 @@ func runCtl(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	vfs.SetOutput(io.Discard)
 	action := verb.flags(vfs)
 	after := ctlFlags(vfs, &configPath)
-	if err := vfs.Parse(fs.Args()[1:]); err != nil {
+	// Positional arguments (edit-config's key=value) may come before
+	// flags: parse around them.
+	var positional []string
+	rest := fs.Args()[1:]
+	var perr error
+	for {
+		if perr = vfs.Parse(rest); perr != nil || vfs.NArg() == 0 || !verb.takesArgs {
+			break
+		}
+		positional = append(positional, vfs.Arg(0))
+		rest = vfs.Args()[1:]
+	}
+	if err := perr; err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fmt.Fprintf(stderr, "usage: pharos ctl [flags] %s [flags]\n", name)
 			vfs.SetOutput(stderr)
@@ -203,9 +429,16 @@ func runCtl(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	defer cli.Close()
 
-	actx, cancel := context.WithTimeout(ctx, settings.Timeout)
-	defer cancel()
-	if err := action(actx, cli, keys, stdout); err != nil {
+	env := ctlEnv{cli: cli, keys: keys, stdin: os.Stdin, stdout: stdout, stderr: stderr,
+		interactive: isTerminal(os.Stdin), timeout: settings.Timeout, args: positional}
+	if err := action(ctx, env); err != nil {
+		var ue *usageError
+		switch {
+		case errors.As(err, &ue):
+			return fail(exitUsage, "%s: %v", name, err)
+		case errors.Is(err, ctl.ErrRefused), errors.Is(err, errCancelled):
+			return fail(exitFailure, "%s: %v", name, err)
+		}
 		eps := strings.Join(settings.Etcd, ",")
 		if unreachable(err) && ctx.Err() == nil {
 			return fail(exitFailure, "etcd %s unreachable: no answer within %v (%v)", eps, settings.Timeout, err)
@@ -213,6 +446,13 @@ func runCtl(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return fail(exitFailure, "etcd %s: %v", eps, err)
 	}
 	return exitOK
+}
+
+// isTerminal reports whether f is a terminal (/dev/null is a character
+// device too, hence the termios check).
+func isTerminal(f *os.File) bool {
+	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+	return err == nil
 }
 
 // unreachable reports whether err means etcd did not answer (as opposed

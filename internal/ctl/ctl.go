@@ -35,6 +35,10 @@ type ClusterStatus struct {
 	Initialize *cluster.Initialize `json:"initialize,omitempty"`
 	// History is the timeline history, oldest first.
 	History cluster.History `json:"history"`
+	// Switchover is the pending switchover request, nil when none.
+	Switchover *cluster.Switchover `json:"switchover,omitempty"`
+	// Config is the dynamic configuration (the config key), nil when unset.
+	Config map[string]any `json:"config,omitempty"`
 	// Invalid lists the keys of the layout whose value could not be read,
 	// sorted by key. A member here is missing from Members.
 	Invalid []InvalidRecord `json:"invalid"`
@@ -55,6 +59,12 @@ type InvalidRecord struct {
 	Key         string `json:"key"`
 	ModRevision int64  `json:"mod_revision"`
 	Error       string `json:"error"`
+}
+
+// Paused reports whether the dynamic configuration pauses the cluster.
+func (s ClusterStatus) Paused() bool {
+	p, _ := s.Config["pause"].(bool)
+	return p
 }
 
 // Member returns the record of the named member.
@@ -126,6 +136,20 @@ func Status(ctx context.Context, cli *clientv3.Client, keys cluster.Keys) (Clust
 			if h != nil {
 				st.History = h
 			}
+		case cluster.KeySwitchover:
+			sw, err := cluster.ParseSwitchover(kv.Value)
+			if err != nil {
+				invalid(key, kv.ModRevision, err)
+				continue
+			}
+			st.Switchover = &sw
+		case cluster.KeyConfig:
+			cfg, err := parseConfig(kv.Value)
+			if err != nil {
+				invalid(key, kv.ModRevision, err)
+				continue
+			}
+			st.Config = cfg
 		case cluster.KeyUnknown:
 			if strings.HasPrefix(key, keys.MembersPrefix()) {
 				invalid(key, kv.ModRevision, fmt.Errorf("%q is not a member name", strings.TrimPrefix(key, keys.MembersPrefix())))

@@ -55,6 +55,17 @@ func WriteTable(w io.Writer, s ClusterStatus) error {
 			fmt.Fprintf(&b, "warning: %s says primary but does not hold the leader key\n", m.Name)
 		}
 	}
+	if s.Paused() {
+		b.WriteString("PAUSED: no automatic failover or demotion (pharos ctl resume)\n")
+	}
+	for _, m := range s.Members {
+		if m.PendingRestart {
+			fmt.Fprintf(&b, "%s: a changed parameter waits for a restart\n", m.Name)
+		}
+	}
+	if sw := s.Switchover; sw != nil {
+		b.WriteString(describeSwitchover(*sw) + "\n")
+	}
 	if in := s.Initialize; in != nil {
 		id := in.SystemID
 		if id == "" {
@@ -70,6 +81,23 @@ func WriteTable(w io.Writer, s ClusterStatus) error {
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+func describeSwitchover(sw cluster.Switchover) string {
+	kind, to := "switchover", sw.Candidate
+	if sw.Failover {
+		kind = "failover"
+	}
+	if to == "" {
+		to = "the healthiest replica"
+	}
+	switch {
+	case sw.Handover:
+		return fmt.Sprintf("%s: handed over to %s at %s, waiting for it to take the lead", kind, to, sw.HandoverAt.Format(time.RFC3339))
+	case sw.ScheduledAt != nil:
+		return fmt.Sprintf("%s to %s scheduled at %s (pharos ctl switchover --cancel)", kind, to, sw.ScheduledAt.Format(time.RFC3339))
+	}
+	return fmt.Sprintf("%s to %s requested", kind, to)
 }
 
 // WriteJSON writes the status as indented JSON.

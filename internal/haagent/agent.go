@@ -56,6 +56,9 @@ type Agent struct {
 	lastPlan   string
 	lastLeader string
 	reason     string // why the coming promotion happens, for the history
+	switchRev  int64  // revision of the switchover key in the last view
+	switchSeen time.Time
+	maxLag     *int64 // maximum_lag_on_failover from the dynamic configuration
 }
 
 type seenRecord struct {
@@ -299,7 +302,11 @@ func (a *Agent) loop(ctx context.Context) {
 func (a *Agent) iterate(ctx context.Context) bool {
 	obs := a.observe(ctx)
 	a.publish(ctx, obs)
-	p := Decide(obs, a.rules)
+	rules := a.rules
+	if a.maxLag != nil {
+		rules.MaximumLagOnFailover = *a.maxLag
+	}
+	p := Decide(obs, rules)
 	if s := p.String(); s != a.lastPlan {
 		a.log.Info("plan", "plan", s, "leader", obs.DCS.Leader, "epoch", obs.DCS.LeaderEpoch,
 			"timeline", obs.PG.Timeline, "lsn", obs.PG.Position().String())
@@ -419,7 +426,14 @@ func (a *Agent) viewOf(s snapshot, now time.Time) DCSView {
 		MemberSeenAt: map[string]time.Time{},
 		History:      s.History,
 		Paused:       s.Paused,
+		Switchover:   s.Switchover,
+		ConfigRev:    s.ConfigRev,
 	}
+	a.pg.dynamic, a.maxLag = s.Params, s.MaxLag
+	if s.SwitchRev != a.switchRev {
+		a.switchRev, a.switchSeen = s.SwitchRev, now
+	}
+	v.SwitchoverSeenAt = a.switchSeen
 	lease := a.currentLease()
 	v.LeaderIsMine = s.Leader == a.rules.Name && lease != 0 && s.LeaderLease == lease
 	if v.LeaderIsMine {
@@ -440,11 +454,15 @@ func (a *Agent) viewOf(s snapshot, now time.Time) DCSView {
 
 // publish writes this member's record on its lease.
 func (a *Agent) publish(ctx context.Context, o Observation) {
+	role, state := PublishedRole(o)
+	a.publishRecord(ctx, o, role, state)
+}
+
+func (a *Agent) publishRecord(ctx context.Context, o Observation, role cluster.Role, state string) {
 	lease := a.currentLease()
 	if lease == 0 || !o.DCS.Reachable || !o.Lease.Held {
 		return
 	}
-	role, state := PublishedRole(o)
 	m := cluster.Member{
 		Name:       a.rules.Name,
 		Role:       role,
@@ -458,6 +476,8 @@ func (a *Agent) publish(ctx context.Context, o Observation) {
 		Epoch:      o.DCS.LeaderEpoch,
 		Tags:       a.rules.Tags,
 		UpdatedAt:  o.Now.UTC(),
+
+		PendingRestart: o.PG.PendingRestart,
 	}
 	if role == cluster.RoleReplica && a.mem.LastLeaderLSN != 0 {
 		lag := max(int64(a.mem.LastLeaderLSN)-int64(o.PG.LSN), 0)
@@ -534,7 +554,7 @@ func (a *Agent) execute(ctx context.Context, act Action, o Observation) error {
 		if err := a.pg.writeConf(false, nil); err != nil {
 			return err
 		}
-		return a.pg.start(ctx, a.cfg.StartTimeout)
+		return a.started(a.pg.start(ctx, a.cfg.StartTimeout), o)
 	case ActStartReplica:
 		var up *cluster.Member
 		if act.Target != "" {
@@ -547,7 +567,7 @@ func (a *Agent) execute(ctx context.Context, act Action, o Observation) error {
 		if err := a.pg.writeConf(true, up); err != nil {
 			return err
 		}
-		return a.pg.start(ctx, a.cfg.StartTimeout)
+		return a.started(a.pg.start(ctx, a.cfg.StartTimeout), o)
 	case ActRepoint:
 		up, err := a.member(o, act.Target)
 		if err != nil {
@@ -560,7 +580,15 @@ func (a *Agent) execute(ctx context.Context, act Action, o Observation) error {
 	case ActAcquireLeader:
 		cctx, cancel := a.callCtx(ctx)
 		defer cancel()
-		epoch, err := a.dcs.acquire(cctx, a.currentLease())
+		var handoverRev int64
+		a.reason = "failover"
+		if sw := o.DCS.Switchover; sw != nil && sw.Handover && sw.Candidate == a.rules.Name {
+			handoverRev, a.reason = a.switchRev, "switchover"
+			if sw.Failover {
+				a.reason = "manual failover"
+			}
+		}
+		epoch, err := a.dcs.acquire(cctx, a.currentLease(), handoverRev)
 		if err != nil {
 			return err
 		}
@@ -569,7 +597,6 @@ func (a *Agent) execute(ctx context.Context, act Action, o Observation) error {
 		}
 		a.epoch = epoch
 		a.view.LeaderIsMine, a.view.Leader, a.view.LeaderEpoch = true, a.rules.Name, epoch
-		a.reason = "failover"
 		a.log.Info("leader key acquired", "epoch", epoch, "lsn", o.PG.Position().String())
 		return nil
 	case ActPromote:
@@ -595,6 +622,27 @@ func (a *Agent) execute(ctx context.Context, act Action, o Observation) error {
 	case ActDemote:
 		a.log.Warn("demoting: stopping PostgreSQL", "grace", t.SafetyMargin/2)
 		return a.pg.stop(ctx, t.SafetyMargin/2)
+	case ActSwitchover:
+		return a.switchover(ctx, o, act.Target)
+	case ActApplyConfig:
+		var up *cluster.Member
+		if m, ok := o.DCS.Members[o.PG.Upstream]; ok && o.PG.Standby {
+			up = &m
+		}
+		if err := a.pg.writeConf(o.PG.Standby, up); err != nil {
+			return err
+		}
+		if err := a.pg.reload(ctx); err != nil {
+			return err
+		}
+		a.mem.AppliedConfigRev = o.DCS.ConfigRev
+		a.log.Info("dynamic configuration applied", "revision", o.DCS.ConfigRev)
+		return nil
+	case ActCancelSwitchover:
+		cctx, cancel := a.callCtx(ctx)
+		defer cancel()
+		a.log.Warn("switchover request cancelled", "reason", a.lastPlan)
+		return a.dcs.cancelSwitchover(cctx, a.switchRev)
 	case ActReleaseLeader:
 		cctx, cancel := a.callCtx(ctx)
 		defer cancel()
@@ -609,6 +657,63 @@ func (a *Agent) execute(ctx context.Context, act Action, o Observation) error {
 		return err
 	}
 	return fmt.Errorf("unknown action %v", act)
+}
+
+// started records that a successful start applied the dynamic
+// configuration of the round.
+func (a *Agent) started(err error, o Observation) error {
+	if err == nil {
+		a.mem.AppliedConfigRev = o.DCS.ConfigRev
+	}
+	return err
+}
+
+// switchover hands the lead to target. Writes stop when the record says
+// demoted (the proxy stops routing new sessions here and holds them for
+// its route wait) and resume when target publishes primary.
+func (a *Agent) switchover(ctx context.Context, o Observation, target string) error {
+	up, err := a.member(o, target)
+	if err != nil {
+		return err
+	}
+	sw := *o.DCS.Switchover
+	epoch, rev := a.epoch, a.switchRev
+	a.log.Info("switchover: checkpoint before the stop", "to", target)
+	if err := a.pg.checkpoint(ctx, ""); err != nil {
+		return fmt.Errorf("switchover: checkpoint: %w", err)
+	}
+	// From here writes stop.
+	demoted := o
+	demoted.PG.Running = false
+	a.publishRecord(ctx, demoted, cluster.RoleDemoted, "switchover to "+target)
+	t0 := a.now()
+	abort := func(cause error) error {
+		a.log.Error("switchover aborted: restarting as primary", "err", cause)
+		err := errors.Join(cause, a.pg.start(ctx, a.cfg.StartTimeout))
+		cctx, cancel := a.callCtx(ctx)
+		defer cancel()
+		return errors.Join(err, a.dcs.cancelSwitchover(cctx, rev))
+	}
+	if err := a.pg.stop(ctx, a.cfg.StopTimeout); err != nil {
+		return abort(fmt.Errorf("stop: %w", err))
+	}
+	end, err := a.pg.shutdownCheckpoint(ctx)
+	if err != nil {
+		return abort(err)
+	}
+	if err := a.pg.waitReceived(ctx, up, end, 5*time.Second); err != nil {
+		return abort(fmt.Errorf("%s did not receive all WAL: %w", target, err))
+	}
+	sw.Candidate, sw.Handover, sw.HandoverAt = target, true, a.now().UTC()
+	cctx, cancel := a.callCtx(ctx)
+	defer cancel()
+	if err := a.dcs.handover(cctx, epoch, rev, sw); err != nil {
+		return abort(err)
+	}
+	a.epoch = 0
+	a.view.LeaderIsMine = false
+	a.log.Info("switchover: lead handed over", "to", target, "shutdown_checkpoint", end.String(), "stopped_in", a.now().Sub(t0).Round(time.Millisecond))
+	return nil
 }
 
 func (a *Agent) recordHistory(ctx context.Context, reason string) error {
@@ -693,7 +798,7 @@ func (a *Agent) bootstrap(ctx context.Context) error {
 		return fail(err)
 	}
 	cctx, cancel = a.callCtx(ctx)
-	epoch, err := a.dcs.acquire(cctx, lease)
+	epoch, err := a.dcs.acquire(cctx, lease, 0)
 	cancel()
 	if err != nil || epoch == 0 {
 		return fail(fmt.Errorf("take the leader key: %v", err))

@@ -37,6 +37,11 @@ type snapshot struct {
 	History      cluster.History
 	HistoryRev   int64
 	Paused       bool
+	MaxLag       *int64
+	Params       map[string]string
+	ConfigRev    int64
+	Switchover   *cluster.Switchover
+	SwitchRev    int64
 	InvalidCount int
 }
 
@@ -70,12 +75,35 @@ func (d *dcs) read(ctx context.Context) (snapshot, error) {
 				s.InvalidCount++
 			}
 			s.HistoryRev = kv.ModRevision
+		case cluster.KeySwitchover:
+			if sw, err := cluster.ParseSwitchover(kv.Value); err == nil {
+				s.Switchover, s.SwitchRev = &sw, kv.ModRevision
+			} else {
+				s.InvalidCount++
+			}
 		case cluster.KeyConfig:
 			var c struct {
-				Pause bool `json:"pause"`
+				Pause      bool   `json:"pause"`
+				MaxLag     *int64 `json:"maximum_lag_on_failover"`
+				PostgreSQL struct {
+					Parameters map[string]any `json:"parameters"`
+				} `json:"postgresql"`
 			}
-			if json.Unmarshal(kv.Value, &c) == nil {
-				s.Paused = c.Pause
+			if err := json.Unmarshal(kv.Value, &c); err != nil {
+				s.InvalidCount++
+				continue
+			}
+			s.Paused, s.MaxLag, s.ConfigRev = c.Pause, c.MaxLag, kv.ModRevision
+			s.Params = map[string]string{}
+			for k, v := range c.PostgreSQL.Parameters {
+				switch v := v.(type) {
+				case string:
+					s.Params[k] = v
+				case bool:
+					s.Params[k] = map[bool]string{true: "on", false: "off"}[v]
+				default:
+					s.Params[k] = fmt.Sprint(v)
+				}
 			}
 		}
 	}
@@ -123,13 +151,19 @@ func (d *dcs) publish(ctx context.Context, id clientv3.LeaseID, m cluster.Member
 }
 
 // acquire creates the leader key on the lease if nobody holds it and
-// returns the new epoch, or 0 when another member won.
-func (d *dcs) acquire(ctx context.Context, id clientv3.LeaseID) (int64, error) {
+// returns the new epoch, or 0 when another member won. handoverRev, when
+// not 0, is the switchover key's revision of a hand-over to this member:
+// the key is deleted in the same transaction, on the condition that it did
+// not change.
+func (d *dcs) acquire(ctx context.Context, id clientv3.LeaseID, handoverRev int64) (int64, error) {
 	k := d.keys.Leader()
-	resp, err := d.cli.Txn(ctx).
-		If(clientv3.Compare(clientv3.CreateRevision(k), "=", 0)).
-		Then(clientv3.OpPut(k, d.name, clientv3.WithLease(id))).
-		Commit()
+	conds := []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(k), "=", 0)}
+	ops := []clientv3.Op{clientv3.OpPut(k, d.name, clientv3.WithLease(id))}
+	if handoverRev != 0 {
+		conds = append(conds, clientv3.Compare(clientv3.ModRevision(d.keys.Switchover()), "=", handoverRev))
+		ops = append(ops, clientv3.OpDelete(d.keys.Switchover()))
+	}
+	resp, err := d.cli.Txn(ctx).If(conds...).Then(ops...).Commit()
 	if err != nil {
 		return 0, err
 	}
@@ -145,6 +179,37 @@ func (d *dcs) release(ctx context.Context, epoch int64) error {
 	_, err := d.cli.Txn(ctx).
 		If(clientv3.Compare(clientv3.CreateRevision(k), "=", epoch)).
 		Then(clientv3.OpDelete(k)).
+		Commit()
+	return err
+}
+
+// handover deletes the leader key and marks the switchover key as handed
+// to candidate, in one transaction conditional on this member still
+// leading with epoch and on the request being the one it acted on.
+func (d *dcs) handover(ctx context.Context, epoch, switchRev int64, sw cluster.Switchover) error {
+	b, err := json.Marshal(sw)
+	if err != nil {
+		return err
+	}
+	resp, err := d.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(d.keys.Leader()), "=", epoch),
+			clientv3.Compare(clientv3.ModRevision(d.keys.Switchover()), "=", switchRev)).
+		Then(clientv3.OpDelete(d.keys.Leader()), clientv3.OpPut(d.keys.Switchover(), string(b))).
+		Commit()
+	if err != nil {
+		return err
+	}
+	if !resp.Succeeded {
+		return errors.New("hand-over not written: leadership or the request changed meanwhile")
+	}
+	return nil
+}
+
+// cancelSwitchover deletes the request at revision rev.
+func (d *dcs) cancelSwitchover(ctx context.Context, rev int64) error {
+	_, err := d.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.ModRevision(d.keys.Switchover()), "=", rev)).
+		Then(clientv3.OpDelete(d.keys.Switchover())).
 		Commit()
 	return err
 }

@@ -43,6 +43,12 @@ type DCSView struct {
 	History      cluster.History
 	// Paused stops automatic promotion and demotion.
 	Paused bool
+	// ConfigRev is the revision of the dynamic configuration (0: none).
+	ConfigRev int64
+	// Switchover is the pending request, nil when none; SwitchoverSeenAt
+	// is when this agent first saw it in its current form (local clock).
+	Switchover       *cluster.Switchover
+	SwitchoverSeenAt time.Time
 }
 
 // LeaseView describes this agent's lease.
@@ -68,6 +74,8 @@ type PGView struct {
 	Running  bool
 	// InRecovery is pg_is_in_recovery() when running.
 	InRecovery bool
+	// PendingRestart: a parameter waits for a restart to take effect.
+	PendingRestart bool
 	// Standby: standby.signal is present (a stopped standby, or a running
 	// one).
 	Standby bool
@@ -104,6 +112,9 @@ type Memory struct {
 	// positions, not a loop-old ones.
 	LeaderGoneRev int64
 	LeaderGoneAt  time.Time
+	// AppliedConfigRev is the dynamic configuration revision last applied
+	// to the running server.
+	AppliedConfigRev int64
 	// BehindSince is when this running standby was first seen following
 	// the leader from an older timeline; zero otherwise. A standby that
 	// stays there could not switch to the new timeline: its WAL diverged.
@@ -147,6 +158,16 @@ const (
 	ActDemote
 	// ActReleaseLeader deletes the leader key if it is still this agent's.
 	ActReleaseLeader
+	// ActSwitchover hands the lead to Target: checkpoint, clean stop,
+	// check that Target received all WAL, then delete the leader key and
+	// mark the hand-over in one transaction.
+	ActSwitchover
+	// ActApplyConfig rewrites the server's parameters from the dynamic
+	// configuration and reloads.
+	ActApplyConfig
+	// ActCancelSwitchover deletes a switchover request that cannot be
+	// carried out (the plan's reason says why).
+	ActCancelSwitchover
 )
 
 var actionNames = map[ActionKind]string{
@@ -154,6 +175,7 @@ var actionNames = map[ActionKind]string{
 	ActStartPrimary: "start-primary", ActStartReplica: "start-replica", ActRepoint: "repoint",
 	ActAcquireLeader: "acquire-leader", ActPromote: "promote", ActRecordHistory: "record-history",
 	ActSyncSlots: "sync-slots", ActStop: "stop", ActDemote: "demote", ActReleaseLeader: "release-leader",
+	ActSwitchover: "switchover", ActCancelSwitchover: "cancel-switchover", ActApplyConfig: "apply-config",
 }
 
 func (k ActionKind) String() string {
@@ -210,6 +232,28 @@ func promotion(pg PGView) []Action {
 // Decide owns every HA rule: given one observation it returns what this
 // member must do. It is pure: no clock, no I/O, same input, same plan.
 func Decide(o Observation, r Rules) Plan {
+	p := decide(o, r)
+	// A changed dynamic configuration is applied to a running server when
+	// nothing else is going on (a start writes it anyway).
+	if o.PG.Running && o.DCS.Reachable && o.DCS.ConfigRev != o.Memory.AppliedConfigRev && !changesServer(p) {
+		p.Actions = append(p.Actions, act(ActApplyConfig))
+	}
+	return p
+}
+
+// changesServer reports whether a plan stops, starts or replaces the server.
+func changesServer(p Plan) bool {
+	for _, a := range p.Actions {
+		switch a.Kind {
+		case ActSyncSlots, ActRecordHistory, ActAcquireLeader, ActCancelSwitchover, ActRepoint:
+		default:
+			return true
+		}
+	}
+	return false
+}
+
+func decide(o Observation, r Rules) Plan {
 	pg, dcs := o.PG, o.DCS
 
 	// Fencing comes before everything: a leader that cannot prove its
@@ -294,6 +338,16 @@ func decideLeader(o Observation, r Rules) Plan {
 		if pg.InRecovery {
 			return plan("leader in recovery", promotion(pg)...)
 		}
+		if sw := o.DCS.Switchover; sw != nil && !sw.Handover && (sw.Leader == "" || sw.Leader == r.Name) {
+			if sw.ScheduledAt != nil && o.Now.Before(*sw.ScheduledAt) {
+				return plan("leader running, switchover scheduled at "+sw.ScheduledAt.UTC().Format(time.RFC3339), promotion(pg)...)
+			}
+			target, why := switchoverTarget(o, r, *sw)
+			if target == "" {
+				return plan("switchover refused: "+why, act(ActCancelSwitchover))
+			}
+			return plan("switchover to "+target, actOn(ActSwitchover, target))
+		}
 		return plan("leader running", promotion(pg)...)
 	}
 	if !o.Memory.CrashedAt.IsZero() && o.Now.Sub(o.Memory.CrashedAt) >= r.CrashRestartTimeout {
@@ -305,6 +359,59 @@ func decideLeader(o Observation, r Rules) Plan {
 	}
 	return plan("leader's server is down: restart in place", act(ActStartPrimary), act(ActSyncSlots))
 }
+
+// switchoverTarget picks the member a switchover hands over to, or says why
+// none can take it: it must be a fresh replica streaming from this leader
+// (any running member for a forced failover), within
+// maximum_lag_on_failover, and, when the request names none, the most
+// advanced such replica not tagged nofailover.
+func switchoverTarget(o Observation, r Rules, sw cluster.Switchover) (string, string) {
+	check := func(name string) string {
+		m, ok := o.DCS.Members[name]
+		switch {
+		case name == r.Name:
+			return name + " already leads"
+		case !ok:
+			return name + " has no member record"
+		case o.Now.Sub(o.DCS.MemberSeenAt[name]) > r.Timing.StaleAfter():
+			return name + "'s record is stale"
+		case sw.Failover && m.Role != cluster.RoleReplica:
+			return name + " is " + string(m.Role) + ", not a running replica"
+		case sw.Failover:
+			return ""
+		case m.Role != cluster.RoleReplica || m.State != "streaming from "+r.Name:
+			return fmt.Sprintf("%s is not streaming from %s (%s, %s)", name, r.Name, m.Role, m.State)
+		case r.MaximumLagOnFailover > 0 && m.Lag() > r.MaximumLagOnFailover:
+			return fmt.Sprintf("%s lags %d bytes (maximum_lag_on_failover %d)", name, m.Lag(), r.MaximumLagOnFailover)
+		case m.Lag() < 0:
+			return name + "'s lag is unknown"
+		}
+		return ""
+	}
+	if sw.Candidate != "" {
+		if why := check(sw.Candidate); why != "" {
+			return "", why
+		}
+		return sw.Candidate, ""
+	}
+	best, bestPos := "", cluster.LSN(0)
+	for name, m := range o.DCS.Members {
+		if m.Tags.NoFailover || check(name) != "" {
+			continue
+		}
+		if pos := max(m.LSN, m.ReceiveLSN); best == "" || pos > bestPos || pos == bestPos && name < best {
+			best, bestPos = name, pos
+		}
+	}
+	if best == "" {
+		return "", "no healthy replica to hand over to"
+	}
+	return best, ""
+}
+
+// handoverWait bounds how long the other members wait for a hand-over's
+// candidate to take the key before they elect as usual.
+func handoverWait(t Timing) time.Duration { return t.TTL }
 
 // decideFollower: another member leads.
 func decideFollower(o Observation, r Rules, leader string, leaderRec cluster.Member, leaderUp bool) Plan {
@@ -347,6 +454,17 @@ func decideFollower(o Observation, r Rules, leader string, leaderRec cluster.Mem
 // decideElection: nobody holds the key.
 func decideElection(o Observation, r Rules) Plan {
 	pg := o.PG
+	if sw := o.DCS.Switchover; sw != nil && sw.Handover {
+		switch {
+		case sw.Candidate == r.Name && pg.Running:
+			return plan("switchover: the lead was handed to this member", append([]Action{act(ActAcquireLeader)}, promotion(pg)...)...)
+		case sw.Candidate == r.Name:
+			return plan("switchover: the lead was handed to this member, but its server is down", actOn(ActStartReplica, ""))
+		case o.Now.Sub(o.DCS.SwitchoverSeenAt) < handoverWait(r.Timing):
+			return plan("switchover to " + sw.Candidate + " in progress")
+		}
+		// The candidate did not take the key in time: elect as usual.
+	}
 	if !pg.Running {
 		return plan("no leader: start read-only to take part", actOn(ActStartReplica, ""))
 	}

@@ -56,6 +56,17 @@ type postgres struct {
 	cfg     PostgresConfig
 	log     *slog.Logger
 	logPath string
+	// dynamic are the cluster-wide parameters from the config key, set by
+	// the loop before each round.
+	dynamic map[string]string
+}
+
+// protected parameters are the agent's to set: neither the dynamic nor the
+// local configuration may change them.
+var protected = map[string]bool{
+	"port": true, "listen_addresses": true, "unix_socket_directories": true, "cluster_name": true,
+	"primary_conninfo": true, "primary_slot_name": true, "recovery_target_timeline": true,
+	"hot_standby": true, "wal_level": true, "wal_log_hints": true,
 }
 
 func newPostgres(cfg PostgresConfig, log *slog.Logger) *postgres {
@@ -179,8 +190,9 @@ SELECT (SELECT system_identifier::text FROM pg_control_system()),
        CASE WHEN pg_is_in_recovery()
             THEN coalesce((SELECT received_tli::bigint FROM pg_stat_get_wal_receiver() WHERE received_tli > 0),
                           (SELECT timeline_id::bigint FROM pg_control_checkpoint()))
-            ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::bigint END`).
-		Scan(&sysid, &v.InRecovery, &lsn, &recv, &tl)
+            ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::bigint END,
+       EXISTS (SELECT FROM pg_settings WHERE pending_restart)`).
+		Scan(&sysid, &v.InRecovery, &lsn, &recv, &tl, &v.PendingRestart)
 	if err != nil {
 		return err
 	}
@@ -291,8 +303,16 @@ func (p *postgres) writeConf(standby bool, upstream *cluster.Member) error {
 		"log_line_prefix":              "%m [%p] %q%u@%d ",
 		"password_encryption":          "scram-sha-256",
 	}
-	for k, v := range p.cfg.Parameters {
-		params[k] = v
+	// Precedence: the agent's own settings < the cluster's dynamic ones <
+	// this node's local ones; protected ones are the agent's only.
+	for _, layer := range []map[string]string{p.dynamic, p.cfg.Parameters} {
+		for k, v := range layer {
+			if protected[k] {
+				p.log.Warn("parameter ignored: the agent sets it", "parameter", k)
+				continue
+			}
+			params[k] = v
+		}
 	}
 	if standby && upstream != nil {
 		params["primary_conninfo"] = p.primaryConninfo(*upstream)
@@ -485,6 +505,60 @@ func (p *postgres) promote(ctx context.Context) error {
 		return errors.New("pg_promote returned false")
 	}
 	return nil
+}
+
+// shutdownCheckpoint reads where the WAL of a cleanly stopped server ends:
+// its last checkpoint, the shutdown checkpoint.
+func (p *postgres) shutdownCheckpoint(ctx context.Context) (cluster.LSN, error) {
+	cd, err := p.controlData(ctx)
+	if err != nil {
+		return 0, err
+	}
+	if st := cd["Database cluster state"]; st != "shut down" {
+		return 0, fmt.Errorf("server not shut down cleanly (%q)", st)
+	}
+	return cluster.ParseLSN(cd["Latest checkpoint location"])
+}
+
+// waitReceived waits until member's walreceiver has received WAL past lsn
+// (the shutdown checkpoint record starts at lsn).
+func (p *postgres) waitReceived(ctx context.Context, m cluster.Member, lsn cluster.LSN, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	dsn := fmt.Sprintf("host=%s port=%d user=%s dbname=postgres connect_timeout=2", m.Host, m.Port, quoteConn(p.cfg.SuperUser))
+	cc, err := pgx.ParseConfig(dsn)
+	if err != nil {
+		return err
+	}
+	cc.Password = p.cfg.SuperPassword
+	conn, err := pgx.ConnectConfig(ctx, cc)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	for {
+		var recv *string
+		if err := conn.QueryRow(ctx, "SELECT pg_last_wal_receive_lsn()::text").Scan(&recv); err != nil {
+			return err
+		}
+		if recv != nil {
+			if got, err := cluster.ParseLSN(*recv); err == nil && got > lsn {
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("received up to %v, need past %s", deref(recv), lsn)
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return "nothing"
+	}
+	return *s
 }
 
 // checkpoint runs CHECKPOINT on the server dsn names (the local one when

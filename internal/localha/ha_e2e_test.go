@@ -535,3 +535,212 @@ func BenchmarkFailover(b *testing.B) {
 		})
 	}
 }
+
+// ctlRun runs `pharos ctl` against the cluster and returns its exit code
+// and output.
+func (e *haEnv) ctlRun(t testing.TB, args ...string) (int, string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	full := append([]string{"ctl", "--etcd", strings.Join(e.etcd.Endpoints(), ","), "--cluster", clusterName}, args...)
+	out, err := exec.CommandContext(ctx, pharosBin, full...).CombinedOutput()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatalf("pharos %v: %v", full, err)
+	}
+	return code, string(out)
+}
+
+// TestOperationsEndToEnd: switchover under a write load through the proxy,
+// failover to a named replica, pause, and dynamic parameters, all driven
+// through `pharos ctl`.
+func TestOperationsEndToEnd(t *testing.T) {
+	e := startHA(t, 3)
+	ctx := context.Background()
+	leader := e.waitHealthy(t, time.Time{}, 2*time.Minute)
+
+	t.Run("switchover under load", func(t *testing.T) {
+		target := e.replicas(leader)[0].Name
+		rep := e.probe(t, "switchover", func(context.Context) error {
+			code, out := e.ctlRun(t, "switchover", "--to", target, "--force")
+			if code != 0 {
+				return fmt.Errorf("ctl switchover: exit %d: %s", code, out)
+			}
+			t.Logf("ctl switchover: %s", strings.TrimSpace(out))
+			return nil
+		})
+		if rep.FaultErr != "" {
+			t.Fatal(rep.FaultErr)
+		}
+		if len(rep.Lost) != 0 {
+			t.Errorf("acknowledged writes lost in a switchover: %v", rep.Lost)
+		}
+		if n := rep.Errors["25006"]; n != 0 {
+			t.Errorf("%d writes reached a read-only server", n)
+		}
+		if rep.NewPrimary != target {
+			t.Errorf("writes went to %q, want %s", rep.NewPrimary, target)
+		}
+		got := e.waitHealthy(t, time.Now(), time.Minute)
+		if got != target {
+			t.Fatalf("leader %s, want %s", got, target)
+		}
+		e.checkTruth(t, ctx)
+		hist, err := ctl.History(ctx, e.cli, e.keys)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if last := hist[len(hist)-1]; last.Reason != "switchover" || last.NewLeader != target || last.OldLeader != leader {
+			t.Errorf("history entry %+v, want a switchover %s → %s", last, leader, target)
+		}
+		leader = target
+	})
+
+	t.Run("switchover refused for an unknown or lagging target", func(t *testing.T) {
+		code, out := e.ctlRun(t, "switchover", "--to", "n9", "--force")
+		if code != 1 || !strings.Contains(out, "n9 is not a member") {
+			t.Errorf("exit %d: %s", code, out)
+		}
+		code, out = e.ctlRun(t, "switchover", "--to", leader, "--force")
+		if code != 1 || !strings.Contains(out, "already leads") {
+			t.Errorf("exit %d: %s", code, out)
+		}
+		code, out = e.ctlRun(t, "switchover", "--to", e.replicas(leader)[0].Name)
+		if code != 2 || !strings.Contains(out, "pass --force") {
+			t.Errorf("without a terminal or --force: exit %d: %s", code, out)
+		}
+	})
+
+	t.Run("scheduled switchover is listed and cancelled", func(t *testing.T) {
+		code, out := e.ctlRun(t, "switchover", "--at", "+1h", "--force")
+		if code != 0 {
+			t.Fatalf("exit %d: %s", code, out)
+		}
+		_, out = e.ctlRun(t, "list")
+		if !strings.Contains(out, "scheduled at") {
+			t.Errorf("ctl list does not show the scheduled switchover:\n%s", out)
+		}
+		if code, out := e.ctlRun(t, "switchover", "--cancel", "--force"); code != 0 {
+			t.Fatalf("cancel: exit %d: %s", code, out)
+		}
+		if _, out = e.ctlRun(t, "list"); strings.Contains(out, "scheduled") {
+			t.Errorf("still scheduled after cancel:\n%s", out)
+		}
+	})
+
+	t.Run("failover to a named replica", func(t *testing.T) {
+		// The replica that is not first in name order, so the choice is
+		// not what an election would pick anyway.
+		reps := e.replicas(leader)
+		target := reps[len(reps)-1].Name
+		code, out := e.ctlRun(t, "failover", "--to", target, "--force")
+		if code != 0 {
+			t.Fatalf("exit %d: %s", code, out)
+		}
+		if got := e.waitHealthy(t, time.Now(), time.Minute); got != target {
+			t.Fatalf("leader %s, want %s", got, target)
+		}
+		leader = target
+	})
+
+	t.Run("paused cluster does not fail over until resumed", func(t *testing.T) {
+		if code, out := e.ctlRun(t, "pause", "--force"); code != 0 {
+			t.Fatalf("pause: exit %d: %s", code, out)
+		}
+		if _, out := e.ctlRun(t, "list"); !strings.Contains(out, "PAUSED") {
+			t.Errorf("ctl list does not show the pause:\n%s", out)
+		}
+		old := e.ha.Node(leader)
+		if err := old.KillNode(); err != nil {
+			t.Fatal(err)
+		}
+		// Twice the lease: the key is long gone, nobody may promote.
+		deadline := time.Now().Add(8 * time.Second)
+		for time.Now().Before(deadline) {
+			for _, n := range e.replicas(leader) {
+				if acceptsWrites(n) {
+					t.Fatalf("%s was promoted while the cluster is paused", n.Name)
+				}
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		st, err := e.status(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Leader != nil {
+			t.Fatalf("leader %s while paused with the primary dead", st.Leader.Name)
+		}
+		resumed := time.Now()
+		if code, out := e.ctlRun(t, "resume", "--force"); code != 0 {
+			t.Fatalf("resume: exit %d: %s", code, out)
+		}
+		var survivors []string
+		for _, n := range e.replicas(leader) {
+			survivors = append(survivors, n.Name)
+		}
+		newLeader := e.waitHealthy(t, resumed, 30*time.Second, survivors...)
+		t.Logf("%s leads %v after resume", newLeader, time.Since(resumed).Round(time.Millisecond))
+		if err := old.StartAgent(); err != nil {
+			t.Fatal(err)
+		}
+		leader = e.waitHealthy(t, time.Now(), time.Minute)
+	})
+
+	t.Run("dynamic parameters", func(t *testing.T) {
+		if code, out := e.ctlRun(t, "edit-config", "postgresql.parameters.work_mem=12MB", "--force"); code != 0 {
+			t.Fatalf("exit %d: %s", code, out)
+		}
+		for _, n := range e.ha.Nodes() {
+			ok := waitUntil(15*time.Second, func() bool { return show(n, "work_mem") == "12MB" })
+			if !ok {
+				t.Errorf("%s: work_mem %q, want 12MB after a reload", n.Name, show(n, "work_mem"))
+			}
+		}
+		if code, out := e.ctlRun(t, "edit-config", "postgresql.parameters.max_connections=123", "--force"); code != 0 {
+			t.Fatalf("exit %d: %s", code, out)
+		}
+		pending := waitUntil(15*time.Second, func() bool {
+			st, err := e.status(ctx)
+			if err != nil {
+				return false
+			}
+			for _, m := range st.Members {
+				if !m.PendingRestart {
+					return false
+				}
+			}
+			return true
+		})
+		if !pending {
+			_, out := e.ctlRun(t, "list")
+			t.Errorf("max_connections change not flagged as pending a restart:\n%s", out)
+		}
+		code, out := e.ctlRun(t, "edit-config", "postgresql.port=1", "--force")
+		if code != 1 || !strings.Contains(out, "only postgresql.parameters") {
+			t.Errorf("exit %d: %s", code, out)
+		}
+		_, out = e.ctlRun(t, "show-config")
+		if !strings.Contains(out, `postgresql.parameters.work_mem = "12MB"`) {
+			t.Errorf("show-config:\n%s", out)
+		}
+	})
+}
+
+// show returns a setting of n's server ("" on error).
+func show(n *localha.Node, name string) string {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, n.DSN())
+	if err != nil {
+		return ""
+	}
+	defer conn.Close(ctx)
+	var v string
+	if err := conn.QueryRow(ctx, "SELECT current_setting($1)", name).Scan(&v); err != nil {
+		return ""
+	}
+	return v
+}

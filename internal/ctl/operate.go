@@ -1,0 +1,398 @@
+package ctl
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/pharos-ha/pharos/internal/cluster"
+)
+
+// ErrRefused wraps every reason a request is refused before anything is
+// written: the caller (CLI, REST API) reports it as the operator's error.
+var ErrRefused = errors.New("refused")
+
+func refused(format string, a ...any) error {
+	return fmt.Errorf("%w: %s", ErrRefused, fmt.Sprintf(format, a...))
+}
+
+// SwitchoverRequest is what an operator asks for.
+type SwitchoverRequest struct {
+	// Leader, when set, must be the current leader.
+	Leader string
+	// Candidate is the member to lead; "" lets the leader pick (switchover
+	// only).
+	Candidate string
+	// ScheduledAt delays a switchover; nil is at once.
+	ScheduledAt *time.Time
+	// MaxLag refuses a candidate lagging more bytes (0: no limit).
+	MaxLag int64
+}
+
+// recordStale is how old a member record may be before ctl calls it stale:
+// agents publish every loop_wait (1 s by default).
+const recordStale = 10 * time.Second
+
+// RequestSwitchover checks the request against the cluster as it is and
+// writes the switchover key; the leader carries it out. It refuses (with
+// ErrRefused) when there is no leader, the named leader is not it, the
+// candidate is not a fresh replica streaming from it within MaxLag, no
+// replica qualifies, or another request is pending.
+func RequestSwitchover(ctx context.Context, cli *clientv3.Client, keys cluster.Keys, r SwitchoverRequest, now time.Time) error {
+	st, err := Status(ctx, cli, keys)
+	if err != nil {
+		return err
+	}
+	if st.Leader == nil {
+		return refused("there is no leader to switch over from (use failover --to to choose one)")
+	}
+	leader := st.Leader.Name
+	if r.Leader != "" && r.Leader != leader {
+		return refused("%s is not the leader, %s is", r.Leader, leader)
+	}
+	if r.ScheduledAt != nil && r.ScheduledAt.Before(now.Add(-time.Minute)) {
+		return refused("scheduled time %s is in the past", r.ScheduledAt.Format(time.RFC3339))
+	}
+	check := func(m cluster.Member) string {
+		switch {
+		case m.Name == leader:
+			return m.Name + " already leads"
+		case now.Sub(m.UpdatedAt) > recordStale:
+			return fmt.Sprintf("%s's record is %v old: is its agent running?", m.Name, now.Sub(m.UpdatedAt).Round(time.Second))
+		case m.Role != cluster.RoleReplica || m.State != "streaming from "+leader:
+			return fmt.Sprintf("%s is not a healthy replica of %s (%s, %s)", m.Name, leader, m.Role, m.State)
+		case m.Lag() < 0:
+			return m.Name + "'s lag is unknown"
+		case r.MaxLag > 0 && m.Lag() > r.MaxLag:
+			return fmt.Sprintf("%s lags %d bytes behind %s (limit %d)", m.Name, m.Lag(), leader, r.MaxLag)
+		}
+		return ""
+	}
+	if r.Candidate != "" {
+		m, ok := st.Member(r.Candidate)
+		if !ok {
+			return refused("%s is not a member of the cluster", r.Candidate)
+		}
+		if why := check(m); why != "" {
+			return refused("%s", why)
+		}
+	} else {
+		var reasons []string
+		found := false
+		for _, m := range st.Members {
+			if m.Name == leader {
+				continue
+			}
+			why := check(m)
+			if why == "" && m.Tags.NoFailover {
+				why = m.Name + " is tagged nofailover"
+			}
+			if why == "" {
+				found = true
+				break
+			}
+			reasons = append(reasons, why)
+		}
+		if !found {
+			if len(reasons) == 0 {
+				reasons = []string{"the cluster has no other member"}
+			}
+			return refused("no replica can take over: %s", strings.Join(reasons, "; "))
+		}
+	}
+	sw := cluster.Switchover{Leader: leader, Candidate: r.Candidate, ScheduledAt: r.ScheduledAt, RequestedAt: now.UTC()}
+	return putSwitchover(ctx, cli, keys, sw)
+}
+
+// RequestFailover names the member to lead. With a leader it is a
+// switchover to candidate without the lag checks; without one the
+// candidate takes the key at once, even if it is not the most advanced
+// member (an operator's choice: writes it never received are lost).
+func RequestFailover(ctx context.Context, cli *clientv3.Client, keys cluster.Keys, candidate string, now time.Time) error {
+	if candidate == "" {
+		return refused("failover needs a candidate (--to)")
+	}
+	st, err := Status(ctx, cli, keys)
+	if err != nil {
+		return err
+	}
+	m, ok := st.Member(candidate)
+	switch {
+	case !ok:
+		return refused("%s is not a member of the cluster", candidate)
+	case st.Leader != nil && st.Leader.Name == candidate:
+		return refused("%s already leads", candidate)
+	case m.Role != cluster.RoleReplica:
+		return refused("%s is %s, not a running replica", candidate, m.Role)
+	case now.Sub(m.UpdatedAt) > recordStale:
+		return refused("%s's record is %v old: is its agent running?", candidate, now.Sub(m.UpdatedAt).Round(time.Second))
+	}
+	sw := cluster.Switchover{Candidate: candidate, Failover: true, RequestedAt: now.UTC()}
+	if st.Leader == nil {
+		sw.Handover, sw.HandoverAt = true, now.UTC()
+	} else {
+		sw.Leader = st.Leader.Name
+	}
+	return putSwitchover(ctx, cli, keys, sw)
+}
+
+func putSwitchover(ctx context.Context, cli *clientv3.Client, keys cluster.Keys, sw cluster.Switchover) error {
+	b, err := json.Marshal(sw)
+	if err != nil {
+		return err
+	}
+	resp, err := cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(keys.Switchover()), "=", 0)).
+		Then(clientv3.OpPut(keys.Switchover(), string(b))).
+		Else(clientv3.OpGet(keys.Switchover())).
+		Commit()
+	if err != nil {
+		return fmt.Errorf("write %s: %w", keys.Switchover(), err)
+	}
+	if !resp.Succeeded {
+		pending := "a request"
+		if kvs := resp.Responses[0].GetResponseRange().Kvs; len(kvs) == 1 {
+			if old, err := cluster.ParseSwitchover(kvs[0].Value); err == nil {
+				pending = describeSwitchover(old)
+			}
+		}
+		return refused("another switchover is pending (%s); cancel it first with switchover --cancel", pending)
+	}
+	return nil
+}
+
+// CancelSwitchover deletes a pending request; a hand-over already under
+// way cannot be cancelled.
+func CancelSwitchover(ctx context.Context, cli *clientv3.Client, keys cluster.Keys) error {
+	resp, err := cli.Get(ctx, keys.Switchover())
+	if err != nil {
+		return err
+	}
+	if len(resp.Kvs) == 0 {
+		return refused("no switchover is pending")
+	}
+	if sw, err := cluster.ParseSwitchover(resp.Kvs[0].Value); err == nil && sw.Handover {
+		return refused("the hand-over to %s is under way and cannot be cancelled", sw.Candidate)
+	}
+	txn, err := cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.ModRevision(keys.Switchover()), "=", resp.Kvs[0].ModRevision)).
+		Then(clientv3.OpDelete(keys.Switchover())).
+		Commit()
+	if err != nil {
+		return err
+	}
+	if !txn.Succeeded {
+		return refused("the request changed meanwhile; look again with ctl list")
+	}
+	return nil
+}
+
+// WaitNewLeader waits until a member other than from leads and its record
+// says primary, or until the switchover request is gone without a change
+// (the leader refused it: the reason is in its log). It returns the new
+// leader.
+func WaitNewLeader(ctx context.Context, cli *clientv3.Client, keys cluster.Keys, from string) (string, error) {
+	for {
+		st, err := Status(ctx, cli, keys)
+		if err == nil {
+			if l := st.Leader; l != nil && l.Name != from {
+				if m, ok := st.Member(l.Name); ok && m.Role == cluster.RolePrimary {
+					return l.Name, nil
+				}
+			}
+			if st.Switchover == nil && st.Leader != nil && st.Leader.Name == from {
+				return "", fmt.Errorf("%s cancelled the request (see its agent's log)", from)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return "", fmt.Errorf("no new leader yet: %w", context.Cause(ctx))
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// parseConfig decodes the config key: a JSON object.
+func parseConfig(data []byte) (map[string]any, error) {
+	var m map[string]any
+	if err := json.Unmarshal(data, &m); err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	if m == nil {
+		m = map[string]any{}
+	}
+	return m, nil
+}
+
+// Config reads the dynamic configuration and its revision (0 when unset).
+func Config(ctx context.Context, cli *clientv3.Client, keys cluster.Keys) (map[string]any, int64, error) {
+	resp, err := cli.Get(ctx, keys.Config())
+	if err != nil {
+		return nil, 0, err
+	}
+	if len(resp.Kvs) == 0 {
+		return map[string]any{}, 0, nil
+	}
+	m, err := parseConfig(resp.Kvs[0].Value)
+	return m, resp.Kvs[0].ModRevision, err
+}
+
+// EditConfig applies key=value settings to the dynamic configuration in
+// one conditional write. Keys are dotted paths
+// (postgresql.parameters.work_mem); a value that is JSON (true, 5, "x",
+// null) is taken as such, anything else as a string; null removes the key.
+func EditConfig(ctx context.Context, cli *clientv3.Client, keys cluster.Keys, settings []string) (map[string]any, error) {
+	if len(settings) == 0 {
+		return nil, refused("nothing to change: give key=value settings")
+	}
+	type change struct {
+		path  []string
+		value any
+		del   bool
+	}
+	var changes []change
+	for _, kv := range settings {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || k == "" {
+			return nil, refused("%q is not key=value", kv)
+		}
+		path := strings.Split(k, ".")
+		for _, p := range path {
+			if p == "" {
+				return nil, refused("%q: empty path element", k)
+			}
+		}
+		c := change{path: path}
+		var parsed any
+		if err := json.Unmarshal([]byte(v), &parsed); err == nil {
+			c.value, c.del = parsed, parsed == nil
+		} else {
+			c.value = v
+		}
+		if err := validateSetting(path, c.value, c.del); err != nil {
+			return nil, err
+		}
+		changes = append(changes, c)
+	}
+	for attempt := 0; ; attempt++ {
+		cfg, rev, err := Config(ctx, cli, keys)
+		if err != nil {
+			return nil, err
+		}
+		for _, c := range changes {
+			setPath(cfg, c.path, c.value, c.del)
+		}
+		b, err := json.Marshal(cfg)
+		if err != nil {
+			return nil, err
+		}
+		resp, err := cli.Txn(ctx).
+			If(clientv3.Compare(clientv3.ModRevision(keys.Config()), "=", rev)).
+			Then(clientv3.OpPut(keys.Config(), string(b))).
+			Commit()
+		if err != nil {
+			return nil, err
+		}
+		if resp.Succeeded {
+			return cfg, nil
+		}
+		if attempt == 5 {
+			return nil, errors.New("config kept changing under us; try again")
+		}
+	}
+}
+
+// validateSetting checks the keys the agents read, so that a typo in a
+// known key is refused rather than silently ignored.
+func validateSetting(path []string, v any, del bool) error {
+	key := strings.Join(path, ".")
+	switch {
+	case key == "pause":
+		if _, ok := v.(bool); !ok && !del {
+			return refused("pause: true or false")
+		}
+	case key == "maximum_lag_on_failover":
+		if n, ok := v.(float64); (!ok || n < 0) && !del {
+			return refused("maximum_lag_on_failover: a number of bytes")
+		}
+	case len(path) == 3 && path[0] == "postgresql" && path[1] == "parameters":
+		if !del {
+			switch v.(type) {
+			case string, float64, bool:
+			default:
+				return refused("%s: a scalar value", key)
+			}
+		}
+	case path[0] == "postgresql":
+		return refused("%s: only postgresql.parameters.<name> is dynamic", key)
+	default:
+		return refused("%s: unknown key (pause, maximum_lag_on_failover, postgresql.parameters.<name>)", key)
+	}
+	return nil
+}
+
+func setPath(m map[string]any, path []string, v any, del bool) {
+	for _, p := range path[:len(path)-1] {
+		next, ok := m[p].(map[string]any)
+		if !ok {
+			if del {
+				return
+			}
+			next = map[string]any{}
+			m[p] = next
+		}
+		m = next
+	}
+	last := path[len(path)-1]
+	if del {
+		delete(m, last)
+		return
+	}
+	m[last] = v
+}
+
+// WriteConfig prints the configuration as sorted key = value lines.
+func WriteConfig(w io.Writer, cfg map[string]any) error {
+	var lines []string
+	var walk func(prefix string, m map[string]any)
+	walk = func(prefix string, m map[string]any) {
+		for k, v := range m {
+			if sub, ok := v.(map[string]any); ok {
+				walk(prefix+k+".", sub)
+				continue
+			}
+			b, _ := json.Marshal(v)
+			lines = append(lines, prefix+k+" = "+string(b))
+		}
+	}
+	walk("", cfg)
+	sort.Strings(lines)
+	if len(lines) == 0 {
+		lines = []string{"(empty: every agent uses its local settings)"}
+	}
+	_, err := w.Write([]byte(strings.Join(lines, "\n") + "\n"))
+	return err
+}
+
+// ParseSchedule reads --at: RFC 3339, or a duration from now ("+10m").
+func ParseSchedule(s string, now time.Time) (time.Time, error) {
+	if d, ok := strings.CutPrefix(s, "+"); ok {
+		dur, err := time.ParseDuration(d)
+		if err != nil {
+			return time.Time{}, fmt.Errorf("%q: %w", s, err)
+		}
+		return now.Add(dur), nil
+	}
+	t, err := time.Parse(time.RFC3339, s)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("%q is not a time like 2026-11-22T03:00:00Z or +10m", s)
+	}
+	return t, nil
+}
