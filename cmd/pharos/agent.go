@@ -57,6 +57,12 @@ type agentSettings struct {
 	FailoverPriority     int               `yaml:"failover_priority"`
 	Parameters           map[string]string `yaml:"parameters"`
 	PGHBA                []string          `yaml:"pg_hba"`
+
+	OnStart         string   `yaml:"on_start"`
+	OnStop          string   `yaml:"on_stop"`
+	OnRestart       string   `yaml:"on_restart"`
+	OnRoleChange    string   `yaml:"on_role_change"`
+	CallbackTimeout duration `yaml:"callback_timeout"`
 }
 
 func defaultAgentSettings() agentSettings {
@@ -73,6 +79,7 @@ func defaultAgentSettings() agentSettings {
 		SafetyMargin:         duration(t.SafetyMargin),
 		MaximumLagOnFailover: haagent.DefaultMaximumLagOnFailover,
 		CrashRestartTimeout:  duration(haagent.DefaultCrashRestartTimeout),
+		CallbackTimeout:      duration(30 * time.Second),
 	}
 }
 
@@ -112,6 +119,11 @@ func parseAgentArgs(args []string, stderr io.Writer) (agentSettings, error) {
 	bind(o, "auto-reinit", "wipe and clone again when pg_rewind fails", parseBool, func(s *agentSettings) *bool { return &s.AutoReinit })
 	bind(o, "nofailover", "never take the lead", parseBool, func(s *agentSettings) *bool { return &s.NoFailover })
 	bind(o, "noloadbalance", "keep the proxy's ro endpoint away from this member", parseBool, func(s *agentSettings) *bool { return &s.NoLoadBalance })
+	str("on-start", "command run after PostgreSQL starts (args: action role cluster)", func(s *agentSettings) *string { return &s.OnStart })
+	str("on-stop", "command run after PostgreSQL stops", func(s *agentSettings) *string { return &s.OnStop })
+	str("on-restart", "command run after PostgreSQL is restarted in place after a crash", func(s *agentSettings) *string { return &s.OnRestart })
+	str("on-role-change", "command run when this member becomes primary or stops being it", func(s *agentSettings) *string { return &s.OnRoleChange })
+	dur("callback-timeout", "bound on one callback run (its process group is killed then)", func(s *agentSettings) *duration { return &s.CallbackTimeout })
 	bind(o, "failover-priority", "breaks ties between equally advanced candidates (higher wins)", parseInt, func(s *agentSettings) *int { return &s.FailoverPriority })
 
 	fs.SetOutput(io.Discard)
@@ -196,9 +208,17 @@ func (s agentSettings) agentConfig(ctx context.Context) (haagent.Config, router.
 	if err := rules.Validate(); err != nil {
 		return zero, ecfg, keys, usageErrorf("%v", err)
 	}
+	if s.CallbackTimeout <= 0 {
+		return zero, ecfg, keys, usageErrorf("callback_timeout %v: must be positive", time.Duration(s.CallbackTimeout))
+	}
 	return haagent.Config{
-		Rules: rules,
-		Host:  s.Host,
+		Rules:   rules,
+		Host:    s.Host,
+		Cluster: s.Cluster,
+		Callbacks: haagent.Callbacks{
+			OnStart: s.OnStart, OnStop: s.OnStop, OnRestart: s.OnRestart, OnRoleChange: s.OnRoleChange,
+			Timeout: time.Duration(s.CallbackTimeout),
+		},
 		Postgres: haagent.PostgresConfig{
 			DataDir: s.DataDir, BinDir: binDir, SocketDir: s.SocketDir, Listen: s.PGListen, Port: s.PGPort,
 			SuperUser: s.SuperUser, SuperPassword: superPW,

@@ -28,6 +28,9 @@ type Config struct {
 	StartTimeout time.Duration
 	// StopTimeout bounds a clean stop when the agent shuts down.
 	StopTimeout time.Duration
+	// Cluster is the cluster's name, passed to callbacks.
+	Cluster   string
+	Callbacks Callbacks
 }
 
 // Agent runs the HA loop of one node.
@@ -40,6 +43,7 @@ type Agent struct {
 	log   *slog.Logger
 	now   func() time.Time
 	wake  chan struct{}
+	cb    *callbackRunner
 
 	// Written by the renewal goroutine, read by the loop.
 	lastRenew     atomic.Int64 // unix nanos of the send time of the last acknowledged keep-alive
@@ -59,6 +63,7 @@ type Agent struct {
 	switchRev  int64  // revision of the switchover key in the last view
 	switchSeen time.Time
 	maxLag     *int64 // maximum_lag_on_failover from the dynamic configuration
+	lastRole   cluster.Role
 }
 
 type seenRecord struct {
@@ -100,6 +105,7 @@ func New(cfg Config, cli *clientv3.Client, keys cluster.Keys, log *slog.Logger) 
 		now:   time.Now,
 		wake:  make(chan struct{}, 1),
 		seen:  map[string]seenRecord{},
+		cb:    newCallbackRunner(cfg.Callbacks, cfg.Rules.Name, cfg.Cluster, log),
 	}, nil
 }
 
@@ -126,6 +132,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	g.Go(func() error { a.watchLoop(gctx); return nil })
 	g.Go(func() error { a.postmasterLoop(gctx); return nil })
 	g.Go(func() error { a.loop(gctx); return nil })
+	g.Go(func() error { a.cb.run(gctx); return nil })
 	err := g.Wait()
 	a.shutdown()
 	return err
@@ -490,6 +497,17 @@ func (a *Agent) publishRecord(ctx context.Context, o Observation, role cluster.R
 	if !o.PG.Running && o.PG.Data == DataMissing {
 		m.Role, m.State = cluster.RoleStarting, "no data directory yet"
 	}
+	if was := a.lastRole; was != role {
+		if was != "" && (was == cluster.RolePrimary) != (role == cluster.RolePrimary) {
+			// Like Patroni: the role it now has in the cluster.
+			newRole := cluster.RoleReplica
+			if role == cluster.RolePrimary {
+				newRole = role
+			}
+			a.cb.fire("on_role_change", newRole)
+		}
+		a.lastRole = role
+	}
 	cctx, cancel := a.callCtx(ctx)
 	defer cancel()
 	if err := a.dcs.publish(cctx, lease, m); err != nil && ctx.Err() == nil {
@@ -554,7 +572,11 @@ func (a *Agent) execute(ctx context.Context, act Action, o Observation) error {
 		if err := a.pg.writeConf(false, nil); err != nil {
 			return err
 		}
-		return a.started(a.pg.start(ctx, a.cfg.StartTimeout), o)
+		action := "on_start"
+		if !o.Memory.CrashedAt.IsZero() {
+			action = "on_restart" // in place, after a crash
+		}
+		return a.started(a.pg.start(ctx, a.cfg.StartTimeout), o, action, cluster.RolePrimary)
 	case ActStartReplica:
 		var up *cluster.Member
 		if act.Target != "" {
@@ -567,7 +589,7 @@ func (a *Agent) execute(ctx context.Context, act Action, o Observation) error {
 		if err := a.pg.writeConf(true, up); err != nil {
 			return err
 		}
-		return a.started(a.pg.start(ctx, a.cfg.StartTimeout), o)
+		return a.started(a.pg.start(ctx, a.cfg.StartTimeout), o, "on_start", cluster.RoleReplica)
 	case ActRepoint:
 		up, err := a.member(o, act.Target)
 		if err != nil {
@@ -618,10 +640,10 @@ func (a *Agent) execute(ctx context.Context, act Action, o Observation) error {
 	case ActSyncSlots:
 		return a.syncSlots(ctx, o)
 	case ActStop:
-		return a.pg.stop(ctx, a.cfg.StopTimeout)
+		return a.stopped(a.pg.stop(ctx, a.cfg.StopTimeout), cluster.RoleReplica)
 	case ActDemote:
 		a.log.Warn("demoting: stopping PostgreSQL", "grace", t.SafetyMargin/2)
-		return a.pg.stop(ctx, t.SafetyMargin/2)
+		return a.stopped(a.pg.stop(ctx, t.SafetyMargin/2), cluster.RolePrimary)
 	case ActSwitchover:
 		return a.switchover(ctx, o, act.Target)
 	case ActApplyConfig:
@@ -661,9 +683,18 @@ func (a *Agent) execute(ctx context.Context, act Action, o Observation) error {
 
 // started records that a successful start applied the dynamic
 // configuration of the round.
-func (a *Agent) started(err error, o Observation) error {
+func (a *Agent) started(err error, o Observation, action string, role cluster.Role) error {
 	if err == nil {
 		a.mem.AppliedConfigRev = o.DCS.ConfigRev
+		a.cb.fire(action, role)
+	}
+	return err
+}
+
+// stopped fires on_stop after a successful stop.
+func (a *Agent) stopped(err error, role cluster.Role) error {
+	if err == nil {
+		a.cb.fire("on_stop", role)
 	}
 	return err
 }
@@ -697,6 +728,7 @@ func (a *Agent) switchover(ctx context.Context, o Observation, target string) er
 	if err := a.pg.stop(ctx, a.cfg.StopTimeout); err != nil {
 		return abort(fmt.Errorf("stop: %w", err))
 	}
+	a.cb.fire("on_stop", cluster.RolePrimary)
 	end, err := a.pg.shutdownCheckpoint(ctx)
 	if err != nil {
 		return abort(err)
@@ -824,12 +856,17 @@ func (a *Agent) bootstrap(ctx context.Context) error {
 // shutdown stops PostgreSQL cleanly, then releases the key and the lease.
 // It runs after ctx ended, with its own bounded contexts.
 func (a *Agent) shutdown() {
-	ctx, cancel := context.WithTimeout(context.Background(), a.cfg.StopTimeout+5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), a.cfg.StopTimeout+a.cb.cfg.Timeout+5*time.Second)
 	defer cancel()
+	wasRunning := a.pg.postmasterPid() != 0
 	if err := a.pg.stop(ctx, a.cfg.StopTimeout); err != nil {
 		a.log.Error("stop PostgreSQL", "err", err)
 	} else {
 		a.log.Info("PostgreSQL stopped")
+		// The runner is gone with the loop: run on_stop here, bounded.
+		if wasRunning && a.cfg.Callbacks.OnStop != "" {
+			a.cb.exec(ctx, callbackJob{"on_stop", a.lastRole})
+		}
 	}
 	cctx, ccancel := a.callCtx(ctx)
 	defer ccancel()

@@ -85,7 +85,7 @@ type haEnv struct {
 
 const clusterName = "e2e"
 
-func startHA(t testing.TB, nodes int) *haEnv {
+func startHA(t testing.TB, nodes int, agentArgs ...string) *haEnv {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "pharos-ha-")
 	if err != nil {
@@ -116,7 +116,7 @@ func startHA(t testing.TB, nodes int) *haEnv {
 	t.Cleanup(func() { e.cli.Close() })
 	e.ha, err = localha.Start(ctx, localha.Options{
 		Binary: pharosBin, Dir: filepath.Join(dir, "nodes"), Nodes: nodes, Cluster: clusterName,
-		Etcd: e.etcd.Endpoints(), RestartDelay: -1, AgentArgs: []string{"--log-level", "debug"},
+		Etcd: e.etcd.Endpoints(), RestartDelay: -1, AgentArgs: append([]string{"--log-level", "debug"}, agentArgs...),
 		Logger: slog.New(slog.NewTextHandler(testWriter{t}, nil)),
 	})
 	if err != nil {
@@ -557,7 +557,13 @@ func (e *haEnv) ctlRun(t testing.TB, args ...string) (int, string) {
 // failover to a named replica, pause, and dynamic parameters, all driven
 // through `pharos ctl`.
 func TestOperationsEndToEnd(t *testing.T) {
-	e := startHA(t, 3)
+	cbDir := t.TempDir()
+	calls := filepath.Join(cbDir, "calls")
+	script := filepath.Join(cbDir, "on_role_change.sh")
+	if err := os.WriteFile(script, []byte("#!/bin/sh\necho \"$PHAROS_MEMBER $*\" >> "+calls+"\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	e := startHA(t, 3, "--on-role-change", script)
 	ctx := context.Background()
 	leader := e.waitHealthy(t, time.Time{}, 2*time.Minute)
 
@@ -594,6 +600,13 @@ func TestOperationsEndToEnd(t *testing.T) {
 		}
 		if last := hist[len(hist)-1]; last.Reason != "switchover" || last.NewLeader != target || last.OldLeader != leader {
 			t.Errorf("history entry %+v, want a switchover %s → %s", last, leader, target)
+		}
+		// on_role_change ran on both sides, with Patroni's arguments.
+		for _, want := range []string{target + " on_role_change primary " + clusterName, leader + " on_role_change replica " + clusterName} {
+			if !waitUntil(5*time.Second, func() bool { b, _ := os.ReadFile(calls); return strings.Contains(string(b), want) }) {
+				b, _ := os.ReadFile(calls)
+				t.Errorf("callback %q not run; calls:\n%s", want, b)
+			}
 		}
 		leader = target
 	})
