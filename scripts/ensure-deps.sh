@@ -3,9 +3,11 @@
 #
 # Makes sure this machine has what `make test` and `make demo` run against:
 # the PostgreSQL 15 server and client binaries in /usr/lib/postgresql/15/bin
-# (or $PHAROS_PG_BINDIR when set) and an unprivileged `postgres` OS user.
-# With --bench it also ensures haproxy and pgbouncer (used by `make bench` as
-# comparison points), without enabling or starting their system services.
+# (or $PHAROS_PG_BINDIR when set), haproxy (the restapi tests run the real
+# one against the agent's REST API) and an unprivileged `postgres` OS user.
+# With --bench it also ensures pgbouncer (used by `make bench`, with haproxy,
+# as comparison points). Their system services are neither enabled nor
+# started.
 #
 # Idempotent: when everything is present it only checks a few files and
 # exits. Installing needs root (Debian/Ubuntu, apt-get); as another user it
@@ -20,7 +22,7 @@ for arg in "$@"; do
 	case "$arg" in
 	--bench) bench=1 ;;
 	-h | --help)
-		sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//' >&2
+		sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//' >&2
 		exit 0
 		;;
 	*) log "unknown argument: $arg (usage: $0 [--bench])"; exit 2 ;;
@@ -51,12 +53,13 @@ fi
 have() {
 	command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ]
 }
-bench_pkgs=()
+# Packages whose system service must stay off once installed.
+svc_pkgs=()
+have haproxy || svc_pkgs+=(haproxy)
 if [ "$bench" -eq 1 ]; then
-	have haproxy || bench_pkgs+=(haproxy)
-	have pgbouncer || bench_pkgs+=(pgbouncer)
-	pkgs+=(${bench_pkgs[@]+"${bench_pkgs[@]}"})
+	have pgbouncer || svc_pkgs+=(pgbouncer)
 fi
+pkgs+=(${svc_pkgs[@]+"${svc_pkgs[@]}"})
 
 if [ ${#pkgs[@]} -gt 0 ]; then
 	if [ "$is_root" -ne 1 ]; then
@@ -101,9 +104,9 @@ if [ ${#pkgs[@]} -gt 0 ]; then
 		trap - EXIT
 	fi
 
-	# The bench compares against haproxy and pgbouncer instances it starts
-	# itself; their system services must stay off.
-	for svc in ${bench_pkgs[@]+"${bench_pkgs[@]}"}; do
+	# The tests and the bench start their own haproxy and pgbouncer
+	# instances; the system services must stay off.
+	for svc in ${svc_pkgs[@]+"${svc_pkgs[@]}"}; do
 		if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
 			systemctl disable --now "$svc" >/dev/null 2>&1 || true
 		elif command -v service >/dev/null 2>&1; then
