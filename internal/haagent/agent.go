@@ -9,10 +9,12 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/pharos-ha/pharos/internal/cluster"
+	"github.com/pharos-ha/pharos/internal/metrics"
 )
 
 // Config is one agent's configuration.
@@ -31,6 +33,8 @@ type Config struct {
 	// Cluster is the cluster's name, passed to callbacks.
 	Cluster   string
 	Callbacks Callbacks
+	// Metrics receives the agent's metrics; nil: a private registry.
+	Metrics *metrics.Agent
 }
 
 // Agent runs the HA loop of one node.
@@ -44,6 +48,7 @@ type Agent struct {
 	now   func() time.Time
 	wake  chan struct{}
 	cb    *callbackRunner
+	m     *metrics.Agent
 
 	// Written by the renewal goroutine, read by the loop.
 	lastRenew     atomic.Int64 // unix nanos of the send time of the last acknowledged keep-alive
@@ -96,7 +101,11 @@ func New(cfg Config, cli *clientv3.Client, keys cluster.Keys, log *slog.Logger) 
 		log = slog.New(slog.DiscardHandler)
 	}
 	log = log.With("member", cfg.Rules.Name)
+	if cfg.Metrics == nil {
+		cfg.Metrics = metrics.NewAgent(prometheus.NewRegistry())
+	}
 	return &Agent{
+		m:     cfg.Metrics,
 		cfg:   cfg,
 		rules: cfg.Rules,
 		dcs:   &dcs{cli: cli, keys: keys, name: cfg.Rules.Name, ttl: cfg.Rules.Timing.TTL},
@@ -326,6 +335,7 @@ func (a *Agent) iterate(ctx context.Context) bool {
 		}
 		t0 := a.now()
 		if err := a.execute(ctx, act, obs); err != nil {
+			a.m.ActionFailures.WithLabelValues(act.Kind.String()).Inc()
 			a.log.Error("action failed", "action", act.String(), "err", err, "took", a.now().Sub(t0).Round(time.Millisecond))
 			return false
 		}
@@ -358,10 +368,13 @@ func (a *Agent) observe(ctx context.Context) Observation {
 	cancel()
 	if err != nil {
 		a.view.Reachable = false
+		a.m.EtcdUp.Set(0)
 	} else {
 		a.view = a.viewOf(snap, now)
+		a.m.EtcdUp.Set(1)
 	}
 	now = a.now()
+	a.m.RenewalAge.Set(now.Sub(time.Unix(0, a.lastRenew.Load())).Seconds())
 	o := Observation{
 		Now: now,
 		DCS: a.view,
@@ -497,6 +510,17 @@ func (a *Agent) publishRecord(ctx context.Context, o Observation, role cluster.R
 	if !o.PG.Running && o.PG.Data == DataMissing {
 		m.Role, m.State = cluster.RoleStarting, "no data directory yet"
 	}
+	for _, r := range metrics.AgentRoles {
+		a.m.Role.WithLabelValues(r).Set(b2f(r == string(role)))
+	}
+	a.m.IsLeader.Set(b2f(o.DCS.LeaderIsMine))
+	a.m.Timeline.Set(float64(o.PG.Timeline))
+	a.m.PendingRestart.Set(b2f(o.PG.PendingRestart))
+	if m.LagBytes != nil {
+		a.m.LagBytes.Set(float64(*m.LagBytes))
+	} else {
+		a.m.LagBytes.Set(-1)
+	}
 	if was := a.lastRole; was != role {
 		if was != "" && (was == cluster.RolePrimary) != (role == cluster.RolePrimary) {
 			// Like Patroni: the role it now has in the cluster.
@@ -625,6 +649,11 @@ func (a *Agent) execute(ctx context.Context, act Action, o Observation) error {
 		if err := a.pg.promote(ctx); err != nil {
 			return err
 		}
+		reason := a.reason
+		if reason == "" {
+			reason = "failover"
+		}
+		a.m.Promotions.WithLabelValues(reason).Inc()
 		if err := a.pg.writeConf(false, nil); err != nil {
 			return err
 		}
@@ -643,6 +672,7 @@ func (a *Agent) execute(ctx context.Context, act Action, o Observation) error {
 		return a.stopped(a.pg.stop(ctx, a.cfg.StopTimeout), cluster.RoleReplica)
 	case ActDemote:
 		a.log.Warn("demoting: stopping PostgreSQL", "grace", t.SafetyMargin/2)
+		a.m.Demotions.Inc()
 		return a.stopped(a.pg.stop(ctx, t.SafetyMargin/2), cluster.RolePrimary)
 	case ActSwitchover:
 		return a.switchover(ctx, o, act.Target)
@@ -729,6 +759,7 @@ func (a *Agent) switchover(ctx context.Context, o Observation, target string) er
 		return abort(fmt.Errorf("stop: %w", err))
 	}
 	a.cb.fire("on_stop", cluster.RolePrimary)
+	a.m.Demotions.Inc()
 	end, err := a.pg.shutdownCheckpoint(ctx)
 	if err != nil {
 		return abort(err)
@@ -849,6 +880,7 @@ func (a *Agent) bootstrap(ctx context.Context) error {
 	if err := a.recordHistory(ctx, "bootstrap"); err != nil {
 		a.log.Warn("bootstrap history not recorded", "err", err)
 	}
+	a.m.Promotions.WithLabelValues("bootstrap").Inc()
 	a.log.Info("cluster bootstrapped", "system_id", v.SystemID, "epoch", epoch)
 	return nil
 }
@@ -882,4 +914,11 @@ func (a *Agent) shutdown() {
 			a.log.Warn("revoke lease", "err", err)
 		}
 	}
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }

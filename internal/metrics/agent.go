@@ -1,0 +1,82 @@
+package metrics
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// Agent holds the agent's metrics. Roles are the closed set of
+// cluster roles (primary, replica, starting, demoted, stopped).
+type Agent struct {
+	// IsLeader is 1 while this member holds the leader key.
+	IsLeader prometheus.Gauge
+	// Role is 1 for the role the member last published, 0 for the others.
+	Role *prometheus.GaugeVec
+	// EtcdUp is 1 when the last read of the cluster from etcd succeeded.
+	EtcdUp prometheus.Gauge
+	// RenewalAge is the time since the last acknowledged lease renewal.
+	RenewalAge prometheus.Gauge
+	// WatchdogArmed is 1 while a watchdog guards this member's primary.
+	WatchdogArmed prometheus.Gauge
+	// LagBytes is this replica's replay lag (-1 unknown, 0 on the primary).
+	LagBytes prometheus.Gauge
+	// Timeline is the server's current timeline.
+	Timeline prometheus.Gauge
+	// Promotions counts promotions of this member, by reason (failover,
+	// switchover, manual failover, bootstrap).
+	Promotions *prometheus.CounterVec
+	// Demotions counts demotions (fencing, lost election, switchover).
+	Demotions prometheus.Counter
+	// ActionFailures counts plan steps that failed, by action.
+	ActionFailures *prometheus.CounterVec
+	// PendingRestart is 1 when a parameter waits for a restart.
+	PendingRestart prometheus.Gauge
+}
+
+// AgentRoles are the values of the role label.
+var AgentRoles = []string{"primary", "replica", "starting", "demoted", "stopped"}
+
+// NewAgent registers the agent's metrics on reg.
+func NewAgent(reg prometheus.Registerer) *Agent {
+	m := &Agent{
+		IsLeader: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "pharos_agent_is_leader", Help: "1 while this member holds the leader key.",
+		}),
+		Role: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "pharos_agent_role", Help: "1 for the role this member last published, 0 for the others.",
+		}, []string{"role"}),
+		EtcdUp: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "pharos_agent_etcd_up", Help: "1 when the agent's last read of the cluster from etcd succeeded.",
+		}),
+		RenewalAge: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "pharos_agent_lease_renewal_age_seconds", Help: "Time since etcd last acknowledged a renewal of the agent's lease.",
+		}),
+		WatchdogArmed: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "pharos_agent_watchdog_armed", Help: "1 while a watchdog guards this member's primary.",
+		}),
+		LagBytes: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "pharos_agent_replication_lag_bytes", Help: "Replay lag behind the leader in bytes (0 on the primary, -1 unknown).",
+		}),
+		Timeline: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "pharos_agent_timeline", Help: "The server's current timeline.",
+		}),
+		Promotions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pharos_agent_promotions_total", Help: "Promotions of this member, by reason.",
+		}, []string{"reason"}),
+		Demotions: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "pharos_agent_demotions_total", Help: "Times this member stopped a primary it ran (fencing, a lost election, a switchover).",
+		}),
+		ActionFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pharos_agent_action_failures_total", Help: "Plan steps that failed, by action.",
+		}, []string{"action"}),
+		PendingRestart: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "pharos_agent_pending_restart", Help: "1 when a changed parameter waits for a restart.",
+		}),
+	}
+	reg.MustRegister(m.IsLeader, m.Role, m.EtcdUp, m.RenewalAge, m.WatchdogArmed, m.LagBytes, m.Timeline,
+		m.Promotions, m.Demotions, m.ActionFailures, m.PendingRestart)
+	for _, r := range AgentRoles {
+		m.Role.WithLabelValues(r)
+	}
+	for _, r := range []string{"failover", "switchover", "manual failover", "bootstrap"} {
+		m.Promotions.WithLabelValues(r)
+	}
+	return m
+}
