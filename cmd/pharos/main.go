@@ -37,6 +37,7 @@ func subcommands() []subcommand {
 		{"ctl", "inspect and operate a cluster through etcd", runCtl},
 		{"bench", "measure throughput and latency against several targets", runBench},
 		{"demo", "run a local primary and replica with the proxy in front", runDemo},
+		{"watchdog", "kill the local PostgreSQL when the agent stops feeding (software watchdog)", runWatchdog},
 		{"version", "print the version", func(_ context.Context, _ []string, stdout, _ io.Writer) int {
 			fmt.Fprintln(stdout, "pharos", version)
 			return exitOK
