@@ -6,15 +6,23 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
+	"net"
 	"os"
 	"os/signal"
+	"sync"
 	"syscall"
 	"time"
 
+	"golang.org/x/sync/errgroup"
+
 	"github.com/pharos-ha/pharos/internal/cluster"
 	"github.com/pharos-ha/pharos/internal/haagent"
+	"github.com/pharos-ha/pharos/internal/metrics"
 	"github.com/pharos-ha/pharos/internal/pglocal"
+	"github.com/pharos-ha/pharos/internal/restapi"
 	"github.com/pharos-ha/pharos/internal/router"
+	"github.com/pharos-ha/pharos/internal/watchdog"
 )
 
 // agentSettings are the agent's config-file keys (and, with dashes, its
@@ -58,6 +66,19 @@ type agentSettings struct {
 	Parameters           map[string]string `yaml:"parameters"`
 	PGHBA                []string          `yaml:"pg_hba"`
 
+	APIListen       string `yaml:"api_listen"`
+	APIUsername     string `yaml:"api_username"`
+	APIPassword     string `yaml:"api_password"`
+	APIPasswordFile string `yaml:"api_password_file"`
+	APIToken        string `yaml:"api_token"`
+	APITokenFile    string `yaml:"api_token_file"`
+	APICert         string `yaml:"api_cert"`
+	APIKey          string `yaml:"api_key"`
+
+	Watchdog       string `yaml:"watchdog"`
+	WatchdogDriver string `yaml:"watchdog_driver"`
+	WatchdogDevice string `yaml:"watchdog_device"`
+
 	OnStart         string   `yaml:"on_start"`
 	OnStop          string   `yaml:"on_stop"`
 	OnRestart       string   `yaml:"on_restart"`
@@ -80,6 +101,9 @@ func defaultAgentSettings() agentSettings {
 		MaximumLagOnFailover: haagent.DefaultMaximumLagOnFailover,
 		CrashRestartTimeout:  duration(haagent.DefaultCrashRestartTimeout),
 		CallbackTimeout:      duration(30 * time.Second),
+		Watchdog:             string(haagent.WatchdogAutomatic),
+		WatchdogDriver:       "device",
+		WatchdogDevice:       "/dev/watchdog",
 	}
 }
 
@@ -119,6 +143,15 @@ func parseAgentArgs(args []string, stderr io.Writer) (agentSettings, error) {
 	bind(o, "auto-reinit", "wipe and clone again when pg_rewind fails", parseBool, func(s *agentSettings) *bool { return &s.AutoReinit })
 	bind(o, "nofailover", "never take the lead", parseBool, func(s *agentSettings) *bool { return &s.NoFailover })
 	bind(o, "noloadbalance", "keep the proxy's ro endpoint away from this member", parseBool, func(s *agentSettings) *bool { return &s.NoLoadBalance })
+	str("api-listen", "REST API address, e.g. 127.0.0.1:8008 (\"\" disables it)", func(s *agentSettings) *string { return &s.APIListen })
+	str("api-username", "user for the REST API's mutating calls (basic auth)", func(s *agentSettings) *string { return &s.APIUsername })
+	str("api-password-file", "file holding its password (or env PHAROS_API_PASSWORD)", func(s *agentSettings) *string { return &s.APIPasswordFile })
+	str("api-token-file", "file holding a bearer token for the mutating calls (or env PHAROS_API_TOKEN)", func(s *agentSettings) *string { return &s.APITokenFile })
+	str("api-cert", "PEM certificate: serve the REST API over HTTPS", func(s *agentSettings) *string { return &s.APICert })
+	str("api-key", "PEM key for --api-cert", func(s *agentSettings) *string { return &s.APIKey })
+	str("watchdog", "off, automatic (arm when possible) or required (no leadership without it)", func(s *agentSettings) *string { return &s.Watchdog })
+	str("watchdog-driver", "device (Linux /dev/watchdog) or software (a pharos watchdog process)", func(s *agentSettings) *string { return &s.WatchdogDriver })
+	str("watchdog-device", "watchdog device for --watchdog-driver device", func(s *agentSettings) *string { return &s.WatchdogDevice })
 	str("on-start", "command run after PostgreSQL starts (args: action role cluster)", func(s *agentSettings) *string { return &s.OnStart })
 	str("on-stop", "command run after PostgreSQL stops", func(s *agentSettings) *string { return &s.OnStop })
 	str("on-restart", "command run after PostgreSQL is restarted in place after a crash", func(s *agentSettings) *string { return &s.OnRestart })
@@ -150,7 +183,7 @@ func parseAgentArgs(args []string, stderr io.Writer) (agentSettings, error) {
 }
 
 // agentConfig validates the settings into the agent's config.
-func (s agentSettings) agentConfig(ctx context.Context) (haagent.Config, router.EtcdConfig, cluster.Keys, error) {
+func (s agentSettings) agentConfig(ctx context.Context, log *slog.Logger) (haagent.Config, router.EtcdConfig, cluster.Keys, error) {
 	var zero haagent.Config
 	if s.Name == "" {
 		return zero, router.EtcdConfig{}, cluster.Keys{}, usageErrorf("name: required (--name)")
@@ -208,13 +241,35 @@ func (s agentSettings) agentConfig(ctx context.Context) (haagent.Config, router.
 	if err := rules.Validate(); err != nil {
 		return zero, ecfg, keys, usageErrorf("%v", err)
 	}
+	wdMode, err := haagent.ParseWatchdogMode(s.Watchdog)
+	if err != nil {
+		return zero, ecfg, keys, usageErrorf("%v", err)
+	}
+	var wd haagent.Watchdog
+	if wdMode != haagent.WatchdogOff {
+		switch s.WatchdogDriver {
+		case "device":
+			wd = watchdog.OpenDevice(s.WatchdogDevice, log)
+		case "software":
+			self, err := os.Executable()
+			if err != nil {
+				return zero, ecfg, keys, fmt.Errorf("watchdog_driver software: %w", err)
+			}
+			wd = watchdog.NewSoftware(self, s.DataDir, log)
+		default:
+			return zero, ecfg, keys, usageErrorf("watchdog_driver %q: device or software", s.WatchdogDriver)
+		}
+	}
 	if s.CallbackTimeout <= 0 {
 		return zero, ecfg, keys, usageErrorf("callback_timeout %v: must be positive", time.Duration(s.CallbackTimeout))
 	}
 	return haagent.Config{
-		Rules:   rules,
-		Host:    s.Host,
-		Cluster: s.Cluster,
+		Rules:        rules,
+		Host:         s.Host,
+		Cluster:      s.Cluster,
+		APIURL:       s.apiURL(),
+		WatchdogMode: wdMode,
+		Watchdog:     wd,
 		Callbacks: haagent.Callbacks{
 			OnStart: s.OnStart, OnStop: s.OnStop, OnRestart: s.OnRestart, OnRoleChange: s.OnRoleChange,
 			Timeout: time.Duration(s.CallbackTimeout),
@@ -226,6 +281,42 @@ func (s agentSettings) agentConfig(ctx context.Context) (haagent.Config, router.
 			HBA: s.PGHBA, Parameters: s.Parameters, Owner: owner,
 		},
 	}, ecfg, keys, nil
+}
+
+// apiURL is the REST API's address as published in the member record.
+func (s agentSettings) apiURL() string {
+	if s.APIListen == "" {
+		return ""
+	}
+	host, port, err := net.SplitHostPort(s.APIListen)
+	if err != nil {
+		return ""
+	}
+	if host == "" || host == "0.0.0.0" || host == "::" {
+		host = s.Host
+	}
+	scheme := "http"
+	if s.APICert != "" {
+		scheme = "https"
+	}
+	return scheme + "://" + net.JoinHostPort(host, port)
+}
+
+// apiConfig is the REST API's configuration, secrets read.
+func (s agentSettings) apiConfig(loopStale time.Duration) (restapi.Config, error) {
+	password, err := readSecret("api_password", s.APIPassword, s.APIPasswordFile, "PHAROS_API_PASSWORD")
+	if err != nil {
+		return restapi.Config{}, err
+	}
+	token, err := readSecret("api_token", s.APIToken, s.APITokenFile, "PHAROS_API_TOKEN")
+	if err != nil {
+		return restapi.Config{}, err
+	}
+	if (s.APIUsername == "") != (password == "") {
+		return restapi.Config{}, usageErrorf("api_username: basic auth needs both a user name and a password")
+	}
+	return restapi.Config{Listen: s.APIListen, Username: s.APIUsername, Password: password, Token: token,
+		CertFile: s.APICert, KeyFile: s.APIKey, LoopStale: loopStale}, nil
 }
 
 // runAgent runs the HA agent until SIGTERM or SIGINT, then stops
@@ -244,7 +335,7 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		fmt.Fprintln(stderr, "pharos agent:", err)
 		return exitUsage
 	}
-	cfg, ecfg, keys, err := s.agentConfig(ctx)
+	cfg, ecfg, keys, err := s.agentConfig(ctx, log)
 	if err != nil {
 		fmt.Fprintln(stderr, "pharos agent:", err)
 		var ue *usageError
@@ -252,6 +343,28 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 			return exitUsage
 		}
 		return exitFailure
+	}
+	reg := metrics.NewRegistry()
+	cfg.Metrics = metrics.NewAgent(reg)
+	// The REST API listens first, so that a taken port fails before
+	// anything else starts; it answers "starting" until the agent exists.
+	backend := &lateBackend{}
+	var api *restapi.Server
+	if s.APIListen != "" {
+		acfg, err := s.apiConfig(4 * cfg.Rules.Timing.TTL)
+		if err != nil {
+			fmt.Fprintln(stderr, "pharos agent:", err)
+			return exitUsage
+		}
+		acfg.Metrics = metrics.Handler(reg)
+		if api, err = restapi.New(acfg, backend, log); err != nil {
+			fmt.Fprintln(stderr, "pharos agent: api:", err)
+			return exitUsage
+		}
+		if err := api.Listen(); err != nil {
+			fmt.Fprintln(stderr, "pharos agent: api_listen:", err)
+			return exitUsage
+		}
 	}
 	cli, err := router.NewEtcdClient(ecfg)
 	if err != nil {
@@ -264,14 +377,90 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		fmt.Fprintln(stderr, "pharos agent:", err)
 		return exitUsage
 	}
+	backend.set(agent.API())
+	return serveAgent(ctx, agent, api, log, s, cfg, stderr)
+}
+
+// serveAgent runs the agent and its REST API until SIGTERM or SIGINT.
+func serveAgent(ctx context.Context, agent *haagent.Agent, api *restapi.Server, log *slog.Logger, s agentSettings, cfg haagent.Config, stderr io.Writer) int {
 	// SIGTERM is the service manager's stop: a clean hand-over.
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, os.Interrupt)
 	defer stop()
 	log.Info("agent starting", "cluster", s.Cluster, "data_dir", s.DataDir, "pg_port", s.PGPort,
-		"ttl", cfg.Rules.Timing.TTL, "loop_wait", cfg.Rules.Timing.LoopWait)
-	if err := agent.Run(ctx); err != nil && !errors.Is(err, context.Canceled) {
+		"ttl", cfg.Rules.Timing.TTL, "loop_wait", cfg.Rules.Timing.LoopWait, "watchdog", cfg.WatchdogMode, "api", s.APIListen)
+	g, gctx := errgroup.WithContext(ctx)
+	apiCtx, stopAPI := context.WithCancel(context.WithoutCancel(ctx))
+	if api != nil {
+		g.Go(func() error { return api.Serve(apiCtx) })
+	}
+	g.Go(func() error {
+		// The API keeps answering while the agent hands over; it stops
+		// after.
+		defer stopAPI()
+		return agent.Run(gctx)
+	})
+	if err := g.Wait(); err != nil && !errors.Is(err, context.Canceled) {
 		fmt.Fprintln(stderr, "pharos agent:", err)
 		return exitFailure
 	}
 	return exitOK
+}
+
+// lateBackend lets the REST API listen before the agent exists; until
+// then (and after the agent stopped) every call answers as "starting".
+type lateBackend struct {
+	mu sync.Mutex
+	b  restapi.Backend
+}
+
+func (l *lateBackend) set(b restapi.Backend) { l.mu.Lock(); l.b = b; l.mu.Unlock() }
+func (l *lateBackend) get() restapi.Backend {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b
+}
+
+var errNotReady = fmt.Errorf("%w: the agent is starting", restapi.ErrConflict)
+
+func (l *lateBackend) Status() restapi.NodeStatus {
+	if b := l.get(); b != nil {
+		return b.Status()
+	}
+	return restapi.NodeStatus{Role: cluster.RoleStarting, LagBytes: -1}
+}
+func (l *lateBackend) Cluster(ctx context.Context) (any, error) {
+	if b := l.get(); b != nil {
+		return b.Cluster(ctx)
+	}
+	return nil, errNotReady
+}
+func (l *lateBackend) History(ctx context.Context) (cluster.History, error) {
+	if b := l.get(); b != nil {
+		return b.History(ctx)
+	}
+	return nil, errNotReady
+}
+func (l *lateBackend) Switchover(ctx context.Context, r restapi.SwitchoverRequest) error {
+	if b := l.get(); b != nil {
+		return b.Switchover(ctx, r)
+	}
+	return errNotReady
+}
+func (l *lateBackend) Failover(ctx context.Context, r restapi.SwitchoverRequest) error {
+	if b := l.get(); b != nil {
+		return b.Failover(ctx, r)
+	}
+	return errNotReady
+}
+func (l *lateBackend) Restart(ctx context.Context) error {
+	if b := l.get(); b != nil {
+		return b.Restart(ctx)
+	}
+	return errNotReady
+}
+func (l *lateBackend) Reinitialize(ctx context.Context) error {
+	if b := l.get(); b != nil {
+		return b.Reinitialize(ctx)
+	}
+	return errNotReady
 }

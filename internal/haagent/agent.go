@@ -15,6 +15,7 @@ import (
 
 	"github.com/pharos-ha/pharos/internal/cluster"
 	"github.com/pharos-ha/pharos/internal/metrics"
+	"github.com/pharos-ha/pharos/internal/restapi"
 )
 
 // Config is one agent's configuration.
@@ -35,6 +36,10 @@ type Config struct {
 	Callbacks Callbacks
 	// Metrics receives the agent's metrics; nil: a private registry.
 	Metrics *metrics.Agent
+	// WatchdogMode and Watchdog: the driver armed before this member
+	// leads (nil with mode off).
+	WatchdogMode WatchdogMode
+	Watchdog     Watchdog
 }
 
 // Agent runs the HA loop of one node.
@@ -49,6 +54,11 @@ type Agent struct {
 	wake  chan struct{}
 	cb    *callbackRunner
 	m     *metrics.Agent
+	wd    *guard
+
+	// status is what the REST API answers, replaced by the loop.
+	status   atomic.Pointer[restapi.NodeStatus]
+	requests chan apiRequest
 
 	// Written by the renewal goroutine, read by the loop.
 	lastRenew     atomic.Int64 // unix nanos of the send time of the last acknowledged keep-alive
@@ -104,17 +114,26 @@ func New(cfg Config, cli *clientv3.Client, keys cluster.Keys, log *slog.Logger) 
 	if cfg.Metrics == nil {
 		cfg.Metrics = metrics.NewAgent(prometheus.NewRegistry())
 	}
+	if cfg.WatchdogMode == "" {
+		cfg.WatchdogMode = WatchdogOff
+	}
+	if cfg.WatchdogMode != WatchdogOff && cfg.Watchdog == nil {
+		return nil, fmt.Errorf("watchdog %s: no driver", cfg.WatchdogMode)
+	}
+	cfg.Rules.WatchdogRequired = cfg.WatchdogMode == WatchdogRequired
 	return &Agent{
-		m:     cfg.Metrics,
-		cfg:   cfg,
-		rules: cfg.Rules,
-		dcs:   &dcs{cli: cli, keys: keys, name: cfg.Rules.Name, ttl: cfg.Rules.Timing.TTL},
-		pg:    newPostgres(cfg.Postgres, log),
-		log:   log,
-		now:   time.Now,
-		wake:  make(chan struct{}, 1),
-		seen:  map[string]seenRecord{},
-		cb:    newCallbackRunner(cfg.Callbacks, cfg.Rules.Name, cfg.Cluster, log),
+		m:        cfg.Metrics,
+		cfg:      cfg,
+		rules:    cfg.Rules,
+		dcs:      &dcs{cli: cli, keys: keys, name: cfg.Rules.Name, ttl: cfg.Rules.Timing.TTL},
+		pg:       newPostgres(cfg.Postgres, log),
+		log:      log,
+		now:      time.Now,
+		wake:     make(chan struct{}, 1),
+		requests: make(chan apiRequest),
+		seen:     map[string]seenRecord{},
+		cb:       newCallbackRunner(cfg.Callbacks, cfg.Rules.Name, cfg.Cluster, log),
+		wd:       &guard{mode: cfg.WatchdogMode, wd: cfg.Watchdog, timeout: cfg.Rules.Timing.FenceAfter()},
 	}, nil
 }
 
@@ -162,6 +181,9 @@ func (a *Agent) join(ctx context.Context) error {
 				a.lastRenew.Store(a.now().UnixNano())
 				cancel()
 				a.log.Info("adopted the lease of the leader key this member holds", "epoch", a.epoch)
+				if err := a.armWatchdog(); err != nil {
+					a.log.Error("leading without the required watchdog until the next round fences", "err", err)
+				}
 				return nil
 			}
 		}
@@ -222,6 +244,12 @@ func (a *Agent) renewLoop(ctx context.Context) {
 		switch {
 		case err == nil:
 			a.lastRenew.Store(sent.UnixNano())
+			// Fed only after etcd confirmed the lease: a hung or cut-off
+			// agent stops feeding and its primary is killed before the
+			// lease can expire.
+			if err := a.wd.feed(); err != nil {
+				a.log.Error("watchdog feed failed", "err", err)
+			}
 		case errors.Is(err, errLeaseGone):
 			a.leaseGone.Store(true)
 			a.log.Warn("lease expired", "lease", fmt.Sprintf("%x", id))
@@ -309,6 +337,8 @@ func (a *Agent) loop(ctx context.Context) {
 		case <-tick.C:
 		case <-fence.C:
 		case <-a.wake:
+		case req := <-a.requests:
+			req.reply <- a.serveRequest(ctx, req)
 		}
 	}
 }
@@ -376,8 +406,9 @@ func (a *Agent) observe(ctx context.Context) Observation {
 	now = a.now()
 	a.m.RenewalAge.Set(now.Sub(time.Unix(0, a.lastRenew.Load())).Seconds())
 	o := Observation{
-		Now: now,
-		DCS: a.view,
+		Now:           now,
+		WatchdogArmed: a.wd.armed(),
+		DCS:           a.view,
 		Lease: LeaseView{
 			Held:        a.currentLease() != 0 && !a.leaseGone.Load(),
 			LastRenewed: time.Unix(0, a.lastRenew.Load()),
@@ -479,10 +510,6 @@ func (a *Agent) publish(ctx context.Context, o Observation) {
 }
 
 func (a *Agent) publishRecord(ctx context.Context, o Observation, role cluster.Role, state string) {
-	lease := a.currentLease()
-	if lease == 0 || !o.DCS.Reachable || !o.Lease.Held {
-		return
-	}
 	m := cluster.Member{
 		Name:       a.rules.Name,
 		Role:       role,
@@ -511,7 +538,7 @@ func (a *Agent) publishRecord(ctx context.Context, o Observation, role cluster.R
 		m.Role, m.State = cluster.RoleStarting, "no data directory yet"
 	}
 	for _, r := range metrics.AgentRoles {
-		a.m.Role.WithLabelValues(r).Set(b2f(r == string(role)))
+		a.m.Role.WithLabelValues(r).Set(b2f(r == string(m.Role)))
 	}
 	a.m.IsLeader.Set(b2f(o.DCS.LeaderIsMine))
 	a.m.Timeline.Set(float64(o.PG.Timeline))
@@ -521,6 +548,7 @@ func (a *Agent) publishRecord(ctx context.Context, o Observation, role cluster.R
 	} else {
 		a.m.LagBytes.Set(-1)
 	}
+	a.setStatus(o, m)
 	if was := a.lastRole; was != role {
 		if was != "" && (was == cluster.RolePrimary) != (role == cluster.RolePrimary) {
 			// Like Patroni: the role it now has in the cluster.
@@ -531,6 +559,10 @@ func (a *Agent) publishRecord(ctx context.Context, o Observation, role cluster.R
 			a.cb.fire("on_role_change", newRole)
 		}
 		a.lastRole = role
+	}
+	lease := a.currentLease()
+	if lease == 0 || !o.DCS.Reachable || !o.Lease.Held {
+		return
 	}
 	cctx, cancel := a.callCtx(ctx)
 	defer cancel()
@@ -634,7 +666,15 @@ func (a *Agent) execute(ctx context.Context, act Action, o Observation) error {
 				a.reason = "manual failover"
 			}
 		}
+		// Armed before the key is ours: from the moment others can see
+		// this member lead, a hang kills its server in time.
+		if err := a.armWatchdog(); err != nil {
+			return err
+		}
 		epoch, err := a.dcs.acquire(cctx, a.currentLease(), handoverRev)
+		if err != nil || epoch == 0 {
+			a.disarmWatchdog()
+		}
 		if err != nil {
 			return err
 		}
@@ -673,7 +713,11 @@ func (a *Agent) execute(ctx context.Context, act Action, o Observation) error {
 	case ActDemote:
 		a.log.Warn("demoting: stopping PostgreSQL", "grace", t.SafetyMargin/2)
 		a.m.Demotions.Inc()
-		return a.stopped(a.pg.stop(ctx, t.SafetyMargin/2), cluster.RolePrimary)
+		err := a.stopped(a.pg.stop(ctx, t.SafetyMargin/2), cluster.RolePrimary)
+		if err == nil {
+			a.disarmWatchdog()
+		}
+		return err
 	case ActSwitchover:
 		return a.switchover(ctx, o, act.Target)
 	case ActApplyConfig:
@@ -705,10 +749,37 @@ func (a *Agent) execute(ctx context.Context, act Action, o Observation) error {
 		if err == nil {
 			a.log.Info("leader key released", "epoch", a.epoch)
 			a.epoch = 0
+			if !o.PG.Running || o.PG.InRecovery {
+				a.disarmWatchdog()
+			}
 		}
 		return err
 	}
 	return fmt.Errorf("unknown action %v", act)
+}
+
+// armWatchdog arms the watchdog before this member leads. A failure stops
+// the step when the watchdog is required and is only logged otherwise.
+func (a *Agent) armWatchdog() error {
+	err := a.wd.arm()
+	a.m.WatchdogArmed.Set(b2f(a.wd.armed()))
+	if err == nil {
+		return nil
+	}
+	if a.wd.mode == WatchdogRequired {
+		a.mem.WatchdogFailedAt = a.now()
+		return fmt.Errorf("required watchdog: %w", err)
+	}
+	a.log.Warn("watchdog not armed; leading without it", "err", err)
+	return nil
+}
+
+// disarmWatchdog disarms it once this member stopped leading cleanly.
+func (a *Agent) disarmWatchdog() {
+	if err := a.wd.disarm(); err != nil {
+		a.log.Error("watchdog disarm failed", "err", err)
+	}
+	a.m.WatchdogArmed.Set(b2f(a.wd.armed()))
 }
 
 // started records that a successful start applied the dynamic
@@ -775,6 +846,7 @@ func (a *Agent) switchover(ctx context.Context, o Observation, target string) er
 	}
 	a.epoch = 0
 	a.view.LeaderIsMine = false
+	a.disarmWatchdog()
 	a.log.Info("switchover: lead handed over", "to", target, "shutdown_checkpoint", end.String(), "stopped_in", a.now().Sub(t0).Round(time.Millisecond))
 	return nil
 }
@@ -827,6 +899,14 @@ func (a *Agent) syncSlots(ctx context.Context, o Observation) error {
 // bootstrap claims the initialize key, runs initdb, starts and leads.
 func (a *Agent) bootstrap(ctx context.Context) error {
 	lease := a.currentLease()
+	// The software watchdog watches the data directory: it must exist
+	// (empty; initdb fills it) before arming.
+	if err := a.cfg.Postgres.Owner.MkdirAll(a.cfg.Postgres.DataDir, 0o700); err != nil {
+		return err
+	}
+	if err := a.armWatchdog(); err != nil {
+		return err
+	}
 	cctx, cancel := a.callCtx(ctx)
 	ok, err := a.dcs.claimInitialize(cctx, lease)
 	cancel()
@@ -834,12 +914,14 @@ func (a *Agent) bootstrap(ctx context.Context) error {
 		return err
 	}
 	if !ok {
+		a.disarmWatchdog()
 		a.log.Info("another member is bootstrapping the cluster")
 		return nil
 	}
 	a.log.Info("bootstrapping the cluster", "data_dir", a.cfg.Postgres.DataDir)
 	fail := func(err error) error {
 		_ = a.pg.stop(context.WithoutCancel(ctx), 10*time.Second)
+		a.disarmWatchdog()
 		_ = a.pg.wipe()
 		cctx, cancel := a.callCtx(context.WithoutCancel(ctx))
 		defer cancel()
@@ -895,6 +977,7 @@ func (a *Agent) shutdown() {
 		a.log.Error("stop PostgreSQL", "err", err)
 	} else {
 		a.log.Info("PostgreSQL stopped")
+		a.disarmWatchdog()
 		// The runner is gone with the loop: run on_stop here, bounded.
 		if wasRunning && a.cfg.Callbacks.OnStop != "" {
 			a.cb.exec(ctx, callbackJob{"on_stop", a.lastRole})

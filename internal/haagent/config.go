@@ -90,6 +90,9 @@ type Rules struct {
 	// AutoReinit lets a member whose pg_rewind failed wipe its data
 	// directory and clone again.
 	AutoReinit bool
+	// WatchdogRequired: this member may not lead unless its watchdog is
+	// armed (set by New from the watchdog mode).
+	WatchdogRequired bool
 }
 
 // Validate checks the rules.

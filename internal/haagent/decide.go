@@ -12,11 +12,13 @@ import (
 // of the local PostgreSQL, and what the agent remembers between loops. The
 // loop builds it; Decide never reads a clock, etcd or the disk itself.
 type Observation struct {
-	Now    time.Time
-	DCS    DCSView
-	Lease  LeaseView
-	PG     PGView
-	Memory Memory
+	Now time.Time
+	// WatchdogArmed: this member's watchdog is armed.
+	WatchdogArmed bool
+	DCS           DCSView
+	Lease         LeaseView
+	PG            PGView
+	Memory        Memory
 }
 
 // DCSView is the cluster as the last successful read of etcd saw it. When
@@ -115,6 +117,10 @@ type Memory struct {
 	// AppliedConfigRev is the dynamic configuration revision last applied
 	// to the running server.
 	AppliedConfigRev int64
+	// WatchdogFailedAt is when arming the watchdog last failed; with a
+	// required watchdog the member does not try to lead for
+	// watchdogRetry after that.
+	WatchdogFailedAt time.Time
 	// BehindSince is when this running standby was first seen following
 	// the leader from an older timeline; zero otherwise. A standby that
 	// stays there could not switch to the new timeline: its WAL diverged.
@@ -286,6 +292,9 @@ func decide(o Observation, r Rules) Plan {
 	}
 
 	if !dcs.Initialized {
+		if pg.Data == DataMissing && watchdogBlocked(o, r) {
+			return plan("cluster not initialized, but the required watchdog cannot be armed: leaving the bootstrap to others")
+		}
 		if pg.Data == DataMissing {
 			return plan("cluster not initialized", act(ActBootstrap))
 		}
@@ -334,6 +343,12 @@ func decide(o Observation, r Rules) Plan {
 // decideLeader: this member holds a renewed key.
 func decideLeader(o Observation, r Rules) Plan {
 	pg := o.PG
+	if r.WatchdogRequired && !o.WatchdogArmed {
+		if pg.Running && !pg.InRecovery {
+			return plan("leading without the required watchdog: stepping down", act(ActDemote), act(ActReleaseLeader))
+		}
+		return plan("leading without the required watchdog: stepping down", act(ActReleaseLeader))
+	}
 	if pg.Running {
 		if pg.InRecovery {
 			return plan("leader in recovery", promotion(pg)...)
@@ -456,6 +471,8 @@ func decideElection(o Observation, r Rules) Plan {
 	pg := o.PG
 	if sw := o.DCS.Switchover; sw != nil && sw.Handover {
 		switch {
+		case sw.Candidate == r.Name && watchdogBlocked(o, r):
+			return plan("switchover: the lead was handed to this member, but its required watchdog cannot be armed")
 		case sw.Candidate == r.Name && pg.Running:
 			return plan("switchover: the lead was handed to this member", append([]Action{act(ActAcquireLeader)}, promotion(pg)...)...)
 		case sw.Candidate == r.Name:
@@ -486,10 +503,22 @@ func decideElection(o Observation, r Rules) Plan {
 	return plan("no leader, healthiest eligible member", append([]Action{act(ActAcquireLeader)}, promotion(pg)...)...)
 }
 
+// watchdogRetry is how long a member whose required watchdog could not be
+// armed stays out of elections before it tries again.
+const watchdogRetry = 30 * time.Second
+
+// watchdogBlocked: a required watchdog failed to arm recently.
+func watchdogBlocked(o Observation, r Rules) bool {
+	return r.WatchdogRequired && !o.Memory.WatchdogFailedAt.IsZero() && o.Now.Sub(o.Memory.WatchdogFailedAt) < watchdogRetry
+}
+
 // ineligible says why this member must not take the lead, or "".
 func ineligible(o Observation, r Rules) string {
 	if r.Tags.NoFailover {
 		return "tagged nofailover"
+	}
+	if watchdogBlocked(o, r) {
+		return "the required watchdog cannot be armed"
 	}
 	pos := o.PG.Position()
 	if r.MaximumLagOnFailover > 0 && o.Memory.LastLeaderLSN > pos && int64(o.Memory.LastLeaderLSN-pos) > r.MaximumLagOnFailover {

@@ -192,6 +192,9 @@ func describeRules(r Rules) string {
 	if r.Tags.FailoverPriority != 0 {
 		s += fmt.Sprintf(", failover_priority %d", r.Tags.FailoverPriority)
 	}
+	if r.WatchdogRequired {
+		s += ", watchdog required"
+	}
 	return s
 }
 
@@ -242,6 +245,11 @@ func parseRules(a *args) (Rules, error) {
 	r.AutoReinit = a.flag("auto_reinit")
 	r.Tags.NoFailover = a.flag("nofailover")
 	a.int("priority", &r.Tags.FailoverPriority)
+	if v, ok := a.get("watchdog"); ok {
+		mode, err := ParseWatchdogMode(v)
+		a.fail(err)
+		r.WatchdogRequired = mode == WatchdogRequired
+	}
 	if err := a.done(); err != nil {
 		return r, err
 	}
@@ -255,6 +263,7 @@ func parseObservation(a *args, sub []scenarioLine, r Rules) (Observation, error)
 		MemberSeenAt: map[string]time.Time{},
 	}}
 	a.at("now", &o.Now, true)
+	o.WatchdogArmed = a.flag("watchdog_armed")
 	if err := a.done(); err != nil {
 		return o, err
 	}
@@ -278,6 +287,20 @@ func parseObservation(a *args, sub []scenarioLine, r Rules) (Observation, error)
 			a.int64("epoch", &d.LeaderEpoch)
 			d.LeaderIsMine = a.flag("mine")
 			d.Paused = a.flag("paused")
+			a.int64("config_rev", &d.ConfigRev)
+			if cand, ok := a.get("switchover"); ok {
+				sw := &cluster.Switchover{Handover: a.flag("handover"), Failover: a.flag("forced")}
+				if cand != "-" {
+					sw.Candidate = cand
+				}
+				var at time.Time
+				a.at("scheduled", &at, false)
+				if !at.IsZero() {
+					sw.ScheduledAt = &at
+				}
+				a.at("switchover_seen", &d.SwitchoverSeenAt, false)
+				d.Switchover = sw
+			}
 			if d.LeaderIsMine && d.Leader != r.Name {
 				a.fail(fmt.Errorf("mine: the leader key is %q, not this member's (%s)", d.Leader, r.Name))
 			}
@@ -299,6 +322,14 @@ func parseObservation(a *args, sub []scenarioLine, r Rules) (Observation, error)
 			a.lsn("receive", &m.ReceiveLSN)
 			m.Tags.NoFailover = a.flag("nofailover")
 			a.int("priority", &m.Tags.FailoverPriority)
+			if up, ok := a.get("streaming"); ok {
+				m.State = "streaming from " + up
+			}
+			if _, ok := a.m["lag"]; ok {
+				var lag int64
+				a.size("lag", &lag)
+				m.LagBytes = &lag
+			}
 			var at time.Time
 			var rev int64
 			a.at("seen", &at, true)
@@ -337,6 +368,8 @@ func parseObservation(a *args, sub []scenarioLine, r Rules) (Observation, error)
 			a.int64("leader_gone_rev", &m.LeaderGoneRev)
 			a.at("leader_gone_at", &m.LeaderGoneAt, false)
 			a.at("behind_since", &m.BehindSince, false)
+			a.at("watchdog_failed_at", &m.WatchdogFailedAt, false)
+			a.int64("applied_config_rev", &m.AppliedConfigRev)
 		default:
 			return o, atLine(l.n, fmt.Errorf("unknown observation %q (want dcs, member, lease, pg or memory)", word))
 		}

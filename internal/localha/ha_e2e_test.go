@@ -4,6 +4,8 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"io"
+	"net/http"
 	"log/slog"
 	"net"
 	"os"
@@ -756,4 +758,162 @@ func show(n *localha.Node, name string) string {
 		return ""
 	}
 	return v
+}
+
+// TestWatchdogEndToEnd: with the software watchdog required, a primary
+// whose agent hangs (SIGSTOP) or dies (SIGKILL) has its postmaster killed
+// before any other member is promoted; a member that cannot arm its
+// required watchdog never leads; the REST API answers load balancers and
+// refuses unauthenticated changes.
+func TestWatchdogEndToEnd(t *testing.T) {
+	e := startHA(t, 3, "--watchdog", "required", "--watchdog-driver", "software")
+	ctx := context.Background()
+	leader := e.waitHealthy(t, time.Time{}, 2*time.Minute)
+
+	t.Run("REST API health and auth", func(t *testing.T) {
+		for _, n := range e.ha.Nodes() {
+			wantPrimary, wantReplica := 503, 200
+			if n.Name == leader {
+				wantPrimary, wantReplica = 200, 503
+			}
+			for path, want := range map[string]int{"/primary": wantPrimary, "/replica": wantReplica, "/health": 200, "/liveness": 200} {
+				for _, method := range []string{"GET", "OPTIONS"} {
+					if got := httpStatus(t, method, n.APIURL+path, "", ""); got != want {
+						t.Errorf("%s %s %s: %d, want %d", n.Name, method, path, got, want)
+					}
+				}
+			}
+		}
+		url := e.ha.Node(leader).APIURL + "/restart"
+		if got := httpStatus(t, "POST", url, "", ""); got != 401 {
+			t.Errorf("unauthenticated POST /restart: %d, want 401", got)
+		}
+		if got := httpStatus(t, "POST", url, e.ha.APIUser, "wrong"); got != 401 {
+			t.Errorf("POST /restart with a wrong password: %d, want 401", got)
+		}
+		metrics := httpBody(t, e.ha.Node(leader).APIURL+"/metrics")
+		for _, want := range []string{"pharos_agent_is_leader 1", "pharos_agent_watchdog_armed 1"} {
+			if !strings.Contains(metrics, want) {
+				t.Errorf("leader's /metrics lacks %q", want)
+			}
+		}
+	})
+
+	for _, tc := range []struct {
+		name  string
+		fault func(n *localha.Node) error
+	}{
+		{"agent frozen (SIGSTOP)", func(n *localha.Node) error { return n.SignalAgent(syscall.SIGSTOP) }},
+		{"agent killed (SIGKILL)", func(n *localha.Node) error { return n.KillAgent() }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			old := e.ha.Node(leader)
+			pid := old.PostmasterPid()
+			if pid == 0 {
+				t.Fatalf("no postmaster on %s", leader)
+			}
+			faultAt := time.Now()
+			if err := tc.fault(old); err != nil {
+				t.Fatal(err)
+			}
+			var killedAt, promotedAt time.Time
+			deadline := time.Now().Add(30 * time.Second)
+			for (killedAt.IsZero() || promotedAt.IsZero()) && time.Now().Before(deadline) {
+				if killedAt.IsZero() && !processAlive(pid) {
+					killedAt = time.Now()
+				}
+				if promotedAt.IsZero() {
+					if st, err := e.status(ctx); err == nil && st.Leader != nil && st.Leader.Name != leader {
+						promotedAt = time.Now()
+					}
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			if killedAt.IsZero() {
+				t.Fatalf("the watchdog did not kill %s's postmaster", leader)
+			}
+			if promotedAt.IsZero() {
+				t.Fatal("no other member took the lead")
+			}
+			t.Logf("postmaster killed %v after the fault, new leader %v after it", killedAt.Sub(faultAt).Round(time.Millisecond), promotedAt.Sub(faultAt).Round(time.Millisecond))
+			if !killedAt.Before(promotedAt) {
+				t.Errorf("another member led before the hung primary was killed")
+			}
+			if b, _ := os.ReadFile(old.WatchdogLog()); !strings.Contains(string(b), "watchdog fired") {
+				t.Errorf("watchdog log does not say it fired:\n%s", b)
+			}
+			if err := old.SignalAgent(syscall.SIGKILL); err == nil {
+				_ = old.KillAgent()
+			}
+			var survivors []string
+			for _, n := range e.replicas(leader) {
+				survivors = append(survivors, n.Name)
+			}
+			newLeader := e.waitHealthy(t, time.Now(), time.Minute, survivors...)
+			restarted := time.Now()
+			if err := old.StartAgent(); err != nil {
+				t.Fatal(err)
+			}
+			e.waitHealthy(t, restarted, time.Minute)
+			e.checkTruth(t, ctx)
+			leader = newLeader
+		})
+	}
+}
+
+// TestRequiredWatchdogWithoutDeviceNeverLeads: a lone member whose
+// required watchdog device does not exist never bootstraps or leads.
+func TestRequiredWatchdogWithoutDeviceNeverLeads(t *testing.T) {
+	e := startHA(t, 1, "--watchdog", "required", "--watchdog-driver", "device", "--watchdog-device", "/nonexistent/watchdog")
+	n := e.ha.Nodes()[0]
+	time.Sleep(6 * time.Second)
+	st, err := e.status(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Leader != nil || st.Initialize != nil {
+		t.Fatalf("a member without its required watchdog leads or bootstrapped: leader %+v", st.Leader)
+	}
+	if b, _ := os.ReadFile(n.LogPath); !strings.Contains(string(b), "required watchdog cannot be armed") {
+		t.Errorf("the agent does not say why it does not lead:\n%s", lastBytes(string(b), 3000))
+	}
+}
+
+func processAlive(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	i := strings.LastIndexByte(string(b), ')')
+	return i < 0 || i+2 >= len(b) || b[i+2] != 'Z'
+}
+
+func httpStatus(t testing.TB, method, url, user, password string) int {
+	t.Helper()
+	req, err := http.NewRequest(method, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if user != "" {
+		req.SetBasicAuth(user, password)
+	}
+	c := &http.Client{Timeout: 3 * time.Second}
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, url, err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+func httpBody(t testing.TB, url string) string {
+	t.Helper()
+	c := &http.Client{Timeout: 3 * time.Second}
+	resp, err := c.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
 }

@@ -21,12 +21,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
 
+	"github.com/pharos-ha/pharos/internal/freeport"
 	"github.com/pharos-ha/pharos/internal/pglocal"
 )
 
@@ -43,8 +45,10 @@ type Options struct {
 	// RestartDelay is the pause before a dead agent is started again; 0
 	// means 5 s (longer than the default ttl, so a killed node fails over first), negative means never (a test restarts it itself).
 	RestartDelay time.Duration
-	// AgentArgs are extra flags for every agent (timing, log level...).
+	// AgentArgs are extra flags for every agent (timing, log level...);
+	// NodeArgs more for one node, by name (n1, n2...).
 	AgentArgs []string
+	NodeArgs  map[string][]string
 	Logger    *slog.Logger
 }
 
@@ -56,6 +60,8 @@ type Cluster struct {
 	log   *slog.Logger
 	// SuperUser and SuperPassword log in to every node.
 	SuperUser, SuperPassword string
+	// APIUser and APIPassword authorize the REST API's mutating calls.
+	APIUser, APIPassword string
 
 	wg sync.WaitGroup
 }
@@ -68,6 +74,8 @@ type Node struct {
 	DataDir string
 	Port    int
 	LogPath string // the agent's output
+	// APIURL is the node's REST API.
+	APIURL string
 	args    []string
 	c       *Cluster
 
@@ -101,7 +109,12 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 	if err := owner.CheckReachable(opts.Dir); err != nil {
 		return nil, err
 	}
-	c := &Cluster{opts: opts, log: opts.Logger, SuperUser: "postgres", SuperPassword: randomSecret()}
+	c := &Cluster{opts: opts, log: opts.Logger, SuperUser: "postgres", SuperPassword: randomSecret(),
+		APIUser: "pharos", APIPassword: randomSecret()}
+	apiFile := filepath.Join(opts.Dir, "api.password")
+	if err := os.WriteFile(apiFile, []byte(c.APIPassword+"\n"), 0o600); err != nil {
+		return nil, err
+	}
 	superFile := filepath.Join(opts.Dir, "superuser.password")
 	replFile := filepath.Join(opts.Dir, "replication.password")
 	if err := os.WriteFile(superFile, []byte(c.SuperPassword+"\n"), 0o600); err != nil {
@@ -116,17 +129,20 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 		if err := owner.MkdirAll(dir, 0o700); err != nil {
 			return nil, err
 		}
-		port, err := pglocal.FreePort()
+		ports, err := freeport.Distinct(2)
 		if err != nil {
 			return nil, err
 		}
-		n := &Node{Name: name, Dir: dir, DataDir: filepath.Join(dir, "data"), Port: port,
-			LogPath: filepath.Join(dir, "agent.log"), c: c}
+		apiAddr := "127.0.0.1:" + strconv.Itoa(ports[1])
+		n := &Node{Name: name, Dir: dir, DataDir: filepath.Join(dir, "data"), Port: ports[0],
+			LogPath: filepath.Join(dir, "agent.log"), APIURL: "http://" + apiAddr, c: c}
 		n.args = append([]string{"agent",
 			"--name", name, "--cluster", opts.Cluster, "--etcd", strings.Join(opts.Etcd, ","),
-			"--data-dir", n.DataDir, "--pg-port", strconv.Itoa(port),
+			"--data-dir", n.DataDir, "--pg-port", strconv.Itoa(ports[0]),
 			"--superuser-password-file", superFile, "--replication-password-file", replFile,
+			"--api-listen", apiAddr, "--api-username", c.APIUser, "--api-password-file", apiFile,
 		}, opts.AgentArgs...)
+		n.args = append(n.args, opts.NodeArgs[name]...)
 		c.nodes = append(c.nodes, n)
 	}
 	for _, n := range c.nodes {
@@ -313,6 +329,9 @@ func (n *Node) KillPostmaster() error {
 	return syscall.Kill(pid, syscall.SIGKILL)
 }
 
+// WatchdogLog is the software watchdog's log of the node.
+func (n *Node) WatchdogLog() string { return filepath.Join(n.Dir, "watchdog.log") }
+
 // KillNode SIGKILLs the agent and every PostgreSQL process of the node at
 // once: the node is lost. The agent is restarted by the supervisor later.
 func (n *Node) KillNode() error {
@@ -363,12 +382,36 @@ func (c *Cluster) Close(ctx context.Context) error {
 	}
 	c.wg.Wait()
 	for _, n := range c.nodes {
+		// A software watchdog of a killed agent counts down on its own;
+		// it would fire and exit, but the cluster is going now.
+		for _, pid := range watchdogProcesses(n.DataDir) {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
 		for _, pid := range pglocal.ServerProcesses(n.DataDir) {
 			_ = syscall.Kill(pid, syscall.SIGKILL)
 			errs = append(errs, fmt.Errorf("node %s: postgres process %d left running, killed", n.Name, pid))
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// watchdogProcesses lists `pharos watchdog --data-dir dataDir` processes.
+func watchdogProcesses(dataDir string) []int {
+	var pids []int
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range procs {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
+		if len(args) > 1 && args[1] == "watchdog" && slices.Contains(args, dataDir) {
+			if pid, err := strconv.Atoi(filepath.Base(filepath.Dir(p))); err == nil {
+				pids = append(pids, pid)
+			}
+		}
+	}
+	return pids
 }
 
 // Tail returns the end of the node's agent log, for failure messages.

@@ -1,0 +1,144 @@
+package haagent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/pharos-ha/pharos/internal/cluster"
+	"github.com/pharos-ha/pharos/internal/ctl"
+	"github.com/pharos-ha/pharos/internal/restapi"
+)
+
+// apiRequest is an operator's request for the loop (restart,
+// reinitialize): the loop runs it between rounds and answers on reply.
+type apiRequest struct {
+	kind  string
+	reply chan error
+}
+
+// API returns the agent as the REST API's backend.
+func (a *Agent) API() restapi.Backend { return agentAPI{a} }
+
+type agentAPI struct{ a *Agent }
+
+func (x agentAPI) Status() restapi.NodeStatus {
+	if st := x.a.status.Load(); st != nil {
+		return *st
+	}
+	return restapi.NodeStatus{Name: x.a.rules.Name, Role: cluster.RoleStarting, LagBytes: -1}
+}
+
+func (x agentAPI) Cluster(ctx context.Context) (any, error) {
+	return ctl.Status(ctx, x.a.dcs.cli, x.a.dcs.keys)
+}
+
+func (x agentAPI) History(ctx context.Context) (cluster.History, error) {
+	return ctl.History(ctx, x.a.dcs.cli, x.a.dcs.keys)
+}
+
+// refusal maps ctl's refusals to the API's 4xx.
+func refusal(err error) error {
+	if errors.Is(err, ctl.ErrRefused) {
+		return fmt.Errorf("%w: %s", restapi.ErrConflict, strings.TrimPrefix(err.Error(), ctl.ErrRefused.Error()+": "))
+	}
+	return err
+}
+
+func (x agentAPI) Switchover(ctx context.Context, r restapi.SwitchoverRequest) error {
+	maxLag := x.a.rules.MaximumLagOnFailover
+	err := ctl.RequestSwitchover(ctx, x.a.dcs.cli, x.a.dcs.keys, ctl.SwitchoverRequest{
+		Leader: r.Leader, Candidate: r.Candidate, ScheduledAt: r.ScheduledAt, MaxLag: maxLag,
+	}, time.Now())
+	return refusal(err)
+}
+
+func (x agentAPI) Failover(ctx context.Context, r restapi.SwitchoverRequest) error {
+	return refusal(ctl.RequestFailover(ctx, x.a.dcs.cli, x.a.dcs.keys, r.Candidate, time.Now()))
+}
+
+func (x agentAPI) Restart(ctx context.Context) error      { return x.a.request(ctx, "restart") }
+func (x agentAPI) Reinitialize(ctx context.Context) error { return x.a.request(ctx, "reinitialize") }
+
+// request hands kind to the loop and waits for its answer.
+func (a *Agent) request(ctx context.Context, kind string) error {
+	req := apiRequest{kind: kind, reply: make(chan error, 1)}
+	select {
+	case a.requests <- req:
+	case <-ctx.Done():
+		return fmt.Errorf("%w: the agent is busy", restapi.ErrConflict)
+	}
+	select {
+	case err := <-req.reply:
+		return err
+	case <-ctx.Done():
+		return fmt.Errorf("%s still running: %w", kind, ctx.Err())
+	}
+}
+
+// serveRequest runs an operator's request on the loop.
+func (a *Agent) serveRequest(ctx context.Context, req apiRequest) error {
+	o := a.observe(ctx)
+	switch req.kind {
+	case "restart":
+		if !o.PG.Running {
+			return fmt.Errorf("%w: PostgreSQL is not running", restapi.ErrConflict)
+		}
+		a.log.Info("restart requested through the REST API")
+		if err := a.pg.stop(ctx, a.cfg.StopTimeout); err != nil {
+			return err
+		}
+		if err := a.pg.start(ctx, a.cfg.StartTimeout); err != nil {
+			return err
+		}
+		a.mem.AppliedConfigRev = o.DCS.ConfigRev
+		a.cb.fire("on_restart", a.lastRole)
+		return nil
+	case "reinitialize":
+		if o.DCS.LeaderIsMine {
+			return fmt.Errorf("%w: the leader cannot be reinitialized", restapi.ErrConflict)
+		}
+		up, ok := o.DCS.Members[o.DCS.Leader]
+		if o.DCS.Leader == "" || !ok || up.Role != cluster.RolePrimary {
+			return fmt.Errorf("%w: no running primary to clone from", restapi.ErrConflict)
+		}
+		a.log.Warn("reinitialize requested through the REST API: wiping the data directory", "from", up.Name)
+		if err := a.pg.stop(ctx, a.cfg.StopTimeout); err != nil {
+			return err
+		}
+		if err := a.pg.wipe(); err != nil {
+			return err
+		}
+		if err := a.pg.basebackup(ctx, up); err != nil {
+			return err
+		}
+		if err := a.pg.writeConf(true, &up); err != nil {
+			return err
+		}
+		return a.started(a.pg.start(ctx, a.cfg.StartTimeout), o, "on_start", cluster.RoleReplica)
+	}
+	return fmt.Errorf("%w: unknown request %q", restapi.ErrBadRequest, req.kind)
+}
+
+// setStatus publishes what the REST API answers.
+func (a *Agent) setStatus(o Observation, m cluster.Member) {
+	st := restapi.NodeStatus{
+		Name:           a.rules.Name,
+		Role:           m.Role,
+		State:          m.State,
+		Running:        o.PG.Running,
+		Leader:         o.DCS.LeaderIsMine && m.Role == cluster.RolePrimary,
+		Streaming:      strings.HasPrefix(m.State, "streaming from "),
+		LagBytes:       m.Lag(),
+		Timeline:       o.PG.Timeline,
+		LSN:            o.PG.Position(),
+		Tags:           a.rules.Tags,
+		Paused:         o.DCS.Paused,
+		PendingRestart: o.PG.PendingRestart,
+		LoopAt:         a.now(),
+		Epoch:          o.DCS.LeaderEpoch,
+	}
+	a.status.Store(&st)
+}

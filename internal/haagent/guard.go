@@ -1,0 +1,101 @@
+package haagent
+
+import (
+	"fmt"
+	"sync"
+	"time"
+)
+
+// WatchdogMode says whether leading needs a watchdog.
+type WatchdogMode string
+
+const (
+	WatchdogOff       WatchdogMode = "off"       // never armed
+	WatchdogAutomatic WatchdogMode = "automatic" // armed when it can be; leads without it otherwise
+	WatchdogRequired  WatchdogMode = "required"  // no leadership unless armed
+)
+
+// ParseWatchdogMode checks a configured mode.
+func ParseWatchdogMode(s string) (WatchdogMode, error) {
+	switch m := WatchdogMode(s); m {
+	case WatchdogOff, WatchdogAutomatic, WatchdogRequired:
+		return m, nil
+	}
+	return "", fmt.Errorf("watchdog %q: one of off, automatic, required", s)
+}
+
+// Watchdog is a driver the agent arms before it promotes and feeds after
+// each acknowledged lease renewal (see internal/watchdog).
+type Watchdog interface {
+	Arm(timeout time.Duration) error
+	Feed() error
+	Disarm() error
+	Armed() bool
+	Timeout() time.Duration
+}
+
+// guard owns the watchdog for the agent: the loop arms and disarms, the
+// renewal goroutine feeds.
+type guard struct {
+	mode WatchdogMode
+	// timeout is ttl − safety_margin: a fed watchdog fires before the
+	// lease can expire.
+	timeout time.Duration
+
+	mu sync.Mutex
+	wd Watchdog // nil when mode is off
+}
+
+// arm arms the watchdog (a no-op when armed or off). In automatic mode a
+// failure is returned too; the caller decides whether it blocks.
+func (g *guard) arm() error {
+	if g.mode == WatchdogOff || g.wd == nil {
+		return nil
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.wd.Armed() {
+		return nil
+	}
+	if err := g.wd.Arm(g.timeout); err != nil {
+		return err
+	}
+	if got := g.wd.Timeout(); got > g.timeout {
+		_ = g.wd.Disarm()
+		return fmt.Errorf("watchdog timeout %v is longer than ttl − safety_margin %v", got, g.timeout)
+	}
+	return nil
+}
+
+func (g *guard) feed() error {
+	if g.wd == nil {
+		return nil
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if !g.wd.Armed() {
+		return nil
+	}
+	return g.wd.Feed()
+}
+
+func (g *guard) disarm() error {
+	if g.wd == nil {
+		return nil
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if !g.wd.Armed() {
+		return nil
+	}
+	return g.wd.Disarm()
+}
+
+func (g *guard) armed() bool {
+	if g.wd == nil {
+		return false
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.wd.Armed()
+}
