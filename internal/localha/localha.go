@@ -76,8 +76,8 @@ type Node struct {
 	LogPath string // the agent's output
 	// APIURL is the node's REST API.
 	APIURL string
-	args    []string
-	c       *Cluster
+	args   []string
+	c      *Cluster
 
 	mu      sync.Mutex
 	proc    *os.Process
