@@ -117,7 +117,8 @@ func demo(ctx context.Context, o demoOptions, log *slog.Logger, stdout io.Writer
 	nodesDir := filepath.Join(o.dir, "nodes")
 	hc, err := localha.Start(ctx, localha.Options{
 		Binary: self, Dir: nodesDir, Nodes: o.nodes, Cluster: clusterName, Etcd: etcd.Endpoints(),
-		AgentArgs: append([]string{"--log-level", o.logLevel, "--auto-reinit=true"}, o.agentArgs...),
+		AgentArgs: append([]string{"--log-level", o.logLevel, "--auto-reinit=true",
+			"--watchdog", "automatic", "--watchdog-driver", "software"}, o.agentArgs...),
 		Logger:    log,
 	})
 	if err != nil {
@@ -186,11 +187,23 @@ func demo(ctx context.Context, o demoOptions, log *slog.Logger, stdout io.Writer
 	fmt.Fprintf(stdout, "  metrics:     %s\n", metricsURL)
 	fmt.Fprintf(stdout, "  settings:    %s   (source it: set -a; . %s)\n", envPath, envPath)
 	fmt.Fprintf(stdout, "  status:      %s ctl --etcd %s --cluster %s list\n", self, strings.Join(etcd.Endpoints(), ","), clusterName)
-	fmt.Fprintf(stdout, "  agent logs:  %s/n*/agent.log\n\n", nodesDir)
+	fmt.Fprintf(stdout, "  agent logs:  %s/n*/agent.log\n", nodesDir)
+	var apis []string
+	for _, n := range hc.Nodes() {
+		apis = append(apis, n.Name+" "+n.APIURL)
+	}
+	fmt.Fprintf(stdout, "  REST APIs:   %s   (e.g. curl %s/primary; POSTs need -u %s:$(cat %s/api.password))\n\n",
+		strings.Join(apis, ", "), hc.Nodes()[0].APIURL, hc.APIUser, nodesDir)
 	if st, err := ctl.Status(ctx, cli, keys); err == nil {
 		_ = ctl.WriteTable(stdout, st)
 	}
-	fmt.Fprintf(stdout, "\nTry a failover: kill -9 the leader's agent and postmaster (see `ctl list`),\nor `kill -9 $(head -1 %s/<leader>/data/postmaster.pid)`; the agent is restarted\nafter 5 s and its node rejoins as a replica.\n\n", nodesDir)
+	fmt.Fprintf(stdout, "\nTry:\n"+
+		"  %[1]s ctl --etcd %[3]s --cluster %[4]s switchover --force\n"+
+		"                                       planned switchover (about a second of write outage)\n"+
+		"  kill -9 $(head -1 %[2]s/<leader>/data/postmaster.pid)   a crash: restarted in place\n"+
+		"  kill -STOP <leader's agent pid>      a hung agent: its watchdog kills PostgreSQL, a replica takes over\n"+
+		"  kill -9 the leader's agent and postmaster   node loss: failover in ~4 s; the agent is restarted\n"+
+		"                                       after 5 s and its node rejoins as a replica\n\n", self, nodesDir, strings.Join(etcd.Endpoints(), ","), clusterName)
 
 	select {
 	case <-ctx.Done():

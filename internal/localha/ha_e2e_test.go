@@ -484,7 +484,8 @@ func acceptsWrites(n *localha.Node) bool {
 }
 
 // BenchmarkFailover measures the write outage seen through the proxy for
-// each fault, one fault per iteration, with pharos's default timing:
+// each fault (node loss, postmaster crash, planned switchover through
+// `pharos ctl`), one fault per iteration, with pharos's default timing:
 //
 //	go test -run '^$' -bench Failover -benchtime 5x ./internal/localha
 //
@@ -494,19 +495,31 @@ func acceptsWrites(n *localha.Node) bool {
 // missing from the final primary (asynchronous replication: a node loss
 // can lose the last commits; synchronous mode is issue 6).
 func BenchmarkFailover(b *testing.B) {
-	for _, kind := range []string{"node-loss", "postmaster-crash"} {
+	for _, kind := range []string{"node-loss", "postmaster-crash", "switchover"} {
 		b.Run(kind, func(b *testing.B) {
 			e := startHA(b, 3)
 			leader := e.waitHealthy(b, time.Time{}, 2*time.Minute)
 			var outages, recoveries []float64
-			lost := 0
+			lost, readOnly := 0, 0
 			for b.Loop() {
 				old := e.ha.Node(leader)
 				fault := old.KillPostmaster
-				if kind == "node-loss" {
+				switch kind {
+				case "node-loss":
 					fault = old.KillNode
+				case "switchover":
+					fault = func() error {
+						if code, out := e.ctlRun(b, "switchover", "--force"); code != 0 {
+							return fmt.Errorf("ctl switchover: exit %d: %s", code, out)
+						}
+						return nil
+					}
 				}
 				rep := e.probe(b, kind, func(context.Context) error { return fault() })
+				if rep.FaultErr != "" {
+					b.Fatal(rep.FaultErr)
+				}
+				readOnly += rep.Errors["25006"]
 				outages = append(outages, float64(rep.MaxOutage.Milliseconds()))
 				recoveries = append(recoveries, float64(rep.RecoveredAfter.Milliseconds()))
 				lost += len(rep.Lost)
@@ -533,6 +546,7 @@ func BenchmarkFailover(b *testing.B) {
 			b.ReportMetric(outages[len(outages)-1], "outage-ms-max")
 			b.ReportMetric(recoveries[len(recoveries)/2], "recovered-ms-median")
 			b.ReportMetric(float64(lost), "lost-writes")
+			b.ReportMetric(float64(readOnly), "writes-on-read-only")
 			b.ReportMetric(0, "ns/op")
 		})
 	}
