@@ -326,8 +326,10 @@ func (a *Agent) loop(ctx context.Context) {
 		}
 		// A leader also wakes at its fencing deadline, whatever else is
 		// going on.
-		if a.view.LeaderIsMine {
-			fence.Reset(max(time.Until(a.fenceDeadline()), 0) + time.Millisecond)
+		// Only a deadline still ahead: once it passed, the round that
+		// just ran fenced, and waking again every millisecond would spin.
+		if until := time.Until(a.fenceDeadline()); a.view.LeaderIsMine && until > 0 {
+			fence.Reset(until + time.Millisecond)
 		} else {
 			fence.Stop()
 		}

@@ -21,6 +21,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -83,7 +84,6 @@ type Node struct {
 	proc    *os.Process
 	exited  chan struct{} // closed when proc exits
 	stopped bool          // Close or a test stopped supervision
-	paused  bool          // supervision paused: do not restart
 	starts  int
 }
 
@@ -176,28 +176,43 @@ func (c *Cluster) Node(name string) *Node {
 }
 
 func (n *Node) spawn() error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.spawnLocked()
+}
+
+// spawnLocked starts the agent. It runs from a goroutine locked to its OS
+// thread for the agent's lifetime, so that Pdeathsig (which fires when the
+// creating thread exits) sends SIGTERM to the agent if this supervisor
+// dies: an orphaned agent stops cleanly instead of running on.
+func (n *Node) spawnLocked() error {
 	logf, err := os.OpenFile(n.LogPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 	if err != nil {
 		return err
 	}
-	defer logf.Close()
 	cmd := exec.Command(n.c.opts.Binary, n.args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// Own process group: a terminal's Ctrl-C reaches the supervisor only,
 	// which then stops the agents in order.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("start agent %s: %w", n.Name, err)
-	}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
 	exited := make(chan struct{})
-	n.mu.Lock()
-	n.proc, n.exited = cmd.Process, exited
-	n.starts++
-	n.mu.Unlock()
+	started := make(chan error, 1)
 	go func() {
+		runtime.LockOSThread() // never unlocked: the thread ends with the agent
+		err := cmd.Start()
+		logf.Close()
+		started <- err
+		if err != nil {
+			return
+		}
 		_ = cmd.Wait()
 		close(exited)
 	}()
+	if err := <-started; err != nil {
+		return fmt.Errorf("start agent %s: %w", n.Name, err)
+	}
+	n.proc, n.exited = cmd.Process, exited
+	n.starts++
 	n.c.log.Info("agent started", "node", n.Name, "pid", cmd.Process.Pid, "pg_port", n.Port)
 	return nil
 }
@@ -219,33 +234,17 @@ func (n *Node) supervise() {
 		}
 		n.c.log.Info("agent exited; restarting", "node", n.Name, "after", n.c.opts.RestartDelay)
 		time.Sleep(n.c.opts.RestartDelay)
+		// Checked and spawned under one lock: Close either sees the new
+		// process (and stops it) or this sees Close's mark.
 		n.mu.Lock()
-		stop, paused := n.stopped, n.paused
-		n.mu.Unlock()
-		if stop {
+		if n.stopped {
+			n.mu.Unlock()
 			return
 		}
-		if paused {
-			n.waitResumed()
-			continue
-		}
-		if err := n.spawn(); err != nil {
+		err := n.spawnLocked()
+		n.mu.Unlock()
+		if err != nil {
 			n.c.log.Error("restart agent", "node", n.Name, "err", err)
-			return
-		}
-	}
-}
-
-func (n *Node) waitResumed() {
-	for {
-		time.Sleep(100 * time.Millisecond)
-		n.mu.Lock()
-		stop, paused := n.stopped, n.paused
-		n.mu.Unlock()
-		if stop || !paused {
-			if !stop {
-				_ = n.spawn()
-			}
 			return
 		}
 	}
