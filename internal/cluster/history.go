@@ -138,3 +138,40 @@ func ParseSwitchover(data []byte) (Switchover, error) {
 	}
 	return s, nil
 }
+
+// SyncState is the content of the sync key: the standbys the leader's
+// commits wait for. Only Standbys may be promoted when synchronous mode is
+// on: each of them has every commit the leader acknowledged. The leader
+// writes it, conditional on its epoch, in an order that keeps it true
+// (see haagent).
+type SyncState struct {
+	Leader   string   `json:"leader"`
+	Standbys []string `json:"sync_standby"`
+}
+
+// ParseSyncState decodes the sync key.
+func ParseSyncState(data []byte) (SyncState, error) {
+	var s SyncState
+	if err := json.Unmarshal(data, &s); err != nil {
+		return SyncState{}, fmt.Errorf("sync: %w", err)
+	}
+	if !ValidName(s.Leader) {
+		return SyncState{}, fmt.Errorf("sync: leader %q is not a member name", s.Leader)
+	}
+	for _, n := range s.Standbys {
+		if !ValidName(n) {
+			return SyncState{}, fmt.Errorf("sync: standby %q is not a member name", n)
+		}
+	}
+	return s, nil
+}
+
+// Has reports whether name is a synchronous standby.
+func (s SyncState) Has(name string) bool {
+	for _, n := range s.Standbys {
+		if n == name {
+			return true
+		}
+	}
+	return false
+}

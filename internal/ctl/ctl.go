@@ -35,6 +35,8 @@ type ClusterStatus struct {
 	Initialize *cluster.Initialize `json:"initialize,omitempty"`
 	// History is the timeline history, oldest first.
 	History cluster.History `json:"history"`
+	// Sync names the synchronous standbys, nil when the key is absent.
+	Sync *cluster.SyncState `json:"sync,omitempty"`
 	// Switchover is the pending switchover request, nil when none.
 	Switchover *cluster.Switchover `json:"switchover,omitempty"`
 	// Config is the dynamic configuration (the config key), nil when unset.
@@ -136,6 +138,13 @@ func Status(ctx context.Context, cli *clientv3.Client, keys cluster.Keys) (Clust
 			if h != nil {
 				st.History = h
 			}
+		case cluster.KeySync:
+			ss, err := cluster.ParseSyncState(kv.Value)
+			if err != nil {
+				invalid(key, kv.ModRevision, err)
+				continue
+			}
+			st.Sync = &ss
 		case cluster.KeySwitchover:
 			sw, err := cluster.ParseSwitchover(kv.Value)
 			if err != nil {

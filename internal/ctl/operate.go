@@ -318,6 +318,14 @@ func validateSetting(path []string, v any, del bool) error {
 		if _, ok := v.(bool); !ok && !del {
 			return refused("pause: true or false")
 		}
+	case key == "synchronous_mode" || key == "synchronous_mode_strict":
+		if _, ok := v.(bool); !ok && !del {
+			return refused("%s: true or false", key)
+		}
+	case key == "synchronous_node_count":
+		if n, ok := v.(float64); (!ok || n < 1 || n != float64(int(n))) && !del {
+			return refused("synchronous_node_count: a whole number ≥ 1")
+		}
 	case key == "maximum_lag_on_failover":
 		if n, ok := v.(float64); (!ok || n < 0) && !del {
 			return refused("maximum_lag_on_failover: a number of bytes")
@@ -333,7 +341,7 @@ func validateSetting(path []string, v any, del bool) error {
 	case path[0] == "postgresql":
 		return refused("%s: only postgresql.parameters.<name> is dynamic", key)
 	default:
-		return refused("%s: unknown key (pause, maximum_lag_on_failover, postgresql.parameters.<name>)", key)
+		return refused("%s: unknown key (pause, maximum_lag_on_failover, synchronous_mode, synchronous_mode_strict, synchronous_node_count, postgresql.parameters.<name>)", key)
 	}
 	return nil
 }

@@ -55,6 +55,21 @@ func WriteTable(w io.Writer, s ClusterStatus) error {
 			fmt.Fprintf(&b, "warning: %s says primary but does not hold the leader key\n", m.Name)
 		}
 	}
+	if on, _ := s.Config["synchronous_mode"].(bool); on {
+		strict, _ := s.Config["synchronous_mode_strict"].(bool)
+		mode := "synchronous mode"
+		if strict {
+			mode += " (strict)"
+		}
+		switch {
+		case s.Sync == nil:
+			fmt.Fprintf(&b, "%s: no synchronous standby recorded yet\n", mode)
+		case len(s.Sync.Standbys) == 0:
+			fmt.Fprintf(&b, "%s: no synchronous standby (leader %s)\n", mode, s.Sync.Leader)
+		default:
+			fmt.Fprintf(&b, "%s: %s wait(s) for %s\n", mode, s.Sync.Leader, strings.Join(s.Sync.Standbys, ", "))
+		}
+	}
 	if s.Paused() {
 		b.WriteString("PAUSED: no automatic failover or demotion (pharos ctl resume)\n")
 	}

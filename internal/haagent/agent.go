@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -417,6 +419,9 @@ func (a *Agent) observe(ctx context.Context) Observation {
 		},
 	}
 	o.PG = a.pg.observe(ctx, a.view.Members)
+	if o.PG.Running && !o.PG.InRecovery {
+		a.pg.syncNames = o.PG.SyncNames // what the server has, after an agent restart too
+	}
 
 	// Memory that Decide reads.
 	if leader := a.view.Leader; leader != "" {
@@ -481,6 +486,8 @@ func (a *Agent) viewOf(s snapshot, now time.Time) DCSView {
 		Paused:       s.Paused,
 		Switchover:   s.Switchover,
 		ConfigRev:    s.ConfigRev,
+		SyncMode:     s.SyncMode,
+		Sync:         s.Sync,
 	}
 	a.pg.dynamic, a.maxLag = s.Params, s.MaxLag
 	if s.SwitchRev != a.switchRev {
@@ -613,7 +620,7 @@ func (a *Agent) execute(ctx context.Context, act Action, o Observation) error {
 			_ = a.pg.wipe()
 			return fmt.Errorf("clone from %s: %w", up.Name, err)
 		}
-		a.mem.RewindFailed = ""
+		a.mem.RewindFailed, a.mem.RewindNeeded = "", false
 		return nil
 	case ActRewind:
 		up, err := a.member(o, act.Target)
@@ -624,7 +631,7 @@ func (a *Agent) execute(ctx context.Context, act Action, o Observation) error {
 			a.mem.RewindFailed = up.Name
 			return fmt.Errorf("rewind from %s: %w", up.Name, err)
 		}
-		a.mem.RewindFailed = ""
+		a.mem.RewindFailed, a.mem.RewindNeeded = "", false
 		return nil
 	case ActStartPrimary:
 		if err := a.pg.writeConf(false, nil); err != nil {
@@ -688,6 +695,22 @@ func (a *Agent) execute(ctx context.Context, act Action, o Observation) error {
 		a.log.Info("leader key acquired", "epoch", epoch, "lsn", o.PG.Position().String())
 		return nil
 	case ActPromote:
+		// In synchronous mode the new primary waits for any standby from
+		// its first commit; the next round narrows it to named standbys.
+		a.pg.syncNames = nil
+		if o.DCS.SyncMode.Enabled {
+			a.pg.syncNames = []string{"*"}
+			var up *cluster.Member
+			if m, ok := o.DCS.Members[o.PG.Upstream]; ok {
+				up = &m
+			}
+			if err := a.pg.writeConf(true, up); err != nil {
+				return err
+			}
+			if err := a.pg.reload(ctx); err != nil {
+				return err
+			}
+		}
 		if err := a.pg.promote(ctx); err != nil {
 			return err
 		}
@@ -711,7 +734,13 @@ func (a *Agent) execute(ctx context.Context, act Action, o Observation) error {
 	case ActSyncSlots:
 		return a.syncSlots(ctx, o)
 	case ActStop:
-		return a.stopped(a.pg.stop(ctx, a.cfg.StopTimeout), cluster.RoleReplica)
+		// Decide stops a running standby only when it cannot follow the
+		// leader's timeline: it is rewound before it runs again.
+		err := a.stopped(a.pg.stop(ctx, a.cfg.StopTimeout), cluster.RoleReplica)
+		if err == nil {
+			a.mem.RewindNeeded = true
+		}
+		return err
 	case ActDemote:
 		a.log.Warn("demoting: stopping PostgreSQL", "grace", t.SafetyMargin/2)
 		a.m.Demotions.Inc()
@@ -722,6 +751,12 @@ func (a *Agent) execute(ctx context.Context, act Action, o Observation) error {
 		return err
 	case ActSwitchover:
 		return a.switchover(ctx, o, act.Target)
+	case ActSyncStandbys:
+		var want []string
+		if act.Target != "" {
+			want = strings.Split(act.Target, ",")
+		}
+		return a.syncStandbys(ctx, o, want)
 	case ActApplyConfig:
 		var up *cluster.Member
 		if m, ok := o.DCS.Members[o.PG.Upstream]; ok && o.PG.Standby {
@@ -782,6 +817,94 @@ func (a *Agent) disarmWatchdog() {
 		a.log.Error("watchdog disarm failed", "err", err)
 	}
 	a.m.WatchdogArmed.Set(b2f(a.wd.armed()))
+}
+
+// syncStandbys brings the sync key and synchronous_standby_names to want,
+// keeping the sync key true at every step: a standby leaves the key before
+// the server stops waiting for it, and joins it only once the server
+// reports it synchronous.
+func (a *Agent) syncStandbys(ctx context.Context, o Observation, want []string) error {
+	me, mode := a.rules.Name, o.DCS.SyncMode
+	var cur []string
+	if st := o.DCS.Sync; st != nil && st.Leader == me {
+		cur = sortedCopy(st.Standbys)
+	}
+	var keep []string
+	for _, n := range cur {
+		if slices.Contains(want, n) {
+			keep = append(keep, n)
+		}
+	}
+	write := func(list []string) error {
+		cctx, cancel := a.callCtx(ctx)
+		defer cancel()
+		if list == nil {
+			list = []string{}
+		}
+		return a.dcs.writeSync(cctx, a.epoch, &cluster.SyncState{Leader: me, Standbys: list})
+	}
+	// 1. Leave the key first.
+	if (mode.Enabled || len(cur) > 0) && (o.DCS.Sync == nil || o.DCS.Sync.Leader != me || !slices.Equal(cur, sortedCopy(keep))) {
+		if err := write(keep); err != nil {
+			return err
+		}
+	}
+	// 2. The server's setting.
+	if names := SyncNames(want, mode); !slices.Equal(sortedCopy(o.PG.SyncNames), names) {
+		a.pg.syncNames = names
+		if err := a.pg.writeConf(false, nil); err != nil {
+			return err
+		}
+		if err := a.pg.reload(ctx); err != nil {
+			return err
+		}
+		a.log.Info("synchronous_standby_names changed", "to", formatSyncNames(names))
+	}
+	a.m.SyncStandbys.Set(float64(len(keep)))
+	if !mode.Enabled {
+		if o.DCS.Sync != nil {
+			cctx, cancel := a.callCtx(ctx)
+			defer cancel()
+			return a.dcs.writeSync(cctx, a.epoch, nil)
+		}
+		return nil
+	}
+	// 3. Join the key once the server waits for them.
+	if !slices.Equal(sortedCopy(keep), sortedCopy(want)) {
+		wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		for {
+			states, err := a.pg.syncStates(wctx)
+			if err != nil {
+				return err
+			}
+			ready := true
+			for _, n := range want {
+				if st := states[n]; st != "sync" && st != "quorum" {
+					ready = false
+				}
+			}
+			if ready {
+				break
+			}
+			select {
+			case <-wctx.Done():
+				return fmt.Errorf("standbys %v not synchronous yet: %v", want, states)
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+		if err := write(want); err != nil {
+			return err
+		}
+		a.log.Info("synchronous standbys", "standbys", want)
+	}
+	a.m.SyncStandbys.Set(float64(len(want)))
+	degraded := len(want) == 0 && !mode.Strict
+	if degraded {
+		a.log.Warn("synchronous mode degraded: no healthy standby, commits are not waiting for any")
+	}
+	a.m.SyncDegraded.Set(b2f(degraded))
+	return nil
 }
 
 // started records that a successful start applied the dynamic

@@ -40,6 +40,8 @@ type snapshot struct {
 	MaxLag       *int64
 	Params       map[string]string
 	ConfigRev    int64
+	SyncMode     SyncMode
+	Sync         *cluster.SyncState
 	Switchover   *cluster.Switchover
 	SwitchRev    int64
 	InvalidCount int
@@ -75,6 +77,12 @@ func (d *dcs) read(ctx context.Context) (snapshot, error) {
 				s.InvalidCount++
 			}
 			s.HistoryRev = kv.ModRevision
+		case cluster.KeySync:
+			if st, err := cluster.ParseSyncState(kv.Value); err == nil {
+				s.Sync = &st
+			} else {
+				s.InvalidCount++
+			}
 		case cluster.KeySwitchover:
 			if sw, err := cluster.ParseSwitchover(kv.Value); err == nil {
 				s.Switchover, s.SwitchRev = &sw, kv.ModRevision
@@ -85,6 +93,9 @@ func (d *dcs) read(ctx context.Context) (snapshot, error) {
 			var c struct {
 				Pause      bool   `json:"pause"`
 				MaxLag     *int64 `json:"maximum_lag_on_failover"`
+				SyncMode   bool   `json:"synchronous_mode"`
+				SyncStrict bool   `json:"synchronous_mode_strict"`
+				SyncCount  int    `json:"synchronous_node_count"`
 				PostgreSQL struct {
 					Parameters map[string]any `json:"parameters"`
 				} `json:"postgresql"`
@@ -94,6 +105,7 @@ func (d *dcs) read(ctx context.Context) (snapshot, error) {
 				continue
 			}
 			s.Paused, s.MaxLag, s.ConfigRev = c.Pause, c.MaxLag, kv.ModRevision
+			s.SyncMode = SyncMode{Enabled: c.SyncMode, Strict: c.SyncStrict, Count: max(c.SyncCount, 1)}
 			s.Params = map[string]string{}
 			for k, v := range c.PostgreSQL.Parameters {
 				switch v := v.(type) {
@@ -201,6 +213,30 @@ func (d *dcs) handover(ctx context.Context, epoch, switchRev int64, sw cluster.S
 	}
 	if !resp.Succeeded {
 		return errors.New("hand-over not written: leadership or the request changed meanwhile")
+	}
+	return nil
+}
+
+// writeSync writes the sync key (nil deletes it) if this member still leads
+// with epoch.
+func (d *dcs) writeSync(ctx context.Context, epoch int64, st *cluster.SyncState) error {
+	op := clientv3.OpDelete(d.keys.Sync())
+	if st != nil {
+		b, err := json.Marshal(st)
+		if err != nil {
+			return err
+		}
+		op = clientv3.OpPut(d.keys.Sync(), string(b))
+	}
+	resp, err := d.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(d.keys.Leader()), "=", epoch)).
+		Then(op).
+		Commit()
+	if err != nil {
+		return err
+	}
+	if !resp.Succeeded {
+		return errors.New("sync key not written: no longer the leader")
 	}
 	return nil
 }

@@ -2,6 +2,8 @@ package haagent
 
 import (
 	"fmt"
+	"slices"
+	"sort"
 	"strings"
 	"time"
 
@@ -47,6 +49,10 @@ type DCSView struct {
 	Paused bool
 	// ConfigRev is the revision of the dynamic configuration (0: none).
 	ConfigRev int64
+	// SyncMode is synchronous replication as the dynamic configuration
+	// asks for it; Sync is the sync key (nil when absent).
+	SyncMode SyncMode
+	Sync     *cluster.SyncState
 	// Switchover is the pending request, nil when none; SwitchoverSeenAt
 	// is when this agent first saw it in its current form (local clock).
 	Switchover       *cluster.Switchover
@@ -59,6 +65,16 @@ type LeaseView struct {
 	// LastRenewed is when the last keep-alive that etcd acknowledged was
 	// sent: etcd restarted the TTL no earlier than that.
 	LastRenewed time.Time
+}
+
+// SyncMode is the synchronous replication setting.
+type SyncMode struct {
+	Enabled bool
+	// Strict blocks writes rather than go asynchronous when no standby is
+	// left.
+	Strict bool
+	// Count is synchronous_node_count (at least 1).
+	Count int
 }
 
 // DataDirState is what the data directory holds.
@@ -78,6 +94,11 @@ type PGView struct {
 	InRecovery bool
 	// PendingRestart: a parameter waits for a restart to take effect.
 	PendingRestart bool
+	// Streaming: a standby's walreceiver streams from its upstream.
+	Streaming bool
+	// SyncNames are the standbys synchronous_standby_names names on a
+	// running primary, "*" for any.
+	SyncNames []string
 	// Standby: standby.signal is present (a stopped standby, or a running
 	// one).
 	Standby bool
@@ -121,6 +142,9 @@ type Memory struct {
 	// required watchdog the member does not try to lead for
 	// watchdogRetry after that.
 	WatchdogFailedAt time.Time
+	// RewindNeeded: this standby was stopped because it could not follow
+	// the leader's timeline; it is rewound before it starts again.
+	RewindNeeded bool
 	// BehindSince is when this running standby was first seen following
 	// the leader from an older timeline; zero otherwise. A standby that
 	// stays there could not switch to the new timeline: its WAL diverged.
@@ -168,6 +192,12 @@ const (
 	// check that Target received all WAL, then delete the leader key and
 	// mark the hand-over in one transaction.
 	ActSwitchover
+	// ActSyncStandbys brings the sync key and synchronous_standby_names
+	// to the standbys in Target (comma-separated, "" for none), in the
+	// order that keeps the sync key true: a standby leaves the key before
+	// the server stops waiting for it, and joins the key only after the
+	// server waits for it.
+	ActSyncStandbys
 	// ActApplyConfig rewrites the server's parameters from the dynamic
 	// configuration and reloads.
 	ActApplyConfig
@@ -181,7 +211,7 @@ var actionNames = map[ActionKind]string{
 	ActStartPrimary: "start-primary", ActStartReplica: "start-replica", ActRepoint: "repoint",
 	ActAcquireLeader: "acquire-leader", ActPromote: "promote", ActRecordHistory: "record-history",
 	ActSyncSlots: "sync-slots", ActStop: "stop", ActDemote: "demote", ActReleaseLeader: "release-leader",
-	ActSwitchover: "switchover", ActCancelSwitchover: "cancel-switchover", ActApplyConfig: "apply-config",
+	ActSwitchover: "switchover", ActCancelSwitchover: "cancel-switchover", ActApplyConfig: "apply-config", ActSyncStandbys: "sync-standbys",
 }
 
 func (k ActionKind) String() string {
@@ -363,7 +393,11 @@ func decideLeader(o Observation, r Rules) Plan {
 			}
 			return plan("switchover to "+target, actOn(ActSwitchover, target))
 		}
-		return plan("leader running", promotion(pg)...)
+		steps := promotion(pg)
+		if want, change := syncTarget(o, r); change {
+			steps = append(steps, actOn(ActSyncStandbys, strings.Join(want, ",")))
+		}
+		return plan("leader running", steps...)
 	}
 	if !o.Memory.CrashedAt.IsZero() && o.Now.Sub(o.Memory.CrashedAt) >= r.CrashRestartTimeout {
 		return plan(fmt.Sprintf("PostgreSQL down for %v under the leader", o.Now.Sub(o.Memory.CrashedAt).Round(time.Millisecond)), act(ActReleaseLeader))
@@ -373,6 +407,70 @@ func decideLeader(o Observation, r Rules) Plan {
 			append([]Action{actOn(ActStartReplica, "")}, promotion(PGView{InRecovery: true})...)...)
 	}
 	return plan("leader's server is down: restart in place", act(ActStartPrimary), act(ActSyncSlots))
+}
+
+// syncTarget computes the synchronous standbys this leader should have and
+// whether the sync key or the server's setting differ from that. Healthy
+// standbys are fresh replicas streaming from the leader; the current ones
+// are kept while healthy (no churn), then the least lagging, then by name.
+func syncTarget(o Observation, r Rules) ([]string, bool) {
+	var current []string
+	if s := o.DCS.Sync; s != nil && s.Leader == r.Name {
+		current = s.Standbys
+	}
+	var want []string
+	if o.DCS.SyncMode.Enabled {
+		var healthy []cluster.Member
+		for name, m := range o.DCS.Members {
+			if name != r.Name && m.Role == cluster.RoleReplica && m.State == "streaming from "+r.Name &&
+				o.Now.Sub(o.DCS.MemberSeenAt[name]) <= r.Timing.StaleAfter() {
+				healthy = append(healthy, m)
+			}
+		}
+		sort.Slice(healthy, func(i, j int) bool {
+			a, b := healthy[i], healthy[j]
+			if ai, bi := slices.Contains(current, a.Name), slices.Contains(current, b.Name); ai != bi {
+				return ai
+			}
+			if a.Lag() != b.Lag() {
+				return a.Lag() >= 0 && (b.Lag() < 0 || a.Lag() < b.Lag())
+			}
+			return a.Name < b.Name
+		})
+		for _, m := range healthy[:min(len(healthy), max(o.DCS.SyncMode.Count, 1))] {
+			want = append(want, m.Name)
+		}
+		sort.Strings(want)
+	}
+	keyOK := o.DCS.Sync != nil && o.DCS.Sync.Leader == r.Name && slices.Equal(sortedCopy(current), want)
+	if !o.DCS.SyncMode.Enabled && (o.DCS.Sync == nil || o.DCS.Sync.Leader != r.Name) {
+		keyOK = true // nothing to keep true when synchronous mode is off
+	}
+	return want, !keyOK || !slices.Equal(sortedCopy(o.PG.SyncNames), SyncNames(want, o.DCS.SyncMode))
+}
+
+// SyncNames is what synchronous_standby_names should name for want: the
+// standbys, or "*" in strict mode when none is left (writes wait for any
+// standby rather than go asynchronous), or nothing.
+func SyncNames(want []string, m SyncMode) []string {
+	switch {
+	case !m.Enabled:
+		return nil
+	case len(want) > 0:
+		return want
+	case m.Strict:
+		return []string{"*"}
+	}
+	return nil
+}
+
+func sortedCopy(s []string) []string {
+	out := slices.Clone(s)
+	sort.Strings(out)
+	if len(out) == 0 {
+		return nil
+	}
+	return out
 }
 
 // switchoverTarget picks the member a switchover hands over to, or says why
@@ -394,6 +492,8 @@ func switchoverTarget(o Observation, r Rules, sw cluster.Switchover) (string, st
 			return name + " is " + string(m.Role) + ", not a running replica"
 		case sw.Failover:
 			return ""
+		case o.DCS.SyncMode.Enabled && (o.DCS.Sync == nil || !o.DCS.Sync.Has(name)):
+			return name + " is not a synchronous standby"
 		case m.Role != cluster.RoleReplica || m.State != "streaming from "+r.Name:
 			return fmt.Sprintf("%s is not streaming from %s (%s, %s)", name, r.Name, m.Role, m.State)
 		case r.MaximumLagOnFailover > 0 && m.Lag() > r.MaximumLagOnFailover:
@@ -438,11 +538,14 @@ func decideFollower(o Observation, r Rules, leader string, leaderRec cluster.Mem
 		return plan("waiting for leader " + leader + " to run as primary")
 	}
 	if !pg.Running {
-		// A former primary, or a standby on an older timeline than the
-		// leader's, may hold WAL the new timeline does not have. pg_rewind
-		// decides precisely from both servers' WAL and is a no-op when
-		// nothing diverged, so it is always the way back in.
-		if !pg.Standby || pg.Timeline < leaderRec.Timeline {
+		// A former primary may hold WAL the new timeline does not have;
+		// pg_rewind decides precisely from both servers' WAL and is a no-op
+		// when nothing diverged, so it is always its way back in. A
+		// stopped standby is started as one (its crash recovery must run in
+		// standby mode: pg_rewind's single-user recovery would end its
+		// timeline); only one that was stopped because it could not
+		// follow the new timeline is rewound.
+		if !pg.Standby || o.Memory.RewindNeeded {
 			if o.Memory.RewindFailed == leader {
 				if r.AutoReinit {
 					return plan("rewind from "+leader+" failed: cloning again", actOn(ActReclone, leader), actOn(ActStartReplica, leader))
@@ -520,6 +623,9 @@ func ineligible(o Observation, r Rules) string {
 	if watchdogBlocked(o, r) {
 		return "the required watchdog cannot be armed"
 	}
+	if o.DCS.SyncMode.Enabled && (o.DCS.Sync == nil || !o.DCS.Sync.Has(r.Name)) {
+		return "synchronous mode is on and this member is not a synchronous standby"
+	}
 	pos := o.PG.Position()
 	if r.MaximumLagOnFailover > 0 && o.Memory.LastLeaderLSN > pos && int64(o.Memory.LastLeaderLSN-pos) > r.MaximumLagOnFailover {
 		return fmt.Sprintf("%d bytes behind the last primary position %s (maximum_lag_on_failover %d)",
@@ -547,6 +653,9 @@ func candidates(o Observation, r Rules) []string {
 			continue
 		}
 		if m.Role != cluster.RoleReplica && m.Role != cluster.RolePrimary && m.Role != cluster.RoleDemoted {
+			continue
+		}
+		if o.DCS.SyncMode.Enabled && (o.DCS.Sync == nil || !o.DCS.Sync.Has(name)) {
 			continue
 		}
 		out = append(out, name)
@@ -613,6 +722,8 @@ func PublishedRole(o Observation) (cluster.Role, string) {
 		return cluster.RoleDemoted, "primary without the leader key"
 	case pg.Upstream == "":
 		return cluster.RoleReplica, "in recovery, no upstream"
+	case !pg.Streaming:
+		return cluster.RoleReplica, "connecting to " + pg.Upstream
 	}
 	return cluster.RoleReplica, "streaming from " + pg.Upstream
 }

@@ -369,6 +369,7 @@ func parseObservation(a *args, sub []scenarioLine, r Rules) (Observation, error)
 			a.at("leader_gone_at", &m.LeaderGoneAt, false)
 			a.at("behind_since", &m.BehindSince, false)
 			a.at("watchdog_failed_at", &m.WatchdogFailedAt, false)
+			m.RewindNeeded = a.flag("rewind_needed")
 			a.int64("applied_config_rev", &m.AppliedConfigRev)
 		default:
 			return o, atLine(l.n, fmt.Errorf("unknown observation %q (want dcs, member, lease, pg or memory)", word))

@@ -59,6 +59,8 @@ type postgres struct {
 	// dynamic are the cluster-wide parameters from the config key, set by
 	// the loop before each round.
 	dynamic map[string]string
+	// syncNames is what synchronous_standby_names names on a primary.
+	syncNames []string
 }
 
 // protected parameters are the agent's to set: neither the dynamic nor the
@@ -66,7 +68,7 @@ type postgres struct {
 var protected = map[string]bool{
 	"port": true, "listen_addresses": true, "unix_socket_directories": true, "cluster_name": true,
 	"primary_conninfo": true, "primary_slot_name": true, "recovery_target_timeline": true,
-	"hot_standby": true, "wal_level": true, "wal_log_hints": true,
+	"hot_standby": true, "wal_level": true, "wal_log_hints": true, "synchronous_standby_names": true,
 }
 
 func newPostgres(cfg PostgresConfig, log *slog.Logger) *postgres {
@@ -178,6 +180,7 @@ func (p *postgres) query(ctx context.Context, v *PGView) error {
 	var sysid string
 	var lsn, recv *string
 	var tl *int64
+	var syncNames string
 	// On a primary the timeline comes from the current WAL file name:
 	// pg_control_checkpoint() lags behind a promotion until the next
 	// checkpoint. On a standby: the walreceiver's, else the last
@@ -191,12 +194,17 @@ SELECT (SELECT system_identifier::text FROM pg_control_system()),
             THEN coalesce((SELECT received_tli::bigint FROM pg_stat_get_wal_receiver() WHERE received_tli > 0),
                           (SELECT timeline_id::bigint FROM pg_control_checkpoint()))
             ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::bigint END,
-       EXISTS (SELECT FROM pg_settings WHERE pending_restart)`).
-		Scan(&sysid, &v.InRecovery, &lsn, &recv, &tl, &v.PendingRestart)
+       EXISTS (SELECT FROM pg_settings WHERE pending_restart),
+       current_setting('synchronous_standby_names'),
+       EXISTS (SELECT FROM pg_stat_get_wal_receiver() WHERE status = 'streaming')`).
+		Scan(&sysid, &v.InRecovery, &lsn, &recv, &tl, &v.PendingRestart, &syncNames, &v.Streaming)
 	if err != nil {
 		return err
 	}
 	v.SystemID = sysid
+	if !v.InRecovery {
+		v.SyncNames = parseSyncNames(syncNames)
+	}
 	if tl != nil {
 		v.Timeline = *tl
 	}
@@ -314,6 +322,9 @@ func (p *postgres) writeConf(standby bool, upstream *cluster.Member) error {
 			params[k] = v
 		}
 	}
+	// A standby ignores it; a standby about to be promoted in synchronous
+	// mode needs it in place before the promotion.
+	params["synchronous_standby_names"] = formatSyncNames(p.syncNames)
 	if standby && upstream != nil {
 		params["primary_conninfo"] = p.primaryConninfo(*upstream)
 		params["primary_slot_name"] = slotName(p.cfg.Name)
@@ -394,6 +405,65 @@ func (p *postgres) writeOwned(name, content string) error {
 		return err
 	}
 	return os.Rename(path+".tmp", path)
+}
+
+// formatSyncNames writes synchronous_standby_names: FIRST k (names),
+// with application_name = member name.
+func formatSyncNames(names []string) string {
+	if len(names) == 0 {
+		return ""
+	}
+	if len(names) == 1 && names[0] == "*" {
+		return "FIRST 1 (*)"
+	}
+	quoted := make([]string, len(names))
+	for i, n := range names {
+		quoted[i] = `"` + n + `"`
+	}
+	return fmt.Sprintf("FIRST %d (%s)", len(names), strings.Join(quoted, ", "))
+}
+
+// parseSyncNames reads back what formatSyncNames wrote (and Patroni-like
+// plain lists): the names, or ["*"].
+func parseSyncNames(v string) []string {
+	v = strings.TrimSpace(v)
+	if v == "" {
+		return nil
+	}
+	if i, j := strings.IndexByte(v, '('), strings.LastIndexByte(v, ')'); i >= 0 && j > i {
+		v = v[i+1 : j]
+	}
+	var out []string
+	for _, f := range strings.Split(v, ",") {
+		if f = strings.Trim(strings.TrimSpace(f), `"`); f != "" {
+			out = append(out, f)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// syncStates returns sync_state by application_name from
+// pg_stat_replication.
+func (p *postgres) syncStates(ctx context.Context) (map[string]string, error) {
+	conn, err := p.connect(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	rows, err := conn.Query(ctx, "SELECT application_name, sync_state FROM pg_stat_replication")
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]string{}
+	for rows.Next() {
+		var name, state string
+		if err := rows.Scan(&name, &state); err != nil {
+			return nil, err
+		}
+		out[name] = state
+	}
+	return out, rows.Err()
 }
 
 // configuredUpstream reads which member pharos.conf follows, matched by
@@ -718,6 +788,12 @@ func (p *postgres) rewind(ctx context.Context, up cluster.Member) error {
 	// one it answers "no rewind required" for a diverged target.
 	if err := p.checkpoint(ctx, src); err != nil {
 		return fmt.Errorf("checkpoint on %s before rewind: %w", up.Name, err)
+	}
+	// A target that was not shut down cleanly is recovered by pg_rewind in
+	// single-user mode, which refuses standby mode: the standby.signal
+	// goes now; starting as a standby writes it again.
+	if err := os.Remove(p.path("standby.signal")); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
 	}
 	out, err := p.run(ctx, 30*time.Minute, []string{"PGPASSWORD=" + p.cfg.SuperPassword},
 		"pg_rewind", "-D", p.cfg.DataDir, "--source-server", src)

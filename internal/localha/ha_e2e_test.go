@@ -931,3 +931,113 @@ func httpBody(t testing.TB, url string) string {
 	b, _ := io.ReadAll(resp.Body)
 	return string(b)
 }
+
+// syncState reads the sync key.
+func (e *haEnv) syncState(t testing.TB) *cluster.SyncState {
+	st, err := e.status(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st.Sync
+}
+
+// TestSynchronousModeEndToEnd: with synchronous_mode on, the leader names a
+// synchronous standby, a node loss loses no acknowledged write and
+// promotes that standby; without standbys, non-strict mode goes
+// asynchronous and strict mode blocks writes until one is back.
+func TestSynchronousModeEndToEnd(t *testing.T) {
+	e := startHA(t, 3)
+	ctx := context.Background()
+	leader := e.waitHealthy(t, time.Time{}, 2*time.Minute)
+	if code, out := e.ctlRun(t, "edit-config", "synchronous_mode=true", "--force"); code != 0 {
+		t.Fatalf("exit %d: %s", code, out)
+	}
+	var syncStandby string
+	if !waitUntil(15*time.Second, func() bool {
+		st := e.syncState(t)
+		if st != nil && st.Leader == leader && len(st.Standbys) == 1 {
+			syncStandby = st.Standbys[0]
+			return true
+		}
+		return false
+	}) {
+		t.Fatalf("no synchronous standby named: %+v", e.syncState(t))
+	}
+	if got := show(e.ha.Node(leader), "synchronous_standby_names"); got != `FIRST 1 ("`+syncStandby+`")` {
+		t.Errorf("synchronous_standby_names %q", got)
+	}
+	_, out := e.ctlRun(t, "list")
+	t.Logf("ctl list:\n%s", out)
+	if !strings.Contains(out, "synchronous mode: "+leader+" wait(s) for "+syncStandby) {
+		t.Errorf("ctl list does not show the synchronous standby")
+	}
+
+	t.Run("node loss loses nothing and promotes the synchronous standby", func(t *testing.T) {
+		old := e.ha.Node(leader)
+		rep := e.probe(t, "sync node loss", func(context.Context) error { return old.KillNode() })
+		if len(rep.Lost) != 0 {
+			t.Errorf("synchronous mode lost acknowledged writes: %v", rep.Lost)
+		}
+		if rep.NewPrimary != syncStandby {
+			t.Errorf("writes went to %q, want the synchronous standby %s", rep.NewPrimary, syncStandby)
+		}
+		var survivors []string
+		for _, n := range e.replicas(leader) {
+			survivors = append(survivors, n.Name)
+		}
+		leader = e.waitHealthy(t, time.Now(), time.Minute, survivors...)
+		restarted := time.Now()
+		if err := old.StartAgent(); err != nil {
+			t.Fatal(err)
+		}
+		leader = e.waitHealthy(t, restarted, time.Minute)
+		if !waitUntil(15*time.Second, func() bool {
+			st := e.syncState(t)
+			return st != nil && st.Leader == leader && len(st.Standbys) == 1
+		}) {
+			t.Fatalf("the new leader named no synchronous standby: %+v", e.syncState(t))
+		}
+	})
+
+	t.Run("without standbys non-strict goes asynchronous", func(t *testing.T) {
+		reps := e.replicas(leader)
+		for _, n := range reps {
+			if err := n.KillNode(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		primary := e.ha.Node(leader)
+		if !waitUntil(20*time.Second, func() bool { return acceptsWrites(primary) }) {
+			t.Fatal("non-strict synchronous mode blocks writes with no standby left")
+		}
+		if st := e.syncState(t); st == nil || len(st.Standbys) != 0 {
+			t.Errorf("sync key still names standbys that are gone: %+v", st)
+		}
+		if m := httpBody(t, primary.APIURL+"/metrics"); !strings.Contains(m, "pharos_agent_sync_degraded 1") {
+			t.Errorf("degraded synchronous mode not visible in the metrics")
+		}
+
+		t.Run("strict blocks writes until a standby is back", func(t *testing.T) {
+			if code, out := e.ctlRun(t, "edit-config", "synchronous_mode_strict=true", "--force"); code != 0 {
+				t.Fatalf("exit %d: %s", code, out)
+			}
+			if !waitUntil(15*time.Second, func() bool { return show(primary, "synchronous_standby_names") == "FIRST 1 (*)" }) {
+				t.Fatalf("strict mode without standbys: synchronous_standby_names %q", show(primary, "synchronous_standby_names"))
+			}
+			if acceptsWrites(primary) {
+				t.Error("strict synchronous mode acknowledged a write with no standby")
+			}
+			restarted := time.Now()
+			for _, n := range reps {
+				if err := n.StartAgent(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			e.waitHealthy(t, restarted, time.Minute)
+			if !waitUntil(20*time.Second, func() bool { return acceptsWrites(primary) }) {
+				t.Error("writes still blocked with standbys back")
+			}
+		})
+	})
+	e.checkTruth(t, ctx)
+}

@@ -28,6 +28,11 @@ type Agent struct {
 	ActionFailures *prometheus.CounterVec
 	// PendingRestart is 1 when a parameter waits for a restart.
 	PendingRestart prometheus.Gauge
+	// SyncStandbys counts the synchronous standbys (leader only).
+	SyncStandbys prometheus.Gauge
+	// SyncDegraded is 1 when synchronous mode fell back to asynchronous
+	// commits (non-strict, no healthy standby).
+	SyncDegraded prometheus.Gauge
 }
 
 // AgentRoles are the values of the role label.
@@ -69,9 +74,15 @@ func NewAgent(reg prometheus.Registerer) *Agent {
 		PendingRestart: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "pharos_agent_pending_restart", Help: "1 when a changed parameter waits for a restart.",
 		}),
+		SyncStandbys: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "pharos_agent_sync_standbys", Help: "Synchronous standbys this leader's commits wait for.",
+		}),
+		SyncDegraded: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "pharos_agent_sync_degraded", Help: "1 when synchronous mode fell back to asynchronous commits (no healthy standby, not strict).",
+		}),
 	}
 	reg.MustRegister(m.IsLeader, m.Role, m.EtcdUp, m.RenewalAge, m.WatchdogArmed, m.LagBytes, m.Timeline,
-		m.Promotions, m.Demotions, m.ActionFailures, m.PendingRestart)
+		m.Promotions, m.Demotions, m.ActionFailures, m.PendingRestart, m.SyncStandbys, m.SyncDegraded)
 	for _, r := range AgentRoles {
 		m.Role.WithLabelValues(r)
 	}
