@@ -119,7 +119,7 @@ func demo(ctx context.Context, o demoOptions, log *slog.Logger, stdout io.Writer
 		Binary: self, Dir: nodesDir, Nodes: o.nodes, Cluster: clusterName, Etcd: etcd.Endpoints(),
 		AgentArgs: append([]string{"--log-level", o.logLevel, "--auto-reinit=true",
 			"--watchdog", "automatic", "--watchdog-driver", "software"}, o.agentArgs...),
-		Logger:    log,
+		Logger: log,
 	})
 	if err != nil {
 		return err

@@ -288,6 +288,18 @@ func parseObservation(a *args, sub []scenarioLine, r Rules) (Observation, error)
 			d.LeaderIsMine = a.flag("mine")
 			d.Paused = a.flag("paused")
 			a.int64("config_rev", &d.ConfigRev)
+			d.SyncMode.Enabled = a.flag("sync_mode")
+			d.SyncMode.Strict = a.flag("strict")
+			d.SyncMode.Count = 1
+			a.int("sync_count", &d.SyncMode.Count)
+			if v, ok := a.get("sync"); ok {
+				leader, list, _ := strings.Cut(v, ":")
+				st := &cluster.SyncState{Leader: leader}
+				if list != "" {
+					st.Standbys = strings.Split(list, ",")
+				}
+				d.Sync = st
+			}
 			if cand, ok := a.get("switchover"); ok {
 				sw := &cluster.Switchover{Handover: a.flag("handover"), Failover: a.flag("forced")}
 				if cand != "-" {
@@ -354,6 +366,10 @@ func parseObservation(a *args, sub []scenarioLine, r Rules) (Observation, error)
 			a.lsn("lsn", &p.LSN)
 			a.lsn("receive", &p.ReceiveLSN)
 			p.Upstream = a.str("upstream")
+			p.Streaming = a.flag("streaming")
+			if v, ok := a.get("sync_names"); ok {
+				p.SyncNames = strings.Split(v, ",")
+			}
 			if p.InRecovery && !p.Running {
 				a.fail(errors.New("recovery: only a running server is in recovery"))
 			}
