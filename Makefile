@@ -39,5 +39,14 @@ bench: deps build
 	bash scripts/bench.sh
 	$(GO) test -run '^$$' -bench Failover -benchtime 5x ./internal/localha
 
+# chaos: a seeded, randomized schedule over the fault menu against a
+# three-node cluster in synchronous mode, writes through the proxy; prints
+# one line per fault kind and fails on any acknowledged write lost or any
+# split brain. make test runs a short one (4 faults, seed 1).
+DURATION ?= 30m
+SEED     ?= 1
+chaos: deps build
+	$(GO) test -count=1 -timeout 0 -v -run TestChaos ./internal/chaos -args -chaos.duration=$(DURATION) -chaos.seed=$(SEED)
+
 clean:
 	rm -rf bin demo-data

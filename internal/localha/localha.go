@@ -43,6 +43,9 @@ type Options struct {
 	Nodes   int
 	Cluster string
 	Etcd    []string
+	// NodeEtcd replaces Etcd for one node, by name (e.g. through a relay
+	// that can cut it off).
+	NodeEtcd map[string][]string
 	// RestartDelay is the pause before a dead agent is started again; 0
 	// means 5 s (longer than the default ttl, so a killed node fails over first), negative means never (a test restarts it itself).
 	RestartDelay time.Duration
@@ -136,8 +139,12 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 		apiAddr := "127.0.0.1:" + strconv.Itoa(ports[1])
 		n := &Node{Name: name, Dir: dir, DataDir: filepath.Join(dir, "data"), Port: ports[0],
 			LogPath: filepath.Join(dir, "agent.log"), APIURL: "http://" + apiAddr, c: c}
+		etcd := opts.Etcd
+		if e, ok := opts.NodeEtcd[name]; ok {
+			etcd = e
+		}
 		n.args = append([]string{"agent",
-			"--name", name, "--cluster", opts.Cluster, "--etcd", strings.Join(opts.Etcd, ","),
+			"--name", name, "--cluster", opts.Cluster, "--etcd", strings.Join(etcd, ","),
 			"--data-dir", n.DataDir, "--pg-port", strconv.Itoa(ports[0]),
 			"--superuser-password-file", superFile, "--replication-password-file", replFile,
 			"--api-listen", apiAddr, "--api-username", c.APIUser, "--api-password-file", apiFile,

@@ -1,0 +1,542 @@
+// Package chaos runs a seeded, bounded, randomized schedule of faults
+// against a local pharos cluster in synchronous mode while writes go
+// through the proxy, and judges the run: no acknowledged write lost, no two
+// nodes accepting writes at the same time.
+//
+//	go test -run TestChaos ./internal/chaos                       # short, fixed seed (part of make test)
+//	make chaos DURATION=30m SEED=42                                # the long run
+//
+// It owns the fault menu and the verdict; the cluster is internal/localha's,
+// the write probe and the checkers internal/bench's.
+package chaos_test
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/pharos-ha/pharos/internal/bench"
+	"github.com/pharos-ha/pharos/internal/cluster"
+	"github.com/pharos-ha/pharos/internal/ctl"
+	"github.com/pharos-ha/pharos/internal/etcdlocal"
+	"github.com/pharos-ha/pharos/internal/faultnet"
+	"github.com/pharos-ha/pharos/internal/freeport"
+	"github.com/pharos-ha/pharos/internal/localha"
+	"github.com/pharos-ha/pharos/internal/pglocal"
+)
+
+var (
+	duration = flag.Duration("chaos.duration", 0, "run faults for this long (0: -chaos.faults faults)")
+	faults   = flag.Int("chaos.faults", 4, "number of faults when -chaos.duration is 0")
+	seed     = flag.Uint64("chaos.seed", 1, "seed of the fault schedule")
+	kinds    = flag.String("chaos.kinds", "", "comma-separated fault kinds to draw from (default: all)")
+)
+
+var pharosBin string
+
+func TestMain(m *testing.M) {
+	flag.Parse()
+	dir, err := os.MkdirTemp("", "pharos-chaos-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	pharosBin = filepath.Join(dir, "pharos")
+	goTool, err := exec.LookPath("go")
+	if err != nil {
+		goTool = filepath.Join(runtime.GOROOT(), "bin", "go") //nolint:staticcheck // fallback when PATH has no go
+	}
+	if out, err := exec.Command(goTool, "build", "-o", pharosBin, "../../cmd/pharos").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "go build: %v: %s\n", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+const clusterName = "chaos"
+
+// env is the cluster under test.
+type env struct {
+	t       *testing.T
+	etcd    *etcdlocal.Cluster
+	cli     *clientv3.Client
+	keys    cluster.Keys
+	ha      *localha.Cluster
+	relays  map[string][]*faultnet.Relay // per node, one per etcd member
+	rw      string
+	proxy   *exec.Cmd
+	proxyMu sync.Mutex
+	dir     string
+}
+
+func startEnv(t *testing.T) *env {
+	dir, err := os.MkdirTemp("", "pharos-chaos-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = os.Chmod(dir, 0o755)
+	t.Cleanup(func() {
+		if !t.Failed() || os.Getenv("PHAROS_KEEP_CHAOS") == "" {
+			os.RemoveAll(dir)
+		} else {
+			t.Logf("kept %s", dir)
+		}
+	})
+	ctx := context.Background()
+	e := &env{t: t, dir: dir, relays: map[string][]*faultnet.Relay{}}
+	e.keys, _ = cluster.NewKeys(clusterName)
+	quiet := slog.New(slog.DiscardHandler)
+	if e.etcd, err = etcdlocal.Start(ctx, etcdlocal.Options{Dir: filepath.Join(dir, "etcd"), Members: 3}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.etcd.Close() })
+	if e.cli, err = e.etcd.Client(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.cli.Close() })
+	nodeEtcd := map[string][]string{}
+	for i := 1; i <= 3; i++ {
+		name := fmt.Sprintf("n%d", i)
+		for _, ep := range e.etcd.Endpoints() {
+			r, err := faultnet.Start(strings.TrimPrefix(ep, "http://"), quiet)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { r.Close() })
+			e.relays[name] = append(e.relays[name], r)
+			nodeEtcd[name] = append(nodeEtcd[name], "http://"+r.Addr())
+		}
+	}
+	e.ha, err = localha.Start(ctx, localha.Options{
+		Binary: pharosBin, Dir: filepath.Join(dir, "nodes"), Nodes: 3, Cluster: clusterName,
+		Etcd: e.etcd.Endpoints(), NodeEtcd: nodeEtcd, RestartDelay: -1,
+		AgentArgs: []string{"--watchdog", "required", "--watchdog-driver", "software", "--auto-reinit=true"},
+		Logger:    quiet,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, n := range e.ha.Nodes() {
+				t.Logf("--- agent %s (tail):\n%s", n.Name, n.Tail(4000))
+			}
+		}
+		cctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if err := e.ha.Close(cctx); err != nil {
+			t.Errorf("close: %v", err)
+		}
+	})
+	port, err := freeport.Pick()
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.rw = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	e.startProxy()
+	t.Cleanup(e.stopProxy)
+	return e
+}
+
+func (e *env) startProxy() {
+	e.proxyMu.Lock()
+	defer e.proxyMu.Unlock()
+	logf, err := os.OpenFile(filepath.Join(e.dir, "proxy.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer logf.Close()
+	cmd := exec.Command(pharosBin, "proxy", "--source", "pharos", "--etcd", strings.Join(e.etcd.Endpoints(), ","),
+		"--cluster", clusterName, "--rw-listen", e.rw, "--ro-listen", "", "--metrics-listen", "",
+		"--route-wait", "10s", "--drain-timeout", "1s")
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		e.t.Fatal(err)
+	}
+	e.proxy = cmd
+}
+
+func (e *env) stopProxy() {
+	e.proxyMu.Lock()
+	defer e.proxyMu.Unlock()
+	if e.proxy == nil {
+		return
+	}
+	_ = e.proxy.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { _ = e.proxy.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		_ = e.proxy.Process.Kill()
+		<-done
+	}
+	e.proxy = nil
+}
+
+func (e *env) status() (ctl.ClusterStatus, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	return ctl.Status(ctx, e.cli, e.keys)
+}
+
+// waitHealthy waits for a leader running as primary, every member a replica
+// streaming from it, and (synchronous mode) a synchronous standby.
+func (e *env) waitHealthy(timeout time.Duration, needSync bool) (string, error) {
+	deadline := time.Now().Add(timeout)
+	last := ""
+	for time.Now().Before(deadline) {
+		st, err := e.status()
+		if err == nil && st.Leader != nil {
+			lead, ok := st.Member(st.Leader.Name)
+			good := ok && lead.Role == cluster.RolePrimary && len(st.Members) == 3 &&
+				(!needSync || st.Sync != nil && st.Sync.Leader == st.Leader.Name && len(st.Sync.Standbys) == 1)
+			var parts []string
+			for _, m := range st.Members {
+				parts = append(parts, m.Name+"="+string(m.Role)+"/"+m.State)
+				if m.Name != st.Leader.Name && (m.Role != cluster.RoleReplica || m.State != "streaming from "+st.Leader.Name) {
+					good = false
+				}
+			}
+			last = strings.Join(parts, " ")
+			if st.Sync != nil {
+				last += fmt.Sprintf(" sync=%v", st.Sync.Standbys)
+			}
+			if good {
+				return st.Leader.Name, nil
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return "", fmt.Errorf("cluster not healthy within %v: %s", timeout, last)
+}
+
+func (e *env) superDSN(addr string) string {
+	host, port, _ := net.SplitHostPort(addr)
+	return fmt.Sprintf("host=%s port=%s user=%s password=%s dbname=postgres sslmode=disable connect_timeout=2",
+		host, port, e.ha.SuperUser, e.ha.SuperPassword)
+}
+
+// fault is one entry of the menu: inject returns a heal step run after
+// hold (nil when the fault heals by itself).
+type fault struct {
+	kind   string
+	inject func(e *env, leader string, rnd *rand.Rand) (heal func() error, err error)
+}
+
+func nodePids(n *localha.Node) []int {
+	pids := pglocal.ServerProcesses(n.DataDir)
+	if pid := n.AgentPid(); pid != 0 {
+		pids = append(pids, pid)
+	}
+	// Its software watchdog: a frozen host freezes it too.
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range procs {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
+		if len(args) > 1 && args[1] == "watchdog" && slices.Contains(args, n.DataDir) {
+			if pid, err := strconv.Atoi(filepath.Base(filepath.Dir(p))); err == nil {
+				pids = append(pids, pid)
+			}
+		}
+	}
+	return pids
+}
+
+func signalAll(pids []int, sig syscall.Signal) {
+	for _, pid := range pids {
+		_ = syscall.Kill(pid, sig)
+	}
+}
+
+// restartAgent brings a killed agent back once it is gone.
+func restartAgent(n *localha.Node) func() error {
+	return func() error {
+		if n.AgentPid() != 0 {
+			_ = n.KillAgent()
+		}
+		return n.StartAgent()
+	}
+}
+
+// pick returns the leader or, one time in three, a replica.
+func pick(e *env, leader string, rnd *rand.Rand) *localha.Node {
+	if rnd.IntN(3) == 0 {
+		var reps []*localha.Node
+		for _, n := range e.ha.Nodes() {
+			if n.Name != leader {
+				reps = append(reps, n)
+			}
+		}
+		return reps[rnd.IntN(len(reps))]
+	}
+	return e.ha.Node(leader)
+}
+
+var menu = []fault{
+	{"kill-postmaster", func(e *env, leader string, rnd *rand.Rand) (func() error, error) {
+		return nil, pick(e, leader, rnd).KillPostmaster()
+	}},
+	{"kill-agent", func(e *env, leader string, rnd *rand.Rand) (func() error, error) {
+		n := pick(e, leader, rnd)
+		return restartAgent(n), n.KillAgent()
+	}},
+	{"kill-node", func(e *env, leader string, rnd *rand.Rand) (func() error, error) {
+		n := pick(e, leader, rnd)
+		return restartAgent(n), n.KillNode()
+	}},
+	{"stop-agent", func(e *env, leader string, rnd *rand.Rand) (func() error, error) {
+		n := pick(e, leader, rnd)
+		return func() error { return n.SignalAgent(syscall.SIGCONT) }, n.SignalAgent(syscall.SIGSTOP)
+	}},
+	{"freeze-node", func(e *env, leader string, rnd *rand.Rand) (func() error, error) {
+		pids := nodePids(pick(e, leader, rnd))
+		signalAll(pids, syscall.SIGSTOP)
+		return func() error { signalAll(pids, syscall.SIGCONT); return nil }, nil
+	}},
+	{"etcd-member-loss", func(e *env, leader string, rnd *rand.Rand) (func() error, error) {
+		i := rnd.IntN(3)
+		return func() error { return e.etcd.StartMember(context.Background(), i) }, e.etcd.StopMember(i)
+	}},
+	{"etcd-cut", func(e *env, leader string, rnd *rand.Rand) (func() error, error) {
+		n := pick(e, leader, rnd)
+		for _, r := range e.relays[n.Name] {
+			r.Cut()
+		}
+		return func() error {
+			for _, r := range e.relays[n.Name] {
+				r.Restore()
+			}
+			return nil
+		}, nil
+	}},
+	{"switchover", func(e *env, leader string, rnd *rand.Rand) (func() error, error) {
+		out, err := exec.Command(pharosBin, "ctl", "--etcd", strings.Join(e.etcd.Endpoints(), ","), "--cluster", clusterName,
+			"switchover", "--force").CombinedOutput()
+		if err != nil {
+			return nil, fmt.Errorf("ctl switchover: %v: %s", err, out)
+		}
+		return nil, nil
+	}},
+	{"proxy-restart", func(e *env, leader string, rnd *rand.Rand) (func() error, error) {
+		e.stopProxy()
+		e.startProxy()
+		return nil, nil
+	}},
+}
+
+// splitProber writes directly to every node (not through the proxy) and
+// records which accepted: two nodes accepting in the same span is a split
+// brain.
+type splitProber struct {
+	mu      sync.Mutex
+	accepts []bench.Accept
+}
+
+func (p *splitProber) run(ctx context.Context, e *env) {
+	var wg sync.WaitGroup
+	for _, n := range e.ha.Nodes() {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			dsn := e.superDSN(fmt.Sprintf("127.0.0.1:%d", n.Port))
+			for ctx.Err() == nil {
+				p.try(ctx, dsn, n.Name)
+				select {
+				case <-ctx.Done():
+				case <-time.After(100 * time.Millisecond):
+				}
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+func (p *splitProber) try(ctx context.Context, dsn, node string) {
+	ctx, cancel := context.WithTimeout(ctx, 400*time.Millisecond)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		return
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	sent := time.Now()
+	if _, err := conn.Exec(ctx, "INSERT INTO pharos_split(node) VALUES ($1)", node); err != nil {
+		return
+	}
+	p.mu.Lock()
+	p.accepts = append(p.accepts, bench.Accept{Node: node, Sent: sent, Acked: time.Now()})
+	p.mu.Unlock()
+}
+
+type row struct {
+	count       int
+	maxOutage   time.Duration
+	lost        int
+	splitBrains int
+	spans       [][2]time.Time
+}
+
+// TestChaos runs the schedule and prints one line per fault kind.
+func TestChaos(t *testing.T) {
+	e := startEnv(t)
+	leader, err := e.waitHealthy(3*time.Minute, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, cerr := exec.Command(pharosBin, "ctl", "--etcd", strings.Join(e.etcd.Endpoints(), ","), "--cluster", clusterName,
+		"edit-config", "synchronous_mode=true", "--force").CombinedOutput()
+	if cerr != nil {
+		t.Fatalf("enable synchronous mode: %v: %s", cerr, out)
+	}
+	if leader, err = e.waitHealthy(time.Minute, true); err != nil {
+		t.Fatal(err)
+	}
+	{
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		conn, err := pgx.Connect(ctx, e.superDSN(e.rw))
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = conn.Exec(ctx, "CREATE TABLE IF NOT EXISTS pharos_split (id bigserial PRIMARY KEY, node text NOT NULL, at timestamptz NOT NULL DEFAULT clock_timestamp())")
+		conn.Close(ctx)
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	menuIn := menu
+	if *kinds != "" {
+		menuIn = nil
+		for _, f := range menu {
+			if slices.Contains(strings.Split(*kinds, ","), f.kind) {
+				menuIn = append(menuIn, f)
+			}
+		}
+		if len(menuIn) == 0 {
+			t.Fatalf("-chaos.kinds %q names no fault of the menu", *kinds)
+		}
+	}
+	rnd := rand.New(rand.NewPCG(*seed, *seed^0x9e3779b97f4a7c15))
+	prober := &splitProber{}
+	pctx, stopProber := context.WithCancel(context.Background())
+	proberDone := make(chan struct{})
+	go func() { prober.run(pctx, e); close(proberDone) }()
+	defer func() { stopProber(); <-proberDone }()
+
+	rows := map[string]*row{}
+	start := time.Now()
+	for i := 0; ; i++ {
+		if *duration > 0 && time.Since(start) > *duration || *duration == 0 && i >= *faults {
+			break
+		}
+		f := menuIn[rnd.IntN(len(menuIn))]
+		hold := time.Duration(2+rnd.IntN(5)) * time.Second
+		var heal func() error
+		var faultStart time.Time
+		rep, err := bench.RunFailover(context.Background(), bench.FailoverOptions{
+			DSN: e.superDSN(e.rw), Before: 500 * time.Millisecond, After: 90 * time.Second, Settle: time.Second,
+			Fault: func(ctx context.Context) error {
+				faultStart = time.Now()
+				h, err := f.inject(e, leader, rnd)
+				if err != nil {
+					return err
+				}
+				heal = h
+				if heal != nil {
+					select {
+					case <-ctx.Done():
+					case <-time.After(hold):
+					}
+					return heal()
+				}
+				return nil
+			},
+		})
+		if err != nil {
+			t.Fatalf("fault %d (%s): %v", i, f.kind, err)
+		}
+		if rep.FaultErr != "" {
+			t.Fatalf("fault %d (%s): %s", i, f.kind, rep.FaultErr)
+		}
+		r := rows[f.kind]
+		if r == nil {
+			r = &row{}
+			rows[f.kind] = r
+		}
+		r.count++
+		r.maxOutage = max(r.maxOutage, rep.MaxOutage)
+		r.lost += len(rep.Lost)
+		if leader, err = e.waitHealthy(2*time.Minute, true); err != nil {
+			t.Fatalf("after fault %d (%s): %v", i, f.kind, err)
+		}
+		r.spans = append(r.spans, [2]time.Time{faultStart, time.Now()})
+		t.Logf("fault %d %-16s hold %v: outage %v, lost %d, leader now %s", i, f.kind, hold, rep.MaxOutage.Round(time.Millisecond), len(rep.Lost), leader)
+	}
+	stopProber()
+	<-proberDone
+
+	prober.mu.Lock()
+	windows := bench.FindSplitBrain(prober.accepts, 500*time.Millisecond)
+	prober.mu.Unlock()
+	for _, w := range windows {
+		attributed := false
+		for _, r := range rows {
+			for _, sp := range r.spans {
+				if !w.End.Before(sp[0]) && !w.Start.After(sp[1]) {
+					r.splitBrains++
+					attributed = true
+				}
+			}
+		}
+		t.Errorf("split brain: %s and %s both accepted writes from %s to %s (%v), attributed: %v",
+			w.A, w.B, w.Start.Format(time.RFC3339Nano), w.End.Format(time.RFC3339Nano), w.Duration(), attributed)
+	}
+
+	var names []string
+	for k := range rows {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	var b strings.Builder
+	fmt.Fprintf(&b, "chaos run: seed %d, %v, synchronous mode\n", *seed, time.Since(start).Round(time.Second))
+	fmt.Fprintf(&b, "%-18s %5s %12s %10s %12s\n", "FAULT", "COUNT", "MAX OUTAGE", "ACKED LOST", "SPLIT-BRAIN")
+	total := 0
+	for _, k := range names {
+		r := rows[k]
+		fmt.Fprintf(&b, "%-18s %5d %12v %10d %12d\n", k, r.count, r.maxOutage.Round(time.Millisecond), r.lost, r.splitBrains)
+		total += r.lost
+		if r.lost > 0 {
+			t.Errorf("%s: %d acknowledged writes lost in synchronous mode", k, r.lost)
+		}
+	}
+	fmt.Print(b.String())
+	t.Log("\n" + b.String())
+	if total == 0 && len(windows) == 0 {
+		t.Logf("verdict: no acknowledged write lost, no split brain (%d direct write accepts checked)", len(prober.accepts))
+	}
+}
