@@ -269,19 +269,27 @@ func (a *Agent) renewLoop(ctx context.Context) {
 // vanished leader key starts an election at once instead of at the next
 // tick, and records the revision of leader deletions.
 func (a *Agent) watchLoop(ctx context.Context) {
-	leaderKey := a.dcs.keys.Leader()
+	leaderKey, ownKey := a.dcs.keys.Leader(), a.dcs.keys.Member(a.rules.Name)
 	for ctx.Err() == nil {
 		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 		for resp := range a.dcs.cli.Watch(wctx, a.dcs.keys.Prefix(), clientv3.WithPrefix()) {
 			if resp.Err() != nil {
 				break
 			}
+			wake := false
 			for _, ev := range resp.Events {
 				if ev.Type == clientv3.EventTypeDelete && string(ev.Kv.Key) == leaderKey {
 					a.leaderGoneRev.Store(ev.Kv.ModRevision)
 				}
+				// Its own record changes every round: waking for it
+				// would make the loop feed itself.
+				if string(ev.Kv.Key) != ownKey || ev.Type == clientv3.EventTypeDelete {
+					wake = true
+				}
 			}
-			a.poke()
+			if wake {
+				a.poke()
+			}
 		}
 		cancel()
 		select {
@@ -607,6 +615,10 @@ func (a *Agent) execute(ctx context.Context, act Action, o Observation) error {
 			return err
 		}
 		if act.Kind == ActReclone {
+			// Never wipe for a source that would not give a copy back.
+			if err := a.pg.checkSource(ctx, up); err != nil {
+				return err
+			}
 			if err := a.pg.stop(ctx, a.cfg.StopTimeout); err != nil {
 				return err
 			}
@@ -628,7 +640,11 @@ func (a *Agent) execute(ctx context.Context, act Action, o Observation) error {
 			return err
 		}
 		if err := a.pg.rewind(ctx, up); err != nil {
-			a.mem.RewindFailed = up.Name
+			// A source that did not answer says nothing about the rewind:
+			// try again next round instead of giving up on it.
+			if !errors.Is(err, errSourceUnavailable) {
+				a.mem.RewindFailed = up.Name
+			}
 			return fmt.Errorf("rewind from %s: %w", up.Name, err)
 		}
 		a.mem.RewindFailed, a.mem.RewindNeeded = "", false

@@ -547,6 +547,9 @@ func decideFollower(o Observation, r Rules, leader string, leaderRec cluster.Mem
 		// follow the new timeline is rewound.
 		if !pg.Standby || o.Memory.RewindNeeded {
 			if o.Memory.RewindFailed == leader {
+				if r.AutoReinit && o.DCS.SyncMode.Enabled && o.DCS.Sync != nil && o.DCS.Sync.Has(r.Name) {
+					return plan("rewind from " + leader + " failed; this synchronous standby may hold the only copy of acknowledged commits, so it is not wiped: needs an operator")
+				}
 				if r.AutoReinit {
 					return plan("rewind from "+leader+" failed: cloning again", actOn(ActReclone, leader), actOn(ActStartReplica, leader))
 				}
@@ -562,7 +565,11 @@ func decideFollower(o Observation, r Rules, leader string, leaderRec cluster.Mem
 	if pg.Upstream != leader {
 		return plan("following "+orNone(pg.Upstream)+" instead of "+leader, actOn(ActRepoint, leader))
 	}
-	if !o.Memory.BehindSince.IsZero() && o.Now.Sub(o.Memory.BehindSince) >= timelineSwitchWait(r.Timing) {
+	// Only while the leader is alive (its record keeps changing): a
+	// standby whose new upstream dies right away is behind too, and must
+	// not be stopped, let alone rewound or cloned, for that.
+	if !o.Memory.BehindSince.IsZero() && o.Now.Sub(o.Memory.BehindSince) >= timelineSwitchWait(r.Timing) &&
+		o.DCS.MemberSeenAt[leader].After(o.Memory.BehindSince) {
 		return plan(fmt.Sprintf("still on timeline %d after %v while %s is on %d: diverged, stopping to rewind",
 			pg.Timeline, o.Now.Sub(o.Memory.BehindSince).Round(time.Millisecond), leader, leaderRec.Timeline), act(ActStop))
 	}

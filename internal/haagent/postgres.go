@@ -768,6 +768,36 @@ func redact(s, secret string) string {
 	return strings.ReplaceAll(s, secret, "********")
 }
 
+// errSourceUnavailable: the server to rewind or clone from did not answer;
+// nothing was changed here, and the failure says nothing about whether a
+// rewind would work.
+var errSourceUnavailable = errors.New("source unavailable")
+
+// checkSource makes sure up answers as a primary before anything here is
+// wiped for a clone from it.
+func (p *postgres) checkSource(ctx context.Context, up cluster.Member) error {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	cc, err := pgx.ParseConfig(fmt.Sprintf("host=%s port=%d user=%s dbname=postgres connect_timeout=3", up.Host, up.Port, quoteConn(p.cfg.SuperUser)))
+	if err != nil {
+		return err
+	}
+	cc.Password = p.cfg.SuperPassword
+	conn, err := pgx.ConnectConfig(ctx, cc)
+	if err != nil {
+		return fmt.Errorf("%w: %s: %w", errSourceUnavailable, up.Name, err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	var rec bool
+	if err := conn.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&rec); err != nil {
+		return fmt.Errorf("%w: %s: %w", errSourceUnavailable, up.Name, err)
+	}
+	if rec {
+		return fmt.Errorf("%w: %s is in recovery", errSourceUnavailable, up.Name)
+	}
+	return nil
+}
+
 // basebackup clones the data directory from up (which must be empty).
 func (p *postgres) basebackup(ctx context.Context, up cluster.Member) error {
 	if err := p.cfg.Owner.MkdirAll(p.cfg.DataDir, 0o700); err != nil {
@@ -787,7 +817,7 @@ func (p *postgres) rewind(ctx context.Context, up cluster.Member) error {
 	// a just-promoted server updates only at its next checkpoint; without
 	// one it answers "no rewind required" for a diverged target.
 	if err := p.checkpoint(ctx, src); err != nil {
-		return fmt.Errorf("checkpoint on %s before rewind: %w", up.Name, err)
+		return fmt.Errorf("%w: checkpoint on %s before rewind: %w", errSourceUnavailable, up.Name, err)
 	}
 	// A target that was not shut down cleanly is recovered by pg_rewind in
 	// single-user mode, which refuses standby mode: the standby.signal
