@@ -17,6 +17,13 @@
 //     and JSON renderings; pure.
 //   - throughput.go: the engine that opens connections, holds the start
 //     barrier, runs the clients under an errgroup and collects results.
+//   - switch.go: the route-switch measurement (`pharos bench switch`).
+//   - failover.go: the write probe around a fault (`pharos bench failover`):
+//     numbered writes, reconnecting on error, read back from the final
+//     primary.
+//   - checker.go: the pure judge of a write history: acknowledged writes
+//     missing afterwards, outages, recovery; splitbrain.go: the pure judge
+//     of direct per-node writes: spans in which two nodes accepted writes.
 //
 // Method. Targets are measured in alternation, not one after the other: for
 // each round, for each protocol mode, every target gets one run of the same
