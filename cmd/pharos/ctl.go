@@ -102,17 +102,42 @@ func ctlVerbs() []ctlVerb {
 	return []ctlVerb{
 		{"list", "members with role, state, timeline, lag and the leader", false, func(fs *flag.FlagSet) ctlAction {
 			asJSON := fs.Bool("json", false, "print JSON instead of a table")
+			watch := fs.Duration("watch", 0, "redraw every interval (e.g. 1s) until interrupted")
 			return func(ctx context.Context, env ctlEnv) error {
-				ctx, cancel := env.call(ctx)
-				defer cancel()
-				st, err := ctl.Status(ctx, env.cli, env.keys)
-				if err != nil {
-					return err
+				once := func() error {
+					cctx, cancel := env.call(ctx)
+					defer cancel()
+					st, err := ctl.Status(cctx, env.cli, env.keys)
+					if err != nil {
+						return err
+					}
+					if *asJSON {
+						return ctl.WriteJSON(env.stdout, st)
+					}
+					return ctl.WriteTable(env.stdout, st)
 				}
-				if *asJSON {
-					return ctl.WriteJSON(env.stdout, st)
+				if *watch <= 0 {
+					return once()
 				}
-				return ctl.WriteTable(env.stdout, st)
+				// A watch survives etcd hiccups: it says so and tries
+				// again at the next tick, until Ctrl-C.
+				for {
+					if env.interactive {
+						fmt.Fprint(env.stdout, "\033[H\033[2J") // clear the terminal
+					}
+					fmt.Fprintf(env.stdout, "%s (every %v, Ctrl-C stops)\n", time.Now().Format(time.RFC3339), *watch)
+					if err := once(); err != nil {
+						fmt.Fprintf(env.stdout, "error: %v\n", err)
+					}
+					select {
+					case <-ctx.Done():
+						return nil
+					case <-time.After(*watch):
+					}
+					if !env.interactive {
+						fmt.Fprintln(env.stdout)
+					}
+				}
 			}
 		}},
 		{"history", "timeline switches, oldest first", false, func(fs *flag.FlagSet) ctlAction {

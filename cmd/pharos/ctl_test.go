@@ -158,6 +158,27 @@ func TestCtlListAndHistory(t *testing.T) {
 		}
 	})
 
+	t.Run("list --watch redraws until interrupted", func(t *testing.T) {
+		wctx, stop := context.WithTimeout(ctx, 1200*time.Millisecond)
+		defer stop()
+		var stdout, stderr bytes.Buffer
+		done := make(chan int, 1)
+		go func() {
+			done <- runCtl(wctx, []string{"--etcd", ep, "--cluster", "c1", "list", "--watch", "300ms"}, &stdout, &stderr)
+		}()
+		select {
+		case code := <-done:
+			if code != exitOK {
+				t.Fatalf("exit %d: %s", code, stderr.String())
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("list --watch did not stop when its context ended")
+		}
+		if n := strings.Count(stdout.String(), "leader n1 (epoch"); n < 3 {
+			t.Errorf("table drawn %d times in 1.2s at 300ms, want at least 3:\n%s", n, stdout.String())
+		}
+	})
+
 	t.Run("list --json with the flags after the verb", func(t *testing.T) {
 		code, stdout, stderr := runCtlCmd(t, "list", "--json", "--etcd", ep, "--cluster", "c1")
 		if code != exitOK || stderr != "" {
