@@ -159,27 +159,7 @@ func parseAgentArgs(args []string, stderr io.Writer) (agentSettings, error) {
 	dur("callback-timeout", "bound on one callback run (its process group is killed then)", func(s *agentSettings) *duration { return &s.CallbackTimeout })
 	bind(o, "failover-priority", "breaks ties between equally advanced candidates (higher wins)", parseInt, func(s *agentSettings) *int { return &s.FailoverPriority })
 
-	fs.SetOutput(io.Discard)
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			fs.SetOutput(stderr)
-			fmt.Fprintln(stderr, "usage: pharos agent [--config FILE] [flags]")
-			fs.PrintDefaults()
-			return agentSettings{}, err
-		}
-		return agentSettings{}, usageErrorf("%v", err)
-	}
-	if fs.NArg() > 0 {
-		return agentSettings{}, usageErrorf("unexpected argument %q", fs.Arg(0))
-	}
-	s := defaultAgentSettings()
-	if *configPath != "" {
-		if err := loadYAML(*configPath, &s); err != nil {
-			return agentSettings{}, err
-		}
-	}
-	o.apply(&s)
-	return s, nil
+	return o.parse(args, configPath, defaultAgentSettings(), stderr)
 }
 
 // agentConfig validates the settings into the agent's config.

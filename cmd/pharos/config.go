@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -140,6 +141,35 @@ func bind[S, T any](o *overrides[S], name, usage string, parse func(string) (T, 
 		o.pending = append(o.pending, func(s *S) { *field(s) = t })
 		return nil
 	})
+}
+
+// parse parses args with fs, then loads *configPath (when given) over
+// defaults and applies the flags on top: flags win. Errors are one line;
+// the full flag list is printed only for -h.
+func (o *overrides[S]) parse(args []string, configPath *string, defaults S, stderr io.Writer) (S, error) {
+	var zero S
+	fs := o.fs
+	fs.SetOutput(io.Discard)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fs.SetOutput(stderr)
+			fmt.Fprintf(stderr, "usage: %s [--config FILE] [flags]\n", fs.Name())
+			fs.PrintDefaults()
+			return zero, err
+		}
+		return zero, usageErrorf("%v", err)
+	}
+	if fs.NArg() > 0 {
+		return zero, usageErrorf("unexpected argument %q", fs.Arg(0))
+	}
+	s := defaults
+	if *configPath != "" {
+		if err := loadYAML(*configPath, &s); err != nil {
+			return zero, err
+		}
+	}
+	o.apply(&s)
+	return s, nil
 }
 
 func (o *overrides[S]) apply(s *S) {

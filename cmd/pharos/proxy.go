@@ -143,28 +143,7 @@ func parseProxyArgs(args []string, stderr io.Writer) (proxySettings, error) {
 	bind(o, "max-message-size", "largest client message (0 = PostgreSQL's 1GB)", parseByteSize, func(s *proxySettings) *byteSize { return &s.MaxMessageSize })
 	dur("drain-timeout", "on SIGTERM, time sessions get to finish their transactions", func(s *proxySettings) *duration { return &s.DrainTimeout })
 
-	// Errors are one line (returned below); the full list only on -h.
-	fs.SetOutput(io.Discard)
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			fs.SetOutput(stderr)
-			fmt.Fprintln(stderr, "usage: pharos proxy [--config FILE] [flags]")
-			fs.PrintDefaults()
-			return proxySettings{}, err
-		}
-		return proxySettings{}, usageErrorf("%v", err)
-	}
-	if fs.NArg() > 0 {
-		return proxySettings{}, usageErrorf("unexpected argument %q", fs.Arg(0))
-	}
-	settings := defaultProxySettings()
-	if *configPath != "" {
-		if err := loadYAML(*configPath, &settings); err != nil {
-			return proxySettings{}, err
-		}
-	}
-	o.apply(&settings)
-	return settings, nil
+	return o.parse(args, configPath, defaultProxySettings(), stderr)
 }
 
 // proxyConfig turns settings into the packages' configs, validating them.

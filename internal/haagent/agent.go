@@ -741,7 +741,7 @@ func (a *Agent) execute(ctx context.Context, act Action, o Observation) error {
 		a.publishNow(ctx)
 		// Writes are open; the checkpoint only updates the control file's
 		// timeline, which pg_rewind on the former primary reads.
-		if err := a.pg.checkpoint(ctx, ""); err != nil {
+		if err := a.pg.checkpoint(ctx, nil); err != nil {
 			a.log.Warn("checkpoint after promotion", "err", err)
 		}
 		return nil
@@ -952,7 +952,7 @@ func (a *Agent) switchover(ctx context.Context, o Observation, target string) er
 	sw := *o.DCS.Switchover
 	epoch, rev := a.epoch, a.switchRev
 	a.log.Info("switchover: checkpoint before the stop", "to", target)
-	if err := a.pg.checkpoint(ctx, ""); err != nil {
+	if err := a.pg.checkpoint(ctx, nil); err != nil {
 		return fmt.Errorf("switchover: checkpoint: %w", err)
 	}
 	// From here writes stop.

@@ -128,13 +128,39 @@ func quoteConn(v string) string {
 	return "'" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(v) + "'"
 }
 
-func (p *postgres) connect(ctx context.Context) (*pgx.Conn, error) {
-	cc, err := pgx.ParseConfig(p.connString("postgres"))
+// memberConnString is the superuser's conninfo for another member (also
+// pg_rewind's --source-server); the password goes separately.
+func (p *postgres) memberConnString(m cluster.Member) string {
+	return fmt.Sprintf("host=%s port=%d user=%s dbname=postgres connect_timeout=3", m.Host, m.Port, quoteConn(p.cfg.SuperUser))
+}
+
+// connect opens a superuser connection to the local server (m nil, over
+// the Unix socket) or to member m.
+func (p *postgres) connect(ctx context.Context, m *cluster.Member) (*pgx.Conn, error) {
+	dsn := p.connString("postgres")
+	if m != nil {
+		dsn = p.memberConnString(*m)
+	}
+	cc, err := pgx.ParseConfig(dsn)
 	if err != nil {
 		return nil, err
 	}
 	cc.Password = p.cfg.SuperPassword
 	return pgx.ConnectConfig(ctx, cc)
+}
+
+// exec runs one statement on the local server (m nil) or member m, within
+// timeout.
+func (p *postgres) exec(ctx context.Context, m *cluster.Member, timeout time.Duration, sql string) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	conn, err := p.connect(ctx, m)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	_, err = conn.Exec(ctx, sql)
+	return err
 }
 
 // observe fills a PGView. A server that runs but does not answer counts as
@@ -172,7 +198,7 @@ func (p *postgres) observe(ctx context.Context, members map[string]cluster.Membe
 func (p *postgres) query(ctx context.Context, v *PGView) error {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	conn, err := p.connect(ctx)
+	conn, err := p.connect(ctx, nil)
 	if err != nil {
 		return err
 	}
@@ -446,7 +472,7 @@ func parseSyncNames(v string) []string {
 // syncStates returns sync_state by application_name from
 // pg_stat_replication.
 func (p *postgres) syncStates(ctx context.Context) (map[string]string, error) {
-	conn, err := p.connect(ctx)
+	conn, err := p.connect(ctx, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -562,7 +588,7 @@ func (p *postgres) stop(ctx context.Context, grace time.Duration) error {
 func (p *postgres) promote(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	conn, err := p.connect(ctx)
+	conn, err := p.connect(ctx, nil)
 	if err != nil {
 		return err
 	}
@@ -595,13 +621,7 @@ func (p *postgres) shutdownCheckpoint(ctx context.Context) (cluster.LSN, error) 
 func (p *postgres) waitReceived(ctx context.Context, m cluster.Member, lsn cluster.LSN, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	dsn := fmt.Sprintf("host=%s port=%d user=%s dbname=postgres connect_timeout=2", m.Host, m.Port, quoteConn(p.cfg.SuperUser))
-	cc, err := pgx.ParseConfig(dsn)
-	if err != nil {
-		return err
-	}
-	cc.Password = p.cfg.SuperPassword
-	conn, err := pgx.ConnectConfig(ctx, cc)
+	conn, err := p.connect(ctx, &m)
 	if err != nil {
 		return err
 	}
@@ -631,40 +651,15 @@ func deref(s *string) string {
 	return *s
 }
 
-// checkpoint runs CHECKPOINT on the server dsn names (the local one when
-// dsn is empty).
-func (p *postgres) checkpoint(ctx context.Context, dsn string) error {
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
-	defer cancel()
-	if dsn == "" {
-		dsn = p.connString("postgres")
-	}
-	cc, err := pgx.ParseConfig(dsn)
-	if err != nil {
-		return err
-	}
-	cc.Password = p.cfg.SuperPassword
-	conn, err := pgx.ConnectConfig(ctx, cc)
-	if err != nil {
-		return err
-	}
-	defer conn.Close(context.WithoutCancel(ctx))
-	_, err = conn.Exec(ctx, "CHECKPOINT")
-	return err
+// checkpoint runs CHECKPOINT on the local server (m nil) or member m.
+func (p *postgres) checkpoint(ctx context.Context, m *cluster.Member) error {
+	return p.exec(ctx, m, 5*time.Minute, "CHECKPOINT")
 }
 
 // reload applies a changed pharos.conf (primary_conninfo and
 // primary_slot_name are reloadable since PostgreSQL 13).
 func (p *postgres) reload(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	conn, err := p.connect(ctx)
-	if err != nil {
-		return err
-	}
-	defer conn.Close(context.WithoutCancel(ctx))
-	_, err = conn.Exec(ctx, "SELECT pg_reload_conf()")
-	return err
+	return p.exec(ctx, nil, 5*time.Second, "SELECT pg_reload_conf()")
 }
 
 // switchPoint reads the newest timeline history file for where timeline
@@ -697,7 +692,7 @@ func (p *postgres) switchPoint(tl int64) (cluster.LSN, error) {
 func (p *postgres) syncSlots(ctx context.Context, want, drop []string) error {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	conn, err := p.connect(ctx)
+	conn, err := p.connect(ctx, nil)
 	if err != nil {
 		return err
 	}
@@ -741,7 +736,7 @@ func (p *postgres) syncSlots(ctx context.Context, want, drop []string) error {
 func (p *postgres) createRoles(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	conn, err := p.connect(ctx)
+	conn, err := p.connect(ctx, nil)
 	if err != nil {
 		return err
 	}
@@ -778,12 +773,7 @@ var errSourceUnavailable = errors.New("source unavailable")
 func (p *postgres) checkSource(ctx context.Context, up cluster.Member) error {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	cc, err := pgx.ParseConfig(fmt.Sprintf("host=%s port=%d user=%s dbname=postgres connect_timeout=3", up.Host, up.Port, quoteConn(p.cfg.SuperUser)))
-	if err != nil {
-		return err
-	}
-	cc.Password = p.cfg.SuperPassword
-	conn, err := pgx.ConnectConfig(ctx, cc)
+	conn, err := p.connect(ctx, &up)
 	if err != nil {
 		return fmt.Errorf("%w: %s: %w", errSourceUnavailable, up.Name, err)
 	}
@@ -812,11 +802,11 @@ func (p *postgres) basebackup(ctx context.Context, up cluster.Member) error {
 // rewind runs pg_rewind against up. PostgreSQL 13+ runs crash recovery on
 // a target that was not shut down cleanly first.
 func (p *postgres) rewind(ctx context.Context, up cluster.Member) error {
-	src := fmt.Sprintf("host=%s port=%d user=%s dbname=postgres connect_timeout=5", up.Host, up.Port, quoteConn(p.cfg.SuperUser))
+	src := p.memberConnString(up)
 	// pg_rewind reads the source's timeline from its control file, which
 	// a just-promoted server updates only at its next checkpoint; without
 	// one it answers "no rewind required" for a diverged target.
-	if err := p.checkpoint(ctx, src); err != nil {
+	if err := p.checkpoint(ctx, &up); err != nil {
 		return fmt.Errorf("%w: checkpoint on %s before rewind: %w", errSourceUnavailable, up.Name, err)
 	}
 	// A target that was not shut down cleanly is recovered by pg_rewind in
