@@ -20,7 +20,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"sort"
 	"strconv"
@@ -40,7 +39,6 @@ import (
 	"github.com/pharos-ha/pharos/internal/faultnet"
 	"github.com/pharos-ha/pharos/internal/freeport"
 	"github.com/pharos-ha/pharos/internal/localha"
-	"github.com/pharos-ha/pharos/internal/pglocal"
 )
 
 var (
@@ -59,13 +57,8 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	pharosBin = filepath.Join(dir, "pharos")
-	goTool, err := exec.LookPath("go")
-	if err != nil {
-		goTool = filepath.Join(runtime.GOROOT(), "bin", "go") //nolint:staticcheck // fallback when PATH has no go
-	}
-	if out, err := exec.Command(goTool, "build", "-o", pharosBin, "../../cmd/pharos").CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "go build: %v: %s\n", err, out)
+	if pharosBin, err = localha.BuildPharos(dir, false); err != nil {
+		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
 	code := m.Run()
@@ -244,28 +237,6 @@ type fault struct {
 	inject func(e *env, leader string, rnd *rand.Rand) (heal func() error, err error)
 }
 
-func nodePids(n *localha.Node) []int {
-	pids := pglocal.ServerProcesses(n.DataDir)
-	if pid := n.AgentPid(); pid != 0 {
-		pids = append(pids, pid)
-	}
-	// Its software watchdog: a frozen host freezes it too.
-	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
-	for _, p := range procs {
-		b, err := os.ReadFile(p)
-		if err != nil {
-			continue
-		}
-		args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
-		if len(args) > 1 && args[1] == "watchdog" && slices.Contains(args, n.DataDir) {
-			if pid, err := strconv.Atoi(filepath.Base(filepath.Dir(p))); err == nil {
-				pids = append(pids, pid)
-			}
-		}
-	}
-	return pids
-}
-
 func signalAll(pids []int, sig syscall.Signal) {
 	for _, pid := range pids {
 		_ = syscall.Kill(pid, sig)
@@ -313,7 +284,7 @@ var menu = []fault{
 		return func() error { return n.SignalAgent(syscall.SIGCONT) }, n.SignalAgent(syscall.SIGSTOP)
 	}},
 	{"freeze-node", func(e *env, leader string, rnd *rand.Rand) (func() error, error) {
-		pids := nodePids(pick(e, leader, rnd))
+		pids := pick(e, leader, rnd).Pids()
 		signalAll(pids, syscall.SIGSTOP)
 		return func() error { signalAll(pids, syscall.SIGCONT); return nil }, nil
 	}},

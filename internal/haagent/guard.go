@@ -67,7 +67,8 @@ func (g *guard) arm() error {
 	return nil
 }
 
-func (g *guard) feed() error {
+// ifArmed runs f on an armed watchdog, under the lock; nil otherwise.
+func (g *guard) ifArmed(f func(Watchdog) error) error {
 	if g.wd == nil {
 		return nil
 	}
@@ -76,20 +77,11 @@ func (g *guard) feed() error {
 	if !g.wd.Armed() {
 		return nil
 	}
-	return g.wd.Feed()
+	return f(g.wd)
 }
 
-func (g *guard) disarm() error {
-	if g.wd == nil {
-		return nil
-	}
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if !g.wd.Armed() {
-		return nil
-	}
-	return g.wd.Disarm()
-}
+func (g *guard) feed() error   { return g.ifArmed(Watchdog.Feed) }
+func (g *guard) disarm() error { return g.ifArmed(Watchdog.Disarm) }
 
 func (g *guard) armed() bool {
 	if g.wd == nil {

@@ -11,7 +11,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -44,23 +43,13 @@ func runMain(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
-	pharosBin = filepath.Join(dir, "pharos")
-	goTool, err := exec.LookPath("go")
-	if err != nil {
-		goTool = filepath.Join(runtime.GOROOT(), "bin", "go") //nolint:staticcheck // fallback when PATH has no go
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
 	// Tests build with the race detector: the agents' and the proxy's
 	// goroutines run here for real, and a report in their logs fails the
 	// test. Benchmarks build without it, to measure what users run.
 	flag.Parse()
-	build := []string{"build", "-race", "-o", pharosBin, "../../cmd/pharos"}
-	if f := flag.Lookup("test.bench"); f != nil && f.Value.String() != "" {
-		build = slices.Delete(build, 1, 2)
-	}
-	if out, err := exec.CommandContext(ctx, goTool, build...).CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "go build: %v: %s\n", err, out)
+	benchmarking := flag.Lookup("test.bench") != nil && flag.Lookup("test.bench").Value.String() != ""
+	if pharosBin, err = localha.BuildPharos(dir, !benchmarking); err != nil {
+		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
 	code := m.Run()

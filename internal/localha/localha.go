@@ -433,3 +433,34 @@ func (n *Node) Tail(max int) string {
 	b, _ := io.ReadAll(f)
 	return string(b)
 }
+
+// BuildPharos builds the pharos binary into dir for tests that run it as
+// a process (race: with the race detector).
+func BuildPharos(dir string, race bool) (string, error) {
+	goTool, err := exec.LookPath("go")
+	if err != nil {
+		goTool = filepath.Join(runtime.GOROOT(), "bin", "go") //nolint:staticcheck // fallback when PATH has no go
+	}
+	bin := filepath.Join(dir, "pharos")
+	args := []string{"build", "-o", bin}
+	if race {
+		args = append(args, "-race")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	const pkg = "github.com/pharos-ha/pharos/cmd/pharos"
+	if out, err := exec.CommandContext(ctx, goTool, append(args, pkg)...).CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build %s: %w: %s", pkg, err, out)
+	}
+	return bin, nil
+}
+
+// Pids lists every process of the node: its agent, its PostgreSQL server
+// and its software watchdog (what a frozen host freezes).
+func (n *Node) Pids() []int {
+	pids := append(pglocal.ServerProcesses(n.DataDir), watchdogProcesses(n.DataDir)...)
+	if pid := n.AgentPid(); pid != 0 {
+		pids = append(pids, pid)
+	}
+	return pids
+}

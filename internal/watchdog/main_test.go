@@ -2,13 +2,11 @@ package watchdog
 
 import (
 	"bytes"
-	"context"
 	"fmt"
 	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -17,6 +15,8 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/pharos-ha/pharos/internal/localha"
 )
 
 // pharosBin is the pharos binary built by TestMain for the end-to-end
@@ -37,7 +37,7 @@ func runMain(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
-	pharosBin, buildErr = buildPharos(dir)
+	pharosBin, buildErr = localha.BuildPharos(dir, false)
 
 	code := m.Run()
 	if code == 0 {
@@ -51,21 +51,6 @@ func runMain(m *testing.M) int {
 		}
 	}
 	return code
-}
-
-func buildPharos(dir string) (string, error) {
-	goTool, err := exec.LookPath("go")
-	if err != nil {
-		goTool = filepath.Join(runtime.GOROOT(), "bin", "go") //nolint:staticcheck // fallback when PATH has no go
-	}
-	bin := filepath.Join(dir, "pharos")
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	out, err := exec.CommandContext(ctx, goTool, "build", "-o", bin, "../../cmd/pharos").CombinedOutput()
-	if err != nil {
-		return "", fmt.Errorf("go build ../../cmd/pharos: %w: %s", err, out)
-	}
-	return bin, nil
 }
 
 // childProcesses lists the live and zombie children of this process.
