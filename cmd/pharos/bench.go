@@ -181,7 +181,8 @@ func runBenchThroughput(ctx context.Context, args []string, stdout, stderr io.Wr
 	return exitOK
 }
 
-func writeJSONFile(path string, rep *bench.Report) error {
+// writeJSONFile writes a report (anything with WriteJSON) to path.
+func writeJSONFile(path string, rep interface{ WriteJSON(io.Writer) error }) error {
 	f, err := os.Create(path)
 	if err != nil {
 		return err

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 	"os/exec"
 	"sync"
 	"syscall"
@@ -120,7 +119,7 @@ func runBenchFailover(ctx context.Context, args []string, stdout, stderr io.Writ
 		code = exitFailure
 	}
 	if *jsonPath != "" {
-		if jerr := writeFailoverJSON(*jsonPath, rep); jerr != nil {
+		if jerr := writeJSONFile(*jsonPath, rep); jerr != nil {
 			fmt.Fprintf(errOut, "%s: --json: %v\n", cmd, jerr)
 			code = exitFailure
 		}
@@ -154,18 +153,6 @@ func shellFault(command string, out io.Writer) func(context.Context) error {
 		}
 		return nil
 	}
-}
-
-func writeFailoverJSON(path string, rep *bench.FailoverReport) error {
-	f, err := os.Create(path)
-	if err != nil {
-		return err
-	}
-	if err := rep.WriteJSON(f); err != nil {
-		f.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	return f.Close()
 }
 
 // lockedWriter serialises writes from the logger and the fault command's

@@ -91,6 +91,15 @@ func TestCtlEtcdUnreachable(t *testing.T) {
 	if elapsed > ctlDefaultTimeout+2*time.Second {
 		t.Errorf("took %v, want about the %v timeout", elapsed, ctlDefaultTimeout)
 	}
+
+	// Verbs that change the cluster fail the same way, having changed
+	// nothing.
+	for _, verb := range [][]string{{"switchover", "--force"}, {"edit-config", "pause=true", "--force"}} {
+		code, _, stderr := runCtlCmd(t, append([]string{"--etcd", addr, "--cluster", "c1", "--timeout", "1s"}, verb...)...)
+		if code != exitFailure || !strings.Contains(stderr, "unreachable") {
+			t.Errorf("%v with etcd down: exit %d, stderr %q", verb, code, stderr)
+		}
+	}
 }
 
 func TestCtlListAndHistory(t *testing.T) {
