@@ -72,7 +72,11 @@ func (b *byteSize) UnmarshalYAML(n *yaml.Node) error {
 // problem (an unknown key, a value of the wrong type, a file cut short) is
 // one line that names the key and its line; nothing is silently ignored.
 // into must point to a struct whose fields carry yaml tags.
-func loadYAML(path string, into any) error {
+func loadYAML(path string, into any) error { return decodeYAML(path, into, false) }
+
+// decodeYAML is loadYAML; with skipUnknown, keys into has no field for are
+// skipped instead of refused (a bad value of a known key still is one).
+func decodeYAML(path string, into any, skipUnknown bool) error {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return usageErrorf("config: %v", err)
@@ -92,6 +96,9 @@ func loadYAML(path string, into any) error {
 	for i := 0; i+1 < len(root.Content); i += 2 {
 		key, value := root.Content[i], root.Content[i+1]
 		field, ok := fields[key.Value]
+		if !ok && skipUnknown {
+			continue
+		}
 		if !ok {
 			return usageErrorf("config %s: line %d: unknown key %q", path, key.Line, key.Value)
 		}

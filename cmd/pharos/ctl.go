@@ -12,7 +12,6 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.yaml.in/yaml/v3"
 	"golang.org/x/sys/unix"
 
 	"github.com/pharos-ha/pharos/internal/cluster"
@@ -490,32 +489,4 @@ func unreachable(err error) bool {
 // the others: ctl is pointed at a daemon's file (proxy or agent), whose
 // other keys are not its business. A bad value of a key it reads is still
 // a usage error naming the key.
-func loadEtcdKeys(path string, s *ctlSettings) error {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return usageErrorf("config: %v", err)
-	}
-	var doc yaml.Node
-	if err := yaml.Unmarshal(data, &doc); err != nil {
-		return usageErrorf("config %s: %s", path, oneLine(err))
-	}
-	if len(doc.Content) == 0 {
-		return nil
-	}
-	root := doc.Content[0]
-	if root.Kind != yaml.MappingNode {
-		return usageErrorf("config %s: line %d: expected key: value settings", path, root.Line)
-	}
-	fields := yamlFields(s)
-	for i := 0; i+1 < len(root.Content); i += 2 {
-		key, value := root.Content[i], root.Content[i+1]
-		field, ok := fields[key.Value]
-		if !ok {
-			continue
-		}
-		if err := value.Decode(field.Addr().Interface()); err != nil {
-			return usageErrorf("config %s: %s (line %d): %s", path, key.Value, key.Line, oneLine(err))
-		}
-	}
-	return nil
-}
+func loadEtcdKeys(path string, s *ctlSettings) error { return decodeYAML(path, s, true) }
