@@ -63,12 +63,13 @@ func runBenchThroughput(ctx context.Context, args []string, stdout, stderr io.Wr
 	fs.Usage = func() {}
 	var (
 		rawTargets   rawList
-		clients      = fs.Int("clients", 16, "client connections per run, one goroutine each")
-		duration     = fs.Duration("duration", 10*time.Second, "measured time of each run (one target, one mode, one round)")
-		rounds       = fs.Int("rounds", 4, "rounds; each runs every mode against every target, in rotated order")
+		clientsFlag  = fs.String("clients", "16", "client connections per run, one goroutine each; a comma-separated list (1,16,64) runs each count")
+		workloadFlag = fs.String("workload", "select", "comma-separated: select (pgbench -S), write (pgbench -N: update, select, insert in one transaction), connect (a new connection per select, pgbench -C)")
+		duration     = fs.Duration("duration", 10*time.Second, "measured time of each run (one target, one case, one round)")
+		rounds       = fs.Int("rounds", 4, "rounds; each runs every case (workload × clients × mode) against every target, in rotated order")
 		warmup       = fs.Duration("warmup", 2*time.Second, "unmeasured run per target before round 1 (0 skips it)")
 		modeFlag     = fs.String("mode", "both", "protocol: simple, extended (prepared statements, like pgbench -M prepared) or both")
-		pgbenchTable = fs.Bool("pgbench-table", true, "run pgbench's select-only query on pgbench_accounts (create it with pgbench -i); false runs SELECT 1")
+		pgbenchTable = fs.Bool("pgbench-table", true, "run pgbench's select-only query on pgbench_accounts (create it with pgbench -i); false runs SELECT 1 (the write workload always needs the pgbench tables)")
 		accounts     = fs.Int("accounts", 100000, "aid range of pgbench_accounts: 100000 per pgbench scale unit")
 		query        = fs.String("query", "", "SQL to run instead of the pgbench query, without parameters (e.g. 'SELECT 1')")
 		jsonPath     = fs.String("json", "", "also write the results as JSON to this file")
@@ -77,9 +78,9 @@ func runBenchThroughput(ctx context.Context, args []string, stdout, stderr io.Wr
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fmt.Fprintf(stderr, "usage: %s --target name=DSN [--target name=DSN ...] [flags]\n\n", cmd)
-			fmt.Fprint(stderr, "Runs the same read-only load against each target in alternation and prints,\n"+
-				"per protocol mode, the median tps over rounds, p50/p99 latency, the ratio to\n"+
-				"the baseline target and every round's tps.\n\nflags:\n")
+			fmt.Fprint(stderr, "Runs the same load against each target in alternation and prints, per case\n"+
+				"(workload, client count, protocol mode), the median tps over rounds, p50/p99\n"+
+				"latency, the ratio to the baseline target and every round's tps.\n\nflags:\n")
 			fs.SetOutput(stderr)
 			fs.PrintDefaults()
 			return exitOK
@@ -114,9 +115,15 @@ func runBenchThroughput(ctx context.Context, args []string, stdout, stderr io.Wr
 	if err != nil {
 		return bad("--mode: %v", err)
 	}
+	clients, err := bench.ParseClients(*clientsFlag)
+	if err != nil {
+		return bad("--clients: %v", err)
+	}
+	workloads, err := bench.ParseWorkloads(*workloadFlag)
+	if err != nil {
+		return bad("--workload: %v", err)
+	}
 	switch {
-	case *clients < 1:
-		return bad("--clients %d: must be at least 1", *clients)
 	case *duration <= 0:
 		return bad("--duration %s: must be more than 0", *duration)
 	case *rounds < 1:
@@ -131,30 +138,46 @@ func runBenchThroughput(ctx context.Context, args []string, stdout, stderr io.Wr
 		q = "SELECT 1"
 	}
 
-	total := time.Duration(len(targets)) * (time.Duration(len(modes)*(*rounds))*(*duration) + *warmup)
-	fmt.Fprintf(stderr, "bench: targets=%d modes=%d rounds=%d duration=%s warmup=%s: about %s\n",
-		len(targets), len(modes), *rounds, *duration, *warmup, total.Round(time.Second))
+	cfg := bench.Config{
+		Targets:   targets,
+		Workloads: workloads,
+		Clients:   clients,
+		Modes:     modes,
+		Duration:  *duration,
+		Rounds:    *rounds,
+		Warmup:    *warmup,
+		Query:     q,
+		Accounts:  *accounts,
+	}
+	runs := len(cfg.Cases()) * *rounds * len(targets)
+	total := time.Duration(runs)*(*duration) + time.Duration(len(targets))*(*warmup)
+	fmt.Fprintf(stderr, "bench: %d targets × %d cases × %d rounds = %d runs of %s (+ warm-up): about %s\n",
+		len(targets), len(cfg.Cases()), *rounds, runs, *duration, total.Round(time.Second))
 	width := 0
 	for _, t := range targets {
 		width = max(width, len(t.Name))
 	}
-	cfg := bench.Config{
-		Targets:  targets,
-		Modes:    modes,
-		Clients:  *clients,
-		Duration: *duration,
-		Rounds:   *rounds,
-		Warmup:   *warmup,
-		Query:    q,
-		Accounts: *accounts,
-		Progress: func(r bench.RunResult) {
-			round := "warm-up"
-			if r.Round > 0 {
-				round = fmt.Sprintf("round %d/%d", r.Round, *rounds)
-			}
-			fmt.Fprintf(stderr, "bench: %-11s %-8s %-*s %10.1f tps (%d queries in %s)\n",
-				round, r.Mode, width, r.Target, r.TPS, r.Transactions, r.Elapsed.Round(time.Millisecond))
-		},
+	allRuns := runs
+	if *warmup > 0 {
+		allRuns += len(targets)
+	}
+	done, began := 0, time.Now()
+	cfg.Progress = func(r bench.RunResult) {
+		done++
+		round := "warm-up"
+		if r.Round > 0 {
+			round = fmt.Sprintf("round %d/%d", r.Round, *rounds)
+		}
+		// The time left is extrapolated from the runs so far: runs take
+		// their duration plus connection setup, which a guess from the
+		// flags alone would miss.
+		left := ""
+		if done < allRuns {
+			perRun := time.Since(began) / time.Duration(done)
+			left = fmt.Sprintf("; run %d/%d, about %s left", done, allRuns, (perRun * time.Duration(allRuns-done)).Round(time.Second))
+		}
+		fmt.Fprintf(stderr, "bench: %-11s %-22s %-*s %10.1f tps (%d transactions in %s%s)\n",
+			round, r.Case, width, r.Target, r.TPS, r.Transactions, r.Elapsed.Round(time.Millisecond), left)
 	}
 	rep, err := bench.Throughput(ctx, cfg)
 	switch {

@@ -277,3 +277,35 @@ func equalAny(a, b any) bool {
 	}
 	return a == b
 }
+
+func TestCheckerTimeline(t *testing.T) {
+	h := newHistory()
+	h.ack(1, "n1", -260, -250) // bucket -300ms (floor, not toward zero)
+	h.ack(2, "n1", -110, -100) // bucket -100ms: exactly on a boundary
+	h.ack(3, "n1", -10, -1)    // bucket -100ms
+	h.fail(4, "57P01", 0, 5)   // bucket 0
+	h.unknown(5, ClassTimeout, 5, 99)
+	h.ack(6, "n2", 240, 310) // bucket 300ms; 100 and 200 stay empty
+	h.c.RecordFault(h.at(0))
+	r := h.c.Check(ids("n2", 1, 2, 3, 6))
+	want := []TimelinePoint{
+		{Offset: -300 * time.Millisecond, Acked: 1},
+		{Offset: -200 * time.Millisecond},
+		{Offset: -100 * time.Millisecond, Acked: 2},
+		{Offset: 0, Failed: 1, Unknown: 1},
+		{Offset: 100 * time.Millisecond},
+		{Offset: 200 * time.Millisecond},
+		{Offset: 300 * time.Millisecond, Acked: 1},
+	}
+	if !slices.Equal(r.Timeline, want) {
+		t.Errorf("timeline:\n got %+v\nwant %+v", r.Timeline, want)
+	}
+
+	t.Run("no fault, no timeline", func(t *testing.T) {
+		h := newHistory()
+		h.steady(1, 5, "n1", 0)
+		if r := h.c.Check(ids("n1", idRange(1, 5)...)); r.Timeline != nil {
+			t.Errorf("timeline without a fault: %+v", r.Timeline)
+		}
+	})
+}

@@ -579,6 +579,21 @@ type jsonFailover struct {
 	UnknownCommitted int            `json:"unknown_committed"`
 	Lost             []int64        `json:"lost"`
 	FailedCommitted  []int64        `json:"failed_committed"`
+	Timeline         *jsonTimeline  `json:"timeline,omitempty"` // absent without a fault
+}
+
+type jsonTimeline struct {
+	BucketMs float64         `json:"bucket_ms"`
+	Points   []jsonTimePoint `json:"points"`
+}
+
+// jsonTimePoint is one bucket; t_ms is where it starts, relative to the
+// fault.
+type jsonTimePoint struct {
+	TMs     float64 `json:"t_ms"`
+	Acked   int     `json:"acked"`
+	Failed  int     `json:"failed"`
+	Unknown int     `json:"unknown"`
 }
 
 // MarshalJSON renders the report with durations in milliseconds, absent
@@ -619,6 +634,12 @@ func (r *FailoverReport) MarshalJSON() ([]byte, error) {
 	}
 	if out.FailedCommitted == nil {
 		out.FailedCommitted = []int64{}
+	}
+	if r.Timeline != nil {
+		out.Timeline = &jsonTimeline{BucketMs: ms(TimelineBucket), Points: make([]jsonTimePoint, len(r.Timeline))}
+		for i, p := range r.Timeline {
+			out.Timeline.Points[i] = jsonTimePoint{TMs: ms(p.Offset), Acked: p.Acked, Failed: p.Failed, Unknown: p.Unknown}
+		}
 	}
 	return json.Marshal(out)
 }

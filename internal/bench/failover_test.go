@@ -127,6 +127,23 @@ func TestRunFailover(t *testing.T) {
 		if ms, _ := doc["max_outage_ms"].(float64); ms < float64(down/time.Millisecond) {
 			t.Errorf("json max_outage_ms %v, want at least %d", doc["max_outage_ms"], down/time.Millisecond)
 		}
+		// The timeline accounts for every write, and the 300 ms the
+		// server was down span at least two whole buckets after the fault
+		// without an acknowledgement.
+		sum, silent := 0, 0
+		for _, p := range rep.Timeline {
+			sum += p.Acked + p.Failed + p.Unknown
+			if p.Offset >= 0 && p.Acked == 0 {
+				silent++
+			}
+		}
+		if sum != rep.Writes || silent < 2 {
+			t.Errorf("timeline holds %d writes, the run made %d; %d buckets after the fault without an ack, want at least 2: %+v", sum, rep.Writes, silent, rep.Timeline)
+		}
+		tl, _ := doc["timeline"].(map[string]any)
+		if points, _ := tl["points"].([]any); len(points) != len(rep.Timeline) || tl["bucket_ms"] != 100.0 {
+			t.Errorf("json timeline: %v", tl)
+		}
 	})
 
 	t.Run("deleted acknowledged rows are lost", func(t *testing.T) {

@@ -11,19 +11,18 @@ import (
 
 // Report is the outcome of a throughput benchmark.
 type Report struct {
-	Started  time.Time // when the first measured round began
-	Clients  int
-	Duration time.Duration // of each run (one target, one mode, one round)
+	Started  time.Time     // when the first measured round began
+	Duration time.Duration // of each run (one target, one case, one round)
 	Rounds   int
 	Warmup   time.Duration
-	Query    string // the SQL every client ran
+	Query    string // the SQL of the select and connect workloads
 	Baseline string // name of the target the ratios are relative to
-	Modes    []ModeResult
+	Cases    []CaseResult
 }
 
-// ModeResult holds one protocol mode's results.
-type ModeResult struct {
-	Mode    Mode
+// CaseResult holds one case's results.
+type CaseResult struct {
+	Case
 	Targets []TargetResult // in the order the targets were given
 }
 
@@ -41,7 +40,7 @@ type TargetResult struct {
 
 // summarize fills in the medians and the ratios to the target at index
 // baseline.
-func (m *ModeResult) summarize(baseline int) {
+func (m *CaseResult) summarize(baseline int) {
 	for i := range m.Targets {
 		m.Targets[i].MedianTPS = Median(m.Targets[i].RoundTPS)
 	}
@@ -55,16 +54,16 @@ func (m *ModeResult) summarize(baseline int) {
 	}
 }
 
-// WriteText writes one table per mode: median tps, p50 and p99 latency in
+// WriteText writes one table per case: median tps, p50 and p99 latency in
 // milliseconds, the ratio to the baseline and every round's tps.
 func (r *Report) WriteText(w io.Writer) error {
 	var b strings.Builder
-	for i, m := range r.Modes {
+	for i, m := range r.Cases {
 		if i > 0 {
 			b.WriteByte('\n')
 		}
-		fmt.Fprintf(&b, "mode=%s clients=%d duration=%s rounds=%d baseline=%s\n",
-			m.Mode, r.Clients, r.Duration, r.Rounds, r.Baseline)
+		fmt.Fprintf(&b, "workload=%s mode=%s clients=%d duration=%s rounds=%d baseline=%s\n",
+			m.Workload, m.Mode, m.Clients, r.Duration, r.Rounds, r.Baseline)
 		header := []string{"target", "tps", "p50 ms", "p99 ms", "ratio"}
 		for j := range r.Rounds {
 			header = append(header, fmt.Sprintf("r%d tps", j+1))
@@ -142,18 +141,19 @@ func roundTo(x float64, decimals int) float64 {
 
 type jsonReport struct {
 	Started  time.Time  `json:"started"`
-	Clients  int        `json:"clients"`
 	Duration float64    `json:"duration_seconds"`
 	Rounds   int        `json:"rounds"`
 	Warmup   float64    `json:"warmup_seconds"`
 	Query    string     `json:"query"`
 	Baseline string     `json:"baseline"`
-	Modes    []jsonMode `json:"modes"`
+	Cases    []jsonCase `json:"cases"`
 }
 
-type jsonMode struct {
-	Mode    Mode         `json:"mode"`
-	Targets []jsonTarget `json:"targets"`
+type jsonCase struct {
+	Workload Workload     `json:"workload"`
+	Clients  int          `json:"clients"`
+	Mode     Mode         `json:"mode"`
+	Targets  []jsonTarget `json:"targets"`
 }
 
 type jsonTarget struct {
@@ -180,16 +180,15 @@ type jsonLatency struct {
 func (r *Report) WriteJSON(w io.Writer) error {
 	out := jsonReport{
 		Started:  r.Started,
-		Clients:  r.Clients,
 		Duration: r.Duration.Seconds(),
 		Rounds:   r.Rounds,
 		Warmup:   r.Warmup.Seconds(),
 		Query:    r.Query,
 		Baseline: r.Baseline,
-		Modes:    []jsonMode{},
+		Cases:    []jsonCase{},
 	}
-	for _, m := range r.Modes {
-		jm := jsonMode{Mode: m.Mode, Targets: []jsonTarget{}}
+	for _, m := range r.Cases {
+		jm := jsonCase{Workload: m.Workload, Clients: m.Clients, Mode: m.Mode, Targets: []jsonTarget{}}
 		for _, t := range m.Targets {
 			h := t.Latency
 			round := make([]float64, len(t.RoundTPS))
@@ -213,7 +212,7 @@ func (r *Report) WriteJSON(w io.Writer) error {
 				},
 			})
 		}
-		out.Modes = append(out.Modes, jm)
+		out.Cases = append(out.Cases, jm)
 	}
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")

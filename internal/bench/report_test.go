@@ -12,7 +12,7 @@ import (
 
 var update = flag.Bool("update", false, "rewrite testdata/*.golden from the current output; only commit the changes if you understand what caused them")
 
-// sampleReport is two modes, three targets (the baseline named direct in
+// sampleReport is two cases (select at 16 clients in both modes), three targets (the baseline named direct in
 // the middle), three rounds, with latencies chosen so the percentiles are
 // easy to check by hand.
 func sampleReport() *Report {
@@ -27,34 +27,33 @@ func sampleReport() *Report {
 	}
 	r := &Report{
 		Started:  time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC),
-		Clients:  16,
 		Duration: 10 * time.Second,
 		Rounds:   3,
 		Warmup:   2 * time.Second,
 		Query:    PgbenchQuery,
 		Baseline: "direct",
-		Modes: []ModeResult{
-			{Mode: ModeSimple, Targets: []TargetResult{
+		Cases: []CaseResult{
+			{Case: Case{Workload: WorkloadSelect, Clients: 16, Mode: ModeSimple}, Targets: []TargetResult{
 				{Name: "pharos", RoundTPS: []float64{40100, 39000.25, 40500}, Transactions: 1196003, Latency: lat(390, 1234)},
 				{Name: "direct", RoundTPS: []float64{45000, 46100.5, 44900}, Transactions: 1360005, Latency: lat(345, 1100)},
 				{Name: "pgbouncer", RoundTPS: []float64{30000, 31000, 29000}, Transactions: 900000, Latency: lat(520, 25000)},
 			}},
-			{Mode: ModeExtended, Targets: []TargetResult{
+			{Case: Case{Workload: WorkloadSelect, Clients: 16, Mode: ModeExtended}, Targets: []TargetResult{
 				{Name: "pharos", RoundTPS: []float64{50000, 51000, 52000}, Transactions: 1530000, Latency: lat(310, 980)},
 				{Name: "direct", RoundTPS: []float64{55000, 54000, 56000}, Transactions: 1650000, Latency: lat(290, 900)},
 				{Name: "pgbouncer", RoundTPS: []float64{36000, 35000, 37000}, Transactions: 1080000, Latency: lat(440, 1500)},
 			}},
 		},
 	}
-	for i := range r.Modes {
-		r.Modes[i].summarize(1)
+	for i := range r.Cases {
+		r.Cases[i].summarize(1)
 	}
 	return r
 }
 
 func TestSummarize(t *testing.T) {
 	r := sampleReport()
-	simple := r.Modes[0].Targets
+	simple := r.Cases[0].Targets
 	if got, want := simple[1].MedianTPS, 45000.0; got != want {
 		t.Errorf("direct median = %v, want %v", got, want)
 	}
@@ -66,7 +65,7 @@ func TestSummarize(t *testing.T) {
 	}
 
 	t.Run("baseline without throughput gives no ratio", func(t *testing.T) {
-		m := ModeResult{Targets: []TargetResult{{RoundTPS: []float64{0}}, {RoundTPS: []float64{10}}}}
+		m := CaseResult{Targets: []TargetResult{{RoundTPS: []float64{0}}, {RoundTPS: []float64{10}}}}
 		m.summarize(0)
 		if m.Targets[1].Ratio != 0 {
 			t.Errorf("ratio = %v, want 0", m.Targets[1].Ratio)
@@ -84,8 +83,8 @@ func TestWriteText(t *testing.T) {
 
 func TestWriteTextMissingRounds(t *testing.T) {
 	r := sampleReport()
-	r.Modes = r.Modes[:1]
-	r.Modes[0].Targets[0].RoundTPS = r.Modes[0].Targets[0].RoundTPS[:2]
+	r.Cases = r.Cases[:1]
+	r.Cases[0].Targets[0].RoundTPS = r.Cases[0].Targets[0].RoundTPS[:2]
 	var b bytes.Buffer
 	if err := r.WriteText(&b); err != nil {
 		t.Fatal(err)

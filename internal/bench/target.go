@@ -3,6 +3,8 @@ package bench
 import (
 	"errors"
 	"fmt"
+	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
@@ -81,4 +83,64 @@ func BaselineIndex(targets []Target) int {
 		}
 	}
 	return 0
+}
+
+// Workload is what one client transaction does.
+type Workload string
+
+const (
+	// WorkloadSelect is pgbench's select-only transaction (pgbench -S): one
+	// primary-key lookup in pgbench_accounts, on a connection held for the
+	// whole run.
+	WorkloadSelect Workload = "select"
+	// WorkloadWrite is pgbench's simple-update transaction (pgbench -N):
+	// BEGIN, UPDATE pgbench_accounts, SELECT it back, INSERT into
+	// pgbench_history, END — five round trips, on a held connection.
+	WorkloadWrite Workload = "write"
+	// WorkloadConnect opens a new connection for every transaction
+	// (pgbench -C -S): startup, authentication, one select, Terminate. It
+	// measures connection-setup rate, which is where a proxy that pools
+	// server connections differs most from one that does not.
+	WorkloadConnect Workload = "connect"
+)
+
+// ParseWorkloads reads a comma-separated list of workloads, e.g.
+// "select,write,connect", keeping its order.
+func ParseWorkloads(s string) ([]Workload, error) {
+	var out []Workload
+	for _, f := range strings.Split(s, ",") {
+		w := Workload(strings.TrimSpace(f))
+		switch w {
+		case WorkloadSelect, WorkloadWrite, WorkloadConnect:
+		default:
+			return nil, fmt.Errorf("%q is not select, write or connect", f)
+		}
+		if slices.Contains(out, w) {
+			return nil, fmt.Errorf("%q given twice", w)
+		}
+		out = append(out, w)
+	}
+	return out, nil
+}
+
+// MaxClients bounds one run's client count: each is a server connection
+// (or two, through a proxy), and a local benchmark past this measures the
+// machine's scheduler, not the endpoint.
+const MaxClients = 1000
+
+// ParseClients reads a comma-separated list of client counts, e.g.
+// "1,16,64", keeping its order.
+func ParseClients(s string) ([]int, error) {
+	var out []int
+	for _, f := range strings.Split(s, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 1 || n > MaxClients {
+			return nil, fmt.Errorf("%q is not a client count between 1 and %d", f, MaxClients)
+		}
+		if slices.Contains(out, n) {
+			return nil, fmt.Errorf("%d given twice", n)
+		}
+		out = append(out, n)
+	}
+	return out, nil
 }

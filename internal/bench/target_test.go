@@ -90,7 +90,7 @@ func TestConfigValidate(t *testing.T) {
 		return Config{
 			Targets:  []Target{{Name: "direct", DSN: "postgres://h/db"}},
 			Modes:    []Mode{ModeSimple},
-			Clients:  1,
+			Clients:  []int{1},
 			Duration: 1,
 			Rounds:   1,
 			Accounts: 100000,
@@ -106,7 +106,15 @@ func TestConfigValidate(t *testing.T) {
 		{"duplicate target", func(c *Config) { c.Targets = append(c.Targets, c.Targets[0]) }, "given twice"},
 		{"no modes", func(c *Config) { c.Modes = nil }, "no modes"},
 		{"unknown mode", func(c *Config) { c.Modes = []Mode{"prepared"} }, "unknown mode"},
-		{"zero clients", func(c *Config) { c.Clients = 0 }, "clients"},
+		{"no client counts", func(c *Config) { c.Clients = nil }, "no client counts"},
+		{"zero clients", func(c *Config) { c.Clients = []int{16, 0} }, "clients 0"},
+		{"too many clients", func(c *Config) { c.Clients = []int{MaxClients + 1} }, "clients 1001"},
+		{"unknown workload", func(c *Config) { c.Workloads = []Workload{"tpcc"} }, "unknown workload"},
+		{"write needs accounts even with a query", func(c *Config) {
+			c.Accounts = 0
+			c.Query = "SELECT 1"
+			c.Workloads = []Workload{WorkloadSelect, WorkloadWrite}
+		}, "accounts"},
 		{"zero duration", func(c *Config) { c.Duration = 0 }, "duration"},
 		{"zero rounds", func(c *Config) { c.Rounds = 0 }, "rounds"},
 		{"negative warmup", func(c *Config) { c.Warmup = -1 }, "warmup"},
@@ -128,5 +136,26 @@ func TestConfigValidate(t *testing.T) {
 				t.Fatalf("validate() = %v, want an error containing %q", err, c.wantErr)
 			}
 		})
+	}
+}
+
+func TestParseWorkloadsAndClients(t *testing.T) {
+	ws, err := ParseWorkloads("select, write,connect")
+	if err != nil || len(ws) != 3 || ws[0] != WorkloadSelect || ws[1] != WorkloadWrite || ws[2] != WorkloadConnect {
+		t.Errorf("ParseWorkloads = %v, %v", ws, err)
+	}
+	for _, bad := range []string{"", "select,", "tpcb", "select,select"} {
+		if _, err := ParseWorkloads(bad); err == nil {
+			t.Errorf("ParseWorkloads(%q): no error", bad)
+		}
+	}
+	ns, err := ParseClients("1,16, 64")
+	if err != nil || len(ns) != 3 || ns[0] != 1 || ns[1] != 16 || ns[2] != 64 {
+		t.Errorf("ParseClients = %v, %v", ns, err)
+	}
+	for _, bad := range []string{"", "0", "-1", "16,16", "x", "1001", "1,,2"} {
+		if _, err := ParseClients(bad); err == nil {
+			t.Errorf("ParseClients(%q): no error", bad)
+		}
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"time"
 
@@ -35,19 +36,25 @@ const (
 
 // Config describes a throughput benchmark.
 type Config struct {
-	Targets  []Target // at least one; the baseline is chosen by BaselineIndex
-	Modes    []Mode   // at least one, run in this order within each round
-	Clients  int      // connections per run, one goroutine each
-	Duration time.Duration
-	Rounds   int
+	Targets []Target // at least one; the baseline is chosen by BaselineIndex
+	// Workloads, Clients and Modes span the cases: every combination is
+	// one case, run in this nesting order (workload, then client count,
+	// then mode) within each round. Empty Workloads means select only.
+	Workloads []Workload
+	Clients   []int // connections per run, one goroutine each
+	Modes     []Mode
+	Duration  time.Duration
+	Rounds    int
 	// Warmup is the length of one unmeasured run per target, in the first
-	// mode, before round 1. Zero skips it.
+	// case, before round 1. Zero skips it.
 	Warmup time.Duration
 
-	// Query is the SQL each client runs, with no parameters. Empty means the
-	// pgbench select-only workload: PgbenchQuery with a random aid in
-	// [1, Accounts], after checking that every target's pgbench_accounts
-	// reaches that aid.
+	// Query is the SQL the select and connect workloads run, with no
+	// parameters. Empty means pgbench's select-only query, PgbenchQuery,
+	// with a random aid in [1, Accounts], after checking that every
+	// target's pgbench_accounts reaches that aid. The write workload
+	// always runs pgbench's simple-update transaction on the pgbench
+	// tables and so needs Accounts.
 	Query    string
 	Accounts int
 
@@ -57,13 +64,44 @@ type Config struct {
 	Progress func(RunResult)
 }
 
-// RunResult is what one run (one target, one mode, one round) measured.
+// Case is one combination of workload, client count and protocol mode.
+type Case struct {
+	Workload Workload
+	Clients  int
+	Mode     Mode
+}
+
+func (c Case) String() string {
+	return fmt.Sprintf("%s/%s/c%d", c.Workload, c.Mode, c.Clients)
+}
+
+// Cases lists the cases cfg spans, in the order each round runs them.
+func (c *Config) Cases() []Case {
+	var out []Case
+	for _, w := range c.workloads() {
+		for _, n := range c.Clients {
+			for _, m := range c.Modes {
+				out = append(out, Case{Workload: w, Clients: n, Mode: m})
+			}
+		}
+	}
+	return out
+}
+
+func (c *Config) workloads() []Workload {
+	if len(c.Workloads) == 0 {
+		return []Workload{WorkloadSelect}
+	}
+	return c.Workloads
+}
+
+// RunResult is what one run (one target, one case, one round) measured.
 type RunResult struct {
-	Target       string
-	Mode         Mode
+	Target string
+	Case
 	Round        int // 1-based; 0 for the warm-up
 	Transactions uint64
-	Elapsed      time.Duration // start barrier to the end of the last query
+	Elapsed      time.Duration // start barrier to the end of the last transaction
 	TPS          float64
 }
 
@@ -86,23 +124,39 @@ func (c *Config) validate() error {
 			return fmt.Errorf("unknown mode %q", m)
 		}
 	}
+	if len(c.Clients) == 0 {
+		return errors.New("no client counts")
+	}
+	for _, n := range c.Clients {
+		if n < 1 || n > MaxClients {
+			return fmt.Errorf("clients %d: want 1 to %d", n, MaxClients)
+		}
+	}
+	needAccounts := c.Query == ""
+	for _, w := range c.workloads() {
+		switch w {
+		case WorkloadSelect, WorkloadConnect:
+		case WorkloadWrite:
+			needAccounts = true
+		default:
+			return fmt.Errorf("unknown workload %q", w)
+		}
+	}
 	switch {
-	case c.Clients < 1:
-		return fmt.Errorf("clients %d: want at least 1", c.Clients)
 	case c.Duration <= 0:
 		return fmt.Errorf("duration %s: want more than 0", c.Duration)
 	case c.Rounds < 1:
 		return fmt.Errorf("rounds %d: want at least 1", c.Rounds)
 	case c.Warmup < 0:
 		return fmt.Errorf("warmup %s: want 0 or more", c.Warmup)
-	case c.Query == "" && (c.Accounts < 1 || c.Accounts > math.MaxInt32):
-		return fmt.Errorf("accounts %d: want 1 to %d", c.Accounts, math.MaxInt32)
+	case needAccounts && (c.Accounts < 1 || c.Accounts > math.MaxInt32):
+		return fmt.Errorf("accounts %d: want 1 to %d (the pgbench workloads need it)", c.Accounts, math.MaxInt32)
 	}
 	return nil
 }
 
 // Throughput runs the benchmark described by cfg and returns its report.
-// Every target is checked (connected to and, for the pgbench workload,
+// Every target is checked (connected to and, for the pgbench workloads,
 // inspected) before anything is measured. The first failing run aborts the
 // benchmark with an error naming the target. When ctx is cancelled it
 // stops promptly, closes its connections and returns ctx's error.
@@ -110,10 +164,13 @@ func Throughput(ctx context.Context, cfg Config) (*Report, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	e := &engine{cfg: cfg, query: cfg.Query}
+	e := &engine{cfg: cfg, query: cfg.Query, accounts: cfg.Accounts}
 	if e.query == "" {
 		e.query = PgbenchQuery
-		e.accounts = cfg.Accounts
+		e.bindAid = true
+	}
+	for _, w := range cfg.workloads() {
+		e.needWriteTables = e.needWriteTables || w == WorkloadWrite
 	}
 	for _, t := range cfg.Targets {
 		cc, err := pgx.ParseConfig(t.DSN)
@@ -125,7 +182,7 @@ func Throughput(ctx context.Context, cfg Config) (*Report, error) {
 		}
 		e.targets = append(e.targets, target{name: t.Name, conn: cc})
 	}
-	for range cfg.Clients {
+	for range slices.Max(cfg.Clients) {
 		e.hists = append(e.hists, NewHistogram())
 	}
 
@@ -134,9 +191,10 @@ func Throughput(ctx context.Context, cfg Config) (*Report, error) {
 			return nil, stopped(ctx, err)
 		}
 	}
+	cases := cfg.Cases()
 	if cfg.Warmup > 0 {
 		for i := range e.targets {
-			r, err := e.run(ctx, &e.targets[i], cfg.Modes[0], cfg.Warmup, nil)
+			r, err := e.run(ctx, &e.targets[i], cases[0], cfg.Warmup, nil)
 			if err != nil {
 				return nil, stopped(ctx, fmt.Errorf("warm-up: %w", err))
 			}
@@ -146,25 +204,24 @@ func Throughput(ctx context.Context, cfg Config) (*Report, error) {
 
 	rep := &Report{
 		Started:  time.Now(),
-		Clients:  cfg.Clients,
 		Duration: cfg.Duration,
 		Rounds:   cfg.Rounds,
 		Warmup:   cfg.Warmup,
 		Query:    e.query,
 		Baseline: cfg.Targets[BaselineIndex(cfg.Targets)].Name,
 	}
-	for _, m := range cfg.Modes {
-		mr := ModeResult{Mode: m}
+	for _, c := range cases {
+		cr := CaseResult{Case: c}
 		for _, t := range cfg.Targets {
-			mr.Targets = append(mr.Targets, TargetResult{Name: t.Name, Latency: NewHistogram()})
+			cr.Targets = append(cr.Targets, TargetResult{Name: t.Name, Latency: NewHistogram()})
 		}
-		rep.Modes = append(rep.Modes, mr)
+		rep.Cases = append(rep.Cases, cr)
 	}
 	for round := range cfg.Rounds {
-		for mi, m := range cfg.Modes {
+		for ci, c := range cases {
 			for _, ti := range Rotation(len(e.targets), round) {
-				tr := &rep.Modes[mi].Targets[ti]
-				r, err := e.run(ctx, &e.targets[ti], m, cfg.Duration, tr.Latency)
+				tr := &rep.Cases[ci].Targets[ti]
+				r, err := e.run(ctx, &e.targets[ti], c, cfg.Duration, tr.Latency)
 				if err != nil {
 					return nil, stopped(ctx, fmt.Errorf("round %d: %w", round+1, err))
 				}
@@ -175,8 +232,8 @@ func Throughput(ctx context.Context, cfg Config) (*Report, error) {
 			}
 		}
 	}
-	for i := range rep.Modes {
-		rep.Modes[i].summarize(BaselineIndex(cfg.Targets))
+	for i := range rep.Cases {
+		rep.Cases[i].summarize(BaselineIndex(cfg.Targets))
 	}
 	return rep, nil
 }
@@ -198,11 +255,13 @@ type target struct {
 // engine runs the benchmark. It is used by one goroutine; the clients of a
 // run only touch their own histogram and result slot.
 type engine struct {
-	cfg      Config
-	query    string
-	accounts int // > 0: bind a random aid in [1, accounts] as $1
-	targets  []target
-	hists    []*Histogram // one per client, reused by every run
+	cfg             Config
+	query           string // of the select and connect workloads
+	bindAid         bool   // query takes a random aid in [1, accounts] as $1
+	accounts        int
+	needWriteTables bool
+	targets         []target
+	hists           []*Histogram // one per client, reused by every run
 }
 
 func (e *engine) progress(r RunResult) {
@@ -211,24 +270,30 @@ func (e *engine) progress(r RunResult) {
 	}
 }
 
-// preflight connects to t once and, for the pgbench workload, checks that
-// pgbench_accounts exists and reaches the highest aid the clients will ask
-// for.
+// preflight connects to t once and, for the pgbench workloads, checks that
+// the tables exist and that pgbench_accounts reaches the highest aid the
+// clients will ask for.
 func (e *engine) preflight(ctx context.Context, t *target) error {
 	conn, err := pgx.ConnectConfig(ctx, t.conn)
 	if err != nil {
 		return fmt.Errorf("target %q: connect: %w", t.name, err)
 	}
 	defer closeConn(ctx, conn)
-	if e.accounts == 0 {
+	if !e.bindAid && !e.needWriteTables {
 		return nil
 	}
-	var exists bool
-	if err := conn.QueryRow(ctx, "SELECT to_regclass('pgbench_accounts') IS NOT NULL").Scan(&exists); err != nil {
-		return fmt.Errorf("target %q: look for pgbench_accounts: %w", t.name, err)
+	tables := []string{"pgbench_accounts"}
+	if e.needWriteTables {
+		tables = append(tables, "pgbench_history")
 	}
-	if !exists {
-		return fmt.Errorf("target %q: %w", t.name, ErrNoPgbenchTable)
+	for _, table := range tables {
+		var exists bool
+		if err := conn.QueryRow(ctx, "SELECT to_regclass($1) IS NOT NULL", table).Scan(&exists); err != nil {
+			return fmt.Errorf("target %q: look for %s: %w", t.name, table, err)
+		}
+		if !exists {
+			return fmt.Errorf("target %q: %s: %w", t.name, table, ErrNoPgbenchTable)
+		}
 	}
 	var maxAid int64
 	if err := conn.QueryRow(ctx, "SELECT coalesce(max(aid), 0) FROM pgbench_accounts").Scan(&maxAid); err != nil {
@@ -241,13 +306,15 @@ func (e *engine) preflight(ctx context.Context, t *target) error {
 	return nil
 }
 
-// run opens Clients connections to t in mode, primes each with one query,
-// then releases all clients at once and lets them query for d. Latencies
-// are merged into into when it is not nil. Connection setup and priming
-// are outside the measured window.
-func (e *engine) run(ctx context.Context, t *target, mode Mode, d time.Duration, into *Histogram) (RunResult, error) {
-	n := e.cfg.Clients
-	for _, h := range e.hists {
+// run opens c.Clients clients to t, primes each with one transaction, then
+// releases all clients at once and lets them run transactions for d.
+// Latencies are merged into into when it is not nil. Connection setup and
+// priming are outside the measured window (except in the connect
+// workload, where setting up connections is the transaction).
+func (e *engine) run(ctx context.Context, t *target, c Case, d time.Duration, into *Histogram) (RunResult, error) {
+	n := c.Clients
+	hists := e.hists[:n]
+	for _, h := range hists {
 		h.Reset()
 	}
 	var (
@@ -261,18 +328,18 @@ func (e *engine) run(ctx context.Context, t *target, mode Mode, d time.Duration,
 	g, gctx := errgroup.WithContext(ctx)
 	for i := range n {
 		g.Go(func() error {
-			c, err := e.openClient(gctx, t, mode, uint64(i))
+			cl, err := e.openClient(gctx, t, c, uint64(i))
 			connected.Done()
 			if err != nil {
 				return fmt.Errorf("client %d: %w", i+1, err)
 			}
-			defer closeConn(ctx, c.conn)
+			defer cl.close(ctx)
 			select {
 			case <-start:
 			case <-gctx.Done():
 				return gctx.Err()
 			}
-			counts[i], ends[i], err = c.loop(gctx, deadline, e.hists[i])
+			counts[i], ends[i], err = cl.loop(gctx, deadline, hists[i])
 			if err != nil {
 				return fmt.Errorf("client %d: %w", i+1, err)
 			}
@@ -287,10 +354,10 @@ func (e *engine) run(ctx context.Context, t *target, mode Mode, d time.Duration,
 		close(start)
 	}
 	if err := g.Wait(); err != nil {
-		return RunResult{}, fmt.Errorf("target %q (%s): %w", t.name, mode, err)
+		return RunResult{}, fmt.Errorf("target %q (%s): %w", t.name, c, err)
 	}
 
-	r := RunResult{Target: t.name, Mode: mode}
+	r := RunResult{Target: t.name, Case: c}
 	var last time.Time
 	for i := range n {
 		r.Transactions += counts[i]
@@ -298,7 +365,7 @@ func (e *engine) run(ctx context.Context, t *target, mode Mode, d time.Duration,
 			last = ends[i]
 		}
 		if into != nil {
-			into.Merge(e.hists[i])
+			into.Merge(hists[i])
 		}
 	}
 	r.Elapsed = last.Sub(t0)
@@ -308,62 +375,140 @@ func (e *engine) run(ctx context.Context, t *target, mode Mode, d time.Duration,
 	return r, nil
 }
 
-// client is one connection and the state of its hot loop.
+// client is one connection (or, in the connect workload, the recipe for
+// one per transaction) and the state of its hot loop.
 type client struct {
-	conn     *pgx.Conn
+	workload Workload
+	cc       *pgx.ConnConfig // the connect workload dials it per transaction
+	conn     *pgx.Conn       // held for the run; nil in the connect workload
 	sql      string
 	accounts int
+	bindAid  bool
 	rng      *rand.Rand
-	aid      int32
-	args     []any // nil, or one pointer to aid: binding it does not allocate
+	// The parameters are bound through pointers to these fields, so
+	// binding them does not allocate.
+	aid, tid, bid, delta int32
+	aidArg               []any // a pointer to aid
+	selectArgs           []any // nil, or aidArg when the query binds an aid
+	updateArgs           []any
+	historyArgs          []any
 }
 
-func (e *engine) openClient(ctx context.Context, t *target, mode Mode, seq uint64) (*client, error) {
+// The simple-update transaction of pgbench -N, statement by statement.
+const (
+	writeUpdate  = "UPDATE pgbench_accounts SET abalance = abalance + $1 WHERE aid = $2"
+	writeSelect  = "SELECT abalance FROM pgbench_accounts WHERE aid = $1"
+	writeHistory = "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES ($1, $2, $3, $4, CURRENT_TIMESTAMP)"
+)
+
+func (e *engine) openClient(ctx context.Context, t *target, c Case, seq uint64) (*client, error) {
 	cc := t.conn.Copy()
-	cc.DefaultQueryExecMode = mode.execMode()
-	conn, err := pgx.ConnectConfig(ctx, cc)
-	if err != nil {
-		return nil, fmt.Errorf("connect: %w", err)
-	}
-	c := &client{
-		conn:     conn,
+	cc.DefaultQueryExecMode = c.Mode.execMode()
+	cl := &client{
+		workload: c.Workload,
+		cc:       cc,
 		sql:      e.query,
 		accounts: e.accounts,
+		bindAid:  e.bindAid,
 		rng:      rand.New(rand.NewPCG(rand.Uint64(), seq)),
 	}
-	if c.accounts > 0 {
-		c.args = []any{&c.aid}
+	cl.aidArg = []any{&cl.aid}
+	if cl.bindAid {
+		cl.selectArgs = cl.aidArg
 	}
-	// Prime: checks the query works and, in extended mode, prepares it.
-	if err := c.query(ctx); err != nil {
-		closeConn(ctx, conn)
-		return nil, fmt.Errorf("first query: %w", err)
+	cl.updateArgs = []any{&cl.delta, &cl.aid}
+	cl.historyArgs = []any{&cl.tid, &cl.bid, &cl.aid, &cl.delta}
+	if c.Workload != WorkloadConnect {
+		conn, err := pgx.ConnectConfig(ctx, cc)
+		if err != nil {
+			return nil, fmt.Errorf("connect: %w", err)
+		}
+		cl.conn = conn
 	}
-	return c, nil
+	// Prime: checks the transaction works and, in extended mode, prepares
+	// its statements.
+	if err := cl.txn(ctx); err != nil {
+		cl.close(ctx)
+		return nil, fmt.Errorf("first transaction: %w", err)
+	}
+	return cl, nil
 }
 
-// query runs the workload once and discards its rows.
-func (c *client) query(ctx context.Context) error {
-	if c.accounts > 0 {
+func (c *client) close(ctx context.Context) {
+	if c.conn != nil {
+		closeConn(ctx, c.conn)
+		c.conn = nil
+	}
+}
+
+// txn runs the workload's transaction once and discards its rows.
+func (c *client) txn(ctx context.Context) error {
+	switch c.workload {
+	case WorkloadWrite:
+		return c.write(ctx)
+	case WorkloadConnect:
+		conn, err := pgx.ConnectConfig(ctx, c.cc)
+		if err != nil {
+			return fmt.Errorf("connect: %w", err)
+		}
+		err = c.selectOnce(ctx, conn)
+		closeConn(ctx, conn)
+		return err
+	}
+	return c.selectOnce(ctx, c.conn)
+}
+
+func (c *client) selectOnce(ctx context.Context, conn *pgx.Conn) error {
+	if c.bindAid {
 		c.aid = int32(c.rng.IntN(c.accounts)) + 1
 	}
-	rows, _ := c.conn.Query(ctx, c.sql, c.args...) // the error is also in rows.Err
+	rows, _ := conn.Query(ctx, c.sql, c.selectArgs...) // the error is also in rows.Err
 	rows.Close()
 	return rows.Err()
 }
 
-// loop queries until a query ends at or after deadline, recording each
-// latency in h. It returns the number of queries and when the last ended.
+// write is pgbench's simple-update transaction: like pgbench, each
+// statement is its own round trip. tid and bid only fill the history row,
+// drawn from the ranges pgbench -i gives them for this scale.
+func (c *client) write(ctx context.Context) error {
+	scale := max(c.accounts/100000, 1)
+	c.aid = int32(c.rng.IntN(c.accounts)) + 1
+	c.tid = int32(c.rng.IntN(10*scale)) + 1
+	c.bid = int32(c.rng.IntN(scale)) + 1
+	c.delta = int32(c.rng.IntN(10001)) - 5000
+	if _, err := c.conn.Exec(ctx, "BEGIN"); err != nil {
+		return fmt.Errorf("begin: %w", err)
+	}
+	if _, err := c.conn.Exec(ctx, writeUpdate, c.updateArgs...); err != nil {
+		return fmt.Errorf("update: %w", err)
+	}
+	rows, _ := c.conn.Query(ctx, writeSelect, c.aidArg...)
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("select: %w", err)
+	}
+	if _, err := c.conn.Exec(ctx, writeHistory, c.historyArgs...); err != nil {
+		return fmt.Errorf("insert: %w", err)
+	}
+	if _, err := c.conn.Exec(ctx, "END"); err != nil {
+		return fmt.Errorf("end: %w", err)
+	}
+	return nil
+}
+
+// loop runs transactions until one ends at or after deadline, recording
+// each latency in h. It returns the number of transactions and when the
+// last ended.
 func (c *client) loop(ctx context.Context, deadline time.Time, h *Histogram) (n uint64, end time.Time, err error) {
 	qctx, cancel := context.WithDeadline(ctx, deadline.Add(overrunLimit))
 	defer cancel()
 	begin := time.Now()
 	for {
-		if err := c.query(qctx); err != nil {
+		if err := c.txn(qctx); err != nil {
 			if ctx.Err() == nil && qctx.Err() != nil {
-				return n, end, fmt.Errorf("query still running %s after the run's end: %w", overrunLimit, err)
+				return n, end, fmt.Errorf("transaction still running %s after the run's end: %w", overrunLimit, err)
 			}
-			return n, end, fmt.Errorf("query: %w", err)
+			return n, end, fmt.Errorf("transaction: %w", err)
 		}
 		end = time.Now()
 		h.Record(end.Sub(begin))

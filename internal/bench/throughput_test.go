@@ -12,17 +12,32 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/pharos-ha/pharos/internal/pglocal"
 )
 
-// testDSN returns the PostgreSQL server the integration tests run against,
-// or skips the test.
+// testDSN returns the PostgreSQL server the integration tests run against:
+// $PHAROS_TEST_DSN when set, else a server of its own, stopped when the
+// test ends.
 func testDSN(t *testing.T) string {
 	t.Helper()
-	dsn := os.Getenv("PHAROS_TEST_DSN")
-	if dsn == "" {
-		t.Skip("PHAROS_TEST_DSN is not set: set it to a PostgreSQL connection string to run the bench integration tests")
+	if dsn := os.Getenv("PHAROS_TEST_DSN"); dsn != "" {
+		return dsn
 	}
-	return dsn
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	c, err := pglocal.NewCluster(ctx, pglocal.Options{Logger: failoverLogger(t)})
+	if err != nil {
+		t.Fatalf("start PostgreSQL: %v", err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := c.Close(ctx); err != nil {
+			t.Errorf("stop PostgreSQL: %v", err)
+		}
+	})
+	return c.Primary().DSN(pglocal.SuperUser, "", "postgres")
 }
 
 // benchSchemas creates two throwaway schemas on the server: one holding a
@@ -57,6 +72,7 @@ func benchSchemas(t *testing.T, dsn string, accounts int) (withTable, empty stri
 		"CREATE SCHEMA " + empty,
 		"CREATE SCHEMA " + withTable,
 		"CREATE TABLE " + withTable + ".pgbench_accounts (aid int PRIMARY KEY, bid int, abalance int, filler char(84))",
+		"CREATE TABLE " + withTable + ".pgbench_history (tid int, bid int, aid int, delta int, mtime timestamp, filler char(22))",
 		fmt.Sprintf("INSERT INTO %s.pgbench_accounts SELECT g, 1, 0, '' FROM generate_series(1, %d) g", withTable, accounts),
 	} {
 		if _, err := conn.Exec(ctx, sql); err != nil {
@@ -93,7 +109,7 @@ func TestThroughputAgainstPostgres(t *testing.T) {
 		return Config{
 			Targets:  []Target{{Name: "first", DSN: pgbench}, {Name: BaselineName, DSN: pgbench}},
 			Modes:    []Mode{ModeSimple, ModeExtended},
-			Clients:  2,
+			Clients:  []int{2},
 			Duration: 500 * time.Millisecond,
 			Rounds:   1,
 			Accounts: accounts,
@@ -116,10 +132,10 @@ func TestThroughputAgainstPostgres(t *testing.T) {
 				t.Errorf("run %+v: want round 1, transactions > 0, elapsed just over %v", r, cfg.Duration)
 			}
 		}
-		if rep.Baseline != BaselineName || len(rep.Modes) != 2 {
-			t.Fatalf("report baseline %q with %d modes, want %q and 2", rep.Baseline, len(rep.Modes), BaselineName)
+		if rep.Baseline != BaselineName || len(rep.Cases) != 2 {
+			t.Fatalf("report baseline %q with %d cases, want %q and 2", rep.Baseline, len(rep.Cases), BaselineName)
 		}
-		for _, m := range rep.Modes {
+		for _, m := range rep.Cases {
 			for _, tr := range m.Targets {
 				if len(tr.RoundTPS) != 1 || tr.MedianTPS <= 0 || tr.Latency.Count() != tr.Transactions {
 					t.Errorf("%s/%s: round tps %v, median %v, %d latencies for %d transactions",
@@ -140,6 +156,69 @@ func TestThroughputAgainstPostgres(t *testing.T) {
 		t.Logf("\n%s", out.String())
 	})
 
+	t.Run("write and connect workloads at two client counts", func(t *testing.T) {
+		cfg := base()
+		cfg.Targets = cfg.Targets[:1]
+		cfg.Workloads = []Workload{WorkloadWrite, WorkloadConnect}
+		cfg.Clients = []int{1, 3}
+		cfg.Modes = []Mode{ModeSimple}
+		conn, err := pgx.Connect(t.Context(), pgbench)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close(context.Background())
+		sessions := func() int64 {
+			var n int64
+			if err := conn.QueryRow(t.Context(), "SELECT pg_stat_clear_snapshot(), sessions FROM pg_stat_database WHERE datname = current_database()").Scan(nil, &n); err != nil {
+				t.Fatal(err)
+			}
+			return n
+		}
+		sessionsBefore := sessions()
+		rep, err := Throughput(t.Context(), cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(rep.Cases) != 4 {
+			t.Fatalf("%d cases, want 4 (2 workloads × 2 client counts)", len(rep.Cases))
+		}
+		var writes, connects uint64
+		for _, c := range rep.Cases {
+			tr := c.Targets[0]
+			if tr.Transactions == 0 || tr.Latency.Count() != tr.Transactions {
+				t.Errorf("%s: %d transactions, %d latencies", c.Case, tr.Transactions, tr.Latency.Count())
+			}
+			switch c.Workload {
+			case WorkloadWrite:
+				writes += tr.Transactions
+			case WorkloadConnect:
+				connects += tr.Transactions
+			}
+		}
+		// Every write transaction committed one history row, priming
+		// included (one per client per run: 1 + 3), and, as pgbench's own
+		// check has it, the balances moved by exactly the deltas logged.
+		var rows, balance, deltas int64
+		if err := conn.QueryRow(t.Context(),
+			"SELECT (SELECT count(*) FROM pgbench_history), (SELECT coalesce(sum(abalance), 0) FROM pgbench_accounts), (SELECT coalesce(sum(delta), 0) FROM pgbench_history)",
+		).Scan(&rows, &balance, &deltas); err != nil {
+			t.Fatal(err)
+		}
+		if rows != int64(writes)+4 || balance != deltas {
+			t.Errorf("history has %d rows for %d measured write transactions + 4 primed; balances sum to %d, deltas to %d", rows, writes, balance, deltas)
+		}
+		// Each connect transaction was a session of its own. The counter
+		// is flushed as sessions end, so give it a moment.
+		want := sessionsBefore + int64(connects)
+		deadline := time.Now().Add(5 * time.Second)
+		for got := sessions(); got < want; got = sessions() {
+			if time.Now().After(deadline) {
+				t.Fatalf("server counted %d new sessions, want at least %d (one per connect transaction)", got-sessionsBefore, connects)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	})
+
 	t.Run("custom query binds no parameters", func(t *testing.T) {
 		cfg := base()
 		cfg.Targets = cfg.Targets[:1]
@@ -149,8 +228,8 @@ func TestThroughputAgainstPostgres(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if rep.Query != "SELECT 1" || rep.Modes[1].Targets[0].Transactions == 0 {
-			t.Errorf("query %q, extended transactions %d", rep.Query, rep.Modes[1].Targets[0].Transactions)
+		if rep.Query != "SELECT 1" || rep.Cases[1].Targets[0].Transactions == 0 {
+			t.Errorf("query %q, extended transactions %d", rep.Query, rep.Cases[1].Targets[0].Transactions)
 		}
 	})
 
@@ -176,7 +255,7 @@ func TestThroughputAgainstPostgres(t *testing.T) {
 		cfg := base()
 		cfg.Query = "SELECT no_such_column FROM pgbench_accounts"
 		_, err := Throughput(t.Context(), cfg)
-		if err == nil || !strings.Contains(err.Error(), `target "first" (simple)`) || !strings.Contains(err.Error(), "no_such_column") {
+		if err == nil || !strings.Contains(err.Error(), `target "first" (select/simple/c2)`) || !strings.Contains(err.Error(), "no_such_column") {
 			t.Fatalf("err = %v, want a failure of target \"first\" quoting the server error", err)
 		}
 	})
