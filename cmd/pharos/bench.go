@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/pharos-ha/pharos/internal/bench"
@@ -19,6 +20,7 @@ verbs:
   throughput  compare throughput and latency of several targets in alternation
   switch      flip the leader key between real backends and time the proxy's reroute
   failover    write through a fault and check that no acknowledged write was lost
+  report      build report.md and SVG charts from a results directory's JSON files
 
 Run "pharos bench <verb> -h" for the verb's flags.
 `)
@@ -37,6 +39,8 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		return runBenchSwitch(ctx, args[1:], stdout, stderr)
 	case "failover":
 		return runBenchFailover(ctx, args[1:], stdout, stderr)
+	case "report":
+		return runBenchReport(args[1:], stdout, stderr)
 	case "-h", "--help", "help":
 		benchUsage(stderr)
 		return exitOK
@@ -215,4 +219,43 @@ func writeJSONFile(path string, rep interface{ WriteJSON(io.Writer) error }) err
 		return fmt.Errorf("write %s: %w", path, err)
 	}
 	return f.Close()
+}
+
+func runBenchReport(args []string, stdout, stderr io.Writer) int {
+	const cmd = "pharos bench report"
+	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {}
+	dir := fs.String("dir", "", "results directory: "+bench.ThroughputFile+", failover-<kind>-<n>.json and "+bench.EnvironmentFile+" (all optional, at least one result); the report is written there")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintf(stderr, "usage: %s --dir DIR\n\nWrites DIR/%s and one SVG chart per workload and failover kind,\n"+
+				"from the JSON files of `bench throughput --json` and the failover benchmark.\n\nflags:\n", cmd, bench.ReportFile)
+			fs.PrintDefaults()
+			return exitOK
+		}
+		return exitUsage
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "%s: unexpected argument %q\n", cmd, fs.Arg(0))
+		return exitUsage
+	}
+	if *dir == "" {
+		fmt.Fprintf(stderr, "%s: --dir is required\n", cmd)
+		return exitUsage
+	}
+	res, err := bench.LoadResults(*dir)
+	if err != nil {
+		fmt.Fprintf(stderr, "%s: %v\n", cmd, err)
+		return exitFailure
+	}
+	written, err := res.WriteReport(*dir)
+	if err != nil {
+		fmt.Fprintf(stderr, "%s: %v\n", cmd, err)
+		return exitFailure
+	}
+	for _, name := range written {
+		fmt.Fprintln(stdout, filepath.Join(*dir, name))
+	}
+	return exitOK
 }

@@ -508,6 +508,7 @@ func BenchmarkFailover(b *testing.B) {
 				if rep.FaultErr != "" {
 					b.Fatal(rep.FaultErr)
 				}
+				saveFailoverRun(b, kind, len(outages)+1, rep)
 				readOnly += rep.Errors["25006"]
 				outages = append(outages, float64(rep.MaxOutage.Milliseconds()))
 				recoveries = append(recoveries, float64(rep.RecoveredAfter.Milliseconds()))
@@ -538,6 +539,24 @@ func BenchmarkFailover(b *testing.B) {
 			b.ReportMetric(float64(readOnly), "writes-on-read-only")
 			b.ReportMetric(0, "ns/op")
 		})
+	}
+}
+
+// saveFailoverRun writes run n's report to $PHAROS_BENCH_RESULTS, where
+// `make bench` collects it for `pharos bench report`; without the
+// variable it does nothing.
+func saveFailoverRun(b *testing.B, kind string, n int, rep *bench.FailoverReport) {
+	dir := os.Getenv("PHAROS_BENCH_RESULTS")
+	if dir == "" {
+		return
+	}
+	f, err := os.Create(filepath.Join(dir, bench.FailoverFile(kind, n)))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	if err := rep.WriteJSON(f); err != nil {
+		b.Fatal(err)
 	}
 }
 
