@@ -33,11 +33,12 @@ fuzz:
 		done; \
 	done
 
-# bench: proxy throughput (direct vs pharos vs HAProxy), then failover
-# outages through the proxy (five faults of each kind, medians).
+# bench: pharos side by side with direct, HAProxy and PgBouncer (select,
+# write mix, connection setup at 1/16/64 clients), then failover outages
+# through the proxy; writes bench/results/<stamp>/report.md and its SVG
+# charts. Knobs: see scripts/bench.sh (e.g. DURATION=10s ROUNDS=5).
 bench: deps build
 	bash scripts/bench.sh
-	$(GO) test -run '^$$' -bench Failover -benchtime 5x ./internal/localha
 
 # chaos: a seeded, randomized schedule over the fault menu against a
 # three-node cluster in synchronous mode, writes through the proxy; prints

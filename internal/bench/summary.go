@@ -169,7 +169,7 @@ func (r *Results) WriteReport(dir string) ([]string, error) {
 	}
 	if t := r.Throughput; t != nil {
 		md.WriteString("## Throughput and latency by client count\n\n")
-		fmt.Fprintf(&md, "Median tps over %d rounds of %s per target and case, targets alternating; p99 from all rounds' latencies. ", t.Rounds, formatSeconds(t.Duration))
+		fmt.Fprintf(&md, "Median tps over %s of %s per target and case, targets alternating; p99 from all rounds' latencies. ", plural(t.Rounds, "round"), formatSeconds(t.Duration))
 		fmt.Fprintf(&md, "Ratios are to `%s`.\n\n", t.Baseline)
 		for _, w := range t.workloads() {
 			fmt.Fprintf(&md, "### %s\n\n%s\n\n", w, workloadBlurb(w))
@@ -206,11 +206,13 @@ func workloadBlurb(w Workload) string {
 	return ""
 }
 
-func clientsLabel(n int) string {
+func clientsLabel(n int) string { return plural(n, "client") }
+
+func plural(n int, noun string) string {
 	if n == 1 {
-		return "1 client"
+		return "1 " + noun
 	}
-	return fmt.Sprintf("%d clients", n)
+	return fmt.Sprintf("%d %ss", n, noun)
 }
 
 func formatSeconds(s float64) string { return trimZeros(fmt.Sprintf("%.1f", s)) + " s" }
@@ -305,7 +307,7 @@ func (r *Results) writeMainTable(md *strings.Builder) {
 		rows = append(rows, row)
 	}
 	writeMarkdownTable(md, rows)
-	fmt.Fprintf(md, "\nProtocol: %s. %d rounds of %s per target and case.\n\n", mode, t.Rounds, formatSeconds(t.Duration))
+	fmt.Fprintf(md, "\nProtocol: %s. %s of %s per target and case.\n\n", mode, plural(t.Rounds, "round"), formatSeconds(t.Duration))
 }
 
 func (t *jsonReport) writeWorkloadTable(md *strings.Builder, w Workload) {
