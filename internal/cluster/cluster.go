@@ -48,7 +48,7 @@ type Tags struct {
 type Member struct {
 	Name   string `json:"name"`
 	Role   Role   `json:"role"`
-	State  string `json:"state,omitempty"` // free text for humans, e.g. "streaming", "running"
+	State  string `json:"state,omitempty"` // free text for humans, e.g. "running", "streaming from n1", "creating replica 45%"
 	Host   string `json:"host"`
 	Port   int    `json:"port"`
 	APIURL string `json:"api_url,omitempty"`

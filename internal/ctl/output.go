@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -96,6 +97,41 @@ func WriteTable(w io.Writer, s ClusterStatus) error {
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+// Summary is the cluster on one line, for a human watching it change (the
+// demo while the cluster forms): each member's role and state in name
+// order, e.g. "n1 primary running · n2 creating replica 62% · n3 waiting:
+// leader n1 is not a running primary yet". Members named in expect that
+// have no valid record are listed as such rather than left out, so that a
+// member that has not published yet does not look absent.
+func Summary(s ClusterStatus, expect ...string) string {
+	names := slices.Clone(expect)
+	for _, m := range s.Members {
+		if !slices.Contains(names, m.Name) {
+			names = append(names, m.Name)
+		}
+	}
+	slices.Sort(names)
+	parts := make([]string, 0, len(names))
+	for _, name := range names {
+		m, ok := s.Member(name)
+		if !ok {
+			parts = append(parts, name+" (no record yet)")
+			continue
+		}
+		// A starting member's state says what it does; the role would
+		// only repeat that it is not routable yet.
+		what := string(m.Role) + " " + m.State
+		switch {
+		case m.State == "":
+			what = string(m.Role)
+		case m.Role == cluster.RoleStarting || m.State == string(m.Role):
+			what = m.State
+		}
+		parts = append(parts, name+" "+what)
+	}
+	return strings.Join(parts, " · ")
 }
 
 func describeSwitchover(sw cluster.Switchover) string {

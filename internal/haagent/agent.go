@@ -81,6 +81,8 @@ type Agent struct {
 	switchSeen time.Time
 	maxLag     *int64 // maximum_lag_on_failover from the dynamic configuration
 	lastRole   cluster.Role
+	planSince  time.Time // when lastPlan was first decided
+	waitLog    throttle  // reminders of a plan that waits with the server down
 }
 
 type seenRecord struct {
@@ -134,6 +136,7 @@ func New(cfg Config, cli *clientv3.Client, keys cluster.Keys, log *slog.Logger) 
 		wake:     make(chan struct{}, 1),
 		requests: make(chan apiRequest),
 		seen:     map[string]seenRecord{},
+		waitLog:  throttle{every: waitLogEvery},
 		cb:       newCallbackRunner(cfg.Callbacks, cfg.Rules.Name, cfg.Cluster, log),
 		wd:       &guard{mode: cfg.WatchdogMode, wd: cfg.Watchdog, timeout: cfg.Rules.Timing.FenceAfter()},
 	}, nil
@@ -355,20 +358,30 @@ func (a *Agent) loop(ctx context.Context) {
 	}
 }
 
+// waitLogEvery paces the reminders that a member whose server is down is
+// still waiting (for the bootstrap elsewhere, for a leader to run): the
+// plan is logged when it changes, and a wait can last minutes.
+const waitLogEvery = 15 * time.Second
+
 // iterate is one observe → decide → execute round. It reports whether the
 // plan changed the state, so the next round should follow at once.
 func (a *Agent) iterate(ctx context.Context) bool {
 	obs := a.observe(ctx)
-	a.publish(ctx, obs)
 	rules := a.rules
 	if a.maxLag != nil {
 		rules.MaximumLagOnFailover = *a.maxLag
 	}
+	// Decided before publishing: a member without data publishes what it
+	// waits for or is about to do.
 	p := Decide(obs, rules)
+	a.publish(ctx, obs, p)
 	if s := p.String(); s != a.lastPlan {
 		a.log.Info("plan", "plan", s, "leader", obs.DCS.Leader, "epoch", obs.DCS.LeaderEpoch,
 			"timeline", obs.PG.Timeline, "lsn", obs.PG.Position().String())
-		a.lastPlan = s
+		a.lastPlan, a.planSince = s, obs.Now
+		a.waitLog.reset(obs.Now)
+	} else if len(p.Actions) == 0 && !obs.PG.Running && a.waitLog.due(obs.Now, 0) {
+		a.log.Info("still waiting", "reason", p.Reason, "for", obs.Now.Sub(a.planSince).Round(time.Second))
 	}
 	changed := false
 	for _, act := range p.Actions {
@@ -520,13 +533,32 @@ func (a *Agent) viewOf(s snapshot, now time.Time) DCSView {
 	return v
 }
 
-// publish writes this member's record on its lease.
-func (a *Agent) publish(ctx context.Context, o Observation) {
+// publish writes this member's record on its lease; p is the round's plan.
+func (a *Agent) publish(ctx context.Context, o Observation, p Plan) {
 	role, state := PublishedRole(o)
+	if !o.PG.Running && o.PG.Data == DataMissing {
+		role, state = cluster.RoleStarting, noDataState(p)
+	}
 	a.publishRecord(ctx, o, role, state)
 }
 
-func (a *Agent) publishRecord(ctx context.Context, o Observation, role cluster.Role, state string) {
+// noDataState is what a member without a data directory publishes: what
+// its plan waits for, or that a clone starts (its progress follows).
+func noDataState(p Plan) string {
+	for _, act := range p.Actions {
+		if act.Kind == ActClone || act.Kind == ActReclone {
+			return "creating replica from " + act.Target
+		}
+	}
+	if len(p.Actions) == 0 && p.Reason != "" {
+		return "waiting: " + p.Reason
+	}
+	// A bootstrap publishes its steps once it won the initialize key.
+	return "no data directory yet"
+}
+
+// record is this member's record as o shows it, with role and state.
+func (a *Agent) record(o Observation, role cluster.Role, state string) cluster.Member {
 	m := cluster.Member{
 		Name:       a.rules.Name,
 		Role:       role,
@@ -551,9 +583,11 @@ func (a *Agent) publishRecord(ctx context.Context, o Observation, role cluster.R
 		zero := int64(0)
 		m.LagBytes = &zero
 	}
-	if !o.PG.Running && o.PG.Data == DataMissing {
-		m.Role, m.State = cluster.RoleStarting, "no data directory yet"
-	}
+	return m
+}
+
+func (a *Agent) publishRecord(ctx context.Context, o Observation, role cluster.Role, state string) {
+	m := a.record(o, role, state)
 	for _, r := range metrics.AgentRoles {
 		a.m.Role.WithLabelValues(r).Set(b2f(r == string(m.Role)))
 	}
@@ -592,7 +626,7 @@ func (a *Agent) publishRecord(ctx context.Context, o Observation, role cluster.R
 // the proxy routes rw once the record says primary.
 func (a *Agent) publishNow(ctx context.Context) {
 	o := a.observe(ctx)
-	a.publish(ctx, o)
+	a.publish(ctx, o, Plan{})
 }
 
 func (a *Agent) member(o Observation, name string) (cluster.Member, error) {
@@ -608,7 +642,7 @@ func (a *Agent) execute(ctx context.Context, act Action, o Observation) error {
 	t := a.rules.Timing
 	switch act.Kind {
 	case ActBootstrap:
-		return a.bootstrap(ctx)
+		return a.bootstrap(ctx, o)
 	case ActClone, ActReclone:
 		up, err := a.member(o, act.Target)
 		if err != nil {
@@ -627,8 +661,7 @@ func (a *Agent) execute(ctx context.Context, act Action, o Observation) error {
 			}
 			a.log.Warn("data directory wiped for a fresh clone", "from", up.Name)
 		}
-		a.log.Info("cloning", "from", up.Name, "addr", up.Addr())
-		if err := a.pg.basebackup(ctx, up); err != nil {
+		if err := a.clone(ctx, o, up); err != nil {
 			_ = a.pg.wipe()
 			return fmt.Errorf("clone from %s: %w", up.Name, err)
 		}
@@ -639,7 +672,7 @@ func (a *Agent) execute(ctx context.Context, act Action, o Observation) error {
 		if err != nil {
 			return err
 		}
-		if err := a.pg.rewind(ctx, up); err != nil {
+		if err := a.rewind(ctx, o, up); err != nil {
 			// A source that did not answer says nothing about the rewind:
 			// try again next round instead of giving up on it.
 			if !errors.Is(err, errSourceUnavailable) {
@@ -1037,8 +1070,41 @@ func (a *Agent) syncSlots(ctx context.Context, o Observation) error {
 	return a.pg.syncSlots(ctx, want, drop)
 }
 
+// clone copies the data directory from up with pg_basebackup, logging and
+// publishing its progress: the member is "starting", with nothing of its
+// own yet.
+func (a *Agent) clone(ctx context.Context, o Observation, up cluster.Member) error {
+	empty := o
+	empty.PG = PGView{}
+	live := a.startLive(ctx, a.record(empty, cluster.RoleStarting, "creating replica from "+up.Name))
+	defer live.stop()
+	log := a.log.With("from", up.Name)
+	r := newCopyReporter(log, a.now, "pg_basebackup", "clone progress", "creating replica", live)
+	// The steps without progress reports can be long on a big or busy
+	// source: they are what an operator sees meanwhile.
+	r.lineLevel = slog.LevelInfo
+	r.phases = []phase{
+		{"waiting for checkpoint", "waiting for a checkpoint on " + up.Name},
+		{"waiting for background process to finish streaming", "streaming the last WAL"},
+		{"syncing data to disk", "syncing to disk"},
+	}
+	log.Info("cloning", "addr", up.Addr())
+	return a.pg.basebackup(ctx, up, r.line)
+}
+
+// rewind runs pg_rewind from up, logging and publishing its progress.
+func (a *Agent) rewind(ctx context.Context, o Observation, up cluster.Member) error {
+	label := "rewinding from " + up.Name
+	// pg_rewind runs on a stopped server only.
+	live := a.startLive(ctx, a.record(o, cluster.RoleStopped, label))
+	defer live.stop()
+	r := newCopyReporter(a.log.With("from", up.Name), a.now, "pg_rewind", "rewind progress", label, live)
+	r.lineLevel = slog.LevelDebug
+	return a.pg.rewind(ctx, up, r.line)
+}
+
 // bootstrap claims the initialize key, runs initdb, starts and leads.
-func (a *Agent) bootstrap(ctx context.Context) error {
+func (a *Agent) bootstrap(ctx context.Context, o Observation) error {
 	lease := a.currentLease()
 	// The software watchdog watches the data directory: it must exist
 	// (empty; initdb fills it) before arming.
@@ -1060,6 +1126,19 @@ func (a *Agent) bootstrap(ctx context.Context) error {
 		return nil
 	}
 	a.log.Info("bootstrapping the cluster", "data_dir", a.cfg.Postgres.DataDir)
+	live := a.startLive(ctx, a.record(o, cluster.RoleStarting, "bootstrapping: initdb"))
+	defer live.stop()
+	t0 := a.now()
+	last := t0
+	// Each step is logged with its duration: initdb and the first start
+	// can take a while on slow disks, and the member record shows which
+	// one runs.
+	done := func(step, next string) {
+		now := a.now()
+		a.log.Info("bootstrap step done", "step", step, "took", now.Sub(last).Round(time.Millisecond), "elapsed", now.Sub(t0).Round(time.Millisecond))
+		last = now
+		live.set("bootstrapping: " + next)
+	}
 	fail := func(err error) error {
 		_ = a.pg.stop(context.WithoutCancel(ctx), 10*time.Second)
 		a.disarmWatchdog()
@@ -1077,12 +1156,15 @@ func (a *Agent) bootstrap(ctx context.Context) error {
 	if err := a.pg.writeConf(false, nil); err != nil {
 		return fail(err)
 	}
+	done("initdb", "first start")
 	if err := a.pg.start(ctx, a.cfg.StartTimeout); err != nil {
 		return fail(err)
 	}
+	done("first start", "creating roles")
 	if err := a.pg.createRoles(ctx); err != nil {
 		return fail(err)
 	}
+	done("roles", "taking the leader key")
 	cctx, cancel = a.callCtx(ctx)
 	epoch, err := a.dcs.acquire(cctx, lease, 0)
 	cancel()
@@ -1090,6 +1172,7 @@ func (a *Agent) bootstrap(ctx context.Context) error {
 		return fail(fmt.Errorf("take the leader key: %v", err))
 	}
 	a.epoch = epoch
+	done("leader key", "recording the system identifier")
 	var v PGView
 	if err := a.pg.query(ctx, &v); err != nil {
 		return fail(err)
@@ -1104,7 +1187,7 @@ func (a *Agent) bootstrap(ctx context.Context) error {
 		a.log.Warn("bootstrap history not recorded", "err", err)
 	}
 	a.m.Promotions.WithLabelValues("bootstrap").Inc()
-	a.log.Info("cluster bootstrapped", "system_id", v.SystemID, "epoch", epoch)
+	a.log.Info("cluster bootstrapped", "system_id", v.SystemID, "epoch", epoch, "took", a.now().Sub(t0).Round(time.Millisecond))
 	return nil
 }
 

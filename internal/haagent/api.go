@@ -111,7 +111,7 @@ func (a *Agent) serveRequest(ctx context.Context, req apiRequest) error {
 		if err := a.pg.wipe(); err != nil {
 			return err
 		}
-		if err := a.pg.basebackup(ctx, up); err != nil {
+		if err := a.clone(ctx, o, up); err != nil {
 			return err
 		}
 		if err := a.pg.writeConf(true, &up); err != nil {

@@ -48,6 +48,10 @@ type PostgresConfig struct {
 	// Owner is the OS account the server runs as (the postgres user when
 	// the agent runs as root).
 	Owner pglocal.Owner
+	// CloneMaxRate is pg_basebackup's --max-rate (e.g. "100M"), so that a
+	// clone does not saturate the primary's disk or network; empty: no
+	// limit.
+	CloneMaxRate string
 }
 
 // postgres runs and inspects the local server. Its methods are called from
@@ -275,6 +279,37 @@ func (p *postgres) run(ctx context.Context, timeout time.Duration, env []string,
 		return string(out), fmt.Errorf("%s: %w: %s", name, err, lastLines(string(out), 5))
 	}
 	return string(out), nil
+}
+
+// runLines runs a program like run, but hands each line of its output to
+// onLine as it comes (from exec's output goroutine; run returns after the
+// last call). Lines for which onLine returns false, the ones that are not
+// progress reports, are kept: the error names the last of them, and they
+// are returned.
+func (p *postgres) runLines(ctx context.Context, timeout time.Duration, env []string, onLine func(string) bool, name string, args ...string) ([]string, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, filepath.Join(p.cfg.BinDir, name), args...)
+	cmd.Dir = filepath.Dir(p.cfg.DataDir)
+	cmd.Env = append(pglocal.ChildEnv(), env...)
+	p.cfg.Owner.Apply(cmd)
+	cmd.WaitDelay = 2 * time.Second
+	// Enough for the whole of an error (libpq's come with a hint line, a
+	// pg_rewind's with the server's log lines) without keeping a long
+	// run's every line.
+	kept := tailLines{max: 20}
+	w := &lineWriter{fn: func(l string) {
+		if !onLine(l) {
+			kept.add(l)
+		}
+	}}
+	cmd.Stdout, cmd.Stderr = w, w
+	err := cmd.Run()
+	w.flush()
+	if err != nil {
+		return kept.lines, fmt.Errorf("%s: %w: %s", name, err, kept.String())
+	}
+	return kept.lines, nil
 }
 
 func lastLines(s string, n int) string {
@@ -788,20 +823,28 @@ func (p *postgres) checkSource(ctx context.Context, up cluster.Member) error {
 	return nil
 }
 
-// basebackup clones the data directory from up (which must be empty).
-func (p *postgres) basebackup(ctx context.Context, up cluster.Member) error {
+// basebackup clones the data directory from up (which must be empty),
+// handing each line pg_basebackup prints to onLine (see runLines): its
+// progress reports and, with --verbose, the steps that have none (the
+// source's checkpoint, the end of the WAL stream, the sync to disk).
+func (p *postgres) basebackup(ctx context.Context, up cluster.Member, onLine func(string) bool) error {
 	if err := p.cfg.Owner.MkdirAll(p.cfg.DataDir, 0o700); err != nil {
 		return err
 	}
-	_, err := p.run(ctx, 30*time.Minute, []string{"PGPASSWORD=" + p.cfg.ReplicationPassword, "PGAPPNAME=pharos-clone"},
-		"pg_basebackup", "-D", p.cfg.DataDir, "-h", up.Host, "-p", strconv.Itoa(up.Port),
-		"-U", p.cfg.ReplicationUser, "-X", "stream", "-c", "fast", "--no-password")
+	args := []string{"-D", p.cfg.DataDir, "-h", up.Host, "-p", strconv.Itoa(up.Port),
+		"-U", p.cfg.ReplicationUser, "-X", "stream", "-c", "fast", "--no-password", "--progress", "--verbose"}
+	if p.cfg.CloneMaxRate != "" {
+		args = append(args, "--max-rate", p.cfg.CloneMaxRate)
+	}
+	_, err := p.runLines(ctx, 30*time.Minute, []string{"PGPASSWORD=" + p.cfg.ReplicationPassword, "PGAPPNAME=pharos-clone"},
+		onLine, "pg_basebackup", args...)
 	return err
 }
 
-// rewind runs pg_rewind against up. PostgreSQL 13+ runs crash recovery on
-// a target that was not shut down cleanly first.
-func (p *postgres) rewind(ctx context.Context, up cluster.Member) error {
+// rewind runs pg_rewind against up, handing each line it prints to onLine
+// (see runLines). PostgreSQL 13+ runs crash recovery on a target that was
+// not shut down cleanly first.
+func (p *postgres) rewind(ctx context.Context, up cluster.Member, onLine func(string) bool) error {
 	src := p.memberConnString(up)
 	// pg_rewind reads the source's timeline from its control file, which
 	// a just-promoted server updates only at its next checkpoint; without
@@ -815,12 +858,12 @@ func (p *postgres) rewind(ctx context.Context, up cluster.Member) error {
 	if err := os.Remove(p.path("standby.signal")); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
-	out, err := p.run(ctx, 30*time.Minute, []string{"PGPASSWORD=" + p.cfg.SuperPassword},
-		"pg_rewind", "-D", p.cfg.DataDir, "--source-server", src)
+	out, err := p.runLines(ctx, 30*time.Minute, []string{"PGPASSWORD=" + p.cfg.SuperPassword},
+		onLine, "pg_rewind", "-D", p.cfg.DataDir, "--source-server", src, "--progress")
 	if err != nil {
 		return err
 	}
-	p.log.Info("pg_rewind done", "from", up.Name, "output", lastLines(out, 2))
+	p.log.Info("pg_rewind done", "from", up.Name, "output", strings.Join(out[max(len(out)-2, 0):], " | "))
 	return nil
 }
 
