@@ -315,6 +315,27 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		fmt.Fprintln(stderr, "pharos agent:", err)
 		return exitUsage
 	}
+	// SIGHUP's default action is to exit, which for the agent would be a
+	// stop without the hand-over (and a `systemctl reload` or a closing
+	// terminal sends one). The agent reads its settings once; it says so
+	// instead of dying.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	hupCtx, stopHup := context.WithCancel(ctx)
+	hupDone := make(chan struct{})
+	go func() {
+		defer close(hupDone)
+		for {
+			select {
+			case <-hup:
+				log.Warn("SIGHUP ignored: the agent reads its flags and config file only at start; restart it to apply them (dynamic settings: pharos ctl edit-config)")
+			case <-hupCtx.Done():
+				return
+			}
+		}
+	}()
+	defer func() { stopHup(); <-hupDone }()
 	cfg, ecfg, keys, err := s.agentConfig(ctx, log)
 	if err != nil {
 		fmt.Fprintln(stderr, "pharos agent:", err)

@@ -81,7 +81,7 @@ func TestAgentRejectsBadConfig(t *testing.T) {
 }
 
 // TestAgentWaitsForEtcd: with etcd unreachable the agent keeps retrying,
-// says so, touches nothing, and stops cleanly on SIGTERM.
+// says so, touches nothing, survives SIGHUP and stops cleanly on SIGTERM.
 func TestAgentWaitsForEtcd(t *testing.T) {
 	bin := pharosBinary(t)
 	dir := t.TempDir()
@@ -127,6 +127,23 @@ func TestAgentWaitsForEtcd(t *testing.T) {
 	}
 	if _, err := os.Stat(dataDir); err == nil {
 		t.Error("the agent created the data directory without etcd")
+	}
+	// SIGHUP (systemctl reload, a closed terminal) must not kill it: it
+	// says it has nothing to reload and carries on.
+	_ = cmd.Process.Signal(syscall.SIGHUP)
+	for {
+		b, _ := os.ReadFile(logPath)
+		if strings.Contains(string(b), "SIGHUP ignored") {
+			break
+		}
+		select {
+		case err := <-exited:
+			t.Fatalf("agent exited on SIGHUP: %v\n%s", err, b)
+		case <-time.After(100 * time.Millisecond):
+		}
+		if time.Now().After(deadline.Add(10 * time.Second)) {
+			t.Fatalf("no 'SIGHUP ignored' log:\n%s", b)
+		}
 	}
 	_ = cmd.Process.Signal(syscall.SIGTERM)
 	select {

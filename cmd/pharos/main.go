@@ -35,8 +35,8 @@ func subcommands() []subcommand {
 		{"proxy", "run the PostgreSQL proxy (rw and ro endpoints)", runProxy},
 		{"agent", "run the HA agent of one PostgreSQL node", runAgent},
 		{"ctl", "inspect and operate a cluster through etcd", runCtl},
-		{"bench", "measure throughput and latency against several targets", runBench},
-		{"demo", "run a local primary and replica with the proxy in front", runDemo},
+		{"bench", "measure throughput, latency and failover against several targets; build reports", runBench},
+		{"demo", "run a local three-node cluster (embedded etcd, agents) with the proxy in front", runDemo},
 		{"watchdog", "kill the local PostgreSQL when the agent stops feeding (software watchdog)", runWatchdog},
 		{"version", "print the version", func(_ context.Context, _ []string, stdout, _ io.Writer) int {
 			fmt.Fprintln(stdout, "pharos", version)
