@@ -34,7 +34,7 @@ const (
 	chartWidth  = 760
 	chartHeight = 380
 	marginLeft  = 80
-	marginRight = 150 // the legend
+	marginRight = 170 // the legend
 	marginTop   = 40
 	marginBot   = 50
 )
@@ -125,6 +125,13 @@ func (c *TimelineChart) WriteSVG(w io.Writer) error {
 
 	svgHeader(&b, c.Title)
 	yAxis(&b, ticks, y, "writes per "+formatValue(c.BucketMs)+" ms")
+	// Failures are counted downwards: label that side with positive counts.
+	for _, t := range niceTicks(0, -yMin, 3)[1:] {
+		if -t < yMin {
+			break
+		}
+		fmt.Fprintf(&b, `<text x="%d" y="%.1f" text-anchor="end" fill="%s">%s</text>`+"\n", marginLeft-6, y(-t)+4, palette[5], formatValue(t))
+	}
 	fmt.Fprintf(&b, `<line x1="%d" y1="%.1f" x2="%.1f" y2="%.1f" stroke="#333"/>`+"\n", marginLeft, y(0), x(t1), y(0))
 	bw := x(c.BucketMs) - x(0)
 	for _, p := range c.Points {
@@ -140,7 +147,11 @@ func (c *TimelineChart) WriteSVG(w io.Writer) error {
 	// Time axis: a tick every second.
 	for s := math.Ceil(t0 / 1000); s*1000 <= t1; s++ {
 		fmt.Fprintf(&b, `<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="#999"/>`+"\n", x(s*1000), y(yMin), x(s*1000), y(yMin)+5)
-		fmt.Fprintf(&b, `<text x="%.1f" y="%.1f" text-anchor="middle">%+gs</text>`+"\n", x(s*1000), y(yMin)+20, s)
+		label := fmt.Sprintf("%+gs", s)
+		if s == 0 {
+			label = "0s" // not "+0s", nor "-0s" for a negative zero
+		}
+		fmt.Fprintf(&b, `<text x="%.1f" y="%.1f" text-anchor="middle">%s</text>`+"\n", x(s*1000), y(yMin)+20, label)
 	}
 	fmt.Fprintf(&b, `<text x="%.1f" y="%d" text-anchor="middle">time from the fault</text>`+"\n", marginLeft+plotW/2, chartHeight-8)
 	marks := append([]TimelineMark{{AtMs: 0, Label: "fault"}}, c.Marks...)
@@ -151,7 +162,7 @@ func (c *TimelineChart) WriteSVG(w io.Writer) error {
 		fmt.Fprintf(&b, `<line x1="%.1f" y1="%d" x2="%.1f" y2="%.1f" stroke="#333" stroke-dasharray="4 3"/>`+"\n", x(m.AtMs), marginTop, x(m.AtMs), y(yMin))
 		fmt.Fprintf(&b, `<text x="%.1f" y="%d">%s</text>`+"\n", x(m.AtMs)+3, marginTop+12+14*i, esc(m.Label))
 	}
-	legend(&b, []BarSeries{{Name: "acknowledged"}, {Name: "failed or unanswered"}}, palette[2], palette[5])
+	legend(&b, []BarSeries{{Name: "acknowledged"}, {Name: "failed or no answer"}}, palette[2], palette[5])
 	b.WriteString("</svg>\n")
 	_, err := io.WriteString(w, b.String())
 	return err
