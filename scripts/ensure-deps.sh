@@ -4,7 +4,9 @@
 # Makes sure this machine has what `make test` and `make demo` run against:
 # the PostgreSQL 15 server and client binaries in /usr/lib/postgresql/15/bin
 # (or $PHAROS_PG_BINDIR when set), haproxy (the restapi tests run the real
-# one against the agent's REST API) and an unprivileged `postgres` OS user.
+# one against the agent's REST API), promtool (from Debian's prometheus
+# package: the deploy tests check the scrape config and the alert rules with
+# it) and an unprivileged `postgres` OS user.
 # With --bench it also ensures pgbouncer (used by `make bench`, with haproxy,
 # as comparison points). Their system services are neither enabled nor
 # started.
@@ -22,7 +24,7 @@ for arg in "$@"; do
 	case "$arg" in
 	--bench) bench=1 ;;
 	-h | --help)
-		sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//' >&2
+		sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//' >&2
 		exit 0
 		;;
 	*) log "unknown argument: $arg (usage: $0 [--bench])"; exit 2 ;;
@@ -56,6 +58,8 @@ have() {
 # Packages whose system service must stay off once installed.
 svc_pkgs=()
 have haproxy || svc_pkgs+=(haproxy)
+# promtool ships in the prometheus package, whose server must stay off too.
+have promtool || svc_pkgs+=(prometheus)
 if [ "$bench" -eq 1 ]; then
 	have pgbouncer || svc_pkgs+=(pgbouncer)
 fi
@@ -105,7 +109,8 @@ if [ ${#pkgs[@]} -gt 0 ]; then
 	fi
 
 	# The tests and the bench start their own haproxy and pgbouncer
-	# instances; the system services must stay off.
+	# instances (and only need prometheus's promtool); the system services
+	# must stay off.
 	for svc in ${svc_pkgs[@]+"${svc_pkgs[@]}"}; do
 		if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
 			systemctl disable --now "$svc" >/dev/null 2>&1 || true
