@@ -132,7 +132,11 @@ func demo(ctx context.Context, o demoOptions, log *slog.Logger, stdout io.Writer
 			fmt.Fprintf(stdout, "stop: %v\n", err)
 		}
 	}()
-	if err := waitClusterUp(ctx, cli, keys, o.nodes, 3*time.Minute, stdout); err != nil {
+	var names []string
+	for _, n := range hc.Nodes() {
+		names = append(names, n.Name)
+	}
+	if err := waitClusterUp(ctx, cli, keys, names, 3*time.Minute, stdout); err != nil {
 		return fmt.Errorf("%w\nagent logs are in %s/*/agent.log", err, nodesDir)
 	}
 	fmt.Fprintf(stdout, "      cluster up in %s\n", time.Since(started).Round(100*time.Millisecond))
@@ -215,28 +219,32 @@ func demo(ctx context.Context, o demoOptions, log *slog.Logger, stdout io.Writer
 }
 
 // waitClusterUp polls until a leader runs as primary and every member is a
-// running primary or streaming replica, printing each change of the table.
-func waitClusterUp(ctx context.Context, cli *clientv3.Client, keys cluster.Keys, nodes int, timeout time.Duration, stdout io.Writer) error {
+// running primary or streaming replica, printing what each node does (from
+// the member records: "n2 creating replica 62%") whenever that changed,
+// at most once a second, with the time since it started.
+func waitClusterUp(ctx context.Context, cli *clientv3.Client, keys cluster.Keys, names []string, timeout time.Duration, stdout io.Writer) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
+	started := time.Now()
+	shown := statusLine{every: time.Second}
 	last := ""
 	for {
 		st, err := ctl.Status(ctx, cli, keys)
 		if err == nil {
 			ready := st.Leader != nil
 			count := 0
-			var parts []string
 			for _, m := range st.Members {
-				parts = append(parts, m.Name+"="+string(m.Role))
 				if m.Role == cluster.RolePrimary || (m.Role == cluster.RoleReplica && strings.HasPrefix(m.State, "streaming")) {
 					count++
 				}
 			}
-			if s := strings.Join(parts, " "); s != last && s != "" {
-				fmt.Fprintf(stdout, "      %s\n", s)
-				last = s
+			ready = ready && count == len(names)
+			last = ctl.Summary(st, names...)
+			// The state it is up in is shown however soon it follows.
+			if now := time.Now(); shown.due(now, last, ready) {
+				fmt.Fprintf(stdout, "      %5.1fs  %s\n", now.Sub(started).Seconds(), last)
 			}
-			if ready && count == nodes {
+			if ready {
 				return nil
 			}
 		}
@@ -246,6 +254,25 @@ func waitClusterUp(ctx context.Context, cli *clientv3.Client, keys cluster.Keys,
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
+}
+
+// statusLine decides when the demo prints the cluster's summary: when it
+// changed, at most once per every, so that a clone's progress moves on
+// screen without flooding it. A change within every is printed once every
+// has passed, since the caller keeps polling.
+type statusLine struct {
+	every time.Duration
+	last  string
+	at    time.Time
+}
+
+// due reports whether to print line at now; final lines skip the wait.
+func (s *statusLine) due(now time.Time, line string, final bool) bool {
+	if line == s.last || (!final && !s.at.IsZero() && now.Sub(s.at) < s.every) {
+		return false
+	}
+	s.last, s.at = line, now
+	return true
 }
 
 // createDemoDB creates the demo role and database (idempotent).

@@ -2,10 +2,12 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -111,6 +113,16 @@ func TestDemoRunsAndStops(t *testing.T) {
 			t.Errorf("demo.env lacks %s", key)
 		}
 	}
+	// While it waited, it said what each node was doing, up to the state
+	// it is up in.
+	logs, _ := os.ReadFile(out.Name())
+	progress := regexp.MustCompile(`(?m)^ +\d+\.\ds  n1 .+ · n2 .+ · n3 .+$`)
+	up := regexp.MustCompile(`(?m)^ +\d+\.\ds  (n\d (primary running|replica streaming from n\d)( · |$)){3}\n +cluster up in`)
+	if lines := progress.FindAll(logs, -1); len(lines) < 2 || !up.Match(logs) {
+		t.Errorf("no progress lines naming every node, ending with all up; output:\n%s", logs)
+	} else {
+		t.Logf("progress:\n%s", bytes.Join(lines, []byte("\n")))
+	}
 	demoFailover(t, ctx, dir, env)
 
 	if err := cmd.Process.Signal(syscall.SIGINT); err != nil {
@@ -131,6 +143,29 @@ func TestDemoRunsAndStops(t *testing.T) {
 	for _, p := range procs {
 		if b, err := os.ReadFile(p); err == nil && strings.Contains(string(b), dir) {
 			t.Errorf("a process still runs from the demo directory: %s", strings.ReplaceAll(string(b), "\x00", " "))
+		}
+	}
+}
+
+func TestStatusLine(t *testing.T) {
+	t0 := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	s := statusLine{every: time.Second}
+	for _, step := range []struct {
+		at    time.Duration
+		line  string
+		final bool
+		want  bool
+	}{
+		{0, "n1 no data directory yet", false, true},
+		{200 * time.Millisecond, "n1 no data directory yet", false, false}, // unchanged
+		{400 * time.Millisecond, "n1 bootstrapping: initdb", false, false}, // changed, too soon
+		{time.Second, "n1 bootstrapping: first start", false, true},        // changed, a second later
+		{3 * time.Second, "n1 bootstrapping: first start", false, false},   // unchanged, however long
+		{3200 * time.Millisecond, "n1 primary running", true, true},        // the final state at once
+		{3400 * time.Millisecond, "n1 primary running", true, false},       // but once
+	} {
+		if got := s.due(t0.Add(step.at), step.line, step.final); got != step.want {
+			t.Errorf("+%v %q (final %v): due = %v, want %v", step.at, step.line, step.final, got, step.want)
 		}
 	}
 }

@@ -1082,7 +1082,6 @@ func (a *Agent) clone(ctx context.Context, o Observation, up cluster.Member) err
 	r := newCopyReporter(log, a.now, "pg_basebackup", "clone progress", "creating replica", live)
 	// The steps without progress reports can be long on a big or busy
 	// source: they are what an operator sees meanwhile.
-	r.lineLevel = slog.LevelInfo
 	r.phases = []phase{
 		{"waiting for checkpoint", "waiting for a checkpoint on " + up.Name},
 		{"waiting for background process to finish streaming", "streaming the last WAL"},
@@ -1099,7 +1098,10 @@ func (a *Agent) rewind(ctx context.Context, o Observation, up cluster.Member) er
 	live := a.startLive(ctx, a.record(o, cluster.RoleStopped, label))
 	defer live.stop()
 	r := newCopyReporter(a.log.With("from", up.Name), a.now, "pg_rewind", "rewind progress", label, live)
-	r.lineLevel = slog.LevelDebug
+	r.phases = []phase{
+		{"complete crash recovery", "recovering this server first"},
+		{"syncing target data directory", "syncing to disk"},
+	}
 	return a.pg.rewind(ctx, up, r.line)
 }
 

@@ -858,13 +858,9 @@ func (p *postgres) rewind(ctx context.Context, up cluster.Member, onLine func(st
 	if err := os.Remove(p.path("standby.signal")); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
-	out, err := p.runLines(ctx, 30*time.Minute, []string{"PGPASSWORD=" + p.cfg.SuperPassword},
+	_, err := p.runLines(ctx, 30*time.Minute, []string{"PGPASSWORD=" + p.cfg.SuperPassword},
 		onLine, "pg_rewind", "-D", p.cfg.DataDir, "--source-server", src, "--progress")
-	if err != nil {
-		return err
-	}
-	p.log.Info("pg_rewind done", "from", up.Name, "output", strings.Join(out[max(len(out)-2, 0):], " | "))
-	return nil
+	return err
 }
 
 // wipe removes the data directory's content (for a fresh clone).

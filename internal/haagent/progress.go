@@ -195,8 +195,6 @@ type copyReporter struct {
 	label  string // state prefix, e.g. "creating replica"
 	live   *liveRecord
 	phases []phase
-	// lineLevel is the level the program's other lines are logged at.
-	lineLevel slog.Level
 
 	logAt throttle
 	meter copyMeter
@@ -236,7 +234,9 @@ func (r *copyReporter) line(l string) bool {
 	if rest, ok := strings.CutPrefix(text, r.prog+": "); ok {
 		text = rest // the message names the program already
 	}
-	r.log.Log(context.Background(), r.lineLevel, r.prog, "output", text)
+	// Few, and they say what the progress reports do not: the source's
+	// checkpoint, how much a rewind must copy, an error.
+	r.log.Info(r.prog, "output", text)
 	for _, ph := range r.phases {
 		if strings.Contains(l, ph.contains) {
 			r.live.set(r.label + ": " + ph.state)

@@ -30,8 +30,10 @@ func TestParseCopyProgress(t *testing.T) {
 			want: copyProgress{DoneKB: 69224, TotalKB: 71937, Percent: 96, Tablespace: 1, Tablespaces: 2}, ok: true},
 		{name: "verbose, last report blanks the file name", line: "71949/71949 kB (100%), 2/2 tablespaces" + strings.Repeat(" ", 41),
 			want: copyProgress{DoneKB: 71949, TotalKB: 71949, Percent: 100, Tablespace: 2, Tablespaces: 2}, ok: true},
-		{name: "pg_rewind", line: "  1234/5678 kB (21%) copied",
-			want: copyProgress{DoneKB: 1234, TotalKB: 5678, Percent: 21}, ok: true},
+		{name: "pg_rewind", line: "     0/102045 kB (0%) copied",
+			want: copyProgress{DoneKB: 0, TotalKB: 102045, Percent: 0}, ok: true},
+		{name: "pg_rewind done", line: "102045/102045 kB (100%) copied",
+			want: copyProgress{DoneKB: 102045, TotalKB: 102045, Percent: 100}, ok: true},
 		{name: "largest sizes", line: "9223372036854775807/9223372036854775807 kB (100%), 1/1 tablespace",
 			want: copyProgress{DoneKB: 9223372036854775807, TotalKB: 9223372036854775807, Percent: 100, Tablespace: 1, Tablespaces: 1}, ok: true},
 
@@ -40,7 +42,8 @@ func TestParseCopyProgress(t *testing.T) {
 		{name: "error", line: `pg_basebackup: error: connection to server at "127.0.0.1", port 1 failed: Connection refused`},
 		{name: "libpq hint", line: "\tIs the server running on that host and accepting TCP/IP connections?"},
 		{name: "WAL start point", line: "pg_basebackup: write-ahead log start point: 0/6000028 on timeline 1"},
-		{name: "rewind step", line: "pg_rewind: servers diverged at WAL location 0/3000148 on timeline 1"},
+		{name: "rewind step", line: "pg_rewind: servers diverged at WAL location 0/9000000 on timeline 1"},
+		{name: "rewind size", line: "pg_rewind: need to copy 99 MB (total source directory size is 150 MB)"},
 		{name: "no percent", line: "12/34 kB"},
 		{name: "no tablespace count", line: "12/34 kB (35%)"},
 		{name: "tablespaces without numbers", line: "12/34 kB (35%), tablespaces"},
@@ -227,7 +230,6 @@ func TestCopyReporter(t *testing.T) {
 	}))
 	live := &liveRecord{}
 	r := newCopyReporter(log, func() time.Time { return now }, "pg_basebackup", "clone progress", "creating replica", live)
-	r.lineLevel = slog.LevelInfo
 	r.phases = []phase{
 		{"waiting for checkpoint", "waiting for a checkpoint on n1"},
 		{"syncing data to disk", "syncing to disk"},
