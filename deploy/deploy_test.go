@@ -655,9 +655,10 @@ func TestSystemdUnits(t *testing.T) {
 		}
 	}
 	au := loadUnit(t, agentUnit)
-	// The agent handles no SIGHUP: Go's default would end it.
+	// The agent reloads nothing (it logs and ignores SIGHUP): a reload
+	// command would pretend otherwise.
 	if _, ok := au.get("Service", "ExecReload"); ok {
-		t.Errorf("%s: ExecReload set, but the agent does not handle SIGHUP", agentUnit)
+		t.Errorf("%s: ExecReload set, but the agent has nothing to reload", agentUnit)
 	}
 	// On SIGTERM the agent stops PostgreSQL (up to 30 s, then SIGKILL), runs
 	// on_stop (callback_timeout, 30 s by default) and releases the key, all

@@ -251,9 +251,16 @@ func (a *Agent) renewLoop(ctx context.Context) {
 			a.lastRenew.Store(sent.UnixNano())
 			// Fed only after etcd confirmed the lease: a hung or cut-off
 			// agent stops feeding and its primary is killed before the
-			// lease can expire.
-			if err := a.wd.feed(); err != nil {
-				a.log.Error("watchdog feed failed", "err", err)
+			// lease can expire. The watchdog counts ttl − safety_margin
+			// from the feed, the lease ttl from about the send, so a
+			// renewal answered late is not fed: that keeps the watchdog
+			// at least safety_margin/2 ahead of the lease expiring.
+			if rtt := a.now().Sub(sent); rtt < a.rules.Timing.SafetyMargin/2 {
+				if err := a.wd.feed(); err != nil {
+					a.log.Error("watchdog feed failed", "err", err)
+				}
+			} else {
+				a.log.Warn("lease renewed too slowly to feed the watchdog", "round_trip", rtt.Round(time.Millisecond), "limit", a.rules.Timing.SafetyMargin/2)
 			}
 		case errors.Is(err, errLeaseGone):
 			a.leaseGone.Store(true)
