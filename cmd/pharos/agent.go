@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -60,6 +61,7 @@ type agentSettings struct {
 	MaximumLagOnFailover byteSize          `yaml:"maximum_lag_on_failover"`
 	CrashRestartTimeout  duration          `yaml:"crash_restart_timeout"`
 	AutoReinit           bool              `yaml:"auto_reinit"`
+	CloneMaxRate         byteSize          `yaml:"clone_max_rate"`
 	NoFailover           bool              `yaml:"nofailover"`
 	NoLoadBalance        bool              `yaml:"noloadbalance"`
 	FailoverPriority     int               `yaml:"failover_priority"`
@@ -141,6 +143,7 @@ func parseAgentArgs(args []string, stderr io.Writer) (agentSettings, error) {
 	bind(o, "maximum-lag-on-failover", "a replica further behind (bytes, e.g. 1MB) does not take the lead", parseByteSize, func(s *agentSettings) *byteSize { return &s.MaximumLagOnFailover })
 	dur("crash-restart-timeout", "how long a leader restarts a crashed PostgreSQL in place before releasing the key", func(s *agentSettings) *duration { return &s.CrashRestartTimeout })
 	bind(o, "auto-reinit", "wipe and clone again when pg_rewind fails", parseBool, func(s *agentSettings) *bool { return &s.AutoReinit })
+	bind(o, "clone-max-rate", "bytes per second a clone may read from its source (pg_basebackup --max-rate, e.g. 100MB; 0 = no limit)", parseByteSize, func(s *agentSettings) *byteSize { return &s.CloneMaxRate })
 	bind(o, "nofailover", "never take the lead", parseBool, func(s *agentSettings) *bool { return &s.NoFailover })
 	bind(o, "noloadbalance", "keep the proxy's ro endpoint away from this member", parseBool, func(s *agentSettings) *bool { return &s.NoLoadBalance })
 	str("api-listen", "REST API address, e.g. 127.0.0.1:8008 (\"\" disables it)", func(s *agentSettings) *string { return &s.APIListen })
@@ -240,6 +243,14 @@ func (s agentSettings) agentConfig(ctx context.Context, log *slog.Logger) (haage
 			return zero, ecfg, keys, usageErrorf("watchdog_driver %q: device or software", s.WatchdogDriver)
 		}
 	}
+	// pg_basebackup takes kB/s, between 32 kB/s and 1 GB/s.
+	cloneMaxRate := ""
+	if s.CloneMaxRate != 0 {
+		if s.CloneMaxRate < 32<<10 || s.CloneMaxRate > 1<<30 {
+			return zero, ecfg, keys, usageErrorf("clone_max_rate %d: 0 (no limit) or between 32kB and 1024MB per second", int64(s.CloneMaxRate))
+		}
+		cloneMaxRate = strconv.FormatInt(int64(s.CloneMaxRate)>>10, 10) + "k"
+	}
 	if s.CallbackTimeout <= 0 {
 		return zero, ecfg, keys, usageErrorf("callback_timeout %v: must be positive", time.Duration(s.CallbackTimeout))
 	}
@@ -258,7 +269,8 @@ func (s agentSettings) agentConfig(ctx context.Context, log *slog.Logger) (haage
 			DataDir: s.DataDir, BinDir: binDir, SocketDir: s.SocketDir, Listen: s.PGListen, Port: s.PGPort,
 			SuperUser: s.SuperUser, SuperPassword: superPW,
 			ReplicationUser: s.ReplicationUser, ReplicationPassword: replPW,
-			HBA: s.PGHBA, Parameters: s.Parameters, Owner: owner,
+			CloneMaxRate: cloneMaxRate,
+			HBA:          s.PGHBA, Parameters: s.Parameters, Owner: owner,
 		},
 	}, ecfg, keys, nil
 }

@@ -50,6 +50,8 @@ func TestAgentRejectsBadConfig(t *testing.T) {
 		{"safety margin above ttl", with("--safety-margin", "5s"), "safety_margin 5s: must be below ttl"},
 		{"loop too slow for the ttl", with("--loop-wait", "2s"), "need 2·loop_wait + retry_timeout ≤ ttl − safety_margin"},
 		{"bad duration", with("--ttl", "soon"), `invalid value "soon" for flag -ttl`},
+		{"clone rate below pg_basebackup's floor", with("--clone-max-rate", "16kB"), "clone_max_rate 16384: 0 (no limit) or between 32kB and 1024MB"},
+		{"clone rate above its ceiling", with("--clone-max-rate", "2GB"), "clone_max_rate 2147483648"},
 		{"missing password file", with("--superuser-password-file", "/nonexistent/pw"), "superuser_password_file:"},
 		{"negative lag", with("--maximum-lag-on-failover", "-1"), "maximum-lag-on-failover"},
 		{"unexpected argument", with("extra"), `unexpected argument "extra"`},

@@ -99,6 +99,9 @@ func TestDeployExampleAgents(t *testing.T) {
 			if acfg.Username == "" || acfg.Password == "" || acfg.CertFile == "" {
 				t.Errorf("REST API: want basic auth and TLS, have user %q, password set %v, cert %q", acfg.Username, acfg.Password != "", acfg.CertFile)
 			}
+			if cfg.Postgres.CloneMaxRate != "102400k" {
+				t.Errorf("pg_basebackup --max-rate %q, want 102400k (clone_max_rate 100MB)", cfg.Postgres.CloneMaxRate)
+			}
 			if cfg.Postgres.SuperPassword == "" || cfg.Postgres.ReplicationPassword == "" {
 				t.Error("passwords not read from their files")
 			}

@@ -281,14 +281,33 @@ func (p *postgres) run(ctx context.Context, timeout time.Duration, env []string,
 	return string(out), nil
 }
 
+// Bounds of a copy (pg_basebackup, pg_rewind). Its size is unknown in
+// advance, so the bound that matters is on silence: with --progress both
+// print a line at least every second while data moves, and only their
+// last step (the sync to disk) is quiet for long. The total bound only
+// keeps a copy from running forever.
+const (
+	copyStallTimeout = 10 * time.Minute
+	copyTimeout      = 48 * time.Hour
+)
+
+// errStalled is the cause of a copy killed after printing nothing for
+// copyStallTimeout.
+var errStalled = errors.New("no output")
+
 // runLines runs a program like run, but hands each line of its output to
 // onLine as it comes (from exec's output goroutine; run returns after the
 // last call). Lines for which onLine returns false, the ones that are not
 // progress reports, are kept: the error names the last of them, and they
-// are returned.
-func (p *postgres) runLines(ctx context.Context, timeout time.Duration, env []string, onLine func(string) bool, name string, args ...string) ([]string, error) {
+// are returned. The program is killed once it has printed nothing for
+// stall.
+func (p *postgres) runLines(ctx context.Context, timeout, stall time.Duration, env []string, onLine func(string) bool, name string, args ...string) ([]string, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
+	ctx, stalled := context.WithCancelCause(ctx)
+	defer stalled(nil)
+	quiet := time.AfterFunc(stall, func() { stalled(fmt.Errorf("%w for %s", errStalled, stall)) })
+	defer quiet.Stop()
 	cmd := exec.CommandContext(ctx, filepath.Join(p.cfg.BinDir, name), args...)
 	cmd.Dir = filepath.Dir(p.cfg.DataDir)
 	cmd.Env = append(pglocal.ChildEnv(), env...)
@@ -299,6 +318,7 @@ func (p *postgres) runLines(ctx context.Context, timeout time.Duration, env []st
 	// run's every line.
 	kept := tailLines{max: 20}
 	w := &lineWriter{fn: func(l string) {
+		quiet.Reset(stall)
 		if !onLine(l) {
 			kept.add(l)
 		}
@@ -307,6 +327,9 @@ func (p *postgres) runLines(ctx context.Context, timeout time.Duration, env []st
 	err := cmd.Run()
 	w.flush()
 	if err != nil {
+		if cause := context.Cause(ctx); errors.Is(cause, errStalled) {
+			err = fmt.Errorf("%w (killed: %w)", err, cause)
+		}
 		return kept.lines, fmt.Errorf("%s: %w: %s", name, err, kept.String())
 	}
 	return kept.lines, nil
@@ -836,7 +859,7 @@ func (p *postgres) basebackup(ctx context.Context, up cluster.Member, onLine fun
 	if p.cfg.CloneMaxRate != "" {
 		args = append(args, "--max-rate", p.cfg.CloneMaxRate)
 	}
-	_, err := p.runLines(ctx, 30*time.Minute, []string{"PGPASSWORD=" + p.cfg.ReplicationPassword, "PGAPPNAME=pharos-clone"},
+	_, err := p.runLines(ctx, copyTimeout, copyStallTimeout, []string{"PGPASSWORD=" + p.cfg.ReplicationPassword, "PGAPPNAME=pharos-clone"},
 		onLine, "pg_basebackup", args...)
 	return err
 }
@@ -858,7 +881,7 @@ func (p *postgres) rewind(ctx context.Context, up cluster.Member, onLine func(st
 	if err := os.Remove(p.path("standby.signal")); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
-	_, err := p.runLines(ctx, 30*time.Minute, []string{"PGPASSWORD=" + p.cfg.SuperPassword},
+	_, err := p.runLines(ctx, copyTimeout, copyStallTimeout, []string{"PGPASSWORD=" + p.cfg.SuperPassword},
 		onLine, "pg_rewind", "-D", p.cfg.DataDir, "--source-server", src, "--progress")
 	return err
 }

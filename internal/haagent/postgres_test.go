@@ -1,11 +1,13 @@
 package haagent
 
 import (
+	"errors"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/pharos-ha/pharos/internal/cluster"
 	"github.com/pharos-ha/pharos/internal/pglocal"
@@ -109,5 +111,34 @@ func TestPassfileEscapes(t *testing.T) {
 	}
 	if st, _ := os.Stat(p.passfile()); st.Mode().Perm() != 0o600 {
 		t.Errorf("passfile mode %v", st.Mode().Perm())
+	}
+}
+
+// TestRunLinesStall shows a copy that goes quiet is killed after the
+// stall bound, not after its (long) total bound, and that one that keeps
+// talking is not.
+func TestRunLinesStall(t *testing.T) {
+	p := testPostgres(t)
+	p.cfg.BinDir = t.TempDir()
+	script := filepath.Join(p.cfg.BinDir, "copier")
+	// Prints "progress" every 50 ms for 0.5 s, then goes quiet for 30 s
+	// unless told to keep talking.
+	body := "#!/bin/sh\ni=0\nwhile [ $i -lt 10 ]; do echo progress; sleep 0.05; i=$((i+1)); done\n[ \"$1\" = talk ] && exit 0\necho 'last words'\nexec sleep 30\n"
+	if err := os.WriteFile(script, []byte(body), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	progress := func(l string) bool { return l == "progress" }
+
+	began := time.Now()
+	_, err := p.runLines(t.Context(), time.Hour, 300*time.Millisecond, nil, progress, "copier", "quiet")
+	if err == nil || !errors.Is(err, errStalled) || !strings.Contains(err.Error(), "last words") {
+		t.Fatalf("err = %v, want a kill for no output naming the last line", err)
+	}
+	if took := time.Since(began); took > 10*time.Second {
+		t.Errorf("took %v: the stall bound did not stop it", took)
+	}
+
+	if _, err := p.runLines(t.Context(), time.Hour, 300*time.Millisecond, nil, progress, "copier", "talk"); err != nil {
+		t.Errorf("a copy printing every 50 ms for longer than the stall bound failed: %v", err)
 	}
 }
