@@ -165,20 +165,24 @@ func runBenchThroughput(ctx context.Context, args []string, stdout, stderr io.Wr
 	if *warmup > 0 {
 		allRuns += len(targets)
 	}
+	// The time left is the nominal time of the runs left plus, for each,
+	// the mean overhead (connection setup, priming) seen so far, which a
+	// guess from the flags alone would miss.
 	done, began := 0, time.Now()
+	var nominalDone time.Duration
+	nominalLeft := total
 	cfg.Progress = func(r bench.RunResult) {
 		done++
-		round := "warm-up"
+		round, d := "warm-up", *warmup
 		if r.Round > 0 {
-			round = fmt.Sprintf("round %d/%d", r.Round, *rounds)
+			round, d = fmt.Sprintf("round %d/%d", r.Round, *rounds), *duration
 		}
-		// The time left is extrapolated from the runs so far: runs take
-		// their duration plus connection setup, which a guess from the
-		// flags alone would miss.
+		nominalDone += d
+		nominalLeft -= d
 		left := ""
 		if done < allRuns {
-			perRun := time.Since(began) / time.Duration(done)
-			left = fmt.Sprintf("; run %d/%d, about %s left", done, allRuns, (perRun * time.Duration(allRuns-done)).Round(time.Second))
+			overhead := max(time.Since(began)-nominalDone, 0) / time.Duration(done)
+			left = fmt.Sprintf("; run %d/%d, about %s left", done, allRuns, (nominalLeft + overhead*time.Duration(allRuns-done)).Round(time.Second))
 		}
 		fmt.Fprintf(stderr, "bench: %-11s %-22s %-*s %10.1f tps (%d transactions in %s%s)\n",
 			round, r.Case, width, r.Target, r.TPS, r.Transactions, r.Elapsed.Round(time.Millisecond), left)
