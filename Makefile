@@ -5,8 +5,11 @@ PKGS    := ./...
 
 .PHONY: build demo test test-unit test-e2e deps vet fmt fuzz bench chaos clean
 
+# VERSION is what `pharos version` and pharos_build_info report.
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+
 build:
-	$(GO) build -o $(BIN) ./cmd/pharos
+	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN) ./cmd/pharos
 
 # deps installs what the tests and the demo run against (PostgreSQL 15 server
 # binaries, the postgres user) when this machine lacks them.

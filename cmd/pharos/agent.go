@@ -358,6 +358,7 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		return exitFailure
 	}
 	reg := metrics.NewRegistry()
+	metrics.RegisterBuildInfo(reg, "agent", version)
 	cfg.Metrics = metrics.NewAgent(reg)
 	// The REST API listens first, so that a taken port fails before
 	// anything else starts; it answers "starting" until the agent exists.

@@ -257,6 +257,7 @@ func newProxyStack(settings proxySettings, log *slog.Logger) (*proxyStack, error
 		return nil, err
 	}
 	reg := metrics.NewRegistry()
+	metrics.RegisterBuildInfo(reg, "proxy", version)
 	m := metrics.NewProxy(reg)
 	src, closeSource, err := settings.newSource(log, m, reg)
 	if err != nil {

@@ -118,6 +118,11 @@ func New(cfg Config, cli *clientv3.Client, keys cluster.Keys, log *slog.Logger) 
 	if cfg.Metrics == nil {
 		cfg.Metrics = metrics.NewAgent(prometheus.NewRegistry())
 	}
+	// Every action's failure series exists from the start, so that the
+	// first failure is an increase an alert can see, not a new series.
+	for k := range actionNames {
+		cfg.Metrics.ActionFailures.WithLabelValues(k.String())
+	}
 	if cfg.WatchdogMode == "" {
 		cfg.WatchdogMode = WatchdogOff
 	}
@@ -518,6 +523,7 @@ func (a *Agent) viewOf(s snapshot, now time.Time) DCSView {
 		Sync:         s.Sync,
 	}
 	a.pg.dynamic, a.maxLag = s.Params, s.MaxLag
+	a.m.Paused.Set(b2f(s.Paused))
 	if s.SwitchRev != a.switchRev {
 		a.switchRev, a.switchSeen = s.SwitchRev, now
 	}

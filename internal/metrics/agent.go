@@ -33,6 +33,9 @@ type Agent struct {
 	// SyncDegraded is 1 when synchronous mode fell back to asynchronous
 	// commits (non-strict, no healthy standby).
 	SyncDegraded prometheus.Gauge
+	// Paused is 1 while the cluster is paused (no automatic failover), as
+	// this agent last read it.
+	Paused prometheus.Gauge
 }
 
 // AgentRoles are the values of the role label.
@@ -80,9 +83,12 @@ func NewAgent(reg prometheus.Registerer) *Agent {
 		SyncDegraded: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "pharos_agent_sync_degraded", Help: "1 when synchronous mode fell back to asynchronous commits (no healthy standby, not strict).",
 		}),
+		Paused: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "pharos_agent_paused", Help: "1 while the cluster is paused: no automatic failover or promotion (fencing still applies).",
+		}),
 	}
 	reg.MustRegister(m.IsLeader, m.Role, m.EtcdUp, m.RenewalAge, m.WatchdogArmed, m.LagBytes, m.Timeline,
-		m.Promotions, m.Demotions, m.ActionFailures, m.PendingRestart, m.SyncStandbys, m.SyncDegraded)
+		m.Promotions, m.Demotions, m.ActionFailures, m.PendingRestart, m.SyncStandbys, m.SyncDegraded, m.Paused)
 	for _, r := range AgentRoles {
 		m.Role.WithLabelValues(r)
 	}

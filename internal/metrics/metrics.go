@@ -8,6 +8,7 @@ package metrics
 
 import (
 	"net/http"
+	"runtime"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -170,6 +171,16 @@ func NewRegistry() *prometheus.Registry {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return reg
+}
+
+// RegisterBuildInfo adds pharos_build_info{version, goversion} 1 to reg: a
+// rolling upgrade shows as the version label changing node by node.
+func RegisterBuildInfo(reg prometheus.Registerer, component, version string) {
+	g := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "pharos_build_info", Help: "Always 1; the labels say which pharos build this process runs.",
+	}, []string{"component", "version", "goversion"})
+	g.WithLabelValues(component, version, runtime.Version()).Set(1)
+	reg.MustRegister(g)
 }
 
 // Handler serves reg in the Prometheus text format.
