@@ -16,6 +16,7 @@ import (
 
 	"github.com/pharos-ha/pharos/internal/cluster"
 	"github.com/pharos-ha/pharos/internal/ctl"
+	"github.com/pharos-ha/pharos/internal/haagent"
 	"github.com/pharos-ha/pharos/internal/router"
 )
 
@@ -194,8 +195,8 @@ func ctlSwitchover(fs *flag.FlagSet) ctlAction {
 	cancelIt := fs.Bool("cancel", false, "cancel the pending (scheduled) switchover")
 	force := fs.Bool("force", false, "do not ask for confirmation")
 	wait := fs.Duration("wait", 30*time.Second, "how long to wait for the new leader (0: do not wait)")
-	maxLag := byteSize(1 << 20)
-	fs.Func("max-lag", "refuse a candidate lagging more (default 1MB)", func(v string) error {
+	maxLag := byteSize(-1)
+	fs.Func("max-lag", "refuse a candidate lagging more (default: the cluster's maximum_lag_on_failover, else 1MB; 0 = no limit)", func(v string) error {
 		b, err := parseByteSize(v)
 		maxLag = b
 		return err
@@ -214,7 +215,7 @@ func ctlSwitchover(fs *flag.FlagSet) ctlAction {
 			return nil
 		}
 		now := time.Now()
-		req := ctl.SwitchoverRequest{Leader: *leader, Candidate: *to, MaxLag: int64(maxLag)}
+		req := ctl.SwitchoverRequest{Leader: *leader, Candidate: *to, MaxLag: int64(maxLag), DefaultMaxLag: haagent.DefaultMaximumLagOnFailover}
 		if *at != "" {
 			t, err := ctl.ParseSchedule(*at, now)
 			if err != nil {

@@ -32,8 +32,12 @@ type SwitchoverRequest struct {
 	Candidate string
 	// ScheduledAt delays a switchover; nil is at once.
 	ScheduledAt *time.Time
-	// MaxLag refuses a candidate lagging more bytes (0: no limit).
-	MaxLag int64
+	// MaxLag refuses a candidate lagging more bytes (0: no limit). A
+	// negative value means the limit the leader itself will apply: the
+	// cluster's maximum_lag_on_failover from the config key, or
+	// DefaultMaxLag when the key sets none.
+	MaxLag        int64
+	DefaultMaxLag int64
 }
 
 // recordStale is how old a member record may be before ctl calls it stale:
@@ -59,6 +63,11 @@ func RequestSwitchover(ctx context.Context, cli *clientv3.Client, keys cluster.K
 	}
 	if r.ScheduledAt != nil && r.ScheduledAt.Before(now.Add(-time.Minute)) {
 		return refused("scheduled time %s is in the past", r.ScheduledAt.Format(time.RFC3339))
+	}
+	if r.MaxLag < 0 {
+		if r.MaxLag, err = clusterMaxLag(ctx, cli, keys, r.DefaultMaxLag); err != nil {
+			return err
+		}
 	}
 	check := func(m cluster.Member) string {
 		switch {
@@ -109,6 +118,24 @@ func RequestSwitchover(ctx context.Context, cli *clientv3.Client, keys cluster.K
 	}
 	sw := cluster.Switchover{Leader: leader, Candidate: r.Candidate, ScheduledAt: r.ScheduledAt, RequestedAt: now.UTC()}
 	return putSwitchover(ctx, cli, keys, sw)
+}
+
+// clusterMaxLag reads maximum_lag_on_failover from the config key, or
+// returns def when it sets none.
+func clusterMaxLag(ctx context.Context, cli *clientv3.Client, keys cluster.Keys, def int64) (int64, error) {
+	cfg, _, err := Config(ctx, cli, keys)
+	if err != nil {
+		return 0, err
+	}
+	switch v := cfg["maximum_lag_on_failover"].(type) {
+	case nil:
+		return def, nil
+	case float64:
+		if v >= 0 && v == float64(int64(v)) {
+			return int64(v), nil
+		}
+	}
+	return 0, refused("the config key's maximum_lag_on_failover %v is not a number of bytes", cfg["maximum_lag_on_failover"])
 }
 
 // RequestFailover names the member to lead. With a leader it is a

@@ -48,9 +48,12 @@ func refusal(err error) error {
 }
 
 func (x agentAPI) Switchover(ctx context.Context, r restapi.SwitchoverRequest) error {
-	maxLag := x.a.rules.MaximumLagOnFailover
+	// The limit the leader will check the request against: the cluster's,
+	// else this agent's own setting (the same on every member in a sane
+	// deployment).
 	err := ctl.RequestSwitchover(ctx, x.a.dcs.cli, x.a.dcs.keys, ctl.SwitchoverRequest{
-		Leader: r.Leader, Candidate: r.Candidate, ScheduledAt: r.ScheduledAt, MaxLag: maxLag,
+		Leader: r.Leader, Candidate: r.Candidate, ScheduledAt: r.ScheduledAt,
+		MaxLag: -1, DefaultMaxLag: x.a.rules.MaximumLagOnFailover,
 	}, time.Now())
 	return refusal(err)
 }
