@@ -558,6 +558,10 @@ func saveFailoverRun(b *testing.B, kind string, n int, rep *bench.FailoverReport
 	if err := rep.WriteJSON(f); err != nil {
 		b.Fatal(err)
 	}
+	// make bench waits minutes for these runs: one line each as they end
+	// (the benchmark's own output comes only when all are done).
+	fmt.Fprintf(os.Stderr, "bench: failover %s run %d: outage %s, %d acknowledged writes lost\n",
+		kind, n, rep.MaxOutage.Round(time.Millisecond), len(rep.Lost))
 }
 
 // ctlRun runs `pharos ctl` against the cluster and returns its exit code
