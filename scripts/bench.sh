@@ -8,8 +8,9 @@
 #     select-only, a write mix and a new connection per transaction, at each
 #     client count. Targets alternate within every round so the ratios hold
 #     on a noisy machine.
-#  2. Failover through the pharos proxy on a three-node cluster: node loss,
-#     planned switchover and postmaster crash, FAILOVER_RUNS times each,
+#  2. Failover through the pharos proxy on a three-node cluster: node loss
+#     (asynchronous, then synchronous replication), planned switchover and
+#     postmaster crash, FAILOVER_RUNS times each,
 #     every acknowledged write read back (internal/localha BenchmarkFailover).
 #  3. `pharos bench report` turns the JSON into report.md and the charts.
 #
@@ -196,7 +197,7 @@ trap - EXIT
 
 # --- 2. Failover ---------------------------------------------------------
 if [ "$FAILOVER_RUNS" -gt 0 ]; then
-	log "[2/3] failover: node loss, switchover and postmaster crash, $FAILOVER_RUNS runs each (a few minutes) ..."
+	log "[2/3] failover: node loss (asynchronous and synchronous replication), switchover and postmaster crash, $FAILOVER_RUNS runs each (a few minutes) ..."
 	PHAROS_BENCH_RESULTS=$(realpath "$results") go test -count=1 -timeout 60m -run '^$' \
 		-bench 'Failover' -benchtime "${FAILOVER_RUNS}x" ./internal/localha | tee "$results/failover.txt"
 else

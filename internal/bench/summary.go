@@ -44,7 +44,7 @@ type FailoverSet struct {
 
 // failoverOrder is the order kinds appear in the report; others follow by
 // name.
-var failoverOrder = []string{"node-loss", "switchover", "postmaster-crash"}
+var failoverOrder = []string{"node-loss", "node-loss-sync", "switchover", "postmaster-crash"}
 
 // LoadResults reads a results directory. A file that is present but not
 // valid is an error naming it; a directory with neither throughput nor

@@ -473,28 +473,47 @@ func acceptsWrites(n *localha.Node) bool {
 }
 
 // BenchmarkFailover measures the write outage seen through the proxy for
-// each fault (node loss, postmaster crash, planned switchover through
-// `pharos ctl`), one fault per iteration, with pharos's default timing:
+// each fault (node loss with asynchronous and with synchronous
+// replication, postmaster crash, planned switchover through `pharos
+// ctl`), one fault per iteration, with pharos's default timing:
 //
 //	go test -run '^$' -bench Failover -benchtime 5x ./internal/localha
 //
 // It reports the median and the worst outage (from the last acknowledged
 // write before the fault to the first after it), the median time from the
 // fault to the first write acknowledged again, and the acknowledged writes
-// missing from the final primary (asynchronous replication: a node loss
-// can lose the last commits; synchronous mode is issue 6).
+// missing from the final primary: with asynchronous replication a node
+// loss can lose the last commits, in synchronous mode it must not.
 func BenchmarkFailover(b *testing.B) {
-	for _, kind := range []string{"node-loss", "postmaster-crash", "switchover"} {
+	for _, kind := range []string{"node-loss", "node-loss-sync", "postmaster-crash", "switchover"} {
 		b.Run(kind, func(b *testing.B) {
 			e := startHA(b, 3)
 			leader := e.waitHealthy(b, time.Time{}, 2*time.Minute)
+			sync := kind == "node-loss-sync"
+			if sync {
+				if code, out := e.ctlRun(b, "edit-config", "synchronous_mode=true", "--force"); code != 0 {
+					b.Fatalf("exit %d: %s", code, out)
+				}
+			}
 			var outages, recoveries []float64
 			lost, readOnly := 0, 0
 			for b.Loop() {
 				old := e.ha.Node(leader)
+				if sync {
+					// Only a named synchronous standby may take over:
+					// fault a leader whose commits wait for one.
+					b.StopTimer()
+					if !waitUntil(30*time.Second, func() bool {
+						st := e.syncState(b)
+						return st != nil && st.Leader == leader && len(st.Standbys) == 1
+					}) {
+						b.Fatalf("leader %s names no synchronous standby: %+v", leader, e.syncState(b))
+					}
+					b.StartTimer()
+				}
 				fault := old.KillPostmaster
 				switch kind {
-				case "node-loss":
+				case "node-loss", "node-loss-sync":
 					fault = old.KillNode
 				case "switchover":
 					fault = func() error {
@@ -514,7 +533,7 @@ func BenchmarkFailover(b *testing.B) {
 				recoveries = append(recoveries, float64(rep.RecoveredAfter.Milliseconds()))
 				lost += len(rep.Lost)
 				b.StopTimer()
-				if kind == "node-loss" {
+				if kind == "node-loss" || sync {
 					var survivors []string
 					for _, n := range e.replicas(leader) {
 						survivors = append(survivors, n.Name)
