@@ -119,7 +119,7 @@ func NewCluster(ctx context.Context, opts Options) (_ *Cluster, err error) {
 	}()
 	if opts.SSL {
 		var key []byte
-		if c.cert, key, err = selfSignedCert(); err != nil {
+		if c.cert, key, err = SelfSignedCert(); err != nil {
 			return nil, err
 		}
 		defer clear(key)

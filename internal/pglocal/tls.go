@@ -15,10 +15,11 @@ import (
 	"time"
 )
 
-// selfSignedCert returns a PEM certificate and PKCS#8 key for 127.0.0.1,
-// ::1 and localhost, valid for a year. The certificate is its own CA, so a
-// client can verify it (sslmode=verify-full) with it as root.
-func selfSignedCert() (certPEM, keyPEM []byte, err error) {
+// SelfSignedCert returns a PEM certificate and PKCS#8 key for 127.0.0.1,
+// ::1 and localhost, valid for a year, for servers and clients alike. The
+// certificate is its own CA, so a peer can verify it (sslmode=verify-full,
+// a CA file) with it as root. For tests and local clusters only.
+func SelfSignedCert() (certPEM, keyPEM []byte, err error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, nil, fmt.Errorf("generate key: %w", err)
@@ -34,7 +35,7 @@ func selfSignedCert() (certPEM, keyPEM []byte, err error) {
 		NotBefore:             now.Add(-time.Hour),
 		NotAfter:              now.Add(365 * 24 * time.Hour),
 		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 		BasicConstraintsValid: true,
 		IsCA:                  true,
 		DNSNames:              []string{"localhost"},
