@@ -63,24 +63,10 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 	}
 }
 
-// TestRunFailover runs the probe against a real, durable PostgreSQL (not
-// pglocal's Fast mode, which loses acknowledged writes when stopped). The
+// TestRunFailover runs the probe against a real, durable PostgreSQL. The
 // subtests share it and leave it running.
 func TestRunFailover(t *testing.T) {
-	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
-	defer cancel()
-	c, err := pglocal.NewCluster(ctx, pglocal.Options{Logger: failoverLogger(t)})
-	if err != nil {
-		t.Fatalf("start PostgreSQL: %v", err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		if err := c.Close(ctx); err != nil {
-			t.Errorf("stop PostgreSQL: %v", err)
-		}
-	})
-	primary := c.Primary()
+	primary := testCluster(t).Primary()
 	dsn := primary.DSN(pglocal.SuperUser, "", "postgres")
 
 	t.Run("primary stopped and started again", func(t *testing.T) {

@@ -24,6 +24,13 @@ func testDSN(t *testing.T) string {
 	if dsn := os.Getenv("PHAROS_TEST_DSN"); dsn != "" {
 		return dsn
 	}
+	return testCluster(t).Primary().DSN(pglocal.SuperUser, "", "postgres")
+}
+
+// testCluster starts a durable PostgreSQL (not pglocal's Fast mode, which
+// loses acknowledged writes when stopped) and stops it when the test ends.
+func testCluster(t *testing.T) *pglocal.Cluster {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
 	defer cancel()
 	c, err := pglocal.NewCluster(ctx, pglocal.Options{Logger: failoverLogger(t)})
@@ -37,7 +44,7 @@ func testDSN(t *testing.T) string {
 			t.Errorf("stop PostgreSQL: %v", err)
 		}
 	})
-	return c.Primary().DSN(pglocal.SuperUser, "", "postgres")
+	return c
 }
 
 // benchSchemas creates two throwaway schemas on the server: one holding a
