@@ -257,15 +257,18 @@ func (a *Agent) renewLoop(ctx context.Context) {
 			// Fed only after etcd confirmed the lease: a hung or cut-off
 			// agent stops feeding and its primary is killed before the
 			// lease can expire. The watchdog counts ttl − safety_margin
-			// from the feed, the lease ttl from about the send, so a
-			// renewal answered late is not fed: that keeps the watchdog
-			// at least safety_margin/2 ahead of the lease expiring.
-			if rtt := a.now().Sub(sent); rtt < a.rules.Timing.SafetyMargin/2 {
+			// from the feed, the lease ttl from no earlier than the send,
+			// so a renewal answered safety_margin or more after its send
+			// (possible when retry_timeout exceeds safety_margin) is not
+			// fed: feeding it would let the watchdog fire after the
+			// lease expired. Slower answers than that only happen with an
+			// etcd about to fail renewals anyway.
+			if rtt := a.now().Sub(sent); rtt < a.rules.Timing.SafetyMargin {
 				if err := a.wd.feed(); err != nil {
 					a.log.Error("watchdog feed failed", "err", err)
 				}
 			} else {
-				a.log.Warn("lease renewed too slowly to feed the watchdog", "round_trip", rtt.Round(time.Millisecond), "limit", a.rules.Timing.SafetyMargin/2)
+				a.log.Warn("lease renewed too slowly to feed the watchdog", "round_trip", rtt.Round(time.Millisecond), "limit", a.rules.Timing.SafetyMargin)
 			}
 		case errors.Is(err, errLeaseGone):
 			a.leaseGone.Store(true)

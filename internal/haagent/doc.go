@@ -30,10 +30,12 @@
 // safety_margin/2 before any other member can take the key.
 //
 // The watchdog, when armed, has the timeout ttl − safety_margin and is fed
-// only after a renewal etcd acknowledged within safety_margin/2 of its
-// send: it counts from the feed, the lease from about the send, so it too
-// fires at least safety_margin/2 before the lease can expire — for the
-// agent that no longer runs its loop and so cannot fence itself.
+// only after a renewal etcd acknowledged within safety_margin of its send:
+// it counts from the feed, the lease from no earlier than the send, so it
+// fires before the lease can expire, by safety_margin minus that round
+// trip (most of it on a healthy etcd), and a replica still has to notice,
+// win the election and promote. That is for the agent that no longer runs
+// its loop and so cannot fence itself.
 //
 // Validate requires 2·loop_wait + retry_timeout ≤ ttl − safety_margin: after
 // its last good renewal the leader makes at least two more attempts, the
