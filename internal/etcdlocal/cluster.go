@@ -1,8 +1,6 @@
 package etcdlocal
 
 import (
-	"github.com/pharos-ha/pharos/internal/freeport"
-
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -25,6 +23,8 @@ import (
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
+
+	"github.com/pharos-ha/pharos/internal/freeport"
 )
 
 // Options configure Start. The zero value starts one member in a temporary

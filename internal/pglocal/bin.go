@@ -1,8 +1,6 @@
 package pglocal
 
 import (
-	"github.com/pharos-ha/pharos/internal/freeport"
-
 	"context"
 	"fmt"
 	"os"
@@ -10,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/pharos-ha/pharos/internal/freeport"
 )
 
 // DefaultBinDir is where Debian's postgresql-15 package puts the server.
