@@ -86,6 +86,18 @@ func feedFor(t *testing.T, p *inProcess, v *victim, d, period time.Duration) {
 	}
 }
 
+// assertFiresAfter checks that RunSoftware fires timeout (not sooner) after
+// the last command, kills the victim, and says so.
+func assertFiresAfter(t *testing.T, p *inProcess, v *victim, timeout time.Duration) {
+	t.Helper()
+	err, took := p.wait(t, timeout+slack)
+	if took < timeout-50*time.Millisecond {
+		t.Errorf("fired %s after the last command, before the %s timeout", took, timeout)
+	}
+	v.waitKilled(t, time.Second)
+	assertFired(t, err, p.logs.String(), v.pid)
+}
+
 // assertFired checks the error and the ERROR log line.
 func assertFired(t *testing.T, err error, logs string, pid int) {
 	t.Helper()
@@ -113,12 +125,7 @@ func TestRunSoftwareFiresWhenFeedingStops(t *testing.T) {
 	p := runInProcess(t, dir, timeout)
 	feedFor(t, p, v, time.Second, 50*time.Millisecond)
 	p.send(t, ".") // the last feed
-	err, took := p.wait(t, timeout+slack)
-	if took < timeout-50*time.Millisecond {
-		t.Errorf("fired %s after the last feed, before the %s timeout", took, timeout)
-	}
-	v.waitKilled(t, time.Second)
-	assertFired(t, err, p.logs.String(), v.pid)
+	assertFiresAfter(t, p, v, timeout)
 }
 
 func TestRunSoftwareMagicClose(t *testing.T) {
@@ -151,12 +158,7 @@ func TestRunSoftwareEOFWithoutMagicCloseFires(t *testing.T) {
 			p := runInProcess(t, dir, timeout)
 			p.send(t, tc.last)
 			p.w.Close()
-			err, took := p.wait(t, timeout+slack)
-			if took < timeout-50*time.Millisecond {
-				t.Errorf("fired after %s, before the %s timeout", took, timeout)
-			}
-			v.waitKilled(t, time.Second)
-			assertFired(t, err, p.logs.String(), v.pid)
+			assertFiresAfter(t, p, v, timeout)
 		})
 	}
 }

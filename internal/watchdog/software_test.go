@@ -29,6 +29,19 @@ func newSoftware(t *testing.T, dataDir string) *Software {
 	return s
 }
 
+// armedOverVictim arms a Software with timeout on a data directory whose
+// postmaster.pid names a victim.
+func armedOverVictim(t *testing.T, timeout time.Duration) (*Software, *victim) {
+	t.Helper()
+	dir := newDataDir(t)
+	v := startVictim(t, dir, true)
+	s := newSoftware(t, dir)
+	if err := s.Arm(timeout); err != nil {
+		t.Fatal(err)
+	}
+	return s, v
+}
+
 // waitChild waits for the armed process to exit and returns its status.
 func waitChild(t *testing.T, s *Software, d time.Duration) error {
 	t.Helper()
@@ -69,12 +82,7 @@ func logFile(t *testing.T, s *Software) string {
 // feeds stop, the pipe stays open, the postmaster dies.
 func TestSoftwareFiresWhenAgentStopsFeeding(t *testing.T) {
 	const timeout = 500 * time.Millisecond
-	dir := newDataDir(t)
-	v := startVictim(t, dir, true)
-	s := newSoftware(t, dir)
-	if err := s.Arm(timeout); err != nil {
-		t.Fatal(err)
-	}
+	s, v := armedOverVictim(t, timeout)
 	if !s.Armed() || s.Timeout() != timeout {
 		t.Fatalf("after Arm: Armed %v, Timeout %s", s.Armed(), s.Timeout())
 	}
@@ -115,12 +123,7 @@ func TestSoftwareFiresWhenAgentStopsFeeding(t *testing.T) {
 // without the magic close (what its death does); the watchdog fires.
 func TestSoftwareFiresWhenAgentDies(t *testing.T) {
 	const timeout = 500 * time.Millisecond
-	dir := newDataDir(t)
-	v := startVictim(t, dir, true)
-	s := newSoftware(t, dir)
-	if err := s.Arm(timeout); err != nil {
-		t.Fatal(err)
-	}
+	s, v := armedOverVictim(t, timeout)
 	if err := s.Feed(); err != nil {
 		t.Fatal(err)
 	}
@@ -145,12 +148,7 @@ func TestSoftwareFiresWhenAgentDies(t *testing.T) {
 
 func TestSoftwareDisarm(t *testing.T) {
 	const timeout = 500 * time.Millisecond
-	dir := newDataDir(t)
-	v := startVictim(t, dir, true)
-	s := newSoftware(t, dir)
-	if err := s.Arm(timeout); err != nil {
-		t.Fatal(err)
-	}
+	s, v := armedOverVictim(t, timeout)
 	c := s.c
 	if err := s.Feed(); err != nil {
 		t.Fatal(err)
@@ -184,12 +182,7 @@ func TestSoftwareDisarm(t *testing.T) {
 // TestSoftwareReArm: a second Arm changes the timeout of the running
 // process rather than starting another one.
 func TestSoftwareReArm(t *testing.T) {
-	dir := newDataDir(t)
-	v := startVictim(t, dir, true)
-	s := newSoftware(t, dir)
-	if err := s.Arm(300 * time.Millisecond); err != nil {
-		t.Fatal(err)
-	}
+	s, v := armedOverVictim(t, 300*time.Millisecond)
 	pid := s.c.cmd.Process.Pid
 	if err := s.Arm(1500 * time.Millisecond); err != nil {
 		t.Fatal(err)
