@@ -8,9 +8,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pharos-ha/pharos/internal/etcdlocal"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+
+	"github.com/pharos-ha/pharos/internal/etcdlocal"
 )
 
 // TestEtcdThroughRelay cuts a real etcd client off its server, the way a

@@ -12,8 +12,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pharos-ha/pharos/internal/faultnet"
 	"go.uber.org/goleak"
+
+	"github.com/pharos-ha/pharos/internal/faultnet"
 )
 
 func TestMain(m *testing.M) {
@@ -110,6 +111,17 @@ func dial(t *testing.T, addr string) net.Conn {
 	}
 	t.Cleanup(func() { c.Close() })
 	return c
+}
+
+// link opens a connection through r to be and returns both of its ends,
+// once msg has crossed from the client to the server.
+func link(t *testing.T, r *faultnet.Relay, be *backend, msg string) (client, server net.Conn) {
+	t.Helper()
+	client = dial(t, r.Addr())
+	write(t, client, msg)
+	server = be.next(t)
+	expectRead(t, server, msg)
+	return client, server
 }
 
 func write(t *testing.T, c net.Conn, msg string) {
@@ -228,10 +240,7 @@ func TestRelayPassesBytes(t *testing.T) {
 func TestClientCloseEndsLink(t *testing.T) {
 	be := startBackend(t, false)
 	r := startRelay(t, be.addr())
-	c := dial(t, r.Addr())
-	write(t, c, "x")
-	s := be.next(t)
-	expectRead(t, s, "x")
+	c, s := link(t, r, be, "x")
 	c.Close()
 	expectEOF(t, s)
 }
@@ -257,17 +266,11 @@ func TestTargetDownClosesClient(t *testing.T) {
 func TestCutStopsBothDirections(t *testing.T) {
 	be := startBackend(t, false)
 	r := startRelay(t, be.addr())
-	c := dial(t, r.Addr())
-	write(t, c, "hello")
-	s := be.next(t)
-	expectRead(t, s, "hello")
+	c, s := link(t, r, be, "hello")
 	write(t, s, "hi")
 	expectRead(t, c, "hi")
 	// A second link, whose server leaves during the cut.
-	c2 := dial(t, r.Addr())
-	write(t, c2, "x")
-	s2 := be.next(t)
-	expectRead(t, s2, "x")
+	c2, s2 := link(t, r, be, "x")
 
 	r.Cut()
 	write(t, s, "to client")
@@ -333,10 +336,7 @@ func TestCloseLeavesNoGoroutines(t *testing.T) {
 	}
 	// A server that writes more than a client that never reads can take:
 	// the relay's copier blocks in Write.
-	stuck := dial(t, r.Addr())
-	write(t, stuck, "x")
-	s := be.next(t)
-	expectRead(t, s, "x")
+	_, s := link(t, r, be, "x")
 	pushed := make(chan struct{})
 	go func() {
 		defer close(pushed)
