@@ -523,6 +523,9 @@ func TestFilesFitTogether(t *testing.T) {
 		for _, u := range cfg.AdvertiseClientUrls {
 			etcdClients = append(etcdClients, u.String())
 		}
+		if len(cfg.ListenMetricsUrls) == 0 {
+			t.Errorf("%s: no listen-metrics-urls for Prometheus to scrape", path)
+		}
 		for _, u := range cfg.ListenMetricsUrls {
 			etcdMetrics = append(etcdMetrics, u.Host)
 		}
@@ -670,15 +673,24 @@ func TestSystemdUnits(t *testing.T) {
 		t.Errorf("%s: DeviceAllow %v lacks /dev/watchdog rw", agentUnit, got)
 	}
 	// The udev rule hands the watchdog to the agent's user.
-	rule := readFile(t, udevRule)
-	for _, line := range strings.Split(rule, "\n") {
+	// Both names of the device: the legacy /dev/watchdog (KERNEL) and the
+	// subsystem's /dev/watchdogN.
+	matches := map[string]bool{}
+	for _, line := range strings.Split(readFile(t, udevRule), "\n") {
 		line = strings.TrimSpace(line)
 		if line == "" || strings.HasPrefix(line, "#") {
 			continue
 		}
+		match, _, _ := strings.Cut(line, ",")
 		if !strings.Contains(line, `OWNER="postgres"`) || !strings.Contains(line, `MODE="0600"`) ||
-			!(strings.HasPrefix(line, `KERNEL=="watchdog"`) || strings.HasPrefix(line, `SUBSYSTEM=="watchdog"`)) {
+			(match != `KERNEL=="watchdog"` && match != `SUBSYSTEM=="watchdog"`) {
 			t.Errorf("%s: unexpected rule %q", udevRule, line)
+		}
+		matches[match] = true
+	}
+	for _, want := range []string{`KERNEL=="watchdog"`, `SUBSYSTEM=="watchdog"`} {
+		if !matches[want] {
+			t.Errorf("%s: no rule for %s", udevRule, want)
 		}
 	}
 	t.Run("systemd-analyze verify", func(t *testing.T) {
