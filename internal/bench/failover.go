@@ -103,9 +103,8 @@ type FailoverReport struct {
 	Started time.Time // the first write
 	Ended   time.Time // the end of the last write
 
-	// FaultAt is when the fault began (zero if the run ended first),
-	// FaultTook how long it ran, FaultErr its error, if any.
-	FaultAt   time.Time
+	// FaultTook is how long the fault ran, from CheckResult.FaultAt (zero
+	// if the run ended first), FaultErr its error, if any.
 	FaultTook time.Duration
 	FaultErr  string
 	// Settled: the run stopped before After because writes had been

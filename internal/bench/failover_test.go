@@ -272,7 +272,7 @@ func TestFailoverOptionsRejectNegativeDurations(t *testing.T) {
 
 func TestFailoverReportText(t *testing.T) {
 	h := failoverHistory()
-	rep := &FailoverReport{Table: "t", FirstID: 1, LastID: 20, Started: h.t0, Ended: h.at(702), FaultAt: h.at(100), FaultTook: 400 * time.Millisecond, Checked: true, Settled: true}
+	rep := &FailoverReport{Table: "t", FirstID: 1, LastID: 20, Started: h.t0, Ended: h.at(702), FaultTook: 400 * time.Millisecond, Checked: true, Settled: true}
 	present := ids("n2", idRange(1, 20)...)
 	delete(present, 7)
 	rep.CheckResult = h.c.Check(present)

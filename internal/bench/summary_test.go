@@ -40,7 +40,7 @@ func sampleResults(t *testing.T) string {
 			h.fail(51, "57P01", 0, 3)
 			h.steady(52, 100, "n2", outageMs)
 			h.c.RecordFault(h.at(0))
-			fr := &FailoverReport{Table: "probe", FirstID: 1, LastID: 100, Started: h.at(-500), Ended: h.at(outageMs + 500), FaultAt: h.at(0), Settled: true, Checked: true}
+			fr := &FailoverReport{Table: "probe", FirstID: 1, LastID: 100, Started: h.at(-500), Ended: h.at(outageMs + 500), Settled: true, Checked: true}
 			fr.CheckResult = h.c.Check(ids("n2", idRange(1, 100)...))
 			writeFile(t, filepath.Join(dir, FailoverFile(kind, n+1)), fr.WriteJSON)
 		}
