@@ -38,14 +38,8 @@ type agentSettings struct {
 	SocketDir string `yaml:"socket_dir"`
 	LogLevel  string `yaml:"log_level"`
 
-	Cluster          string   `yaml:"cluster"`
-	Etcd             []string `yaml:"etcd"`
-	EtcdUsername     string   `yaml:"etcd_username"`
-	EtcdPassword     string   `yaml:"etcd_password"`
-	EtcdPasswordFile string   `yaml:"etcd_password_file"`
-	EtcdCACert       string   `yaml:"etcd_cacert"`
-	EtcdCert         string   `yaml:"etcd_cert"`
-	EtcdKey          string   `yaml:"etcd_key"`
+	Cluster      string `yaml:"cluster"`
+	EtcdSettings `yaml:",inline"`
 
 	SuperUser               string `yaml:"superuser"`
 	SuperPassword           string `yaml:"superuser_password"`
@@ -109,13 +103,6 @@ func defaultAgentSettings() agentSettings {
 	}
 }
 
-func (s *agentSettings) etcdFields() etcdFields {
-	return etcdFields{
-		Endpoints: &s.Etcd, Username: &s.EtcdUsername, Password: &s.EtcdPassword, PasswordFile: &s.EtcdPasswordFile,
-		CACert: &s.EtcdCACert, Cert: &s.EtcdCert, Key: &s.EtcdKey,
-	}
-}
-
 func parseAgentArgs(args []string, stderr io.Writer) (agentSettings, error) {
 	fs := flag.NewFlagSet("pharos agent", flag.ContinueOnError)
 	configPath := fs.String("config", "", "YAML config file (flags override it)")
@@ -131,7 +118,7 @@ func parseAgentArgs(args []string, stderr io.Writer) (agentSettings, error) {
 	str("socket-dir", "PostgreSQL Unix socket directory (default: the data directory's parent)", func(s *agentSettings) *string { return &s.SocketDir })
 	str("log-level", "debug, info, warn or error", func(s *agentSettings) *string { return &s.LogLevel })
 	str("cluster", "cluster name (keys under /pharos/<cluster>/)", func(s *agentSettings) *string { return &s.Cluster })
-	bindEtcdFlags(o, (*agentSettings).etcdFields)
+	bindEtcdFlags(o, func(s *agentSettings) *EtcdSettings { return &s.EtcdSettings })
 	str("superuser", "PostgreSQL superuser the agent creates and uses", func(s *agentSettings) *string { return &s.SuperUser })
 	str("superuser-password-file", "file holding its password (or env PHAROS_SUPERUSER_PASSWORD)", func(s *agentSettings) *string { return &s.SuperPasswordFile })
 	str("replication-user", "replication account", func(s *agentSettings) *string { return &s.ReplicationUser })
@@ -184,7 +171,7 @@ func (s agentSettings) agentConfig(ctx context.Context, log *slog.Logger) (haage
 	if err != nil {
 		return zero, router.EtcdConfig{}, cluster.Keys{}, usageErrorf("cluster: %v", err)
 	}
-	ecfg, err := s.etcdFields().config()
+	ecfg, err := s.etcdConfig()
 	if err != nil {
 		return zero, router.EtcdConfig{}, cluster.Keys{}, err
 	}

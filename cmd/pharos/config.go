@@ -109,16 +109,24 @@ func decodeYAML(path string, into any, skipUnknown bool) error {
 	return nil
 }
 
-// yamlFields maps the yaml tags of the struct into points to to its fields.
+// yamlFields maps the yaml tags of the struct into points to to its fields;
+// the fields of an embedded struct tagged `yaml:",inline"` are the outer
+// struct's own keys, so config files stay flat.
 func yamlFields(into any) map[string]reflect.Value {
-	v := reflect.ValueOf(into).Elem()
-	fields := make(map[string]reflect.Value, v.NumField())
+	fields := make(map[string]reflect.Value)
+	addYAMLFields(reflect.ValueOf(into).Elem(), fields)
+	return fields
+}
+
+func addYAMLFields(v reflect.Value, fields map[string]reflect.Value) {
 	for i := range v.NumField() {
-		if tag, _, _ := strings.Cut(v.Type().Field(i).Tag.Get("yaml"), ","); tag != "" && tag != "-" {
+		switch tag, opts, _ := strings.Cut(v.Type().Field(i).Tag.Get("yaml"), ","); {
+		case opts == "inline":
+			addYAMLFields(v.Field(i), fields)
+		case tag != "" && tag != "-":
 			fields[tag] = v.Field(i)
 		}
 	}
-	return fields
 }
 
 // oneLine reduces a yaml error to its last line, without the "yaml: "

@@ -52,6 +52,8 @@ max_message_size: 64kB
 max_clients: 50
 ro_fallback_to_primary: true
 max_lag: 16MB
+etcd: [127.0.0.1:2379]
+etcd_username: pharos
 `)
 	overridden := func(s *proxySettings) {
 		s.RWListen = "127.0.0.1:8001"
@@ -60,6 +62,7 @@ max_lag: 16MB
 		s.MaxClients = 0
 		s.ROFallbackToPrimary = false
 		s.ROListen = ""
+		s.Etcd = []string{"127.0.0.1:2380"}
 	}
 	fromFile := defaultProxySettings()
 	fromFile.RWListen = "127.0.0.1:7001"
@@ -71,6 +74,8 @@ max_lag: 16MB
 	fromFile.MaxClients = 50
 	fromFile.ROFallbackToPrimary = true
 	fromFile.MaxLag = 16 << 20
+	fromFile.Etcd = []string{"127.0.0.1:2379"}
+	fromFile.EtcdUsername = "pharos"
 	want := fromFile
 	overridden(&want)
 
@@ -81,6 +86,7 @@ max_lag: 16MB
 		"--max-clients", "0", // a zero flag still wins over the file
 		"--ro-fallback-to-primary=false",
 		"--ro-listen=", // an empty flag disables the endpoint
+		"--etcd", "127.0.0.1:2380",
 	}
 	for _, tc := range []struct {
 		name string

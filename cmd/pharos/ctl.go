@@ -25,24 +25,11 @@ import (
 // PHAROS_CLUSTER), as the demo's demo.env sets them. The keys are those of the daemons' config files, so that
 // `pharos ctl --config /etc/pharos/agent.yaml` works on a node.
 type ctlSettings struct {
-	Etcd             []string `yaml:"etcd"`
-	Cluster          string   `yaml:"cluster"`
-	EtcdUsername     string   `yaml:"etcd_username"`
-	EtcdPassword     string   `yaml:"etcd_password"`
-	EtcdPasswordFile string   `yaml:"etcd_password_file"`
-	EtcdCACert       string   `yaml:"etcd_cacert"`
-	EtcdCert         string   `yaml:"etcd_cert"`
-	EtcdKey          string   `yaml:"etcd_key"`
+	EtcdSettings `yaml:",inline"`
+	Cluster      string `yaml:"cluster"`
 
 	// Timeout bounds each verb's etcd calls (flag only).
 	Timeout time.Duration `yaml:"-"`
-}
-
-func (s *ctlSettings) etcdFields() etcdFields {
-	return etcdFields{
-		Endpoints: &s.Etcd, Username: &s.EtcdUsername, Password: &s.EtcdPassword, PasswordFile: &s.EtcdPasswordFile,
-		CACert: &s.EtcdCACert, Cert: &s.EtcdCert, Key: &s.EtcdKey,
-	}
 }
 
 // ctlEnv is what a verb works with.
@@ -336,7 +323,7 @@ func ctlFlags(fs *flag.FlagSet, configPath *string) *overrides[ctlSettings] {
 		*configPath = v
 		return nil
 	})
-	bindEtcdFlags(o, (*ctlSettings).etcdFields)
+	bindEtcdFlags(o, func(s *ctlSettings) *EtcdSettings { return &s.EtcdSettings })
 	bind(o, "cluster", "cluster name in etcd, /pharos/<cluster>/ (default: env PHAROS_CLUSTER)", parseString, func(s *ctlSettings) *string { return &s.Cluster })
 	bind(o, "timeout", "bound on the etcd calls of one command (default 5s)", func(v string) (time.Duration, error) {
 		d, err := time.ParseDuration(v)
@@ -443,7 +430,7 @@ func runCtl(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if len(settings.Etcd) == 0 {
 		return fail(exitUsage, "etcd: missing (--etcd or etcd in the config file)")
 	}
-	ecfg, err := settings.etcdFields().config()
+	ecfg, err := settings.etcdConfig()
 	if err != nil {
 		return fail(exitUsage, "%v", err)
 	}

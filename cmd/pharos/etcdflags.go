@@ -8,62 +8,61 @@ import (
 	"github.com/pharos-ha/pharos/internal/router"
 )
 
-// etcdFields points at the etcd settings inside a command's settings
-// struct, so that every command that talks to etcd (proxy, ctl) shares
-// the flags, their config-file keys (etcd, etcd_username, etcd_password,
-// etcd_password_file, etcd_cacert, etcd_cert, etcd_key) and the client
-// set-up. Pointers rather than an embedded struct, because config files
-// are flat and loadYAML maps a struct's own fields only.
-type etcdFields struct {
-	Endpoints    *[]string
-	Username     *string
-	Password     *string // config file only: a flag would show it in ps
-	PasswordFile *string
-	CACert       *string
-	Cert         *string
-	Key          *string
+// EtcdSettings are the etcd connection settings of every command that
+// talks to etcd (proxy, agent, ctl): their settings embed it with
+// `yaml:",inline"`, so they share the config-file keys, the flags and the
+// client set-up. (Exported only so that loadYAML may set the fields
+// through the embedding.)
+type EtcdSettings struct {
+	Etcd             []string `yaml:"etcd"`
+	EtcdUsername     string   `yaml:"etcd_username"`
+	EtcdPassword     string   `yaml:"etcd_password"` // config file only: a flag would show it in ps
+	EtcdPasswordFile string   `yaml:"etcd_password_file"`
+	EtcdCACert       string   `yaml:"etcd_cacert"`
+	EtcdCert         string   `yaml:"etcd_cert"`
+	EtcdKey          string   `yaml:"etcd_key"`
 }
 
-// bindEtcdFlags registers the etcd connection flags; fields finds them in
-// the settings the flags override.
-func bindEtcdFlags[S any](o *overrides[S], fields func(*S) etcdFields) {
-	str := func(name, usage string, f func(etcdFields) *string) {
-		bind(o, name, usage, parseString, func(s *S) *string { return f(fields(s)) })
+// bindEtcdFlags registers the etcd connection flags; etcd finds the
+// settings they override.
+func bindEtcdFlags[S any](o *overrides[S], etcd func(*S) *EtcdSettings) {
+	str := func(name, usage string, f func(*EtcdSettings) *string) {
+		bind(o, name, usage, parseString, func(s *S) *string { return f(etcd(s)) })
 	}
-	bind(o, "etcd", "comma-separated etcd endpoints", parseList, func(s *S) *[]string { return fields(s).Endpoints })
-	str("etcd-username", "etcd user (enables etcd authentication)", func(f etcdFields) *string { return f.Username })
-	str("etcd-password-file", "file holding the etcd password (or env PHAROS_ETCD_PASSWORD)", func(f etcdFields) *string { return f.PasswordFile })
-	str("etcd-cacert", "CA bundle to verify etcd's certificate (enables TLS)", func(f etcdFields) *string { return f.CACert })
-	str("etcd-cert", "client certificate for etcd", func(f etcdFields) *string { return f.Cert })
-	str("etcd-key", "client key for etcd", func(f etcdFields) *string { return f.Key })
+	bind(o, "etcd", "comma-separated etcd endpoints", parseList, func(s *S) *[]string { return &etcd(s).Etcd })
+	str("etcd-username", "etcd user (enables etcd authentication)", func(e *EtcdSettings) *string { return &e.EtcdUsername })
+	str("etcd-password-file", "file holding the etcd password (or env PHAROS_ETCD_PASSWORD)", func(e *EtcdSettings) *string { return &e.EtcdPasswordFile })
+	str("etcd-cacert", "CA bundle to verify etcd's certificate (enables TLS)", func(e *EtcdSettings) *string { return &e.EtcdCACert })
+	str("etcd-cert", "client certificate for etcd", func(e *EtcdSettings) *string { return &e.EtcdCert })
+	str("etcd-key", "client key for etcd", func(e *EtcdSettings) *string { return &e.EtcdKey })
 }
 
-// config reads the password and TLS material and returns the client
+// etcdConfig reads the password and TLS material and returns the client
 // config. Problems are usage errors naming the key.
-func (f etcdFields) config() (router.EtcdConfig, error) {
-	password, err := readSecret("etcd_password", *f.Password, *f.PasswordFile, "PHAROS_ETCD_PASSWORD")
+func (e EtcdSettings) etcdConfig() (router.EtcdConfig, error) {
+	password, err := readSecret("etcd_password", e.EtcdPassword, e.EtcdPasswordFile, "PHAROS_ETCD_PASSWORD")
 	if err != nil {
 		return router.EtcdConfig{}, err
 	}
-	cfg := router.EtcdConfig{Endpoints: *f.Endpoints, Username: *f.Username, Password: password}
+	cfg := router.EtcdConfig{Endpoints: e.Etcd, Username: e.EtcdUsername, Password: password}
 	if password != "" && cfg.Username == "" {
 		return cfg, usageErrorf("etcd_username: an etcd password needs a user name")
 	}
-	if *f.CACert != "" || *f.Cert != "" {
+	if e.EtcdCACert != "" || e.EtcdCert != "" {
 		tc := &tls.Config{MinVersion: tls.VersionTLS12}
-		if *f.CACert != "" {
-			pem, err := os.ReadFile(*f.CACert)
+		if e.EtcdCACert != "" {
+			pem, err := os.ReadFile(e.EtcdCACert)
 			if err != nil {
 				return cfg, usageErrorf("etcd_cacert: %v", err)
 			}
 			pool := x509.NewCertPool()
 			if !pool.AppendCertsFromPEM(pem) {
-				return cfg, usageErrorf("etcd_cacert: no certificate in %s", *f.CACert)
+				return cfg, usageErrorf("etcd_cacert: no certificate in %s", e.EtcdCACert)
 			}
 			tc.RootCAs = pool
 		}
-		if *f.Cert != "" || *f.Key != "" {
-			cert, err := tls.LoadX509KeyPair(*f.Cert, *f.Key)
+		if e.EtcdCert != "" || e.EtcdKey != "" {
+			cert, err := tls.LoadX509KeyPair(e.EtcdCert, e.EtcdKey)
 			if err != nil {
 				return cfg, usageErrorf("etcd_cert: %v", err)
 			}

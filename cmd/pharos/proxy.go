@@ -42,16 +42,10 @@ type proxySettings struct {
 	Backends []string `yaml:"backends"`
 
 	// The etcd-driven sources (pharos, patroni).
-	Etcd             []string `yaml:"etcd"`
-	Cluster          string   `yaml:"cluster"`
-	EtcdUsername     string   `yaml:"etcd_username"`
-	EtcdPassword     string   `yaml:"etcd_password"`
-	EtcdPasswordFile string   `yaml:"etcd_password_file"`
-	EtcdCACert       string   `yaml:"etcd_cacert"`
-	EtcdCert         string   `yaml:"etcd_cert"`
-	EtcdKey          string   `yaml:"etcd_key"`
-	PatroniNamespace string   `yaml:"patroni_namespace"`
-	PatroniScope     string   `yaml:"patroni_scope"`
+	EtcdSettings     `yaml:",inline"`
+	Cluster          string `yaml:"cluster"`
+	PatroniNamespace string `yaml:"patroni_namespace"`
+	PatroniScope     string `yaml:"patroni_scope"`
 
 	// HealthChecks adds the static source's checks to an etcd source, where
 	// they can only exclude members.
@@ -118,7 +112,7 @@ func parseProxyArgs(args []string, stderr io.Writer) (proxySettings, error) {
 	str("log-level", "debug, info, warn or error", func(s *proxySettings) *string { return &s.LogLevel })
 	str("source", "topology source: static (health checks on --backends), pharos or patroni (etcd)", func(s *proxySettings) *string { return &s.Source })
 	bind(o, "backends", "comma-separated host:port list for --source static", parseList, func(s *proxySettings) *[]string { return &s.Backends })
-	bindEtcdFlags(o, (*proxySettings).etcdFields)
+	bindEtcdFlags(o, func(s *proxySettings) *EtcdSettings { return &s.EtcdSettings })
 	str("cluster", "cluster name in etcd (pharos: /pharos/<cluster>/; patroni: the scope)", func(s *proxySettings) *string { return &s.Cluster })
 	str("patroni-namespace", "Patroni's namespace (its default is /service)", func(s *proxySettings) *string { return &s.PatroniNamespace })
 	str("patroni-scope", "Patroni's scope (default: --cluster)", func(s *proxySettings) *string { return &s.PatroniScope })
@@ -355,17 +349,6 @@ func (ps proxySettings) newSource(log *slog.Logger, m *metrics.Proxy, reg promet
 		src.WithHealthChecks(checker)
 	}
 	return src, func() { _ = client.Close() }, nil
-}
-
-func (ps proxySettings) etcdConfig() (router.EtcdConfig, error) {
-	return ps.etcdFields().config()
-}
-
-func (ps *proxySettings) etcdFields() etcdFields {
-	return etcdFields{
-		Endpoints: &ps.Etcd, Username: &ps.EtcdUsername, Password: &ps.EtcdPassword, PasswordFile: &ps.EtcdPasswordFile,
-		CACert: &ps.EtcdCACert, Cert: &ps.EtcdCert, Key: &ps.EtcdKey,
-	}
 }
 
 // run serves until ctx ends, then drains; hup reloads TLS material.
