@@ -454,7 +454,7 @@ func (a *Agent) observe(ctx context.Context) Observation {
 			LastRenewed: time.Unix(0, a.lastRenew.Load()),
 		},
 	}
-	o.PG = a.pg.observe(ctx, a.view.Members)
+	o.PG = a.pg.observe(ctx)
 	if o.PG.Running && !o.PG.InRecovery {
 		a.pg.syncNames = o.PG.SyncNames // what the server has, after an agent restart too
 	}

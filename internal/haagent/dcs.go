@@ -26,25 +26,23 @@ type dcs struct {
 
 // snapshot is one consistent read of the cluster prefix.
 type snapshot struct {
-	Revision     int64
-	Initialized  bool
-	Initialize   cluster.Initialize
-	Leader       string
-	LeaderEpoch  int64
-	LeaderLease  clientv3.LeaseID
-	Members      map[string]cluster.Member
-	MemberRev    map[string]int64
-	History      cluster.History
-	HistoryRev   int64
-	Paused       bool
-	MaxLag       *int64
-	Params       map[string]string
-	ConfigRev    int64
-	SyncMode     SyncMode
-	Sync         *cluster.SyncState
-	Switchover   *cluster.Switchover
-	SwitchRev    int64
-	InvalidCount int
+	Revision    int64
+	Initialized bool
+	Initialize  cluster.Initialize
+	Leader      string
+	LeaderEpoch int64
+	LeaderLease clientv3.LeaseID
+	Members     map[string]cluster.Member
+	MemberRev   map[string]int64
+	History     cluster.History
+	Paused      bool
+	MaxLag      *int64
+	Params      map[string]string
+	ConfigRev   int64
+	SyncMode    SyncMode
+	Sync        *cluster.SyncState
+	Switchover  *cluster.Switchover
+	SwitchRev   int64
 }
 
 func (d *dcs) read(ctx context.Context) (snapshot, error) {
@@ -61,7 +59,6 @@ func (d *dcs) read(ctx context.Context) (snapshot, error) {
 		case cluster.KeyMember:
 			m, err := cluster.ParseMember(kv.Value)
 			if err != nil || m.Name != name {
-				s.InvalidCount++
 				continue
 			}
 			s.Members[name], s.MemberRev[name] = m, kv.ModRevision
@@ -73,21 +70,14 @@ func (d *dcs) read(ctx context.Context) (snapshot, error) {
 		case cluster.KeyHistory:
 			if h, err := cluster.ParseHistory(kv.Value); err == nil {
 				s.History = h
-			} else {
-				s.InvalidCount++
 			}
-			s.HistoryRev = kv.ModRevision
 		case cluster.KeySync:
 			if st, err := cluster.ParseSyncState(kv.Value); err == nil {
 				s.Sync = &st
-			} else {
-				s.InvalidCount++
 			}
 		case cluster.KeySwitchover:
 			if sw, err := cluster.ParseSwitchover(kv.Value); err == nil {
 				s.Switchover, s.SwitchRev = &sw, kv.ModRevision
-			} else {
-				s.InvalidCount++
 			}
 		case cluster.KeyConfig:
 			var c struct {
@@ -101,7 +91,6 @@ func (d *dcs) read(ctx context.Context) (snapshot, error) {
 				} `json:"postgresql"`
 			}
 			if err := json.Unmarshal(kv.Value, &c); err != nil {
-				s.InvalidCount++
 				continue
 			}
 			s.Paused, s.MaxLag, s.ConfigRev = c.Pause, c.MaxLag, kv.ModRevision
@@ -313,10 +302,4 @@ func (d *dcs) recordHistory(ctx context.Context, epoch int64, e cluster.HistoryE
 		return errors.New("history not recorded: leadership or history changed meanwhile")
 	}
 	return nil
-}
-
-// removeMember deletes this member's record.
-func (d *dcs) removeMember(ctx context.Context) error {
-	_, err := d.cli.Delete(ctx, d.keys.Member(d.name))
-	return err
 }

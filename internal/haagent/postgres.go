@@ -169,7 +169,7 @@ func (p *postgres) exec(ctx context.Context, m *cluster.Member, timeout time.Dur
 
 // observe fills a PGView. A server that runs but does not answer counts as
 // running (its state unknown) so that nothing starts a second postmaster.
-func (p *postgres) observe(ctx context.Context, members map[string]cluster.Member) PGView {
+func (p *postgres) observe(ctx context.Context) PGView {
 	v := PGView{}
 	if !p.dataPresent() {
 		return v
@@ -177,7 +177,7 @@ func (p *postgres) observe(ctx context.Context, members map[string]cluster.Membe
 	v.Data = DataPresent
 	_, err := os.Stat(p.path("standby.signal"))
 	v.Standby = err == nil
-	v.Upstream = p.configuredUpstream(members)
+	v.Upstream = p.configuredUpstream()
 	if p.postmasterPid() != 0 {
 		v.Running = true
 		if err := p.query(ctx, &v); err != nil {
@@ -552,7 +552,7 @@ func (p *postgres) syncStates(ctx context.Context) (map[string]string, error) {
 
 // configuredUpstream reads which member pharos.conf follows, matched by
 // the comment writeConf leaves; "" when none.
-func (p *postgres) configuredUpstream(map[string]cluster.Member) string {
+func (p *postgres) configuredUpstream() string {
 	b, err := os.ReadFile(p.path(confFile))
 	if err != nil {
 		return ""

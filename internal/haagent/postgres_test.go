@@ -75,7 +75,7 @@ func TestWriteConf(t *testing.T) {
 	if strings.Contains(string(conf), "p:w") {
 		t.Error("the replication password is in pharos.conf")
 	}
-	if got := p.configuredUpstream(nil); got != "n2" {
+	if got := p.configuredUpstream(); got != "n2" {
 		t.Errorf("upstream read back %q, want n2", got)
 	}
 	if _, err := os.Stat(p.path("standby.signal")); err != nil {
@@ -84,7 +84,7 @@ func TestWriteConf(t *testing.T) {
 	if err := p.writeConf(false, nil); err != nil {
 		t.Fatal(err)
 	}
-	if got := p.configuredUpstream(nil); got != "" {
+	if got := p.configuredUpstream(); got != "" {
 		t.Errorf("a primary follows %q", got)
 	}
 	if _, err := os.Stat(p.path("standby.signal")); err == nil {
