@@ -289,15 +289,6 @@ func (s *Software) forget() {
 	}
 }
 
-// abandon closes the command pipe without the magic close, as the death of
-// the agent does; the process keeps counting and fires. It returns a
-// channel closed once the process has exited, and its Wait error. Tests only.
-func (s *Software) abandon() (done <-chan struct{}, status func() error) {
-	c := s.c
-	c.stdin.Close()
-	return c.done, func() error { return c.err }
-}
-
 func exitStatus(err error) string {
 	var ee *exec.ExitError
 	if errors.As(err, &ee) {

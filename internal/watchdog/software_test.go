@@ -42,6 +42,15 @@ func armedOverVictim(t *testing.T, timeout time.Duration) (*Software, *victim) {
 	return s, v
 }
 
+// abandon closes the command pipe without the magic close, as the death of
+// the agent does; the process keeps counting and fires. It returns a
+// channel closed once the process has exited, and its Wait error.
+func (s *Software) abandon() (done <-chan struct{}, status func() error) {
+	c := s.c
+	c.stdin.Close()
+	return c.done, func() error { return c.err }
+}
+
 // waitChild waits for the armed process to exit and returns its status.
 func waitChild(t *testing.T, s *Software, d time.Duration) error {
 	t.Helper()
