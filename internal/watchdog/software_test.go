@@ -238,6 +238,37 @@ func TestSoftwareIgnoresSIGTERM(t *testing.T) {
 	}
 }
 
+// TestSoftwareHungChild: a watchdog process that stops reading its input
+// (SIGSTOP) makes Feed fail within writeTimeout once the pipe is full,
+// rather than hang the agent; Disarm then kills it.
+func TestSoftwareHungChild(t *testing.T) {
+	s := newSoftware(t, newDataDir(t))
+	if err := s.Arm(time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.c.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	var err error
+	for i := 0; i < 1<<20 && err == nil; i++ { // fills the pipe buffer
+		err = s.Feed()
+	}
+	start := time.Now()
+	err = s.Feed()
+	if took := time.Since(start); !errors.Is(err, os.ErrDeadlineExceeded) || took > writeTimeout+slack {
+		t.Fatalf("Feed to a stopped process: %v after %s; want a write deadline error within %s", err, took, writeTimeout)
+	}
+	if !s.Armed() {
+		t.Fatal("a stopped watchdog process counts as not armed")
+	}
+	if err := s.Disarm(); err == nil || !strings.Contains(err.Error(), "killed it") {
+		t.Errorf("Disarm of a stopped process: %v; want it killed", err)
+	}
+	if s.Armed() {
+		t.Error("Armed after Disarm")
+	}
+}
+
 func TestSoftwareArmFailures(t *testing.T) {
 	if buildErr != nil {
 		t.Fatal(buildErr)
