@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"sync"
 	"time"
+
+	"github.com/pharos-ha/pharos/internal/watchdog"
 )
 
 // WatchdogMode says whether leading needs a watchdog.
@@ -25,14 +27,8 @@ func ParseWatchdogMode(s string) (WatchdogMode, error) {
 }
 
 // Watchdog is a driver the agent arms before it promotes and feeds after
-// each acknowledged lease renewal (see internal/watchdog).
-type Watchdog interface {
-	Arm(timeout time.Duration) error
-	Feed() error
-	Disarm() error
-	Armed() bool
-	Timeout() time.Duration
-}
+// each acknowledged lease renewal.
+type Watchdog = watchdog.Watchdog
 
 // guard owns the watchdog for the agent: the loop arms and disarms, the
 // renewal goroutine feeds.
