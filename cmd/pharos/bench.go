@@ -50,6 +50,40 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	return exitUsage
 }
 
+// benchFlagSet is the flag set of a bench verb: a bad flag prints the flag
+// package's one line naming it; the full usage is only for -h.
+func benchFlagSet(cmd string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {}
+	return fs
+}
+
+// parseBenchFlags parses a bench verb's arguments; -h prints the usage
+// line "usage: <verb> synopsis", about and the flags. With done, the verb
+// returns code at once.
+func parseBenchFlags(fs *flag.FlagSet, args []string, synopsis, about string) (code int, done bool) {
+	err := fs.Parse(args)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		fmt.Fprintf(fs.Output(), "usage: %s %s\n\n%s\n\nflags:\n", fs.Name(), synopsis, about)
+		fs.PrintDefaults()
+		return exitOK, true
+	case err != nil:
+		return exitUsage, true // the flag package printed the line
+	}
+	return exitOK, false
+}
+
+// benchBad returns the usage-error reporter of the bench verb cmd: one line
+// "cmd: message", exit code 2.
+func benchBad(cmd string, stderr io.Writer) func(format string, a ...any) int {
+	return func(format string, a ...any) int {
+		fmt.Fprintf(stderr, "%s: %s\n", cmd, fmt.Sprintf(format, a...))
+		return exitUsage
+	}
+}
+
 // rawList collects the values of a repeatable flag. It never fails, so the
 // flag package never echoes a value, which for --target may hold a
 // password; the values are checked after parsing.
@@ -60,11 +94,7 @@ func (l *rawList) Set(s string) error { *l = append(*l, s); return nil }
 
 func runBenchThroughput(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	const cmd = "pharos bench throughput"
-	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	// On a bad flag the flag package prints one line naming it; the full
-	// usage is only for -h.
-	fs.Usage = func() {}
+	fs := benchFlagSet(cmd, stderr)
 	var (
 		rawTargets   rawList
 		clientsFlag  = fs.String("clients", "16", "client connections per run, one goroutine each; a comma-separated list (1,16,64) runs each count")
@@ -79,22 +109,13 @@ func runBenchThroughput(ctx context.Context, args []string, stdout, stderr io.Wr
 		jsonPath     = fs.String("json", "", "also write the results as JSON to this file")
 	)
 	fs.Var(&rawTargets, "target", "`name=DSN` of an endpoint to measure; repeat for each. The one named \"direct\", or else the first, is the baseline")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintf(stderr, "usage: %s --target name=DSN [--target name=DSN ...] [flags]\n\n", cmd)
-			fmt.Fprint(stderr, "Runs the same load against each target in alternation and prints, per case\n"+
-				"(workload, client count, protocol mode), the median tps over rounds, p50/p99\n"+
-				"latency, the ratio to the baseline target and every round's tps.\n\nflags:\n")
-			fs.SetOutput(stderr)
-			fs.PrintDefaults()
-			return exitOK
-		}
-		return exitUsage // the flag package printed the line
+	if code, done := parseBenchFlags(fs, args, "--target name=DSN [--target name=DSN ...] [flags]",
+		"Runs the same load against each target in alternation and prints, per case\n"+
+			"(workload, client count, protocol mode), the median tps over rounds, p50/p99\n"+
+			"latency, the ratio to the baseline target and every round's tps."); done {
+		return code
 	}
-	bad := func(format string, a ...any) int {
-		fmt.Fprintf(stderr, "%s: "+format+"\n", append([]any{cmd}, a...)...)
-		return exitUsage
-	}
+	bad := benchBad(cmd, stderr)
 	if fs.NArg() > 0 {
 		return bad("unexpected argument %q (targets go in --target name=DSN)", fs.Arg(0))
 	}
@@ -227,26 +248,19 @@ func writeJSONFile(path string, rep interface{ WriteJSON(io.Writer) error }) err
 
 func runBenchReport(args []string, stdout, stderr io.Writer) int {
 	const cmd = "pharos bench report"
-	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {}
+	fs := benchFlagSet(cmd, stderr)
 	dir := fs.String("dir", "", "results directory: "+bench.ThroughputFile+", failover-<kind>-<n>.json and "+bench.EnvironmentFile+" (all optional, at least one result); the report is written there")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintf(stderr, "usage: %s --dir DIR\n\nWrites DIR/%s and one SVG chart per workload and failover kind,\n"+
-				"from the JSON files of `bench throughput --json` and the failover benchmark.\n\nflags:\n", cmd, bench.ReportFile)
-			fs.PrintDefaults()
-			return exitOK
-		}
-		return exitUsage
+	if code, done := parseBenchFlags(fs, args, "--dir DIR",
+		"Writes DIR/"+bench.ReportFile+" and one SVG chart per workload and failover kind,\n"+
+			"from the JSON files of `bench throughput --json` and the failover benchmark."); done {
+		return code
 	}
+	bad := benchBad(cmd, stderr)
 	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "%s: unexpected argument %q\n", cmd, fs.Arg(0))
-		return exitUsage
+		return bad("unexpected argument %q", fs.Arg(0))
 	}
 	if *dir == "" {
-		fmt.Fprintf(stderr, "%s: --dir is required\n", cmd)
-		return exitUsage
+		return bad("--dir is required")
 	}
 	res, err := bench.LoadResults(*dir)
 	if err != nil {

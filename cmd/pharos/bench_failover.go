@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -26,9 +25,7 @@ const faultWaitDelay = 2 * time.Second
 // the run, the fault command or the read-back failed.
 func runBenchFailover(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	const cmd = "pharos bench failover"
-	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {} // a bad flag: the flag package's one line only
+	fs := benchFlagSet(cmd, stderr)
 	var (
 		dsn      = fs.String("dsn", "", "where the probe writes: a libpq URL or key=value string (a proxy's rw endpoint, or a host list with target_session_attrs=read-write)")
 		fault    = fs.String("fault", "", "shell command run with sh -c after --before, e.g. 'ssh db1 sudo systemctl kill -s KILL postgresql'")
@@ -41,23 +38,15 @@ func runBenchFailover(ctx context.Context, args []string, stdout, stderr io.Writ
 		settle   = fs.Duration("settle", 2*time.Second, "stop early once the fault command has returned and writes have succeeded this long")
 		jsonPath = fs.String("json", "", "also write the report as JSON to this file")
 	)
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintf(stderr, "usage: %s --dsn DSN --fault 'command' [flags]\n\n", cmd)
-			fmt.Fprint(stderr, "Writes one row at a time to --dsn, runs --fault, keeps writing until writes\n"+
-				"have recovered and settled, then reads the rows back and reports every\n"+
-				"acknowledged write that is missing, the longest time without an acknowledged\n"+
-				"write and the time to recover. Exit 0 when no acknowledged write was lost,\n"+
-				"1 when some were or the run, the fault command or the read-back failed.\n\nflags:\n")
-			fs.PrintDefaults()
-			return exitOK
-		}
-		return exitUsage // the flag package printed the line
+	if code, done := parseBenchFlags(fs, args, "--dsn DSN --fault 'command' [flags]",
+		"Writes one row at a time to --dsn, runs --fault, keeps writing until writes\n"+
+			"have recovered and settled, then reads the rows back and reports every\n"+
+			"acknowledged write that is missing, the longest time without an acknowledged\n"+
+			"write and the time to recover. Exit 0 when no acknowledged write was lost,\n"+
+			"1 when some were or the run, the fault command or the read-back failed."); done {
+		return code
 	}
-	bad := func(format string, a ...any) int {
-		fmt.Fprintf(stderr, "%s: "+format+"\n", append([]any{cmd}, a...)...)
-		return exitUsage
-	}
+	bad := benchBad(cmd, stderr)
 	if fs.NArg() > 0 {
 		return bad("unexpected argument %q (quote the fault command: --fault 'command')", fs.Arg(0))
 	}
