@@ -29,13 +29,7 @@ func TestBenchFailoverFlags(t *testing.T) {
 		{"unquoted fault command", []string{"--dsn", dsn, "--fault", "pg_ctl", "stop"}, `"stop"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			code, stderr := runCmd(t, append([]string{"bench", "failover"}, tc.args...)...)
-			if code != exitUsage {
-				t.Fatalf("exit %d, want %d; stderr:\n%s", code, exitUsage, stderr)
-			}
-			if lines := strings.Split(strings.TrimRight(stderr, "\n"), "\n"); len(lines) != 1 || !strings.Contains(stderr, tc.key) {
-				t.Errorf("stderr %q: want one line naming %s", stderr, tc.key)
-			}
+			wantUsageLine(t, tc.key, append([]string{"bench", "failover"}, tc.args...)...)
 		})
 	}
 

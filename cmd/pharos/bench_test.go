@@ -7,6 +7,19 @@ import (
 	"testing"
 )
 
+// wantUsageLine runs a command line that must exit 2 with one line on
+// stderr naming key.
+func wantUsageLine(t *testing.T, key string, args ...string) {
+	t.Helper()
+	code, stderr := runCmd(t, args...)
+	if code != exitUsage {
+		t.Fatalf("exit %d, want %d; stderr:\n%s", code, exitUsage, stderr)
+	}
+	if lines := strings.Split(strings.TrimRight(stderr, "\n"), "\n"); len(lines) != 1 || !strings.Contains(stderr, key) {
+		t.Errorf("stderr %q: want one line naming %s", stderr, key)
+	}
+}
+
 func TestBenchThroughputFlags(t *testing.T) {
 	ok := []string{"--target", "direct=host=127.0.0.1 port=1 user=x dbname=x"}
 	for _, tc := range []struct {
@@ -21,26 +34,61 @@ func TestBenchThroughputFlags(t *testing.T) {
 		{"unknown workload", append(ok, "--workload", "select,tpcc"), `"tpcc"`},
 		{"unknown mode", append(ok, "--mode", "prepared"), "--mode"},
 		{"zero rounds", append(ok, "--rounds", "0"), "--rounds"},
+		{"zero duration", append(ok, "--duration", "0s"), "--duration"},
+		{"negative warmup", append(ok, "--warmup", "-1s"), "--warmup"},
+		{"zero accounts", append(ok, "--accounts", "0"), "--accounts"},
+		{"accounts past int4", append(ok, "--accounts", "2147483648"), "--accounts"},
 		{"target without a name", []string{"--target", "host=h"}, "--target #1"},
+		{"a name given twice", append(ok, "--target", "direct=host=127.0.0.1 port=2 user=x dbname=x"), "direct"},
+		{"unparsable target dsn", []string{"--target", "proxy=port=notaport"}, "--target #1"},
+		{"a positional argument", append(ok, "extra"), `"extra"`},
+		{"unknown flag", append(ok, "--bogus"), "-bogus"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			code, stderr := runCmd(t, append([]string{"bench", "throughput"}, tc.args...)...)
-			if code != exitUsage {
-				t.Fatalf("exit %d, want %d; stderr:\n%s", code, exitUsage, stderr)
-			}
-			if lines := strings.Split(strings.TrimRight(stderr, "\n"), "\n"); len(lines) != 1 || !strings.Contains(stderr, tc.key) {
-				t.Errorf("stderr %q: want one line naming %s", stderr, tc.key)
-			}
+			wantUsageLine(t, tc.key, append([]string{"bench", "throughput"}, tc.args...)...)
 		})
 	}
+
+	t.Run("a password in a bad target is not echoed", func(t *testing.T) {
+		code, stderr := runCmd(t, "bench", "throughput", "--target", "proxy=postgres://u:s3cret@h:notaport/db")
+		if code != exitUsage || strings.Contains(stderr, "s3cret") || !strings.Contains(stderr, "--target") {
+			t.Errorf("exit %d, stderr %q; want %d naming --target without the password", code, stderr, exitUsage)
+		}
+	})
+
+	t.Run("help", func(t *testing.T) {
+		code, stderr := runCmd(t, "bench", "throughput", "-h")
+		if code != exitOK || !strings.HasPrefix(stderr, "usage: pharos bench throughput --target") || !strings.Contains(stderr, "-workload") {
+			t.Errorf("exit %d, stderr %q; want %d, the usage line and the flags", code, firstLines(stderr, 3), exitOK)
+		}
+	})
 }
 
 func TestBenchReport(t *testing.T) {
-	t.Run("usage errors", func(t *testing.T) {
-		for _, args := range [][]string{{}, {"--dir", "x", "extra"}, {"--bogus"}} {
-			if code, stderr := runCmd(t, append([]string{"bench", "report"}, args...)...); code != exitUsage {
-				t.Errorf("%v: exit %d, want %d; stderr %q", args, code, exitUsage, stderr)
-			}
+	for _, tc := range []struct {
+		name string
+		args []string
+		key  string // the one line must name it
+	}{
+		{"no dir", nil, "--dir"},
+		{"empty dir", []string{"--dir="}, "--dir"},
+		{"a positional argument", []string{"--dir", "x", "extra"}, `"extra"`},
+		{"unknown flag", []string{"--bogus"}, "-bogus"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			wantUsageLine(t, tc.key, append([]string{"bench", "report"}, tc.args...)...)
+		})
+	}
+	t.Run("help", func(t *testing.T) {
+		code, stderr := runCmd(t, "bench", "report", "-h")
+		if code != exitOK || !strings.HasPrefix(stderr, "usage: pharos bench report --dir DIR") || !strings.Contains(stderr, "-dir") {
+			t.Errorf("exit %d, stderr %q; want %d, the usage line and the flags", code, firstLines(stderr, 3), exitOK)
+		}
+	})
+	t.Run("a missing directory", func(t *testing.T) {
+		code, stderr := runCmd(t, "bench", "report", "--dir", filepath.Join(t.TempDir(), "nonexistent"))
+		if code != exitFailure || !strings.Contains(stderr, "nonexistent") {
+			t.Errorf("exit %d, stderr %q; want %d naming the directory", code, stderr, exitFailure)
 		}
 	})
 	t.Run("a directory without results", func(t *testing.T) {
