@@ -15,6 +15,10 @@ import (
 // TestAgentRejectsBadConfig: every bad setting is one line naming the key,
 // exit 2, before anything touches etcd or the data directory.
 func TestAgentRejectsBadConfig(t *testing.T) {
+	// Secrets missing from the flags must not come from the environment.
+	for _, env := range []string{"PHAROS_REPLICATION_PASSWORD", "PHAROS_API_PASSWORD", "PHAROS_API_TOKEN"} {
+		t.Setenv(env, "")
+	}
 	dataDir := filepath.Join(t.TempDir(), "data")
 	pw := filepath.Join(t.TempDir(), "pw")
 	if err := os.WriteFile(pw, []byte("secret\n"), 0o600); err != nil {
@@ -55,6 +59,14 @@ func TestAgentRejectsBadConfig(t *testing.T) {
 		{"missing password file", with("--superuser-password-file", "/nonexistent/pw"), "superuser_password_file:"},
 		{"negative lag", with("--maximum-lag-on-failover", "-1"), "maximum-lag-on-failover"},
 		{"unexpected argument", with("extra"), `unexpected argument "extra"`},
+		{"clone rate not a size", with("--clone-max-rate", "fast"), "clone-max-rate"},
+		{"no replication password", without("--replication-password-file"), "replication_password: required"},
+		{"missing etcd CA file", with("--etcd-cacert", "/nonexistent/ca.pem"), "etcd_cacert:"},
+		{"bin dir without PostgreSQL", with("--bin-dir", t.TempDir()), "bin_dir:"},
+		{"unknown watchdog mode", with("--watchdog", "sometimes"), `watchdog "sometimes"`},
+		{"unknown watchdog driver", with("--watchdog-driver", "ipmi"), `watchdog_driver "ipmi"`},
+		{"zero callback timeout", with("--callback-timeout", "0s"), "callback_timeout 0s: must be positive"},
+		{"api user without a password", with("--api-listen", "127.0.0.1:0", "--api-username", "admin"), "api_username:"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			code, stderr := runCmd(t, tc.args...)
@@ -70,6 +82,13 @@ func TestAgentRejectsBadConfig(t *testing.T) {
 		path := writeConfig(t, "name: n1\nttl: 4s\nttl_seconds: 4\n")
 		code, stderr := runCmd(t, "agent", "--config", path)
 		if code != exitUsage || !strings.Contains(stderr, `unknown key "ttl_seconds"`) {
+			t.Errorf("exit %d, stderr %q", code, stderr)
+		}
+	})
+	t.Run("clone rate in the config file not a size", func(t *testing.T) {
+		path := writeConfig(t, "clone_max_rate: fast\n")
+		code, stderr := runCmd(t, with("--config", path)...)
+		if code != exitUsage || !strings.Contains(stderr, "clone_max_rate (line 1)") {
 			t.Errorf("exit %d, stderr %q", code, stderr)
 		}
 	})
