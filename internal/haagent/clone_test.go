@@ -76,8 +76,13 @@ func TestCloneReportsProgress(t *testing.T) {
 
 	var logs lockedBuffer
 	dataDir := filepath.Join(pg.BaseDir(), "n2")
+	// Nothing renews the lease here: it must outlast the clone (about 3 s
+	// at the rate below, more on a loaded machine), or the record's
+	// deletion ends up among the states watched.
+	timing := DefaultTiming()
+	timing.TTL = time.Minute
 	a, err := New(Config{
-		Rules: Rules{Name: "n2", Timing: DefaultTiming(), CrashRestartTimeout: DefaultCrashRestartTimeout},
+		Rules: Rules{Name: "n2", Timing: timing, CrashRestartTimeout: DefaultCrashRestartTimeout},
 		Postgres: PostgresConfig{
 			DataDir: dataDir, BinDir: pg.BinDir(), Port: 1, Owner: pg.Owner(),
 			SuperUser: pglocal.SuperUser, ReplicationUser: pglocal.ReplicationUser, ReplicationPassword: "unused",
