@@ -269,16 +269,22 @@ func (p *postgres) controlData(ctx context.Context) (map[string]string, error) {
 func (p *postgres) run(ctx context.Context, timeout time.Duration, env []string, name string, args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
+	out, err := p.command(ctx, env, name, args...).CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("%s: %w: %s", name, err, lastLines(string(out), 5))
+	}
+	return string(out), nil
+}
+
+// command prepares a PostgreSQL program to run as the owner beside the
+// data directory, killed when ctx ends; env adds variables.
+func (p *postgres) command(ctx context.Context, env []string, name string, args ...string) *exec.Cmd {
 	cmd := exec.CommandContext(ctx, filepath.Join(p.cfg.BinDir, name), args...)
 	cmd.Dir = filepath.Dir(p.cfg.DataDir)
 	cmd.Env = append(pglocal.ChildEnv(), env...)
 	p.cfg.Owner.Apply(cmd)
 	cmd.WaitDelay = 2 * time.Second
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		return string(out), fmt.Errorf("%s: %w: %s", name, err, lastLines(string(out), 5))
-	}
-	return string(out), nil
+	return cmd
 }
 
 // Bounds of a copy (pg_basebackup, pg_rewind). Its size is unknown in
@@ -308,11 +314,7 @@ func (p *postgres) runLines(ctx context.Context, timeout, stall time.Duration, e
 	defer stalled(nil)
 	quiet := time.AfterFunc(stall, func() { stalled(fmt.Errorf("%w for %s", errStalled, stall)) })
 	defer quiet.Stop()
-	cmd := exec.CommandContext(ctx, filepath.Join(p.cfg.BinDir, name), args...)
-	cmd.Dir = filepath.Dir(p.cfg.DataDir)
-	cmd.Env = append(pglocal.ChildEnv(), env...)
-	p.cfg.Owner.Apply(cmd)
-	cmd.WaitDelay = 2 * time.Second
+	cmd := p.command(ctx, env, name, args...)
 	// Enough for the whole of an error (libpq's come with a hint line, a
 	// pg_rewind's with the server's log lines) without keeping a long
 	// run's every line.
