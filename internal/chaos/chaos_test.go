@@ -77,7 +77,7 @@ type env struct {
 	ha      *localha.Cluster
 	relays  map[string][]*faultnet.Relay // per node, one per etcd member
 	rw      string
-	proxy   *exec.Cmd
+	proxy   *localha.Proxy
 	proxyMu sync.Mutex
 	dir     string
 }
@@ -146,45 +146,41 @@ func startEnv(t *testing.T) *env {
 		t.Fatal(err)
 	}
 	e.rw = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-	e.startProxy()
-	t.Cleanup(e.stopProxy)
+	if err := e.startProxy(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := e.stopProxy(); err != nil {
+			t.Error(err)
+		}
+	})
 	return e
 }
 
-func (e *env) startProxy() {
+// startProxy starts the proxy on e.rw. It runs on the fault goroutine
+// too (proxy-restart), so it reports errors rather than failing the test.
+func (e *env) startProxy() error {
 	e.proxyMu.Lock()
 	defer e.proxyMu.Unlock()
-	logf, err := os.OpenFile(filepath.Join(e.dir, "proxy.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	defer logf.Close()
-	cmd := exec.Command(pharosBin, "proxy", "--source", "pharos", "--etcd", strings.Join(e.etcd.Endpoints(), ","),
+	p, err := localha.StartProxy(pharosBin, filepath.Join(e.dir, "proxy.log"), "--source", "pharos", "--etcd", strings.Join(e.etcd.Endpoints(), ","),
 		"--cluster", clusterName, "--rw-listen", e.rw, "--ro-listen", "", "--metrics-listen", "",
 		"--route-wait", "10s", "--drain-timeout", "1s")
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		e.t.Fatal(err)
+	if err != nil {
+		return err
 	}
-	e.proxy = cmd
+	e.proxy = p
+	return nil
 }
 
-func (e *env) stopProxy() {
+func (e *env) stopProxy() error {
 	e.proxyMu.Lock()
 	defer e.proxyMu.Unlock()
 	if e.proxy == nil {
-		return
+		return nil
 	}
-	_ = e.proxy.Process.Signal(syscall.SIGTERM)
-	done := make(chan struct{})
-	go func() { _ = e.proxy.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(10 * time.Second):
-		_ = e.proxy.Process.Kill()
-		<-done
-	}
+	err := e.proxy.Stop()
 	e.proxy = nil
+	return err
 }
 
 func (e *env) status() (ctl.ClusterStatus, error) {
@@ -313,9 +309,10 @@ var menu = []fault{
 		return nil, nil
 	}},
 	{"proxy-restart", func(e *env, leader string, rnd *rand.Rand) (func() error, error) {
-		e.stopProxy()
-		e.startProxy()
-		return nil, nil
+		if err := e.stopProxy(); err != nil {
+			return nil, err
+		}
+		return nil, e.startProxy()
 	}},
 }
 

@@ -65,13 +65,12 @@ func runMain(m *testing.M) int {
 // haEnv is a running cluster: embedded etcd, agents as child processes,
 // and a pharos proxy process following them.
 type haEnv struct {
-	t     testing.TB
-	etcd  *etcdlocal.Cluster
-	cli   *clientv3.Client
-	keys  cluster.Keys
-	ha    *localha.Cluster
-	rw    string // proxy rw address
-	proxy *exec.Cmd
+	t    testing.TB
+	etcd *etcdlocal.Cluster
+	cli  *clientv3.Client
+	keys cluster.Keys
+	ha   *localha.Cluster
+	rw   string // proxy rw address
 }
 
 const clusterName = "e2e"
@@ -152,27 +151,15 @@ func freeAddr(t testing.TB) string {
 func (e *haEnv) startProxy(logPath string) {
 	t := e.t
 	e.rw = freeAddr(t)
-	logf, err := os.Create(logPath)
+	proxy, err := localha.StartProxy(pharosBin, logPath, "--source", "pharos", "--etcd", strings.Join(e.etcd.Endpoints(), ","),
+		"--cluster", clusterName, "--rw-listen", e.rw, "--ro-listen", freeAddr(t), "--metrics-listen", "",
+		"--route-wait", "10s", "--drain-timeout", "1s")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer logf.Close()
-	e.proxy = exec.Command(pharosBin, "proxy", "--source", "pharos", "--etcd", strings.Join(e.etcd.Endpoints(), ","),
-		"--cluster", clusterName, "--rw-listen", e.rw, "--ro-listen", freeAddr(t), "--metrics-listen", "",
-		"--route-wait", "10s", "--drain-timeout", "1s")
-	e.proxy.Stdout, e.proxy.Stderr = logf, logf
-	if err := e.proxy.Start(); err != nil {
-		t.Fatal(err)
-	}
 	t.Cleanup(func() {
-		_ = e.proxy.Process.Signal(syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { _ = e.proxy.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			_ = e.proxy.Process.Kill()
-			<-done
+		if err := proxy.Stop(); err != nil {
+			t.Error(err)
 		}
 		b, _ := os.ReadFile(logPath)
 		if strings.Contains(string(b), "DATA RACE") {
