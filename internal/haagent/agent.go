@@ -627,14 +627,21 @@ func (a *Agent) publishRecord(ctx context.Context, o Observation, role cluster.R
 		}
 		a.lastRole = role
 	}
+	if o.DCS.Reachable && o.Lease.Held {
+		a.putRecord(ctx, m)
+	}
+}
+
+// putRecord writes m on the lease, if there is one etcd still knows.
+func (a *Agent) putRecord(ctx context.Context, m cluster.Member) {
 	lease := a.currentLease()
-	if lease == 0 || !o.DCS.Reachable || !o.Lease.Held {
+	if lease == 0 || a.leaseGone.Load() {
 		return
 	}
 	cctx, cancel := a.callCtx(ctx)
 	defer cancel()
 	if err := a.dcs.publish(cctx, lease, m); err != nil && ctx.Err() == nil {
-		a.log.Debug("publish member record", "err", err)
+		a.log.Debug("publish member record", "state", m.State, "err", err)
 	}
 }
 

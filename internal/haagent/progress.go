@@ -322,13 +322,5 @@ func (l *liveRecord) publish(ctx context.Context, state string) {
 		cp.Role, cp.State = m.Role, m.State
 		a.status.Store(&cp)
 	}
-	lease := a.currentLease()
-	if lease == 0 || a.leaseGone.Load() {
-		return
-	}
-	cctx, cancel := a.callCtx(ctx)
-	defer cancel()
-	if err := a.dcs.publish(cctx, lease, m); err != nil && ctx.Err() == nil {
-		a.log.Debug("publish member record", "state", state, "err", err)
-	}
+	a.putRecord(ctx, m)
 }
