@@ -2,6 +2,7 @@ package ctl_test
 
 import (
 	"errors"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -50,5 +51,180 @@ func TestRequestSwitchoverLagLimit(t *testing.T) {
 	put(t, cli, k.Config(), `{"maximum_lag_on_failover": "lots"}`)
 	if err := ask(-1); !errors.Is(err, ctl.ErrRefused) || !strings.Contains(err.Error(), "not a number of bytes") {
 		t.Errorf("malformed cluster setting: err = %v, want a refusal naming it", err)
+	}
+}
+
+// TestRequestsRefused: every reason a switchover or failover is refused
+// is one ErrRefused naming it, and a refused request writes nothing.
+func TestRequestsRefused(t *testing.T) {
+	cli := etcd(t)
+	k := keys(t, "refusals")
+	now := time.Now()
+	putMember(t, cli, k, cluster.Member{Name: "n1", Role: cluster.RolePrimary, State: "running", Host: "127.0.0.1", Port: 5432, LagBytes: ptr(int64(0)), UpdatedAt: now})
+	putMember(t, cli, k, cluster.Member{Name: "n2", Role: cluster.RoleReplica, State: "streaming from n1", Host: "127.0.0.1", Port: 5433, LagBytes: ptr(int64(0)), UpdatedAt: now})
+	putMember(t, cli, k, cluster.Member{Name: "n3", Role: cluster.RoleReplica, State: "streaming from n1", Host: "127.0.0.1", Port: 5434, LagBytes: ptr(int64(0)), UpdatedAt: now.Add(-time.Minute)})
+	putMember(t, cli, k, cluster.Member{Name: "n4", Role: cluster.RoleStarting, State: "cloning", Host: "127.0.0.1", Port: 5435, UpdatedAt: now})
+	past := now.Add(-time.Hour)
+
+	noSwitchoverKey := func(t *testing.T) {
+		t.Helper()
+		resp, err := cli.Get(t.Context(), k.Switchover())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(resp.Kvs) != 0 {
+			t.Errorf("a refused request wrote %s: %s", k.Switchover(), resp.Kvs[0].Value)
+		}
+	}
+	refusedWith := func(t *testing.T, err error, want string) {
+		t.Helper()
+		if !errors.Is(err, ctl.ErrRefused) || !strings.Contains(err.Error(), want) {
+			t.Errorf("err = %v, want a refusal with %q", err, want)
+		}
+		noSwitchoverKey(t)
+	}
+
+	t.Run("switchover without a leader", func(t *testing.T) {
+		err := ctl.RequestSwitchover(t.Context(), cli, k, ctl.SwitchoverRequest{Candidate: "n2"}, now)
+		refusedWith(t, err, "no leader")
+	})
+	put(t, cli, k.Leader(), "n1")
+	for _, tc := range []struct {
+		name string
+		req  ctl.SwitchoverRequest
+		want string
+	}{
+		{"another leader named", ctl.SwitchoverRequest{Leader: "n2"}, "n2 is not the leader, n1 is"},
+		{"unknown candidate", ctl.SwitchoverRequest{Candidate: "n9"}, "n9 is not a member"},
+		{"the leader as candidate", ctl.SwitchoverRequest{Candidate: "n1"}, "n1 already leads"},
+		{"a stale candidate", ctl.SwitchoverRequest{Candidate: "n3"}, "n3's record is 1m0s old"},
+		{"a starting candidate", ctl.SwitchoverRequest{Candidate: "n4"}, "n4 is not a healthy replica of n1"},
+		{"a time in the past", ctl.SwitchoverRequest{Candidate: "n2", ScheduledAt: &past}, "in the past"},
+	} {
+		t.Run("switchover: "+tc.name, func(t *testing.T) {
+			refusedWith(t, ctl.RequestSwitchover(t.Context(), cli, k, tc.req, now), tc.want)
+		})
+	}
+	for _, tc := range []struct {
+		name, candidate, want string
+	}{
+		{"no candidate", "", "needs a candidate"},
+		{"unknown candidate", "n9", "n9 is not a member"},
+		{"the leader as candidate", "n1", "n1 already leads"},
+		{"a stale candidate", "n3", "n3's record is 1m0s old"},
+		{"a starting candidate", "n4", "n4 is starting, not a running replica"},
+	} {
+		t.Run("failover: "+tc.name, func(t *testing.T) {
+			refusedWith(t, ctl.RequestFailover(t.Context(), cli, k, tc.candidate, now), tc.want)
+		})
+	}
+	t.Run("cancel with nothing pending", func(t *testing.T) {
+		refusedWith(t, ctl.CancelSwitchover(t.Context(), cli, k), "no switchover is pending")
+	})
+	t.Run("a second request while one is pending", func(t *testing.T) {
+		if err := ctl.RequestSwitchover(t.Context(), cli, k, ctl.SwitchoverRequest{Candidate: "n2"}, now); err != nil {
+			t.Fatal(err)
+		}
+		err := ctl.RequestFailover(t.Context(), cli, k, "n2", now)
+		if !errors.Is(err, ctl.ErrRefused) || !strings.Contains(err.Error(), "another switchover is pending") {
+			t.Errorf("err = %v, want a refusal naming the pending request", err)
+		}
+		if err := ctl.CancelSwitchover(t.Context(), cli, k); err != nil {
+			t.Fatal(err)
+		}
+		noSwitchoverKey(t)
+	})
+}
+
+// TestEditConfig: settings are merged into the config key and null
+// removes one; a bad setting is refused naming it and changes nothing,
+// and a config key that is not JSON is reported, not overwritten.
+func TestEditConfig(t *testing.T) {
+	cli := etcd(t)
+	k := keys(t, "edit")
+	edit := func(settings ...string) (string, error) {
+		cfg, err := ctl.EditConfig(t.Context(), cli, k, settings)
+		if err != nil {
+			return "", err
+		}
+		var b strings.Builder
+		if err := ctl.WriteConfig(&b, cfg); err != nil {
+			t.Fatal(err)
+		}
+		return b.String(), nil
+	}
+	got, err := edit("pause=true", "postgresql.parameters.work_mem=64MB", "maximum_lag_on_failover=1048576")
+	if want := "maximum_lag_on_failover = 1048576\npause = true\npostgresql.parameters.work_mem = \"64MB\"\n"; err != nil || got != want {
+		t.Fatalf("edit: %v, config\n%s\nwant\n%s", err, got, want)
+	}
+	got, err = edit("pause=null")
+	if want := "maximum_lag_on_failover = 1048576\npostgresql.parameters.work_mem = \"64MB\"\n"; err != nil || got != want {
+		t.Fatalf("remove pause: %v, config\n%s\nwant\n%s", err, got, want)
+	}
+	stored := func() string {
+		resp, err := cli.Get(t.Context(), k.Config())
+		if err != nil || len(resp.Kvs) != 1 {
+			t.Fatalf("get %s: %v", k.Config(), err)
+		}
+		return string(resp.Kvs[0].Value)
+	}
+	before := stored()
+
+	for _, tc := range []struct {
+		name     string
+		settings []string
+		want     string
+	}{
+		{"nothing", nil, "nothing to change"},
+		{"no equals sign", []string{"pause"}, `"pause" is not key=value`},
+		{"empty key", []string{"=true"}, `"=true" is not key=value`},
+		{"empty path element", []string{"postgresql..work_mem=1"}, "empty path element"},
+		{"pause not a bool", []string{"pause=yes"}, "pause: true or false"},
+		{"sync node count zero", []string{"synchronous_node_count=0"}, "synchronous_node_count"},
+		{"negative lag", []string{"maximum_lag_on_failover=-1"}, "maximum_lag_on_failover"},
+		{"parameter not a scalar", []string{`postgresql.parameters.work_mem={"a":1}`}, "a scalar value"},
+		{"static postgresql key", []string{"postgresql.data_dir=/tmp"}, "only postgresql.parameters"},
+		{"unknown key", []string{"ttl=30"}, "ttl: unknown key"},
+		{"one bad among good ones", []string{"pause=true", "bogus=1"}, "bogus: unknown key"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := edit(tc.settings...)
+			if !errors.Is(err, ctl.ErrRefused) || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("err = %v, want a refusal with %q", err, tc.want)
+			}
+			if after := stored(); after != before {
+				t.Errorf("config changed by a refused edit: %s, was %s", after, before)
+			}
+		})
+	}
+
+	t.Run("a half-written config key", func(t *testing.T) {
+		put(t, cli, k.Config(), `{"pause": tr`)
+		if _, err := edit("pause=true"); err == nil || errors.Is(err, ctl.ErrRefused) || !strings.Contains(err.Error(), "config:") {
+			t.Errorf("err = %v, want the config key reported as unreadable", err)
+		}
+		if after := stored(); after != `{"pause": tr` {
+			t.Errorf("the unreadable key was overwritten with %s", after)
+		}
+	})
+}
+
+func TestParseSchedule(t *testing.T) {
+	now := time.Date(2026, 3, 4, 5, 6, 7, 0, time.UTC)
+	for _, tc := range []struct {
+		in   string
+		want time.Time
+	}{
+		{"+10m", now.Add(10 * time.Minute)},
+		{"2026-11-22T03:00:00Z", time.Date(2026, 11, 22, 3, 0, 0, 0, time.UTC)},
+	} {
+		if got, err := ctl.ParseSchedule(tc.in, now); err != nil || !got.Equal(tc.want) {
+			t.Errorf("ParseSchedule(%q) = %v, %v; want %v", tc.in, got, err, tc.want)
+		}
+	}
+	for _, in := range []string{"+soon", "tomorrow", "2026-11-22 03:00", ""} {
+		if _, err := ctl.ParseSchedule(in, now); err == nil || !strings.Contains(err.Error(), strconv.Quote(in)) {
+			t.Errorf("ParseSchedule(%q): err = %v, want one quoting the input", in, err)
+		}
 	}
 }
