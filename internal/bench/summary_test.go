@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 )
 
 // sampleResults writes a results directory: the sample throughput report
@@ -164,5 +163,4 @@ func TestTimelineChartWithoutWrites(t *testing.T) {
 	if err := c.WriteSVG(&b); err != nil || !strings.Contains(b.String(), "no writes recorded") {
 		t.Errorf("err %v, svg %q", err, b.String())
 	}
-	_ = time.Second
 }
