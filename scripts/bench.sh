@@ -38,7 +38,9 @@ log() { echo "bench: $*" >&2; }
 
 bash scripts/ensure-deps.sh --bench
 bin=bin/pharos
-[ -x "$bin" ] || go build -o "$bin" ./cmd/pharos
+# Always (incrementally) built: a stale binary would be measured under the
+# commit environment.txt names.
+go build -o "$bin" ./cmd/pharos
 
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 results=bench/results/$stamp
