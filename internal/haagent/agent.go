@@ -671,25 +671,7 @@ func (a *Agent) execute(ctx context.Context, act Action, o Observation) error {
 		if err != nil {
 			return err
 		}
-		if act.Kind == ActReclone {
-			// Never wipe for a source that would not give a copy back.
-			if err := a.pg.checkSource(ctx, up); err != nil {
-				return err
-			}
-			if err := a.pg.stop(ctx, a.cfg.StopTimeout); err != nil {
-				return err
-			}
-			if err := a.pg.wipe(); err != nil {
-				return fmt.Errorf("wipe data directory: %w", err)
-			}
-			a.log.Warn("data directory wiped for a fresh clone", "from", up.Name)
-		}
-		if err := a.clone(ctx, o, up); err != nil {
-			_ = a.pg.wipe()
-			return fmt.Errorf("clone from %s: %w", up.Name, err)
-		}
-		a.mem.RewindFailed, a.mem.RewindNeeded = "", false
-		return nil
+		return a.cloneFrom(ctx, o, up, act.Kind == ActReclone)
 	case ActRewind:
 		up, err := a.member(o, act.Target)
 		if err != nil {
@@ -1091,6 +1073,31 @@ func (a *Agent) syncSlots(ctx context.Context, o Observation) error {
 		}
 	}
 	return a.pg.syncSlots(ctx, want, drop)
+}
+
+// cloneFrom clones the data directory from up; with wipe, the server is
+// stopped and the data directory wiped first, once up answered as a
+// primary: never wipe for a source that would not give a copy back. A
+// failed clone leaves an empty data directory, not a partial one.
+func (a *Agent) cloneFrom(ctx context.Context, o Observation, up cluster.Member, wipe bool) error {
+	if wipe {
+		if err := a.pg.checkSource(ctx, up); err != nil {
+			return err
+		}
+		if err := a.pg.stop(ctx, a.cfg.StopTimeout); err != nil {
+			return err
+		}
+		if err := a.pg.wipe(); err != nil {
+			return fmt.Errorf("wipe data directory: %w", err)
+		}
+		a.log.Warn("data directory wiped for a fresh clone", "from", up.Name)
+	}
+	if err := a.clone(ctx, o, up); err != nil {
+		_ = a.pg.wipe()
+		return fmt.Errorf("clone from %s: %w", up.Name, err)
+	}
+	a.mem.RewindFailed, a.mem.RewindNeeded = "", false
+	return nil
 }
 
 // clone copies the data directory from up with pg_basebackup, logging and

@@ -108,13 +108,7 @@ func (a *Agent) serveRequest(ctx context.Context, req apiRequest) error {
 			return fmt.Errorf("%w: no running primary to clone from", restapi.ErrConflict)
 		}
 		a.log.Warn("reinitialize requested through the REST API: wiping the data directory", "from", up.Name)
-		if err := a.pg.stop(ctx, a.cfg.StopTimeout); err != nil {
-			return err
-		}
-		if err := a.pg.wipe(); err != nil {
-			return err
-		}
-		if err := a.clone(ctx, o, up); err != nil {
+		if err := a.cloneFrom(ctx, o, up, true); err != nil {
 			return err
 		}
 		if err := a.pg.writeConf(true, &up); err != nil {

@@ -3,6 +3,7 @@ package haagent
 import (
 	"bytes"
 	"context"
+	"errors"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -195,6 +196,38 @@ func TestCloneReportsProgress(t *testing.T) {
 			if !want.MatchString(out) {
 				t.Errorf("log lacks %s:\n%s", want, out)
 			}
+		}
+	})
+
+	t.Run("reinitialize from a leader that does not answer", func(t *testing.T) {
+		if err := pg.Owner().MkdirAll(dataDir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		marker := filepath.Join(dataDir, "kept")
+		if err := os.WriteFile(marker, nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		port, err := pglocal.FreePort()
+		if err != nil {
+			t.Fatal(err)
+		}
+		down := cluster.Member{Name: "down", Role: cluster.RolePrimary, Host: "127.0.0.1", Port: port}
+		rec, err := cluster.MarshalMember(down)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := cli.Put(ctx, keys.Member(down.Name), string(rec)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := cli.Put(ctx, keys.Leader(), down.Name); err != nil {
+			t.Fatal(err)
+		}
+		err = a.serveRequest(ctx, apiRequest{kind: "reinitialize"})
+		if !errors.Is(err, errSourceUnavailable) {
+			t.Errorf("reinitialize from a leader nobody answers for: %v, want %v", err, errSourceUnavailable)
+		}
+		if _, err := os.Stat(marker); err != nil {
+			t.Errorf("the data directory was wiped for a clone that could not start: %v", err)
 		}
 	})
 }
