@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"net"
+	"os"
 	"strconv"
 	"strings"
 	"testing"
@@ -51,6 +52,9 @@ func TestCtlUsageErrors(t *testing.T) {
 		{name: "password without a user", args: []string{"--etcd", "127.0.0.1:1", "--cluster", "c1", "--etcd-password-file", writeConfig(t, "secret\n"), "list"}, stderr: "etcd_username", lines: 1},
 		{name: "missing config file", args: []string{"--config", "/nonexistent/pharos.yaml", "list"}, stderr: "config", lines: 1},
 		{name: "bad value in the config file", args: []string{"--config", writeConfig(t, "etcd: {a: b}\ncluster: c1\n"), "list"}, stderr: "etcd (line 1)", lines: 1},
+		{name: "switchover at a bad time", args: []string{"--etcd", "127.0.0.1:1", "--cluster", "c1", "switchover", "--force", "--at", "soon"}, stderr: `at: "soon"`, lines: 1},
+		{name: "switchover max lag not a size", args: []string{"--etcd", "127.0.0.1:1", "--cluster", "c1", "switchover", "--max-lag", "lots"}, stderr: "max-lag", lines: 1},
+		{name: "failover without --to", args: []string{"--etcd", "127.0.0.1:1", "--cluster", "c1", "failover", "--force"}, stderr: "--to is required", lines: 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			code, stdout, stderr := runCtlCmd(t, tc.args...)
@@ -69,6 +73,35 @@ func TestCtlUsageErrors(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestCtlRefusesBeforeEtcd: what needs no cluster to judge is refused
+// before etcd is asked (the endpoint here answers nothing).
+func TestCtlRefusesBeforeEtcd(t *testing.T) {
+	base := []string{"--etcd", "127.0.0.1:1", "--cluster", "c1", "--timeout", "1s"}
+	t.Run("edit-config with an unknown key", func(t *testing.T) {
+		code, stdout, stderr := runCtlCmd(t, append(base, "edit-config", "--force", "ttl=30")...)
+		if code != exitFailure || !strings.Contains(stderr, "ttl: unknown key") || strings.Contains(stderr, "unreachable") || stdout != "" {
+			t.Errorf("exit %d, stdout %q, stderr %q; want %d refusing the key", code, stdout, stderr, exitFailure)
+		}
+	})
+	t.Run("edit-config with nothing to change", func(t *testing.T) {
+		code, _, stderr := runCtlCmd(t, append(base, "edit-config", "--force")...)
+		if code != exitFailure || !strings.Contains(stderr, "nothing to change") {
+			t.Errorf("exit %d, stderr %q; want %d", code, stderr, exitFailure)
+		}
+	})
+	t.Run("a change without --force off a terminal", func(t *testing.T) {
+		if isTerminal(os.Stdin) {
+			t.Skip("stdin is a terminal: the verb would ask there")
+		}
+		for _, verb := range [][]string{{"pause"}, {"resume"}, {"edit-config", "pause=true"}, {"switchover", "--cancel"}} {
+			code, _, stderr := runCtlCmd(t, append(base, verb...)...)
+			if code != exitUsage || !strings.Contains(stderr, "pass --force") {
+				t.Errorf("%v: exit %d, stderr %q; want %d asking for --force", verb, code, stderr, exitUsage)
+			}
+		}
+	})
 }
 
 func TestCtlEtcdUnreachable(t *testing.T) {
