@@ -220,12 +220,6 @@ func (e *env) waitHealthy(timeout time.Duration, needSync bool) (string, error) 
 	return "", fmt.Errorf("cluster not healthy within %v: %s", timeout, last)
 }
 
-func (e *env) superDSN(addr string) string {
-	host, port, _ := net.SplitHostPort(addr)
-	return fmt.Sprintf("host=%s port=%s user=%s password=%s dbname=postgres sslmode=disable connect_timeout=2",
-		host, port, e.ha.SuperUser, e.ha.SuperPassword)
-}
-
 // fault is one entry of the menu: inject returns a heal step run after
 // hold (nil when the fault heals by itself).
 type fault struct {
@@ -330,7 +324,7 @@ func (p *splitProber) run(ctx context.Context, e *env) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			dsn := e.superDSN(fmt.Sprintf("127.0.0.1:%d", n.Port))
+			dsn := n.DSN()
 			for ctx.Err() == nil {
 				p.try(ctx, dsn, n.Name)
 				select {
@@ -385,7 +379,7 @@ func TestChaos(t *testing.T) {
 	}
 	{
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		conn, err := pgx.Connect(ctx, e.superDSN(e.rw))
+		conn, err := pgx.Connect(ctx, e.ha.SuperDSN(e.rw))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -427,7 +421,7 @@ func TestChaos(t *testing.T) {
 		var heal func() error
 		var faultStart time.Time
 		rep, err := bench.RunFailover(context.Background(), bench.FailoverOptions{
-			DSN: e.superDSN(e.rw), Before: 500 * time.Millisecond, After: 90 * time.Second, Settle: time.Second,
+			DSN: e.ha.SuperDSN(e.rw), Before: 500 * time.Millisecond, After: 90 * time.Second, Settle: time.Second,
 			Fault: func(ctx context.Context) error {
 				faultStart = time.Now()
 				h, err := f.inject(e, leader, rnd)

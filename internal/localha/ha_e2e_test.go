@@ -178,12 +178,6 @@ func lastBytes(s string, n int) string {
 	return s
 }
 
-// proxyDSN reaches the rw endpoint as the superuser.
-func (e *haEnv) proxyDSN() string {
-	return fmt.Sprintf("host=%s port=%s user=%s password=%s dbname=postgres sslmode=disable connect_timeout=3",
-		strings.Split(e.rw, ":")[0], strings.Split(e.rw, ":")[1], e.ha.SuperUser, e.ha.SuperPassword)
-}
-
 func (e *haEnv) status(ctx context.Context) (ctl.ClusterStatus, error) {
 	cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
@@ -292,7 +286,7 @@ func (e *haEnv) probe(t testing.TB, name string, fault func(context.Context) err
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	rep, err := bench.RunFailover(ctx, bench.FailoverOptions{
-		DSN: e.proxyDSN(), Before: 500 * time.Millisecond, After: 40 * time.Second, Settle: time.Second,
+		DSN: e.ha.SuperDSN(e.rw), Before: 500 * time.Millisecond, After: 40 * time.Second, Settle: time.Second,
 		Fault: fault,
 	})
 	if err != nil {

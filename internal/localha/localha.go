@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -353,8 +354,15 @@ func (n *Node) KillNode() error {
 
 // DSN is a superuser connection string to the node's PostgreSQL.
 func (n *Node) DSN() string {
-	return fmt.Sprintf("host=127.0.0.1 port=%d user=%s password=%s dbname=postgres connect_timeout=3 sslmode=disable",
-		n.Port, n.c.SuperUser, n.c.SuperPassword)
+	return n.c.SuperDSN(net.JoinHostPort("127.0.0.1", strconv.Itoa(n.Port)))
+}
+
+// SuperDSN is a superuser connection string to addr (host:port): a node,
+// or a proxy in front of the cluster.
+func (c *Cluster) SuperDSN(addr string) string {
+	host, port, _ := net.SplitHostPort(addr)
+	return fmt.Sprintf("host=%s port=%s user=%s password=%s dbname=postgres connect_timeout=3 sslmode=disable",
+		host, port, c.SuperUser, c.SuperPassword)
 }
 
 // Close stops every agent with SIGTERM (each stops its PostgreSQL and
