@@ -33,20 +33,6 @@ func OpenDevice(path string, log *slog.Logger) *Device {
 	return &Device{path: path, log: log}
 }
 
-// watchdogInfo is struct watchdog_info of linux/watchdog.h.
-type watchdogInfo struct {
-	Options         uint32
-	FirmwareVersion uint32
-	Identity        [32]byte
-}
-
-// Option bits of watchdogInfo.Options (linux/watchdog.h).
-const (
-	wdiofSetTimeout    = 0x0080 // WDIOF_SETTIMEOUT: the timeout can be set
-	wdiofMagicClose    = 0x0100 // WDIOF_MAGICCLOSE: supports the magic close char
-	wdiofKeepalivePing = 0x8000 // WDIOF_KEEPALIVEPING: keep-alive ping reply
-)
-
 // Arm opens the device (or, when armed, sets the new timeout), checks that
 // it can set a timeout and be pinged, and sets the timeout rounded down to
 // whole seconds; a timeout below 1s or a driver that sets more than was

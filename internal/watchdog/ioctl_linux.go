@@ -1,4 +1,4 @@
-//go:build linux && (386 || amd64 || arm || arm64 || loong64 || riscv64 || s390x)
+//go:build linux
 
 package watchdog
 
@@ -6,29 +6,24 @@ import (
 	"os"
 	"syscall"
 	"unsafe"
+
+	"golang.org/x/sys/unix"
 )
 
-// The ioctl request numbers of linux/watchdog.h (include/uapi/linux/watchdog.h):
-//
-//	#define WATCHDOG_IOCTL_BASE 'W'
-//	#define WDIOC_GETSUPPORT  _IOR(WATCHDOG_IOCTL_BASE, 0, struct watchdog_info)
-//	#define WDIOC_KEEPALIVE   _IOR(WATCHDOG_IOCTL_BASE, 5, int)
-//	#define WDIOC_SETTIMEOUT  _IOWR(WATCHDOG_IOCTL_BASE, 6, int)
-//	#define WDIOC_GETTIMEOUT  _IOR(WATCHDOG_IOCTL_BASE, 7, int)
-//
-// encoded as asm-generic/ioctl.h does (the architectures in this file's
-// build constraint): dir<<30 | size<<16 | type<<8 | nr.
+// The requests, struct watchdog_info and its option bits of linux/watchdog.h,
+// as golang.org/x/sys/unix defines them for each architecture.
 const (
-	iocWrite = 1
-	iocRead  = 2
+	wdiocGetSupport = unix.WDIOC_GETSUPPORT
+	wdiocKeepalive  = unix.WDIOC_KEEPALIVE
+	wdiocSetTimeout = unix.WDIOC_SETTIMEOUT
+	wdiocGetTimeout = unix.WDIOC_GETTIMEOUT
 
-	watchdogIoctlBase = 'W'
-
-	wdiocGetSupport = iocRead<<30 | unsafe.Sizeof(watchdogInfo{})<<16 | watchdogIoctlBase<<8 | 0
-	wdiocKeepalive  = iocRead<<30 | unsafe.Sizeof(int32(0))<<16 | watchdogIoctlBase<<8 | 5
-	wdiocSetTimeout = (iocRead|iocWrite)<<30 | unsafe.Sizeof(int32(0))<<16 | watchdogIoctlBase<<8 | 6
-	wdiocGetTimeout = iocRead<<30 | unsafe.Sizeof(int32(0))<<16 | watchdogIoctlBase<<8 | 7
+	wdiofSetTimeout    = unix.WDIOF_SETTIMEOUT    // the timeout can be set
+	wdiofMagicClose    = unix.WDIOF_MAGICCLOSE    // supports the magic close char
+	wdiofKeepalivePing = unix.WDIOF_KEEPALIVEPING // keep-alive ping reply
 )
+
+type watchdogInfo = unix.WatchdogInfo
 
 // ioctlPtr runs ioctl(f, req, p) without putting f into blocking mode.
 func ioctlPtr(f *os.File, req uintptr, p unsafe.Pointer) error {
