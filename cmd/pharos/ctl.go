@@ -160,6 +160,10 @@ func ctlVerbs() []ctlVerb {
 		{"edit-config", "set key=value... (pause, maximum_lag_on_failover, postgresql.parameters.<name>; null removes)", true, func(fs *flag.FlagSet) ctlAction {
 			force := fs.Bool("force", false, "do not ask for confirmation")
 			return func(ctx context.Context, env ctlEnv) error {
+				// A mistyped key is refused before anyone is asked to confirm it.
+				if err := ctl.CheckSettings(env.args); err != nil {
+					return err
+				}
 				if err := env.confirm(*force, "Change "+strings.Join(env.args, " ")+" for every member?"); err != nil {
 					return err
 				}

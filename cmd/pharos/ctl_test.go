@@ -91,6 +91,14 @@ func TestCtlRefusesBeforeEtcd(t *testing.T) {
 			t.Errorf("exit %d, stderr %q; want %d", code, stderr, exitFailure)
 		}
 	})
+	t.Run("edit-config with an unknown key is refused before confirmation", func(t *testing.T) {
+		// Without --force: the key is judged first, so nobody is asked to
+		// confirm (or told to pass --force for) a change that cannot be made.
+		code, _, stderr := runCtlCmd(t, append(base, "edit-config", "ttl=30")...)
+		if code != exitFailure || !strings.Contains(stderr, "ttl: unknown key") || strings.Contains(stderr, "--force") {
+			t.Errorf("exit %d, stderr %q; want %d refusing the key", code, stderr, exitFailure)
+		}
+	})
 	t.Run("a change without --force off a terminal", func(t *testing.T) {
 		if isTerminal(os.Stdin) {
 			t.Skip("stdin is a terminal: the verb would ask there")

@@ -271,20 +271,27 @@ func Config(ctx context.Context, cli *clientv3.Client, keys cluster.Keys) (map[s
 	return m, resp.Kvs[0].ModRevision, err
 }
 
-// EditConfig applies key=value settings to the dynamic configuration in
-// one conditional write. Keys are dotted paths
-// (postgresql.parameters.work_mem); a value that is JSON (true, 5, "x",
-// null) is taken as such, anything else as a string; null removes the key.
-func EditConfig(ctx context.Context, cli *clientv3.Client, keys cluster.Keys, settings []string) (map[string]any, error) {
+// CheckSettings refuses (with ErrRefused) key=value settings that
+// EditConfig would refuse, without reading or writing etcd: a command can
+// check them before it asks for confirmation.
+func CheckSettings(settings []string) error {
+	_, err := parseSettings(settings)
+	return err
+}
+
+// configChange is one parsed key=value setting.
+type configChange struct {
+	path  []string
+	value any
+	del   bool
+}
+
+// parseSettings reads and validates key=value settings.
+func parseSettings(settings []string) ([]configChange, error) {
 	if len(settings) == 0 {
 		return nil, refused("nothing to change: give key=value settings")
 	}
-	type change struct {
-		path  []string
-		value any
-		del   bool
-	}
-	var changes []change
+	var changes []configChange
 	for _, kv := range settings {
 		k, v, ok := strings.Cut(kv, "=")
 		if !ok || k == "" {
@@ -296,7 +303,7 @@ func EditConfig(ctx context.Context, cli *clientv3.Client, keys cluster.Keys, se
 				return nil, refused("%q: empty path element", k)
 			}
 		}
-		c := change{path: path}
+		c := configChange{path: path}
 		var parsed any
 		if err := json.Unmarshal([]byte(v), &parsed); err == nil {
 			c.value, c.del = parsed, parsed == nil
@@ -307,6 +314,18 @@ func EditConfig(ctx context.Context, cli *clientv3.Client, keys cluster.Keys, se
 			return nil, err
 		}
 		changes = append(changes, c)
+	}
+	return changes, nil
+}
+
+// EditConfig applies key=value settings to the dynamic configuration in
+// one conditional write. Keys are dotted paths
+// (postgresql.parameters.work_mem); a value that is JSON (true, 5, "x",
+// null) is taken as such, anything else as a string; null removes the key.
+func EditConfig(ctx context.Context, cli *clientv3.Client, keys cluster.Keys, settings []string) (map[string]any, error) {
+	changes, err := parseSettings(settings)
+	if err != nil {
+		return nil, err
 	}
 	for attempt := 0; ; attempt++ {
 		cfg, rev, err := Config(ctx, cli, keys)
