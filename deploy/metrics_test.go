@@ -7,14 +7,12 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
 	"sort"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -154,7 +152,7 @@ func TestMetricsExistLive(t *testing.T) {
 		t.Fatal(err)
 	}
 	rw, ro, metricsAddr := addr(ports[0]), addr(ports[1]), addr(ports[2])
-	startProxy(t, filepath.Join(dir, "proxy.log"), bin, "proxy", "--source", "pharos",
+	startProxy(t, filepath.Join(dir, "proxy.log"), bin, "--source", "pharos",
 		"--etcd", strings.Join(etcd.Endpoints(), ","), "--cluster", clusterName,
 		"--rw-listen", rw, "--ro-listen", ro, "--metrics-listen", metricsAddr,
 		// One node: ro sessions go to the primary.
@@ -353,26 +351,13 @@ func (r *describeRegistry) Unregister(prometheus.Collector) bool { return false 
 // after 10 s), with its output in logPath.
 func startProxy(t *testing.T, logPath, bin string, args ...string) {
 	t.Helper()
-	logf, err := os.Create(logPath)
+	p, err := localha.StartProxy(bin, logPath, args...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer logf.Close()
-	cmd := exec.Command(bin, args...)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(done) }()
 	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			_ = cmd.Process.Kill()
-			<-done
-			t.Errorf("the proxy did not stop within 10s of SIGTERM")
+		if err := p.Stop(); err != nil {
+			t.Error(err)
 		}
 		b, _ := os.ReadFile(logPath)
 		if strings.Contains(string(b), "DATA RACE") {
