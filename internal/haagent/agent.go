@@ -83,6 +83,8 @@ type Agent struct {
 	lastRole   cluster.Role
 	planSince  time.Time // when lastPlan was first decided
 	waitLog    throttle  // reminders of a plan that waits with the server down
+	// rewindUnknown counts unrecognised rewind failures in a row.
+	rewindUnknown int
 }
 
 type seenRecord struct {
@@ -122,6 +124,9 @@ func New(cfg Config, cli *clientv3.Client, keys cluster.Keys, log *slog.Logger) 
 	// first failure is an increase an alert can see, not a new series.
 	for k := range actionNames {
 		cfg.Metrics.ActionFailures.WithLabelValues(k.String())
+	}
+	for _, r := range RecloneReasons {
+		cfg.Metrics.Reclones.WithLabelValues(r)
 	}
 	if cfg.WatchdogMode == "" {
 		cfg.WatchdogMode = WatchdogOff
@@ -382,13 +387,9 @@ const waitLogEvery = 15 * time.Second
 // plan changed the state, so the next round should follow at once.
 func (a *Agent) iterate(ctx context.Context) bool {
 	obs := a.observe(ctx)
-	rules := a.rules
-	if a.maxLag != nil {
-		rules.MaximumLagOnFailover = *a.maxLag
-	}
 	// Decided before publishing: a member without data publishes what it
 	// waits for or is about to do.
-	p := Decide(obs, rules)
+	p := Decide(obs, a.currentRules())
 	a.publish(ctx, obs, p)
 	if s := p.String(); s != a.lastPlan {
 		a.log.Info("plan", "plan", s, "leader", obs.DCS.Leader, "epoch", obs.DCS.LeaderEpoch,
@@ -398,23 +399,39 @@ func (a *Agent) iterate(ctx context.Context) bool {
 	} else if len(p.Actions) == 0 && !obs.PG.Running && a.waitLog.due(obs.Now, 0) {
 		a.log.Info("still waiting", "reason", p.Reason, "for", obs.Now.Sub(a.planSince).Round(time.Second))
 	}
-	changed := false
+	changed, _ := a.executePlan(ctx, p, obs)
+	return changed
+}
+
+// currentRules are the rules with the dynamic configuration's overrides.
+func (a *Agent) currentRules() Rules {
+	rules := a.rules
+	if a.maxLag != nil {
+		rules.MaximumLagOnFailover = *a.maxLag
+	}
+	return rules
+}
+
+// executePlan runs p's steps in order, stopping at the first that fails.
+// changed reports whether a step changed the state (so the next round
+// should follow at once).
+func (a *Agent) executePlan(ctx context.Context, p Plan, obs Observation) (changed bool, err error) {
 	for _, act := range p.Actions {
-		if ctx.Err() != nil {
-			return false
+		if err := ctx.Err(); err != nil {
+			return false, err
 		}
 		t0 := a.now()
 		if err := a.execute(ctx, act, obs); err != nil {
 			a.m.ActionFailures.WithLabelValues(act.Kind.String()).Inc()
 			a.log.Error("action failed", "action", act.String(), "err", err, "took", a.now().Sub(t0).Round(time.Millisecond))
-			return false
+			return false, err
 		}
 		if act.Kind != ActSyncSlots {
 			changed = true
 			a.log.Info("action done", "action", act.String(), "took", a.now().Sub(t0).Round(time.Millisecond), "epoch", a.epoch)
 		}
 	}
-	return changed
+	return changed, nil
 }
 
 func (a *Agent) observe(ctx context.Context) Observation {
@@ -671,22 +688,13 @@ func (a *Agent) execute(ctx context.Context, act Action, o Observation) error {
 		if err != nil {
 			return err
 		}
-		return a.cloneFrom(ctx, o, up, act.Kind == ActReclone)
+		return a.cloneFrom(ctx, o, up, act)
 	case ActRewind:
 		up, err := a.member(o, act.Target)
 		if err != nil {
 			return err
 		}
-		if err := a.rewind(ctx, o, up); err != nil {
-			// A source that did not answer says nothing about the rewind:
-			// try again next round instead of giving up on it.
-			if !errors.Is(err, errSourceUnavailable) {
-				a.mem.RewindFailed = up.Name
-			}
-			return fmt.Errorf("rewind from %s: %w", up.Name, err)
-		}
-		a.mem.RewindFailed, a.mem.RewindNeeded = "", false
-		return nil
+		return a.rewind(ctx, o, up)
 	case ActStartPrimary:
 		if err := a.pg.writeConf(false, nil); err != nil {
 			return err
@@ -1075,12 +1083,13 @@ func (a *Agent) syncSlots(ctx context.Context, o Observation) error {
 	return a.pg.syncSlots(ctx, want, drop)
 }
 
-// cloneFrom clones the data directory from up; with wipe, the server is
-// stopped and the data directory wiped first, once up answered as a
-// primary: never wipe for a source that would not give a copy back. A
-// failed clone leaves an empty data directory, not a partial one.
-func (a *Agent) cloneFrom(ctx context.Context, o Observation, up cluster.Member, wipe bool) error {
-	if wipe {
+// cloneFrom clones the data directory from up. A reclone first stops the
+// server and wipes the data directory, once up answered as a primary and
+// no process of the old server is left: never wipe for a source that
+// would not give a copy back. A failed clone leaves an empty data
+// directory, not a partial one.
+func (a *Agent) cloneFrom(ctx context.Context, o Observation, up cluster.Member, act Action) error {
+	if act.Kind == ActReclone {
 		if err := a.pg.checkSource(ctx, up); err != nil {
 			return err
 		}
@@ -1090,13 +1099,15 @@ func (a *Agent) cloneFrom(ctx context.Context, o Observation, up cluster.Member,
 		if err := a.pg.wipe(); err != nil {
 			return fmt.Errorf("wipe data directory: %w", err)
 		}
-		a.log.Warn("data directory wiped for a fresh clone", "from", up.Name)
+		a.m.Reclones.WithLabelValues(act.Reason).Inc()
+		a.log.Warn("data directory wiped for a fresh clone", "from", up.Name, "reason", act.Reason)
 	}
 	if err := a.clone(ctx, o, up); err != nil {
 		_ = a.pg.wipe()
 		return fmt.Errorf("clone from %s: %w", up.Name, err)
 	}
-	a.mem.RewindFailed, a.mem.RewindNeeded = "", false
+	a.mem.RewindFailed, a.mem.RewindFailure, a.mem.RewindNeeded = "", "", false
+	a.rewindUnknown = 0
 	return nil
 }
 
@@ -1121,18 +1132,48 @@ func (a *Agent) clone(ctx context.Context, o Observation, up cluster.Member) err
 	return a.pg.basebackup(ctx, up, r.line)
 }
 
-// rewind runs pg_rewind from up, logging and publishing its progress.
+// rewind runs pg_rewind from up, logging and publishing its progress, and
+// decides from its failure whether a later round retries or only a fresh
+// copy can help (Memory.RewindFailed, which Decide turns into a reclone).
 func (a *Agent) rewind(ctx context.Context, o Observation, up cluster.Member) error {
 	label := "rewinding from " + up.Name
 	// pg_rewind runs on a stopped server only.
 	live := a.startLive(ctx, a.record(o, cluster.RoleStopped, label))
-	defer live.stop()
 	r := newCopyReporter(a.log.With("from", up.Name), a.now, "pg_rewind", "rewind progress", label, live)
 	r.phases = []phase{
 		{"complete crash recovery", "recovering this server first"},
 		{"syncing target data directory", "syncing to disk"},
 	}
-	return a.pg.rewind(ctx, up, r.line)
+	run, err := a.pg.rewind(ctx, up, r.line)
+	live.stop()
+	if err == nil {
+		a.m.Rewinds.WithLabelValues("done").Inc()
+		a.mem.RewindFailed, a.mem.RewindFailure, a.mem.RewindNeeded = "", "", false
+		a.rewindUnknown = 0
+		return nil
+	}
+	class := classifyRewind(run.lines, err, run.copied, run.killed)
+	if errors.Is(err, errServerAlive) {
+		class = RewindServerRunning
+	}
+	if class == RewindUnknown {
+		if a.rewindUnknown++; a.rewindUnknown >= rewindUnknownLimit {
+			class = RewindUnclassified
+		}
+	} else {
+		a.rewindUnknown = 0
+	}
+	if !class.Permanent() {
+		a.m.Rewinds.WithLabelValues("retry").Inc()
+		a.log.Warn("rewind failed; retrying next round: nothing suggests a fresh copy is needed",
+			"from", up.Name, "cause", string(class), "err", err)
+		return fmt.Errorf("rewind from %s (%s, will retry): %w", up.Name, class, err)
+	}
+	a.m.Rewinds.WithLabelValues("failed").Inc()
+	a.mem.RewindFailed, a.mem.RewindFailure = up.Name, class
+	a.rewindUnknown = 0
+	a.log.Error("rewind cannot work: this member needs a fresh copy", "from", up.Name, "cause", string(class), "err", err)
+	return fmt.Errorf("rewind from %s (%s): %w", up.Name, class, err)
 }
 
 // bootstrap claims the initialize key, runs initdb, starts and leads.

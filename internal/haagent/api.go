@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -100,21 +101,17 @@ func (a *Agent) serveRequest(ctx context.Context, req apiRequest) error {
 		a.cb.fire("on_restart", a.lastRole)
 		return nil
 	case "reinitialize":
-		if o.DCS.LeaderIsMine {
-			return fmt.Errorf("%w: the leader cannot be reinitialized", restapi.ErrConflict)
+		// Decided like a round of the loop, with the request in the
+		// observation: the rules that keep the loop from wiping a leader
+		// or a synchronous standby hold here too.
+		o.Request = RequestReinitialize
+		p := Decide(o, a.currentRules())
+		if !slices.ContainsFunc(p.Actions, func(x Action) bool { return x.Kind == ActReclone }) {
+			return fmt.Errorf("%w: %s", restapi.ErrConflict, p.Reason)
 		}
-		up, ok := o.DCS.Members[o.DCS.Leader]
-		if o.DCS.Leader == "" || !ok || up.Role != cluster.RolePrimary {
-			return fmt.Errorf("%w: no running primary to clone from", restapi.ErrConflict)
-		}
-		a.log.Warn("reinitialize requested through the REST API: wiping the data directory", "from", up.Name)
-		if err := a.cloneFrom(ctx, o, up, true); err != nil {
-			return err
-		}
-		if err := a.pg.writeConf(true, &up); err != nil {
-			return err
-		}
-		return a.started(a.pg.start(ctx, a.cfg.StartTimeout), o, "on_start", cluster.RoleReplica)
+		a.log.Warn("reinitialize requested through the REST API", "plan", p.String())
+		_, err := a.executePlan(ctx, p, o)
+		return err
 	}
 	return fmt.Errorf("%w: unknown request %q", restapi.ErrBadRequest, req.kind)
 }

@@ -21,7 +21,21 @@ type Observation struct {
 	Lease         LeaseView
 	PG            PGView
 	Memory        Memory
+	// Request is the operator's request this round serves (RequestNone in
+	// the loop's own rounds): requests go through Decide so that the rules
+	// that protect data apply to them as to the loop.
+	Request Request
 }
+
+// Request is an operator's request that changes the local server.
+type Request uint8
+
+const (
+	RequestNone Request = iota
+	// RequestReinitialize: wipe the data directory and clone it again
+	// from the leader (REST POST /reinitialize).
+	RequestReinitialize
+)
 
 // DCSView is the cluster as the last successful read of etcd saw it. When
 // Reachable is false the rest is the last good view, which may be stale.
@@ -122,9 +136,13 @@ type Memory struct {
 	// CrashedAt is when PostgreSQL was found dead while this member led;
 	// zero when it is not in that state.
 	CrashedAt time.Time
-	// RewindFailed names the member a pg_rewind from failed, so that the
-	// next loop does not retry it endlessly.
-	RewindFailed string
+	// RewindFailed names the member a pg_rewind from failed in a way no
+	// retry can fix, and RewindFailure says how (one of the permanent
+	// RewindFailure classes). A failure a retry may get past (the server
+	// still shutting down, the source not answering) is not remembered:
+	// the next round rewinds again.
+	RewindFailed  string
+	RewindFailure RewindFailure
 	// LastLeaderLSN is the leader's position as last seen in its record,
 	// the reference for maximum_lag_on_failover once it is gone.
 	LastLeaderLSN cluster.LSN
@@ -221,17 +239,24 @@ func (k ActionKind) String() string {
 	return fmt.Sprintf("action(%d)", k)
 }
 
-// Action is one step; Target is a member name where the step needs one.
+// Action is one step; Target is a member name where the step needs one,
+// Reason the closed-set cause of a reclone (RecloneReasons), which the
+// executor counts.
 type Action struct {
 	Kind   ActionKind
 	Target string
+	Reason string
 }
 
 func (a Action) String() string {
+	s := a.Kind.String()
 	if a.Target != "" {
-		return a.Kind.String() + " " + a.Target
+		s += " " + a.Target
 	}
-	return a.Kind.String()
+	if a.Reason != "" {
+		s += " [" + a.Reason + "]"
+	}
+	return s
 }
 
 // Plan is Decide's answer: the steps to run in order (the loop stops at the
@@ -345,6 +370,10 @@ func decide(o Observation, r Rules) Plan {
 		leaderUp = leaderUp && leaderRec.Role == cluster.RolePrimary
 	}
 
+	if o.Request == RequestReinitialize {
+		return decideReinitialize(o, r, leader, leaderUp)
+	}
+
 	if pg.Data == DataMissing {
 		switch {
 		case dcs.LeaderIsMine && !dcs.Paused:
@@ -368,6 +397,27 @@ func decide(o Observation, r Rules) Plan {
 		return decideFollower(o, r, leader, leaderRec, leaderUp)
 	}
 	return decideElection(o, r)
+}
+
+// decideReinitialize answers an operator's reinitialize: a fresh copy from
+// the running leader, refused (no actions, the reason says why) wherever
+// the loop itself would not wipe. Pause does not stop it: an operator asked.
+func decideReinitialize(o Observation, r Rules, leader string, leaderUp bool) Plan {
+	dcs := o.DCS
+	switch {
+	case dcs.LeaderIsMine:
+		return plan("reinitialize refused: this member leads, and its data is the cluster's")
+	case leader == "":
+		return plan("reinitialize refused: no leader to clone from")
+	case !leaderUp:
+		return plan("reinitialize refused: leader " + leader + " is not a running primary")
+	case o.Now.Sub(dcs.MemberSeenAt[leader]) > r.Timing.StaleAfter():
+		return plan("reinitialize refused: leader " + leader + "'s record is stale")
+	case dcs.SyncMode.Enabled && dcs.Sync != nil && dcs.Sync.Has(r.Name):
+		return plan("reinitialize refused: this synchronous standby may hold the only copy of acknowledged commits")
+	}
+	return plan("reinitialize requested: cloning again from "+leader,
+		Action{Kind: ActReclone, Target: leader, Reason: ReinitializeRequested}, actOn(ActStartReplica, leader))
 }
 
 // decideLeader: this member holds a renewed key.
@@ -550,10 +600,12 @@ func decideFollower(o Observation, r Rules, leader string, leaderRec cluster.Mem
 				if r.AutoReinit && o.DCS.SyncMode.Enabled && o.DCS.Sync != nil && o.DCS.Sync.Has(r.Name) {
 					return plan("rewind from " + leader + " failed; this synchronous standby may hold the only copy of acknowledged commits, so it is not wiped: needs an operator")
 				}
+				why := string(o.Memory.RewindFailure)
 				if r.AutoReinit {
-					return plan("rewind from "+leader+" failed: cloning again", actOn(ActReclone, leader), actOn(ActStartReplica, leader))
+					return plan("rewind from "+leader+" cannot work ("+why+"): cloning again",
+						Action{Kind: ActReclone, Target: leader, Reason: why}, actOn(ActStartReplica, leader))
 				}
-				return plan("rewind from " + leader + " failed and auto_reinit is off: needs an operator")
+				return plan("rewind from " + leader + " cannot work (" + why + ") and auto_reinit is off: needs an operator")
 			}
 			if !pg.Standby {
 				return plan("former primary rejoins "+leader, actOn(ActRewind, leader), actOn(ActStartReplica, leader))

@@ -28,7 +28,8 @@ var rewriteScenarios = flag.Bool("rewrite", false,
 //	  member n1 role=primary timeline=1 lsn=0/3000000 [receive=…] seen=99.5s rev=10 [nofailover] [priority=1]
 //	  lease held|lost [renewed=99.2s]
 //	  pg data|empty running|stopped [recovery] [standby] [sysid=42] [timeline=1] [lsn=…] [receive=…] [upstream=n1]
-//	  memory [crashed_at=…] [rewind_failed=n1] [last_leader_lsn=…] [leader_gone_rev=9] [leader_gone_at=…] [behind_since=…]
+//	  memory [crashed_at=…] [rewind_failed=n1 rewind_failure=wal_missing] [last_leader_lsn=…] [leader_gone_rev=9] [leader_gone_at=…] [behind_since=…]
+//	  request reinitialize
 //	----
 //	Plan.String()
 //
@@ -376,10 +377,21 @@ func parseObservation(a *args, sub []scenarioLine, r Rules) (Observation, error)
 			if p.Data == DataMissing && (p.Running || p.Standby || p.SystemID != "") {
 				a.fail(errors.New("empty: an empty data directory has no server, standby.signal or system id"))
 			}
+		case "request":
+			if a.flag("reinitialize") {
+				o.Request = RequestReinitialize
+			}
+			if o.Request == RequestNone {
+				a.fail(errors.New("request: want reinitialize"))
+			}
 		case "memory":
 			m := &o.Memory
 			a.at("crashed_at", &m.CrashedAt, false)
 			m.RewindFailed = a.str("rewind_failed")
+			m.RewindFailure = RewindFailure(a.str("rewind_failure"))
+			if (m.RewindFailed == "") != (m.RewindFailure == "") || m.RewindFailure != "" && !m.RewindFailure.Permanent() {
+				a.fail(errors.New("rewind_failed=M needs rewind_failure=CLASS, one a retry cannot fix (the agent remembers no other)"))
+			}
 			a.lsn("last_leader_lsn", &m.LastLeaderLSN)
 			a.int64("leader_gone_rev", &m.LeaderGoneRev)
 			a.at("leader_gone_at", &m.LeaderGoneAt, false)
@@ -388,7 +400,7 @@ func parseObservation(a *args, sub []scenarioLine, r Rules) (Observation, error)
 			m.RewindNeeded = a.flag("rewind_needed")
 			a.int64("applied_config_rev", &m.AppliedConfigRev)
 		default:
-			return o, atLine(l.n, fmt.Errorf("unknown observation %q (want dcs, member, lease, pg or memory)", word))
+			return o, atLine(l.n, fmt.Errorf("unknown observation %q (want dcs, member, lease, pg, memory or request)", word))
 		}
 		if err := a.done(); err != nil {
 			return o, atLine(l.n, fmt.Errorf("%s: %w", word, err))

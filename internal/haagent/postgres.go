@@ -65,6 +65,9 @@ type postgres struct {
 	dynamic map[string]string
 	// syncNames is what synchronous_standby_names names on a primary.
 	syncNames []string
+	// deadWait bounds how long awaitDead waits for a server's processes
+	// to go.
+	deadWait time.Duration
 }
 
 // protected parameters are the agent's to set: neither the dynamic nor the
@@ -82,7 +85,8 @@ func newPostgres(cfg PostgresConfig, log *slog.Logger) *postgres {
 	if cfg.Listen == "" {
 		cfg.Listen = "127.0.0.1"
 	}
-	return &postgres{cfg: cfg, log: log, logPath: filepath.Join(filepath.Dir(cfg.DataDir), cfg.Name+"-postgres.log")}
+	return &postgres{cfg: cfg, log: log, logPath: filepath.Join(filepath.Dir(cfg.DataDir), cfg.Name+"-postgres.log"),
+		deadWait: 10 * time.Second}
 }
 
 // confFile is ours, included from postgresql.conf; rewritten before every
@@ -109,18 +113,95 @@ func (p *postgres) dataPresent() bool {
 	return err == nil
 }
 
-// postmasterPid returns the pid in postmaster.pid when that process lives.
-func (p *postgres) postmasterPid() int {
+// lockedPid is the PID postmaster.pid names, 0 when there is none.
+func (p *postgres) lockedPid() int {
 	b, err := os.ReadFile(p.path("postmaster.pid"))
 	if err != nil {
 		return 0
 	}
 	line, _, _ := bytes.Cut(b, []byte("\n"))
 	pid, err := strconv.Atoi(strings.TrimSpace(string(line)))
-	if err != nil || pid <= 0 || !pglocal.ProcessAlive(pid) {
+	if err != nil || pid <= 0 {
 		return 0
 	}
 	return pid
+}
+
+// postmasterPid returns the PID in postmaster.pid when it is a live server
+// of this data directory (or a live process /proc cannot describe: never
+// take a running server for a dead one). A zombie or a process that reused
+// the PID is no server.
+func (p *postgres) postmasterPid() int {
+	pid := p.lockedPid()
+	if pid == 0 {
+		return 0
+	}
+	switch pglocal.HolderOf(pid, p.cfg.DataDir) {
+	case pglocal.HolderServer, pglocal.HolderUnknown:
+		return pid
+	}
+	return 0
+}
+
+// errServerAlive: a process of the data directory's server still runs, so
+// nothing may touch the directory without it yet. A later round retries.
+var errServerAlive = errors.New("server still running")
+
+// awaitDead returns once no process of this data directory's server is
+// alive, before anything works on the directory without the server
+// (pg_rewind, pg_ctl start, a wipe). A live postmaster is waited for,
+// never killed: whoever stops it decides how. Backends that outlive their
+// postmaster hold its shared memory and are killed. Lock files naming a
+// dead or foreign process are then removed: PostgreSQL's own check
+// (kill(pid, 0)) takes a zombie that init has not reaped yet, or a PID
+// reused by another program, for a live postmaster and refuses to run,
+// which made a rewind fail right after a watchdog killed the server.
+// It waits at most bound, then fails with errServerAlive.
+func (p *postgres) awaitDead(ctx context.Context, bound time.Duration) error {
+	deadline := time.Now().Add(bound)
+	waiting := false
+	for {
+		pid, holder := p.lockedPid(), pglocal.HolderGone
+		if pid != 0 {
+			holder = pglocal.HolderOf(pid, p.cfg.DataDir)
+		}
+		postmaster := holder == pglocal.HolderServer || holder == pglocal.HolderUnknown
+		left := pglocal.ServerProcesses(p.cfg.DataDir)
+		if !postmaster && len(left) == 0 {
+			if pid != 0 {
+				p.log.Info("removing the lock file of a server that is gone", "pid", pid, "process", holder.String())
+			}
+			break
+		}
+		if !postmaster {
+			for _, q := range left {
+				_ = syscall.Kill(q, syscall.SIGKILL)
+			}
+		}
+		if time.Now().After(deadline) {
+			if postmaster {
+				return fmt.Errorf("%w: postmaster %d still alive after %v", errServerAlive, pid, bound)
+			}
+			return fmt.Errorf("%w: processes %v of a dead postmaster do not go away after %v", errServerAlive, left, bound)
+		}
+		if !waiting {
+			waiting = true
+			p.log.Info("waiting for the server's processes to exit", "postmaster", pid, "postmaster_alive", postmaster,
+				"processes", left, "up_to", bound)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w: %w", errServerAlive, ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	sock := filepath.Join(p.cfg.SocketDir, fmt.Sprintf(".s.PGSQL.%d", p.cfg.Port))
+	for _, stale := range []string{p.path("postmaster.pid"), sock + ".lock", sock} {
+		if err := os.Remove(stale); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("remove stale lock file: %w", err)
+		}
+	}
+	return nil
 }
 
 func (p *postgres) connString(db string) string {
@@ -568,24 +649,13 @@ func (p *postgres) configuredUpstream() string {
 var upstreamRe = regexp.MustCompile(`(?m)^# upstream: (\S+)$`)
 
 // start starts the server with pg_ctl and waits until it accepts
-// connections. Processes of a crashed server that outlive their postmaster
-// hold its shared memory, so they are killed first.
+// connections, once nothing of an earlier server lives (awaitDead).
 func (p *postgres) start(ctx context.Context, timeout time.Duration) error {
 	if p.postmasterPid() != 0 {
 		return nil
 	}
-	if err := p.killLeftovers(); err != nil {
+	if err := p.awaitDead(ctx, p.deadWait); err != nil {
 		return err
-	}
-	// The lock file of a dead postmaster blocks a new one for as long as
-	// the dead one is an unreaped zombie (kill(pid, 0) still succeeds),
-	// and the init of a container may take a second to reap it. Nothing of
-	// that server lives any more (killLeftovers), so the file is stale.
-	sock := filepath.Join(p.cfg.SocketDir, fmt.Sprintf(".s.PGSQL.%d", p.cfg.Port))
-	for _, stale := range []string{p.path("postmaster.pid"), sock + ".lock", sock} {
-		if err := os.Remove(stale); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("remove stale lock file: %w", err)
-		}
 	}
 	if err := p.writePassfile(); err != nil {
 		return fmt.Errorf("passfile: %w", err)
@@ -599,30 +669,16 @@ func (p *postgres) start(ctx context.Context, timeout time.Duration) error {
 	return nil
 }
 
-func (p *postgres) killLeftovers() error {
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		left := pglocal.ServerProcesses(p.cfg.DataDir)
-		if len(left) == 0 {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("processes %v of a dead postmaster do not go away", left)
-		}
-		for _, pid := range left {
-			_ = syscall.Kill(pid, syscall.SIGKILL)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // stop shuts the server down: fast (sessions cut, shutdown checkpoint,
 // standbys sent all WAL), escalated to SIGKILL of every server process
 // when it takes longer than grace. It returns once no process is left.
 func (p *postgres) stop(ctx context.Context, grace time.Duration) error {
+	// Bounded by awaitDead, also when ctx ended: a stop that was asked for
+	// finishes.
+	done := context.WithoutCancel(ctx)
 	pid := p.postmasterPid()
 	if pid == 0 {
-		return p.killLeftovers()
+		return p.awaitDead(done, p.deadWait)
 	}
 	_ = syscall.Kill(pid, syscall.SIGINT)
 	deadline := time.NewTimer(grace)
@@ -642,7 +698,7 @@ func (p *postgres) stop(ctx context.Context, grace time.Duration) error {
 		}
 		break
 	}
-	return p.killLeftovers()
+	return p.awaitDead(done, p.deadWait)
 }
 
 func (p *postgres) promote(ctx context.Context) error {
@@ -866,26 +922,50 @@ func (p *postgres) basebackup(ctx context.Context, up cluster.Member, onLine fun
 	return err
 }
 
+// rewindRun is what a pg_rewind run left to classify its failure by.
+type rewindRun struct {
+	// lines are its messages (progress reports left out), newest last.
+	lines []string
+	// copied: it passed its point of no return and began to change the
+	// target.
+	copied bool
+	// killed: it was stopped from outside (context ended, stalled).
+	killed bool
+}
+
 // rewind runs pg_rewind against up, handing each line it prints to onLine
-// (see runLines). PostgreSQL 13+ runs crash recovery on a target that was
-// not shut down cleanly first.
-func (p *postgres) rewind(ctx context.Context, up cluster.Member, onLine func(string) bool) error {
+// (see runLines), once no process of this server is left (awaitDead).
+// PostgreSQL 13+ runs crash recovery on a target that was not shut down
+// cleanly first.
+func (p *postgres) rewind(ctx context.Context, up cluster.Member, onLine func(string) bool) (rewindRun, error) {
+	var run rewindRun
+	if err := p.awaitDead(ctx, p.deadWait); err != nil {
+		return run, err
+	}
 	src := p.memberConnString(up)
 	// pg_rewind reads the source's timeline from its control file, which
 	// a just-promoted server updates only at its next checkpoint; without
 	// one it answers "no rewind required" for a diverged target.
 	if err := p.checkpoint(ctx, &up); err != nil {
-		return fmt.Errorf("%w: checkpoint on %s before rewind: %w", errSourceUnavailable, up.Name, err)
+		return run, fmt.Errorf("%w: checkpoint on %s before rewind: %w", errSourceUnavailable, up.Name, err)
 	}
 	// A target that was not shut down cleanly is recovered by pg_rewind in
 	// single-user mode, which refuses standby mode: the standby.signal
 	// goes now; starting as a standby writes it again.
 	if err := os.Remove(p.path("standby.signal")); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return err
+		return run, err
 	}
-	_, err := p.runLines(ctx, copyTimeout, copyStallTimeout, []string{"PGPASSWORD=" + p.cfg.SuperPassword},
-		onLine, "pg_rewind", "-D", p.cfg.DataDir, "--source-server", src, "--progress")
-	return err
+	watch := func(l string) bool {
+		if strings.Contains(l, rewindCopyMarker) {
+			run.copied = true
+		}
+		return onLine(l)
+	}
+	lines, err := p.runLines(ctx, copyTimeout, copyStallTimeout, []string{"PGPASSWORD=" + p.cfg.SuperPassword},
+		watch, "pg_rewind", "-D", p.cfg.DataDir, "--source-server", src, "--progress")
+	run.lines = lines
+	run.killed = err != nil && (ctx.Err() != nil || errors.Is(err, errStalled))
+	return run, err
 }
 
 // wipe removes the data directory's content (for a fresh clone).

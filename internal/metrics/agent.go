@@ -36,7 +36,17 @@ type Agent struct {
 	// Paused is 1 while the cluster is paused (no automatic failover), as
 	// this agent last read it.
 	Paused prometheus.Gauge
+	// Rewinds counts pg_rewind runs by outcome (RewindOutcomes).
+	Rewinds *prometheus.CounterVec
+	// Reclones counts data directories wiped and cloned again, by reason:
+	// the agent's closed set of failures a rewind cannot get past, or an
+	// operator's reinitialize. The agent creates its series at start.
+	Reclones *prometheus.CounterVec
 }
+
+// RewindOutcomes are the values of the outcome label of Rewinds: done, a
+// failure the next round retries, a failure that needs a fresh copy.
+var RewindOutcomes = []string{"done", "retry", "failed"}
 
 // AgentRoles are the values of the role label.
 var AgentRoles = []string{"primary", "replica", "starting", "demoted", "stopped"}
@@ -86,11 +96,21 @@ func NewAgent(reg prometheus.Registerer) *Agent {
 		Paused: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "pharos_agent_paused", Help: "1 while the cluster is paused: no automatic failover or promotion (fencing still applies).",
 		}),
+		Rewinds: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pharos_agent_rewinds_total", Help: "pg_rewind runs, by outcome: done, retry (a failure a later round may get past), failed (needs a fresh copy).",
+		}, []string{"outcome"}),
+		Reclones: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pharos_agent_reclones_total", Help: "Data directories wiped and cloned again, by reason (why a rewind could not work, or reinitialize).",
+		}, []string{"reason"}),
 	}
 	reg.MustRegister(m.IsLeader, m.Role, m.EtcdUp, m.RenewalAge, m.WatchdogArmed, m.LagBytes, m.Timeline,
-		m.Promotions, m.Demotions, m.ActionFailures, m.PendingRestart, m.SyncStandbys, m.SyncDegraded, m.Paused)
+		m.Promotions, m.Demotions, m.ActionFailures, m.PendingRestart, m.SyncStandbys, m.SyncDegraded, m.Paused,
+		m.Rewinds, m.Reclones)
 	for _, r := range AgentRoles {
 		m.Role.WithLabelValues(r)
+	}
+	for _, o := range RewindOutcomes {
+		m.Rewinds.WithLabelValues(o)
 	}
 	for _, r := range []string{"failover", "switchover", "manual failover", "bootstrap"} {
 		m.Promotions.WithLabelValues(r)

@@ -369,6 +369,7 @@ func (in *Instance) serverPids(postmaster int) []int {
 // is dataDir (every process of a server runs there), from /proc. Zombies
 // are left out: they hold no shared memory.
 func ServerProcesses(dataDir string) []int {
+	dataDir = realDir(dataDir)
 	var pids []int
 	entries, err := os.ReadDir("/proc")
 	if err != nil {
@@ -395,10 +396,68 @@ func ServerProcesses(dataDir string) []int {
 	return pids
 }
 
+// realDir is dir as a process working in it sees it in /proc/<pid>/cwd:
+// absolute, without symlinks. A data directory reached through a symlink
+// must not make its own live postmaster look like a stranger.
+func realDir(dir string) string {
+	if r, err := filepath.EvalSymlinks(dir); err == nil {
+		dir = r
+	}
+	if a, err := filepath.Abs(dir); err == nil {
+		return a
+	}
+	return filepath.Clean(dir)
+}
+
 // zombie reads the state field of /proc/<pid>/stat ("pid (comm) S ...").
 func zombie(stat []byte) bool {
 	i := strings.LastIndexByte(string(stat), ')')
 	return i >= 0 && i+2 < len(stat) && stat[i+2] == 'Z'
+}
+
+// Holder is what the process a postmaster.pid names turns out to be.
+type Holder uint8
+
+const (
+	// HolderGone: no such process, or a zombie (it exited; it holds no
+	// shared memory, sockets or files, only its exit status).
+	HolderGone Holder = iota
+	// HolderServer: a live postgres process working in the data directory.
+	HolderServer
+	// HolderForeign: a live process that is not a server of this data
+	// directory (its PID was reused after the postmaster died).
+	HolderForeign
+	// HolderUnknown: alive, but /proc does not say what it is (another
+	// user's process under hidepid, say). Callers treat it as a server.
+	HolderUnknown
+)
+
+func (h Holder) String() string {
+	return [...]string{"gone", "server", "foreign", "unknown"}[h]
+}
+
+// HolderOf tells what process pid is relative to dataDir. PostgreSQL's own
+// interlock (kill(pid, 0)) cannot tell a zombie or a reused PID from a
+// live postmaster; /proc can.
+func HolderOf(pid int, dataDir string) Holder {
+	dataDir = realDir(dataDir)
+	dir := filepath.Join("/proc", strconv.Itoa(pid))
+	stat, err := os.ReadFile(filepath.Join(dir, "stat"))
+	if err != nil || zombie(stat) {
+		return HolderGone
+	}
+	cwd, cerr := os.Readlink(filepath.Join(dir, "cwd"))
+	exe, eerr := os.Readlink(filepath.Join(dir, "exe"))
+	if cerr != nil || eerr != nil {
+		if _, err := os.Stat(dir); err != nil {
+			return HolderGone // exited between the reads
+		}
+		return HolderUnknown
+	}
+	if cwd == dataDir && filepath.Base(strings.TrimSuffix(exe, " (deleted)")) == "postgres" {
+		return HolderServer
+	}
+	return HolderForeign
 }
 
 // ProcessAlive reports whether pid is a live (not zombie) process.
