@@ -50,6 +50,8 @@ health_check_interval: 2s
 drain_timeout: 10s
 max_message_size: 64kB
 max_clients: 50
+max_pending_clients: 20
+startup_packet_timeout: 3s
 ro_fallback_to_primary: true
 max_lag: 16MB
 etcd: [127.0.0.1:2379]
@@ -72,6 +74,8 @@ etcd_username: pharos
 	fromFile.DrainTimeout = duration(10 * time.Second)
 	fromFile.MaxMessageSize = 64 << 10
 	fromFile.MaxClients = 50
+	fromFile.MaxPendingClients = 20
+	fromFile.StartupPacketTimeout = duration(3 * time.Second)
 	fromFile.ROFallbackToPrimary = true
 	fromFile.MaxLag = 16 << 20
 	fromFile.Etcd = []string{"127.0.0.1:2379"}
@@ -160,6 +164,10 @@ func TestProxyRejectsBadConfigBeforeServing(t *testing.T) {
 			yaml: "max_clients: many\n",
 			key:  "max_clients",
 		},
+		{name: "max_clients of 0, once no limit", yaml: "max_clients: 0\n", key: "max_clients"},
+		{name: "negative max_pending_clients", args: []string{"--max-pending-clients", "-1"}, key: "max_pending_clients"},
+		{name: "bad startup_packet_timeout", yaml: "startup_packet_timeout: soon\n", key: "startup_packet_timeout"},
+		{name: "negative startup_packet_timeout", args: []string{"--startup-packet-timeout", "-1s"}, key: "startup_packet_timeout"},
 		{
 			name: "bad duration flag",
 			args: []string{"--startup-timeout", "soon"},

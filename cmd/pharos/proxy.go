@@ -67,33 +67,37 @@ type proxySettings struct {
 	BackendTLS    string `yaml:"backend_tls"`
 	BackendCAFile string `yaml:"backend_tls_ca_file"`
 
-	MaxClients     int      `yaml:"max_clients"`
-	StartupTimeout duration `yaml:"startup_timeout"`
-	RouteWait      duration `yaml:"route_wait"`
-	ConnectTimeout duration `yaml:"connect_timeout"`
-	MaxMessageSize byteSize `yaml:"max_message_size"`
-	DrainTimeout   duration `yaml:"drain_timeout"`
+	MaxClients           int      `yaml:"max_clients"`
+	MaxPendingClients    int      `yaml:"max_pending_clients"` // 0: max_clients
+	StartupPacketTimeout duration `yaml:"startup_packet_timeout"`
+	StartupTimeout       duration `yaml:"startup_timeout"`
+	RouteWait            duration `yaml:"route_wait"`
+	ConnectTimeout       duration `yaml:"connect_timeout"`
+	MaxMessageSize       byteSize `yaml:"max_message_size"`
+	DrainTimeout         duration `yaml:"drain_timeout"`
 }
 
 func defaultProxySettings() proxySettings {
 	return proxySettings{
-		RWListen:         "127.0.0.1:6432",
-		ROListen:         "127.0.0.1:6433",
-		MetricsListen:    "127.0.0.1:6434",
-		LogLevel:         "info",
-		Source:           "static",
-		PatroniNamespace: "/service",
-		HealthInterval:   duration(time.Second),
-		HealthTimeout:    duration(800 * time.Millisecond),
-		HealthUser:       "postgres",
-		HealthDatabase:   "postgres",
-		HealthSSLMode:    "prefer",
-		TLSMode:          string(proxy.TLSDisable),
-		BackendTLS:       string(proxy.BackendTLSDisable),
-		StartupTimeout:   duration(60 * time.Second),
-		RouteWait:        duration(5 * time.Second),
-		ConnectTimeout:   duration(5 * time.Second),
-		DrainTimeout:     duration(30 * time.Second),
+		RWListen:             "127.0.0.1:6432",
+		ROListen:             "127.0.0.1:6433",
+		MetricsListen:        "127.0.0.1:6434",
+		LogLevel:             "info",
+		Source:               "static",
+		PatroniNamespace:     "/service",
+		HealthInterval:       duration(time.Second),
+		HealthTimeout:        duration(800 * time.Millisecond),
+		HealthUser:           "postgres",
+		HealthDatabase:       "postgres",
+		HealthSSLMode:        "prefer",
+		TLSMode:              string(proxy.TLSDisable),
+		BackendTLS:           string(proxy.BackendTLSDisable),
+		MaxClients:           proxy.DefaultMaxClients,
+		StartupPacketTimeout: duration(proxy.DefaultStartupPacketTimeout),
+		StartupTimeout:       duration(60 * time.Second),
+		RouteWait:            duration(5 * time.Second),
+		ConnectTimeout:       duration(5 * time.Second),
+		DrainTimeout:         duration(30 * time.Second),
 	}
 }
 
@@ -130,7 +134,9 @@ func parseProxyArgs(args []string, stderr io.Writer) (proxySettings, error) {
 	str("tls-key-file", "PEM key for client TLS (reloaded on SIGHUP)", func(s *proxySettings) *string { return &s.TLSKeyFile })
 	str("backend-tls", "backend TLS: disable, require or verify-ca", func(s *proxySettings) *string { return &s.BackendTLS })
 	str("backend-tls-ca-file", "CA bundle for backend-tls verify-ca", func(s *proxySettings) *string { return &s.BackendCAFile })
-	bind(o, "max-clients", "client connections per endpoint (0 = no limit)", parseInt, func(s *proxySettings) *int { return &s.MaxClients })
+	bind(o, "max-clients", "authenticated sessions per endpoint", parseInt, func(s *proxySettings) *int { return &s.MaxClients })
+	bind(o, "max-pending-clients", "connections per endpoint still logging in (0 = max-clients); more are closed at once", parseInt, func(s *proxySettings) *int { return &s.MaxPendingClients })
+	dur("startup-packet-timeout", "time a new connection has to complete TLS and send its startup packet", func(s *proxySettings) *duration { return &s.StartupPacketTimeout })
 	dur("startup-timeout", "time a client has to complete TLS and authentication", func(s *proxySettings) *duration { return &s.StartupTimeout })
 	dur("route-wait", "time a new session waits for a backend before 57P03", func(s *proxySettings) *duration { return &s.RouteWait })
 	dur("connect-timeout", "backend connect timeout", func(s *proxySettings) *duration { return &s.ConnectTimeout })
@@ -151,11 +157,18 @@ func (ps proxySettings) proxyConfig() (proxy.Config, error) {
 		BackendTLS:            proxy.BackendTLSMode(ps.BackendTLS),
 		BackendCAFile:         ps.BackendCAFile,
 		MaxClientsPerEndpoint: ps.MaxClients,
+		MaxPendingPerEndpoint: ps.MaxPendingClients,
+		StartupPacketTimeout:  time.Duration(ps.StartupPacketTimeout),
 		StartupTimeout:        time.Duration(ps.StartupTimeout),
 		RouteWait:             time.Duration(ps.RouteWait),
 		ConnectTimeout:        time.Duration(ps.ConnectTimeout),
 		MaxMessageSize:        int(ps.MaxMessageSize),
 		DrainTimeout:          time.Duration(ps.DrainTimeout),
+	}
+	if ps.MaxClients < 1 {
+		// 0 used to mean no limit; a limit is what keeps the proxy from
+		// running out of descriptors, so there is none to turn off.
+		return cfg, usageErrorf("max_clients: must be at least 1 (default %d; there is no unlimited setting)", proxy.DefaultMaxClients)
 	}
 	cfg.Defaults()
 	if err := cfg.Validate(); err != nil {

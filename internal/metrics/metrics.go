@@ -31,7 +31,8 @@ const (
 	OutcomeServerRefused  Outcome = "server_refused"   // any other server error before ReadyForQuery
 	OutcomeNoBackend      Outcome = "no_backend"       // no route for the endpoint in time
 	OutcomeBackendError   Outcome = "backend_error"    // dial or TLS to the backend failed
-	OutcomeTooManyClients Outcome = "too_many_clients" // endpoint client limit
+	OutcomeTooManyClients Outcome = "too_many_clients" // endpoint limit of authenticated sessions
+	OutcomeTooManyPending Outcome = "too_many_pending" // closed at accept: endpoint limit of connections still logging in
 	OutcomeProtocolError  Outcome = "protocol_error"   // malformed startup from the client
 	OutcomeTLSError       Outcome = "tls_error"        // client TLS handshake or policy
 	OutcomeTimeout        Outcome = "startup_timeout"  // client too slow in the startup phase
@@ -68,6 +69,7 @@ const (
 // Proxy holds the proxy's and router's metrics.
 type Proxy struct {
 	Clients          *prometheus.GaugeVec     // endpoint
+	PendingClients   *prometheus.GaugeVec     // endpoint
 	Sessions         *prometheus.CounterVec   // endpoint, outcome
 	Terminated       *prometheus.CounterVec   // reason
 	BackendConnect   *prometheus.HistogramVec // endpoint
@@ -91,7 +93,11 @@ type Proxy struct {
 func NewProxy(reg prometheus.Registerer) *Proxy {
 	m := &Proxy{
 		Clients: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "pharos_proxy_clients", Help: "Client connections currently open, by endpoint.",
+			Name: "pharos_proxy_clients", Help: "Authenticated client sessions currently open, by endpoint (what max_clients bounds).",
+		}, []string{"endpoint"}),
+		PendingClients: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "pharos_proxy_pending_clients",
+			Help: "Client connections not authenticated yet (TLS, startup packet, authentication), by endpoint (what max_pending_clients bounds).",
 		}, []string{"endpoint"}),
 		Sessions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "pharos_proxy_sessions_total", Help: "Client connections by endpoint and how their startup ended.",
@@ -152,7 +158,7 @@ func NewProxy(reg prometheus.Registerer) *Proxy {
 			Buckets: []float64{.00005, .0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1},
 		}),
 	}
-	reg.MustRegister(m.Clients, m.Sessions, m.Terminated, m.BackendConnect, m.Bytes, m.Cancels,
+	reg.MustRegister(m.Clients, m.PendingClients, m.Sessions, m.Terminated, m.BackendConnect, m.Bytes, m.Cancels,
 		m.BackendUp, m.BackendRole, m.BackendLag, m.BackendSessions, m.HealthCheckError,
 		m.SplitBrain, m.RWAvailable, m.ROBackends, m.TopologyChanges)
 	return m

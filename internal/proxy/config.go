@@ -37,11 +37,24 @@ type Config struct {
 	BackendTLS    BackendTLSMode
 	BackendCAFile string
 
-	// MaxClientsPerEndpoint refuses further clients with FATAL 53300; 0
-	// means no limit.
+	// MaxClientsPerEndpoint bounds an endpoint's authenticated sessions:
+	// a client whose login the server accepts beyond it gets FATAL 53300
+	// instead of its AuthenticationOk. 0 means DefaultMaxClients.
 	MaxClientsPerEndpoint int
-	// StartupTimeout bounds the client's startup phase (TLS handshake,
-	// startup packet, authentication) as PostgreSQL's
+	// MaxPendingPerEndpoint bounds an endpoint's connections that are not
+	// authenticated yet (TLS, startup packet, authentication), counted
+	// apart so that sockets which never log in cannot use up
+	// MaxClientsPerEndpoint. A connection beyond it is closed at accept,
+	// after a FATAL 53300 it may not read. 0 means MaxClientsPerEndpoint,
+	// so that every session a failover cuts can log in again at once.
+	MaxPendingPerEndpoint int
+	// StartupPacketTimeout bounds, from accept, the TLS handshake and the
+	// startup packet: the part of the login before any backend connection
+	// is opened, where the proxy waits on the client alone. 0 means 10s;
+	// it is capped by StartupTimeout.
+	StartupPacketTimeout time.Duration
+	// StartupTimeout bounds the client's whole startup phase (TLS
+	// handshake, startup packet, authentication) as PostgreSQL's
 	// authentication_timeout does.
 	StartupTimeout time.Duration
 	// RouteWait is how long a new session waits for a backend (an election
@@ -62,8 +75,32 @@ type Config struct {
 	BufferSize int
 }
 
+// DefaultMaxClients is MaxClientsPerEndpoint's default. Every session is a
+// PostgreSQL backend of its own, so the servers' max_connections (100 by
+// default) is what a deployment meets first; the proxy's limit sits well
+// above that and only bounds what a runaway pool or a connection leak can
+// take from the proxy itself: at the defaults, 2 endpoints × (1000
+// sessions + 1000 logging in) × 2 sockets is 8000 file descriptors, far
+// below the unit's LimitNOFILE, so the proxy refuses with 53300 long before
+// it would run out of descriptors (and fail its own etcd connection).
+const DefaultMaxClients = 1000
+
+// DefaultStartupPacketTimeout is StartupPacketTimeout's default: ample for
+// a TLS handshake and one packet from a live client, short enough that a
+// pending slot held by a silent socket comes back quickly.
+const DefaultStartupPacketTimeout = 10 * time.Second
+
 // Defaults fills unset fields with production defaults.
 func (c *Config) Defaults() {
+	if c.MaxClientsPerEndpoint == 0 {
+		c.MaxClientsPerEndpoint = DefaultMaxClients
+	}
+	if c.MaxPendingPerEndpoint == 0 {
+		c.MaxPendingPerEndpoint = c.MaxClientsPerEndpoint
+	}
+	if c.StartupPacketTimeout == 0 {
+		c.StartupPacketTimeout = DefaultStartupPacketTimeout
+	}
 	if c.TLSMode == "" {
 		c.TLSMode = TLSDisable
 	}
@@ -120,7 +157,8 @@ func (c *Config) Validate() error {
 		key string
 		d   time.Duration
 	}{
-		{"startup_timeout", c.StartupTimeout}, {"route_wait", c.RouteWait},
+		{"startup_timeout", c.StartupTimeout}, {"startup_packet_timeout", c.StartupPacketTimeout},
+		{"route_wait", c.RouteWait},
 		{"connect_timeout", c.ConnectTimeout}, {"drain_timeout", c.DrainTimeout},
 	} {
 		if d.d < 0 {
@@ -129,6 +167,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxClientsPerEndpoint < 0 {
 		return fmt.Errorf("max_clients: must not be negative")
+	}
+	if c.MaxPendingPerEndpoint < 0 {
+		return fmt.Errorf("max_pending_clients: must not be negative")
 	}
 	if c.MaxMessageSize < 0 || (c.MaxMessageSize > 0 && c.MaxMessageSize < 1024) {
 		return fmt.Errorf("max_message_size: must be 0 (no limit) or at least 1024 bytes")

@@ -251,7 +251,12 @@ func (b *backendToClient) startup(br *bufio.Reader) bool {
 		msgBuf = msg
 		switch typ {
 		case wire.MsgAuthentication:
-			if code, err := wire.AuthCode(msg); err == nil && code == wire.AuthSASL {
+			code, err := wire.AuthCode(msg)
+			if err == nil && code == wire.AuthOK && !sess.authenticated() {
+				b.refuseOverLimit(flush)
+				return false
+			}
+			if err == nil && code == wire.AuthSASL {
 				mechs, err := wire.SASLMechanisms(msg)
 				if err == nil && slices.Contains(mechs, scramPlus) {
 					msg = wire.AppendSASLRequest(nil, slices.DeleteFunc(mechs, func(m string) bool { return m == scramPlus }))
@@ -275,6 +280,12 @@ func (b *backendToClient) startup(br *bufio.Reader) bool {
 			sess.end("", "", "")
 			return false
 		case wire.MsgReadyForQuery:
+			// A server always says AuthenticationOk first; one that did
+			// not still leaves the pending count here.
+			if !sess.authenticated() {
+				b.refuseOverLimit(flush)
+				return false
+			}
 			out = append(out, msg...)
 			if err := flush(); err != nil {
 				sess.countOutcome(metrics.OutcomeClientGone)
@@ -296,6 +307,21 @@ func (b *backendToClient) startup(br *bufio.Reader) bool {
 			}
 		}
 	}
+}
+
+// refuseOverLimit ends a session whose login the server accepted while
+// the endpoint has MaxClientsPerEndpoint sessions. The client is at a
+// message boundary (the startup phase relays whole messages), so once what
+// came before is flushed it is owed FATAL 53300 instead of the
+// AuthenticationOk.
+func (b *backendToClient) refuseOverLimit(flush func() error) {
+	sess := b.sess
+	if flush() == nil {
+		sess.finish(&endState{code: wire.CodeTooManyConnections, message: "sorry, too many clients already", outcome: metrics.OutcomeTooManyClients})
+	} else {
+		sess.end("", "", "")
+	}
+	sess.countOutcome(metrics.OutcomeTooManyClients)
 }
 
 // established clears the startup deadlines unless the session is already

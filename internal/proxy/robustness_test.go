@@ -231,6 +231,7 @@ func TestMalformedClientInputIsRefusedAlone(t *testing.T) {
 			// The proxy counts after it answered; wait for the session to
 			// be gone so the counters are final.
 			rbWaitGauge(t, p.Metrics.Clients.WithLabelValues(router.RW.String()), 1)
+			rbWaitGauge(t, p.Metrics.PendingClients.WithLabelValues(router.RW.String()), 0)
 			for _, o := range rbOutcomes {
 				want := 0.0
 				if o == tc.outcome {
@@ -609,7 +610,7 @@ func TestMetricsExported(t *testing.T) {
 var (
 	rbOutcomes = []metrics.Outcome{
 		metrics.OutcomeOK, metrics.OutcomeAuthFailed, metrics.OutcomeServerRefused, metrics.OutcomeNoBackend,
-		metrics.OutcomeBackendError, metrics.OutcomeTooManyClients, metrics.OutcomeProtocolError,
+		metrics.OutcomeBackendError, metrics.OutcomeTooManyClients, metrics.OutcomeTooManyPending, metrics.OutcomeProtocolError,
 		metrics.OutcomeTLSError, metrics.OutcomeTimeout, metrics.OutcomeClientGone,
 		metrics.OutcomeCancelRequest, metrics.OutcomeShuttingDown,
 	}

@@ -45,10 +45,15 @@ type Server struct {
 	backendTLS *tls.Config // nil when BackendTLS is disable
 	clientTLS  *tls.Config // nil when TLSMode is disable
 	cert       atomic.Pointer[tls.Certificate]
-	clients    [3]atomic.Int64 // by router.Endpoint
-	bytesC2B   prometheusCounter
-	bytesB2C   prometheusCounter
-	buffers    sync.Pool // *[]byte of cfg.BufferSize, lent to copiers while they read
+	// Sessions by router.Endpoint, counted apart so that connections that
+	// never log in cannot take the places of those that do: pending from
+	// accept to the server's AuthenticationOk, clients from then on.
+	pending        [3]atomic.Int64
+	clients        [3]atomic.Int64
+	tooManyPending []byte // the FATAL for a connection over MaxPendingPerEndpoint
+	bytesC2B       prometheusCounter
+	bytesB2C       prometheusCounter
+	buffers        sync.Pool // *[]byte of cfg.BufferSize, lent to copiers while they read
 
 	// Set by Listen.
 	listeners map[router.Endpoint]net.Listener
@@ -90,6 +95,8 @@ func New(cfg Config, r *router.Router, log *slog.Logger, m *metrics.Proxy) (*Ser
 		listeners: make(map[router.Endpoint]net.Listener),
 		sessions:  make(map[*session]struct{}),
 		cancels:   make(map[string]cancelTarget),
+		tooManyPending: wire.FatalError(wire.CodeTooManyConnections,
+			"pharos: too many clients are logging in at once, try again"),
 	}
 	s.buffers.New = func() any {
 		b := make([]byte, cfg.BufferSize)
@@ -250,13 +257,39 @@ func (s *Server) acceptLoop(ctx context.Context, ep router.Endpoint, ln net.List
 			return fmt.Errorf("accept on %s: %w", ep, err)
 		}
 		backoff = 0
-		sess := s.newSession(ep, conn)
-		if sess == nil {
+		if !takeSlot(&s.pending[ep], s.cfg.MaxPendingPerEndpoint) {
+			s.refusePending(ep, conn)
 			continue
 		}
-		sessions.Go(sess.run)
+		sessions.Go(s.newSession(ep, conn).run)
 	}
 }
+
+// takeSlot counts one more in n unless that would pass limit.
+func takeSlot(n *atomic.Int64, limit int) bool {
+	if n.Add(1) > int64(limit) {
+		n.Add(-1)
+		return false
+	}
+	return true
+}
+
+// refusePending turns away a connection over the pending limit without
+// reading from it or starting a goroutine, so a flood of them costs an
+// accept, one write into an empty socket buffer and a close each. A client
+// that already sent its first packet may see the close (a reset) rather
+// than the FATAL; either way it is refused at once.
+func (s *Server) refusePending(ep router.Endpoint, conn net.Conn) {
+	s.metrics.Sessions.WithLabelValues(ep.String(), string(metrics.OutcomeTooManyPending)).Inc()
+	_ = conn.SetWriteDeadline(time.Now().Add(refuseWriteGrace))
+	_, _ = conn.Write(s.tooManyPending)
+	_ = conn.Close()
+}
+
+// refuseWriteGrace bounds the write of refusePending, which runs on the
+// accept loop: a fresh socket's buffer takes the few bytes at once, so it
+// only matters if the kernel says otherwise.
+const refuseWriteGrace = 50 * time.Millisecond
 
 // drain runs after the listeners closed.
 func (s *Server) drain(sessions *sync.WaitGroup) {

@@ -38,7 +38,8 @@ type session struct {
 	client  net.Conn   // a *tls.Conn once the client negotiated TLS
 	backend net.Conn
 
-	overLimit bool
+	accepted  time.Time
+	slot      slot // which count of srv the session holds; owned by run
 	route     *router.Route
 	cancelKey string
 
@@ -68,12 +69,53 @@ type endState struct {
 	outcome metrics.Outcome
 }
 
+// slot says which of the server's per-endpoint counts a session holds.
+type slot uint8
+
+const (
+	slotNone    slot = iota // refused at AuthenticationOk: counts nowhere
+	slotPending             // not authenticated yet
+	slotClient              // authenticated
+)
+
+// newSession is called by the accept loop once the connection holds a
+// pending slot.
 func (s *Server) newSession(ep router.Endpoint, conn net.Conn) *session {
-	n := s.clients[ep].Add(1)
-	s.metrics.Clients.WithLabelValues(ep.String()).Inc()
-	sess := &session{srv: s, ep: ep, client: conn}
-	sess.overLimit = s.cfg.MaxClientsPerEndpoint > 0 && n > int64(s.cfg.MaxClientsPerEndpoint)
-	return sess
+	s.metrics.PendingClients.WithLabelValues(ep.String()).Inc()
+	return &session{srv: s, ep: ep, client: conn, accepted: time.Now(), slot: slotPending}
+}
+
+// authenticated moves the session from the pending count to the client
+// count when the server accepts its login, and reports whether that count
+// had room.
+func (sess *session) authenticated() bool {
+	if sess.slot != slotPending {
+		return sess.slot == slotClient
+	}
+	s, ep := sess.srv, sess.ep.String()
+	s.pending[sess.ep].Add(-1)
+	s.metrics.PendingClients.WithLabelValues(ep).Dec()
+	if !takeSlot(&s.clients[sess.ep], s.cfg.MaxClientsPerEndpoint) {
+		sess.slot = slotNone
+		return false
+	}
+	sess.slot = slotClient
+	s.metrics.Clients.WithLabelValues(ep).Inc()
+	return true
+}
+
+// releaseSlot gives back whichever count the session holds.
+func (sess *session) releaseSlot() {
+	s, ep := sess.srv, sess.ep.String()
+	switch sess.slot {
+	case slotPending:
+		s.pending[sess.ep].Add(-1)
+		s.metrics.PendingClients.WithLabelValues(ep).Dec()
+	case slotClient:
+		s.clients[sess.ep].Add(-1)
+		s.metrics.Clients.WithLabelValues(ep).Dec()
+	}
+	sess.slot = slotNone
 }
 
 // end records why the session ends (first caller wins) and wakes both
@@ -153,15 +195,18 @@ func (sess *session) run() {
 			s.unregisterCancel(sess.cancelKey)
 		}
 		s.removeSession(sess)
-		s.clients[sess.ep].Add(-1)
-		s.metrics.Clients.WithLabelValues(sess.ep.String()).Dec()
+		sess.releaseSlot()
 	}()
 	if !s.addSession(sess) {
 		sess.refuse(metrics.OutcomeShuttingDown, wire.CodeAdminShutdown, "the proxy is shutting down")
 		return
 	}
-	deadline := time.Now().Add(s.cfg.StartupTimeout)
-	_ = sess.client.SetDeadline(deadline)
+	deadline := sess.accepted.Add(s.cfg.StartupTimeout)
+	packetDeadline := sess.accepted.Add(s.cfg.StartupPacketTimeout)
+	if deadline.Before(packetDeadline) {
+		packetDeadline = deadline
+	}
+	_ = sess.client.SetDeadline(packetDeadline)
 
 	pkt, outcome, err := sess.readStartup()
 	if err != nil {
@@ -173,10 +218,13 @@ func (sess *session) run() {
 		s.metrics.Sessions.WithLabelValues(sess.ep.String(), string(metrics.OutcomeCancelRequest)).Inc()
 		return
 	}
-	if sess.overLimit {
-		sess.refuse(metrics.OutcomeTooManyClients, wire.CodeTooManyConnections, "sorry, too many clients already")
-		return
+	// Authentication gets the rest of StartupTimeout, unless the session
+	// was ended meanwhile (end's expired deadline must stay).
+	sess.connMu.Lock()
+	if sess.ended.Load() == nil {
+		_ = sess.client.SetDeadline(deadline)
 	}
+	sess.connMu.Unlock()
 	if outcome, err := sess.attach(deadline); err != nil {
 		sess.failStartup(outcome, err)
 		return
