@@ -135,7 +135,7 @@ func (e *haEnv) freezeLeader(t *testing.T, ctx context.Context, leader string) s
 	if n := countLines(t, old.LogPath, "pg_basebackup"); n != clones0 {
 		t.Errorf("the thawed node's agent log mentions pg_basebackup %d more times: a clone ran", n-clones0)
 	}
-	t.Logf("frozen %v: outage %v, %d acknowledged writes, %d lost (checked %v); %s rejoined by rewind (rewinds done %v, retried %v), new leader %s",
+	t.Logf("frozen %v: outage %v, %d acknowledged writes, %d lost (checked %v); %s rejoined (rewinds done %v, retried %v), new leader %s",
 		*frozenFor, rep.MaxOutage.Round(time.Millisecond), rep.Acked, len(rep.Lost), rep.Checked, leader,
 		done, metricValue(m, `pharos_agent_rewinds_total{outcome="retry"}`), newLeader)
 	return newLeader
