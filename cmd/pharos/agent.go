@@ -402,6 +402,12 @@ func serveAgent(ctx context.Context, agent *haagent.Agent, api *restapi.Server, 
 	})
 	if err := g.Wait(); err != nil && !errors.Is(err, context.Canceled) {
 		fmt.Fprintln(stderr, "pharos agent:", err)
+		// A name that clashes with a member's is a bad setting, found
+		// only once etcd answers.
+		var conflict *haagent.NameConflictError
+		if errors.As(err, &conflict) {
+			return exitUsage
+		}
 		return exitFailure
 	}
 	return exitOK

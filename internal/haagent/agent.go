@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -183,12 +184,19 @@ func (a *Agent) Run(ctx context.Context) error {
 
 // join gets a lease. An agent restarted while its node leads adopts the
 // lease the leader key is on, so a restart of the agent alone is not a
-// failover.
+// failover. It refuses (NameConflictError) a name whose replication slot
+// is another member's (see slots.go).
 func (a *Agent) join(ctx context.Context) error {
 	pause := 100 * time.Millisecond
 	for {
 		cctx, cancel := a.callCtx(ctx)
 		snap, err := a.dcs.read(cctx)
+		if err == nil {
+			if other := slotConflict(a.rules.Name, slices.Collect(maps.Keys(snap.Members))); other != "" {
+				cancel()
+				return &NameConflictError{Name: a.rules.Name, Other: other, Key: a.dcs.keys.Member(other), Slot: slotName(other)}
+			}
+		}
 		if err == nil && snap.Leader == a.rules.Name && snap.LeaderLease != 0 {
 			if err = a.dcs.renew(cctx, snap.LeaderLease); err == nil {
 				a.setLease(snap.LeaderLease)
@@ -844,15 +852,22 @@ func (a *Agent) execute(ctx context.Context, act Action, o Observation) error {
 		if a.epoch == 0 {
 			a.epoch = o.DCS.LeaderEpoch
 		}
-		err := a.dcs.release(cctx, a.epoch)
-		if err == nil {
-			a.log.Info("leader key released", "epoch", a.epoch)
-			a.epoch = 0
-			if !o.PG.Running || o.PG.InRecovery {
-				a.disarmWatchdog()
-			}
+		released, err := a.dcs.release(cctx, a.epoch)
+		if err != nil {
+			return err
 		}
-		return err
+		// Not released: the key with this epoch is gone (the lease
+		// expired) or another member's. The epoch is over either way.
+		if released {
+			a.log.Info("leader key released", "epoch", a.epoch)
+		} else {
+			a.log.Warn("leader key not released: it is no longer this member's (lease expired or another member leads)", "epoch", a.epoch)
+		}
+		a.epoch = 0
+		if !o.PG.Running || o.PG.InRecovery {
+			a.disarmWatchdog()
+		}
+		return nil
 	}
 	return fmt.Errorf("unknown action %v", act)
 }
@@ -1080,7 +1095,11 @@ func (a *Agent) syncSlots(ctx context.Context, o Observation) error {
 			delete(a.seen, name)
 		}
 	}
-	return a.pg.syncSlots(ctx, want, drop)
+	want, drop, shared := slotPlan(want, drop)
+	if err := a.pg.syncSlots(ctx, want, drop); err != nil {
+		return err
+	}
+	return sharedSlotsError(shared)
 }
 
 // cloneFrom clones the data directory from up. A reclone first stops the
@@ -1218,8 +1237,11 @@ func (a *Agent) bootstrap(ctx context.Context, o Observation) error {
 		_ = a.pg.wipe()
 		cctx, cancel := a.callCtx(context.WithoutCancel(ctx))
 		defer cancel()
-		if _, derr := a.dcs.cli.Delete(cctx, a.dcs.keys.Initialize()); derr != nil {
+		switch dropped, derr := a.dcs.dropInitialize(cctx, lease); {
+		case derr != nil:
 			err = errors.Join(err, fmt.Errorf("remove initialize key: %w", derr))
+		case !dropped:
+			a.log.Warn("initialize key left alone: it is no longer this member's claim (the lease expired meanwhile)")
 		}
 		return fmt.Errorf("bootstrap: %w", err)
 	}
@@ -1283,10 +1305,13 @@ func (a *Agent) shutdown() {
 	cctx, ccancel := a.callCtx(ctx)
 	defer ccancel()
 	if a.epoch != 0 {
-		if err := a.dcs.release(cctx, a.epoch); err != nil {
+		switch released, err := a.dcs.release(cctx, a.epoch); {
+		case err != nil:
 			a.log.Warn("release leader key", "err", err)
-		} else {
+		case released:
 			a.log.Info("leader key released", "epoch", a.epoch)
+		default:
+			a.log.Warn("leader key not released: it is no longer this member's (lease expired or another member leads)", "epoch", a.epoch)
 		}
 	}
 	if lease := a.currentLease(); lease != 0 {

@@ -100,6 +100,9 @@ func (r Rules) Validate() error {
 	if !cluster.ValidName(r.Name) {
 		return fmt.Errorf("name %q: use letters, digits, '-', '_' and '.' (at most 128)", r.Name)
 	}
+	if len(r.Name) > maxSlotName {
+		return fmt.Errorf("name %q: at most %d characters (it names the member's replication slot, which PostgreSQL would truncate)", r.Name, maxSlotName)
+	}
 	if err := r.Timing.Validate(); err != nil {
 		return err
 	}

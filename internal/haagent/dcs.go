@@ -175,13 +175,19 @@ func (d *dcs) acquire(ctx context.Context, id clientv3.LeaseID, handoverRev int6
 }
 
 // release deletes the leader key if it is still ours (same epoch).
-func (d *dcs) release(ctx context.Context, epoch int64) error {
+// released is false when the key was not deleted because it no longer is:
+// it expired with the lease, or another member holds it now. Either way
+// that epoch is over, but this member did not end it and must not say so.
+func (d *dcs) release(ctx context.Context, epoch int64) (released bool, err error) {
 	k := d.keys.Leader()
-	_, err := d.cli.Txn(ctx).
+	resp, err := d.cli.Txn(ctx).
 		If(clientv3.Compare(clientv3.CreateRevision(k), "=", epoch)).
 		Then(clientv3.OpDelete(k)).
 		Commit()
-	return err
+	if err != nil {
+		return false, err
+	}
+	return resp.Succeeded, nil
 }
 
 // handover deletes the leader key and marks the switchover key as handed
@@ -247,6 +253,25 @@ func (d *dcs) claimInitialize(ctx context.Context, id clientv3.LeaseID) (bool, e
 	resp, err := d.cli.Txn(ctx).
 		If(clientv3.Compare(clientv3.CreateRevision(k), "=", 0)).
 		Then(clientv3.OpPut(k, string(b), clientv3.WithLease(id))).
+		Commit()
+	if err != nil {
+		return false, err
+	}
+	return resp.Succeeded, nil
+}
+
+// dropInitialize deletes the initialize key after a failed bootstrap, on
+// the condition that it is still attached to lease id, i.e. still this
+// member's claim. A claim that expired while this member was stuck may
+// have been taken by another member since, whose bootstrap, finished or
+// not, is not this one's to undo: deleting its key would let a third
+// member bootstrap a second system. dropped is false when the key was not
+// this member's (or was already gone).
+func (d *dcs) dropInitialize(ctx context.Context, id clientv3.LeaseID) (dropped bool, err error) {
+	k := d.keys.Initialize()
+	resp, err := d.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.LeaseValue(k), "=", id)).
+		Then(clientv3.OpDelete(k)).
 		Commit()
 	if err != nil {
 		return false, err
