@@ -12,6 +12,7 @@ package chaos_test
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -30,6 +31,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/pharos-ha/pharos/internal/bench"
@@ -312,11 +314,22 @@ var menu = []fault{
 
 // splitProber writes directly to every node (not through the proxy) and
 // records which accepted: two nodes accepting in the same span is a split
-// brain.
+// brain. Its verdict means something only for nodes it saw accept writes,
+// so it also counts, per node, what became of its attempts.
 type splitProber struct {
-	mu      sync.Mutex
-	accepts []bench.Accept
+	mu       sync.Mutex
+	accepts  []bench.Accept
+	outcomes map[string]map[probeOutcome]int // by node
 }
+
+// probeOutcome classifies an attempt that was not accepted.
+type probeOutcome string
+
+const (
+	probeUnreachable probeOutcome = "unreachable" // no session: refused, timed out, starting up or shutting down
+	probeReadOnly    probeOutcome = "read-only"   // SQLSTATE 25006: a standby, or a demoted primary
+	probeOther       probeOutcome = "other"       // any other error, timeouts of the write included
+)
 
 func (p *splitProber) run(ctx context.Context, e *env) {
 	var wg sync.WaitGroup
@@ -337,21 +350,76 @@ func (p *splitProber) run(ctx context.Context, e *env) {
 	wg.Wait()
 }
 
-func (p *splitProber) try(ctx context.Context, dsn, node string) {
-	ctx, cancel := context.WithTimeout(ctx, 400*time.Millisecond)
+func (p *splitProber) try(run context.Context, dsn, node string) {
+	ctx, cancel := context.WithTimeout(run, 400*time.Millisecond)
 	defer cancel()
+	failed := func(o probeOutcome) {
+		if run.Err() == nil { // an attempt cut short by the end of the run says nothing
+			p.count(node, o)
+		}
+	}
 	conn, err := pgx.Connect(ctx, dsn)
 	if err != nil {
+		failed(probeUnreachable)
 		return
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
+	// A local commit: a stale primary that accepts the write acknowledges
+	// it whether or not a synchronous standby would have. Waiting for one
+	// would hide exactly the primary cut off from its standby, whose
+	// commits then hang until the probe gives up.
+	if _, err := conn.Exec(ctx, "SET synchronous_commit = local"); err != nil {
+		failed(classify(err))
+		return
+	}
 	sent := time.Now()
 	if _, err := conn.Exec(ctx, "INSERT INTO pharos_split(node) VALUES ($1)", node); err != nil {
+		failed(classify(err))
 		return
 	}
 	p.mu.Lock()
 	p.accepts = append(p.accepts, bench.Accept{Node: node, Sent: sent, Acked: time.Now()})
 	p.mu.Unlock()
+}
+
+func classify(err error) probeOutcome {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "25006" {
+		return probeReadOnly
+	}
+	return probeOther
+}
+
+func (p *splitProber) count(node string, o probeOutcome) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.outcomes == nil {
+		p.outcomes = map[string]map[probeOutcome]int{}
+	}
+	if p.outcomes[node] == nil {
+		p.outcomes[node] = map[probeOutcome]int{}
+	}
+	p.outcomes[node][o]++
+}
+
+// acceptedBy counts the accepted writes per node, of those sent within
+// one of spans (all of them when spans is nil).
+func acceptedBy(accepts []bench.Accept, nodes []string, spans [][2]time.Time) string {
+	n := map[string]int{}
+	for _, a := range accepts {
+		in := spans == nil
+		for _, sp := range spans {
+			in = in || !a.Sent.Before(sp[0]) && !a.Sent.After(sp[1])
+		}
+		if in {
+			n[a.Node]++
+		}
+	}
+	parts := make([]string, len(nodes))
+	for i, name := range nodes {
+		parts[i] = fmt.Sprintf("%s=%d", name, n[name])
+	}
+	return strings.Join(parts, " ")
 }
 
 type row struct {
@@ -410,6 +478,11 @@ func TestChaos(t *testing.T) {
 	go func() { prober.run(pctx, e); close(proberDone) }()
 	defer func() { stopProber(); <-proberDone }()
 
+	// The leaders the run saw healthy, each primary for a while (at
+	// least the probe's lead-in before the next fault): the prober must
+	// have had writes accepted by every one of them, or its verdict of
+	// no split brain says nothing about them.
+	primaries := map[string]bool{leader: true}
 	rows := map[string]*row{}
 	start := time.Now()
 	for i := 0; ; i++ {
@@ -456,15 +529,30 @@ func TestChaos(t *testing.T) {
 		if leader, err = e.waitHealthy(2*time.Minute, true); err != nil {
 			t.Fatalf("after fault %d (%s): %v", i, f.kind, err)
 		}
+		primaries[leader] = true
 		r.spans = append(r.spans, [2]time.Time{faultStart, time.Now()})
 		t.Logf("fault %d %-16s hold %v: outage %v, lost %d, leader now %s", i, f.kind, hold, rep.MaxOutage.Round(time.Millisecond), len(rep.Lost), leader)
 	}
 	stopProber()
 	<-proberDone
 
-	prober.mu.Lock()
+	// The prober has stopped: its results are read without the lock.
 	windows := bench.FindSplitBrain(prober.accepts, 500*time.Millisecond)
-	prober.mu.Unlock()
+	var nodeNames []string
+	for _, n := range e.ha.Nodes() {
+		nodeNames = append(nodeNames, n.Name)
+	}
+	accepted := map[string]int{}
+	for _, a := range prober.accepts {
+		accepted[a.Node]++
+	}
+	for _, name := range nodeNames {
+		if primaries[name] && accepted[name] == 0 {
+			o := prober.outcomes[name]
+			t.Errorf("the split-brain prober never had a write accepted by %s, which led during the run (%d attempts unreachable, %d read-only, %d other errors): it proves nothing about that node",
+				name, o[probeUnreachable], o[probeReadOnly], o[probeOther])
+		}
+	}
 	for _, w := range windows {
 		attributed := false
 		for _, r := range rows {
@@ -486,19 +574,32 @@ func TestChaos(t *testing.T) {
 	sort.Strings(names)
 	var b strings.Builder
 	fmt.Fprintf(&b, "chaos run: seed %d, %v, synchronous mode\n", *seed, time.Since(start).Round(time.Second))
-	fmt.Fprintf(&b, "%-18s %5s %12s %10s %12s\n", "FAULT", "COUNT", "MAX OUTAGE", "ACKED LOST", "SPLIT-BRAIN")
+	fmt.Fprintf(&b, "%-18s %5s %12s %10s %12s  %s\n", "FAULT", "COUNT", "MAX OUTAGE", "ACKED LOST", "SPLIT-BRAIN", "PROBER ACCEPTS (fault to healthy)")
 	total := 0
 	for _, k := range names {
 		r := rows[k]
-		fmt.Fprintf(&b, "%-18s %5d %12v %10d %12d\n", k, r.count, r.maxOutage.Round(time.Millisecond), r.lost, r.splitBrains)
+		fmt.Fprintf(&b, "%-18s %5d %12v %10d %12d  %s\n", k, r.count, r.maxOutage.Round(time.Millisecond), r.lost, r.splitBrains,
+			acceptedBy(prober.accepts, nodeNames, r.spans))
 		total += r.lost
 		if r.lost > 0 {
 			t.Errorf("%s: %d acknowledged writes lost in synchronous mode", k, r.lost)
 		}
 	}
+	var led []string
+	for _, name := range nodeNames {
+		if primaries[name] {
+			led = append(led, name)
+		}
+	}
+	fmt.Fprintf(&b, "split-brain prober (direct writes, synchronous_commit = local), whole run; led: %s\n", strings.Join(led, " "))
+	for _, name := range nodeNames {
+		o := prober.outcomes[name]
+		fmt.Fprintf(&b, "  %-4s accepted %5d, read-only %5d, unreachable %5d, other errors %5d\n",
+			name, accepted[name], o[probeReadOnly], o[probeUnreachable], o[probeOther])
+	}
 	fmt.Print(b.String())
 	t.Log("\n" + b.String())
-	if total == 0 && len(windows) == 0 {
-		t.Logf("verdict: no acknowledged write lost, no split brain (%d direct write accepts checked)", len(prober.accepts))
+	if total == 0 && len(windows) == 0 && !t.Failed() {
+		t.Logf("verdict: no acknowledged write lost, no split brain (%d direct write accepts checked, every leader's among them)", len(prober.accepts))
 	}
 }
