@@ -520,11 +520,11 @@ func fileTail(path string, n int64) string {
 }
 
 // ChildEnv is the environment for PostgreSQL programs: the caller's,
-// without PG* variables that would redirect libpq-based tools, in the C
-// locale.
+// without PG* variables that would redirect libpq-based tools nor pharos's
+// secrets (IsSecretEnv), in the C locale.
 func ChildEnv() []string {
 	var env []string
-	for _, kv := range os.Environ() {
+	for _, kv := range WithoutSecrets(os.Environ()) {
 		if strings.HasPrefix(kv, "PG") || strings.HasPrefix(kv, "LC_") || strings.HasPrefix(kv, "LANG=") {
 			continue
 		}
