@@ -114,6 +114,9 @@ func New(cfg Config, cli *clientv3.Client, keys cluster.Keys, log *slog.Logger) 
 	if cfg.Postgres.SuperUser == "" || cfg.Postgres.ReplicationUser == "" {
 		return nil, errors.New("postgres: superuser and replication user names are required")
 	}
+	if err := CheckRequireAuth(cfg.Postgres.RequireAuth); err != nil {
+		return nil, err
+	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}

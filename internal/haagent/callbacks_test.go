@@ -68,3 +68,41 @@ func TestCallbackQueueDropsWhenFull(t *testing.T) {
 		t.Errorf("queue holds %d, want %d", len(r.queue), callbackQueueSize)
 	}
 }
+
+// TestCallbackEnvironmentHoldsNoSecret: a callback that dumps its
+// environment finds the contract's variables and none of the PHAROS_*
+// secrets the agent was given, even while they are still in the agent's
+// own environment.
+func TestCallbackEnvironmentHoldsNoSecret(t *testing.T) {
+	secrets := map[string]string{
+		"PHAROS_SUPERUSER_PASSWORD": "su-secret", "PHAROS_REPLICATION_PASSWORD": "repl-secret",
+		"PHAROS_API_TOKEN": "token-secret", "PHAROS_ETCD_PASSWORD": "etcd-secret",
+	}
+	for k, v := range secrets {
+		t.Setenv(k, v)
+	}
+	t.Setenv("PHAROS_NOT_A_SECRET", "kept")
+	dir := t.TempDir()
+	out := filepath.Join(dir, "env")
+	script := filepath.Join(dir, "cb.sh")
+	if err := os.WriteFile(script, []byte("#!/bin/sh\nenv > "+out+"\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	r := newCallbackRunner(Callbacks{OnStart: script, Timeout: 5 * time.Second}, "n1", "c1", slog.New(slog.DiscardHandler))
+	r.exec(t.Context(), callbackJob{"on_start", cluster.RolePrimary})
+	b, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := string(b)
+	for k, v := range secrets {
+		if strings.Contains(env, k) || strings.Contains(env, v) {
+			t.Errorf("the callback's environment holds %s", k)
+		}
+	}
+	for _, want := range []string{"PHAROS_MEMBER=n1", "PHAROS_ROLE=primary", "PHAROS_CLUSTER=c1", "PHAROS_NOT_A_SECRET=kept"} {
+		if !strings.Contains(env, want+"\n") {
+			t.Errorf("the callback's environment lacks %s", want)
+		}
+	}
+}

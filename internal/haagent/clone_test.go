@@ -87,6 +87,8 @@ func TestCloneReportsProgress(t *testing.T) {
 		Postgres: PostgresConfig{
 			DataDir: dataDir, BinDir: pg.BinDir(), Port: 1, Owner: pg.Owner(),
 			SuperUser: pglocal.SuperUser, ReplicationUser: pglocal.ReplicationUser, ReplicationPassword: "unused",
+			// pglocal trusts its superuser and replication logins.
+			RequireAuth: "scram-sha-256,none",
 			// The database is about 30 MB: the clone lasts long enough
 			// for a few progress reports, which pg_basebackup prints
 			// once a second.

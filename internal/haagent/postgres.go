@@ -15,6 +15,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -37,9 +38,20 @@ type PostgresConfig struct {
 	Port   int
 	// Superuser and Replication are the accounts bootstrap creates and the
 	// agent uses; passwords are never logged nor written to a file other
-	// than through initdb's --pwfile, which is removed at once.
+	// than through initdb's --pwfile, which is removed at once, and the
+	// walreceiver's passfile. Roles other than the superuser get theirs as
+	// a SCRAM verifier computed here, never as the password.
 	SuperUser, SuperPassword             string
 	ReplicationUser, ReplicationPassword string
+	// MonitorUser and MonitorPassword: the login bootstrap creates for the
+	// proxies' health checks, a plain member of pg_monitor; none without a
+	// password.
+	MonitorUser, MonitorPassword string
+	// RequireAuth is libpq's require_auth for every connection the agent
+	// makes and the PostgreSQL programs it runs make: the authentication
+	// methods a server may ask for before it gets anything. Empty:
+	// DefaultRequireAuth.
+	RequireAuth string
 	// HBA lines replace the pg_hba.conf initdb writes; empty: loopback
 	// only, scram-sha-256 everywhere.
 	HBA []string
@@ -68,6 +80,9 @@ type postgres struct {
 	// deadWait bounds how long awaitDead waits for a server's processes
 	// to go.
 	deadWait time.Duration
+	// libpqRequireAuth: whether the libpq of the server's programs knows
+	// require_auth (probeRequireAuth, asked once).
+	libpqRequireAuth func() bool
 }
 
 // protected parameters are the agent's to set: neither the dynamic nor the
@@ -85,8 +100,13 @@ func newPostgres(cfg PostgresConfig, log *slog.Logger) *postgres {
 	if cfg.Listen == "" {
 		cfg.Listen = "127.0.0.1"
 	}
-	return &postgres{cfg: cfg, log: log, logPath: filepath.Join(filepath.Dir(cfg.DataDir), cfg.Name+"-postgres.log"),
+	if cfg.RequireAuth == "" {
+		cfg.RequireAuth = DefaultRequireAuth
+	}
+	p := &postgres{cfg: cfg, log: log, logPath: filepath.Join(filepath.Dir(cfg.DataDir), cfg.Name+"-postgres.log"),
 		deadWait: 10 * time.Second}
+	p.libpqRequireAuth = sync.OnceValue(p.probeRequireAuth)
+	return p
 }
 
 // confFile is ours, included from postgresql.conf; rewritten before every
@@ -231,6 +251,9 @@ func (p *postgres) connect(ctx context.Context, m *cluster.Member) (*pgx.Conn, e
 		return nil, err
 	}
 	cc.Password = p.cfg.SuperPassword
+	// Set after parsing, so that no PGREQUIREAUTH in the environment
+	// widens it.
+	cc.RequireAuth = p.cfg.RequireAuth
 	return pgx.ConnectConfig(ctx, cc)
 }
 
@@ -495,9 +518,17 @@ func (p *postgres) writeConf(standby bool, upstream *cluster.Member) error {
 	if standby && upstream != nil {
 		params["primary_conninfo"] = p.primaryConninfo(*upstream)
 		params["primary_slot_name"] = slotName(p.cfg.Name)
+		// Before the configuration that makes the walreceiver look
+		// the password up for this upstream.
+		if err := p.writePassfile(*upstream); err != nil {
+			return fmt.Errorf("passfile: %w", err)
+		}
 	} else {
 		params["primary_conninfo"] = ""
 		params["primary_slot_name"] = ""
+		if err := p.removePassfile(); err != nil {
+			return fmt.Errorf("passfile: %w", err)
+		}
 	}
 	keys := make([]string, 0, len(params))
 	for k := range params {
@@ -531,24 +562,17 @@ func (p *postgres) writeConf(standby bool, upstream *cluster.Member) error {
 // written here: primary_conninfo lands in a file the whole cluster copies.
 // libpq reads it from a passfile the agent writes beside the data dir.
 func (p *postgres) primaryConninfo(up cluster.Member) string {
-	return fmt.Sprintf("host=%s port=%d user=%s application_name=%s passfile=%s connect_timeout=2",
+	ci := fmt.Sprintf("host=%s port=%d user=%s application_name=%s passfile=%s connect_timeout=2",
 		up.Host, up.Port, p.cfg.ReplicationUser, p.cfg.Name, p.passfile())
+	// A libpq that does not know the option refuses the whole string.
+	if p.libpqRequireAuth() {
+		ci += " require_auth=" + quoteConn(p.cfg.RequireAuth)
+	}
+	return ci
 }
 
 func (p *postgres) passfile() string {
 	return filepath.Join(filepath.Dir(p.cfg.DataDir), ".pharos-pgpass")
-}
-
-// writePassfile writes the replication password for the walreceiver
-// (libpq's passfile, mode 0600, owned by the server's account).
-func (p *postgres) writePassfile() error {
-	esc := strings.NewReplacer(`\`, `\\`, `:`, `\:`)
-	line := "*:*:*:" + esc.Replace(p.cfg.ReplicationUser) + ":" + esc.Replace(p.cfg.ReplicationPassword) + "\n"
-	path := p.passfile()
-	if err := os.WriteFile(path, []byte(line), 0o600); err != nil {
-		return err
-	}
-	return p.cfg.Owner.Chown(path)
 }
 
 func (p *postgres) hba() string {
@@ -564,14 +588,7 @@ func (p *postgres) hba() string {
 }
 
 func (p *postgres) writeOwned(name, content string) error {
-	path := p.path(name)
-	if err := os.WriteFile(path+".tmp", []byte(content), 0o600); err != nil {
-		return err
-	}
-	if err := p.cfg.Owner.Chown(path + ".tmp"); err != nil {
-		return err
-	}
-	return os.Rename(path+".tmp", path)
+	return writeFileAtomic(p.path(name), []byte(content), p.cfg.Owner)
 }
 
 // formatSyncNames writes synchronous_standby_names: FIRST k (names),
@@ -656,9 +673,6 @@ func (p *postgres) start(ctx context.Context, timeout time.Duration) error {
 	}
 	if err := p.awaitDead(ctx, p.deadWait); err != nil {
 		return err
-	}
-	if err := p.writePassfile(); err != nil {
-		return fmt.Errorf("passfile: %w", err)
 	}
 	secs := max(int(timeout/time.Second), 1)
 	_, err := p.run(ctx, timeout+5*time.Second, nil, "pg_ctl", "start", "-D", p.cfg.DataDir, "-l", p.logPath,
@@ -847,36 +861,48 @@ func (p *postgres) syncSlots(ctx context.Context, want, drop []string) error {
 	return nil
 }
 
-// createRoles makes the replication account (the superuser exists since
-// initdb).
+// createRoles makes the replication account and, when it has a password,
+// the health checks' (the superuser exists since initdb). Each password is
+// set from its SCRAM verifier: what the server, its log and any error
+// message see is the verifier, never the password.
 func (p *postgres) createRoles(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
+	// PASSWORD comes before IN ROLE, which takes the rest of the
+	// statement as its list.
+	type role struct{ name, password, attrs, inRole string }
+	roles := []role{{p.cfg.ReplicationUser, p.cfg.ReplicationPassword, "REPLICATION LOGIN", ""}}
+	if p.cfg.MonitorUser != "" && p.cfg.MonitorPassword != "" {
+		roles = append(roles, role{p.cfg.MonitorUser, p.cfg.MonitorPassword, "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION", "pg_monitor"})
+	} else {
+		p.log.Info("no monitor_password: no login created for the proxies' health checks", "monitor_user", p.cfg.MonitorUser)
+	}
+	stmts := make([]string, len(roles))
+	for i, r := range roles {
+		v, err := newSCRAMVerifier(r.password)
+		if err != nil {
+			return fmt.Errorf("role %s: %w", r.name, err)
+		}
+		stmts[i] = "CREATE ROLE " + pgx.Identifier{r.name}.Sanitize() + " WITH " + r.attrs + " PASSWORD " + quoteLiteral(v)
+		if r.inRole != "" {
+			stmts[i] += " IN ROLE " + pgx.Identifier{r.inRole}.Sanitize()
+		}
+	}
 	conn, err := p.connect(ctx, nil)
 	if err != nil {
 		return err
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	// The password is sent as a query parameter would be logged on error
-	// by some setups; format it as a literal inside the statement instead
-	// and never log the statement.
-	_, err = conn.Exec(ctx, "CREATE ROLE "+pgx.Identifier{p.cfg.ReplicationUser}.Sanitize()+
-		" WITH REPLICATION LOGIN PASSWORD "+quoteLiteral(p.cfg.ReplicationPassword))
-	if err != nil {
-		return errors.New("create replication role failed: " + redact(err.Error(), p.cfg.ReplicationPassword))
+	for i, stmt := range stmts {
+		if _, err := conn.Exec(ctx, stmt); err != nil {
+			return fmt.Errorf("create role %s: %w", roles[i].name, err)
+		}
 	}
 	return nil
 }
 
 func quoteLiteral(s string) string {
 	return "'" + strings.ReplaceAll(s, "'", "''") + "'"
-}
-
-func redact(s, secret string) string {
-	if secret == "" {
-		return s
-	}
-	return strings.ReplaceAll(s, secret, "********")
 }
 
 // errSourceUnavailable: the server to rewind or clone from did not answer;
@@ -917,7 +943,15 @@ func (p *postgres) basebackup(ctx context.Context, up cluster.Member, onLine fun
 	if p.cfg.CloneMaxRate != "" {
 		args = append(args, "--max-rate", p.cfg.CloneMaxRate)
 	}
-	_, err := p.runLines(ctx, copyTimeout, copyStallTimeout, []string{"PGPASSWORD=" + p.cfg.ReplicationPassword, "PGAPPNAME=pharos-clone"},
+	if err := p.checkReplicationLogin(ctx, up); err != nil {
+		return fmt.Errorf("%s refused as a clone source: %w", up.Name, err)
+	}
+	// The password from the passfile, which names up: not in the
+	// environment, where it would go to whichever server libpq reaches.
+	if err := p.writePassfile(up); err != nil {
+		return fmt.Errorf("passfile: %w", err)
+	}
+	_, err := p.runLines(ctx, copyTimeout, copyStallTimeout, p.toolEnv("PGPASSFILE="+p.passfile(), "PGAPPNAME=pharos-clone"),
 		onLine, "pg_basebackup", args...)
 	return err
 }
@@ -961,7 +995,7 @@ func (p *postgres) rewind(ctx context.Context, up cluster.Member, onLine func(st
 		}
 		return onLine(l)
 	}
-	lines, err := p.runLines(ctx, copyTimeout, copyStallTimeout, []string{"PGPASSWORD=" + p.cfg.SuperPassword},
+	lines, err := p.runLines(ctx, copyTimeout, copyStallTimeout, p.toolEnv("PGPASSWORD="+p.cfg.SuperPassword),
 		watch, "pg_rewind", "-D", p.cfg.DataDir, "--source-server", src, "--progress")
 	run.lines = lines
 	run.killed = err != nil && (ctx.Err() != nil || errors.Is(err, errStalled))

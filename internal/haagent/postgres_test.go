@@ -96,24 +96,6 @@ func TestWriteConf(t *testing.T) {
 	}
 }
 
-// TestPassfileEscapes: libpq's passfile needs ':' and '\' escaped.
-func TestPassfileEscapes(t *testing.T) {
-	p := testPostgres(t)
-	if err := p.writePassfile(); err != nil {
-		t.Fatal(err)
-	}
-	b, err := os.ReadFile(p.passfile())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got, want := string(b), "*:*:*:repl:p\\:w\\\\d\n"; got != want {
-		t.Errorf("passfile %q, want %q", got, want)
-	}
-	if st, _ := os.Stat(p.passfile()); st.Mode().Perm() != 0o600 {
-		t.Errorf("passfile mode %v", st.Mode().Perm())
-	}
-}
-
 // TestRunLinesStall shows a copy that goes quiet is killed after the
 // stall bound, not after its (long) total bound, and that one that keeps
 // talking is not.

@@ -2,6 +2,7 @@ package router
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/pharos-ha/pharos/internal/metrics"
@@ -34,7 +36,16 @@ type StaticConfig struct {
 	// SSLMode for the check connections (libpq semantics: disable, prefer,
 	// require, verify-ca, verify-full).
 	SSLMode string
+	// RequireAuth is libpq's require_auth for the check connections: the
+	// authentication methods a backend may ask for before it gets the
+	// password. Empty: DefaultRequireAuth.
+	RequireAuth string
 }
+
+// DefaultRequireAuth lets only a backend that proves it knows the
+// password's verifier (SCRAM) near the health password; one asking for
+// the password itself (cleartext, md5) gets nothing.
+const DefaultRequireAuth = "scram-sha-256"
 
 // Validate reports the first setting that cannot work, naming it.
 func (c StaticConfig) Validate() error {
@@ -58,6 +69,15 @@ func (c StaticConfig) Validate() error {
 	}
 	if c.User == "" {
 		return fmt.Errorf("health_user: required for the static source")
+	}
+	if c.RequireAuth != "" {
+		if _, err := pgconn.ParseConfig("require_auth=" + quoteConnValue(c.RequireAuth)); err != nil {
+			var pe *pgconn.ParseConfigError
+			if errors.As(err, &pe) && pe.Unwrap() != nil {
+				err = pe.Unwrap()
+			}
+			return fmt.Errorf("health_require_auth: %q: %w", c.RequireAuth, err)
+		}
 	}
 	return nil
 }
@@ -282,6 +302,12 @@ func (s *Static) connect(ctx context.Context, addr string) (*pgx.Conn, error) {
 	// Set apart from the string so it needs no quoting and never shows up in
 	// a parse error.
 	cfg.Password = s.cfg.Password
+	// After parsing, so that no PGREQUIREAUTH in the environment widens
+	// it.
+	cfg.RequireAuth = s.cfg.RequireAuth
+	if cfg.RequireAuth == "" {
+		cfg.RequireAuth = DefaultRequireAuth
+	}
 	cfg.DefaultQueryExecMode = pgx.QueryExecModeSimpleProtocol
 	return pgx.ConnectConfig(ctx, cfg)
 }

@@ -50,6 +50,9 @@ func TestStaticConfigValidate(t *testing.T) {
 		{name: "timeout equal to interval", edit: func(c *router.StaticConfig) { c.Timeout = c.Interval }, wantKey: "health_check_timeout"},
 		{name: "timeout above interval", edit: func(c *router.StaticConfig) { c.Timeout = 2 * c.Interval }, wantKey: "health_check_timeout"},
 		{name: "missing user", edit: func(c *router.StaticConfig) { c.User = "" }, wantKey: "health_user"},
+		{name: "require_auth widened", edit: func(c *router.StaticConfig) { c.RequireAuth = "scram-sha-256,md5" }},
+		{name: "require_auth unknown method", edit: func(c *router.StaticConfig) { c.RequireAuth = "scram" }, wantKey: "health_require_auth"},
+		{name: "require_auth mixing negations", edit: func(c *router.StaticConfig) { c.RequireAuth = "md5,!password" }, wantKey: "health_require_auth"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := validStatic()
@@ -399,5 +402,56 @@ func TestStaticSplitBrain(t *testing.T) {
 	}
 	if !revoked(oldRW) {
 		t.Errorf("rw route on the old primary not revoked")
+	}
+}
+
+// TestHealthCheckSendsNoPasswordToAServerThatAsksForIt: a host at a
+// backend's address that asks for the password itself (cleartext, md5)
+// fails the check with the reason in the log and never receives a
+// PasswordMessage; with the method allowed it would have.
+func TestHealthCheckSendsNoPasswordToAServerThatAsksForIt(t *testing.T) {
+	for _, method := range []string{"password", "md5"} {
+		t.Run(method, func(t *testing.T) {
+			srv, err := pglocal.NewHostileServer(method)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer srv.Close()
+			var logs strings.Builder
+			log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+			m := metrics.NewProxy(prometheus.NewRegistry())
+			cfg := validStatic()
+			cfg.SSLMode = "prefer"
+			round := func(cfg router.StaticConfig) map[string]bool {
+				h, err := router.NewHealthChecker(cfg, log, m)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer h.Close()
+				return h.Round(t.Context(), []string{srv.Addr})
+			}
+			if failed := round(cfg); !failed[srv.Addr] {
+				t.Errorf("the hostile backend passed the check: %v", failed)
+			}
+			want := `authentication method requirement \"scram-sha-256\" failed: server requested ` + method + ` authentication`
+			if !strings.Contains(logs.String(), want) {
+				t.Errorf("log lacks %s:\n%s", want, logs.String())
+			}
+			if got := testutil.ToFloat64(m.HealthCheckError.WithLabelValues(srv.Addr)); got != 1 {
+				t.Errorf("health check errors %v, want 1", got)
+			}
+			if len(srv.Startups()) == 0 {
+				t.Fatal("the check never reached the hostile server")
+			}
+			if pw := srv.Passwords(); len(pw) != 0 {
+				t.Fatalf("the hostile server received %d PasswordMessage(s): %q", len(pw), pw)
+			}
+
+			cfg.RequireAuth = "scram-sha-256," + method
+			round(cfg)
+			if len(srv.Passwords()) == 0 {
+				t.Fatal("with the method allowed the fake server saw no password: the test cannot see a leak")
+			}
+		})
 	}
 }
