@@ -47,6 +47,10 @@ type agentSettings struct {
 	ReplicationUser         string `yaml:"replication_user"`
 	ReplicationPassword     string `yaml:"replication_password"`
 	ReplicationPasswordFile string `yaml:"replication_password_file"`
+	MonitorUser             string `yaml:"monitor_user"`
+	MonitorPassword         string `yaml:"monitor_password"`
+	MonitorPasswordFile     string `yaml:"monitor_password_file"`
+	RequireAuth             string `yaml:"require_auth"`
 
 	TTL                  duration          `yaml:"ttl"`
 	LoopWait             duration          `yaml:"loop_wait"`
@@ -90,6 +94,8 @@ func defaultAgentSettings() agentSettings {
 		LogLevel:             "info",
 		SuperUser:            "postgres",
 		ReplicationUser:      "replicator",
+		MonitorUser:          "pharos_monitor",
+		RequireAuth:          haagent.DefaultRequireAuth,
 		TTL:                  duration(t.TTL),
 		LoopWait:             duration(t.LoopWait),
 		RetryTimeout:         duration(t.RetryTimeout),
@@ -123,6 +129,9 @@ func parseAgentArgs(args []string, stderr io.Writer) (agentSettings, error) {
 	str("superuser-password-file", "file holding its password (or env PHAROS_SUPERUSER_PASSWORD)", func(s *agentSettings) *string { return &s.SuperPasswordFile })
 	str("replication-user", "replication account", func(s *agentSettings) *string { return &s.ReplicationUser })
 	str("replication-password-file", "file holding its password (or env PHAROS_REPLICATION_PASSWORD)", func(s *agentSettings) *string { return &s.ReplicationPasswordFile })
+	str("monitor-user", "non-superuser pg_monitor login bootstrap creates for the proxies' health checks", func(s *agentSettings) *string { return &s.MonitorUser })
+	str("monitor-password-file", "file holding its password (or env PHAROS_MONITOR_PASSWORD; none: no such login)", func(s *agentSettings) *string { return &s.MonitorPasswordFile })
+	str("require-auth", "authentication methods a server may ask the agent for (libpq require_auth, e.g. scram-sha-256,md5)", func(s *agentSettings) *string { return &s.RequireAuth })
 	dur("ttl", "lease of the leader key and member records (whole seconds)", func(s *agentSettings) *duration { return &s.TTL })
 	dur("loop-wait", "loop and renewal period", func(s *agentSettings) *duration { return &s.LoopWait })
 	dur("retry-timeout", "bound of one etcd call", func(s *agentSettings) *duration { return &s.RetryTimeout })
@@ -188,6 +197,26 @@ func (s agentSettings) agentConfig(ctx context.Context, log *slog.Logger) (haage
 	}
 	if replPW == "" {
 		return zero, ecfg, keys, usageErrorf("replication_password: required (file, config or env PHAROS_REPLICATION_PASSWORD)")
+	}
+	monitorPW, err := readSecret("monitor_password", s.MonitorPassword, s.MonitorPasswordFile, "PHAROS_MONITOR_PASSWORD")
+	if err != nil {
+		return zero, ecfg, keys, err
+	}
+	// Bootstrap sets these from SCRAM verifiers it computes (see
+	// haagent.CheckRolePassword): refused now rather than at bootstrap.
+	if err := haagent.CheckRolePassword(replPW); err != nil {
+		return zero, ecfg, keys, usageErrorf("replication_password: %v", err)
+	}
+	if monitorPW != "" {
+		if err := haagent.CheckRolePassword(monitorPW); err != nil {
+			return zero, ecfg, keys, usageErrorf("monitor_password: %v", err)
+		}
+		if s.MonitorUser == "" || s.MonitorUser == s.SuperUser || s.MonitorUser == s.ReplicationUser {
+			return zero, ecfg, keys, usageErrorf("monitor_user: %q must be a role of its own, neither the superuser nor the replication user", s.MonitorUser)
+		}
+	}
+	if err := haagent.CheckRequireAuth(s.RequireAuth); err != nil {
+		return zero, ecfg, keys, usageErrorf("%v", err)
 	}
 	binDir, err := pglocal.FindBinDir(ctx, s.BinDir)
 	if err != nil {
@@ -256,6 +285,8 @@ func (s agentSettings) agentConfig(ctx context.Context, log *slog.Logger) (haage
 			DataDir: s.DataDir, BinDir: binDir, SocketDir: s.SocketDir, Listen: s.PGListen, Port: s.PGPort,
 			SuperUser: s.SuperUser, SuperPassword: superPW,
 			ReplicationUser: s.ReplicationUser, ReplicationPassword: replPW,
+			MonitorUser: s.MonitorUser, MonitorPassword: monitorPW,
+			RequireAuth:  s.RequireAuth,
 			CloneMaxRate: cloneMaxRate,
 			HBA:          s.PGHBA, Parameters: s.Parameters, Owner: owner,
 		},
@@ -367,6 +398,9 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 			return exitUsage
 		}
 	}
+	// Every secret is read: none stays in the environment that PostgreSQL,
+	// the callbacks and the watchdog process inherit.
+	scrubSecretEnv()
 	cli, err := router.NewEtcdClient(ecfg)
 	if err != nil {
 		fmt.Fprintln(stderr, "pharos agent: etcd:", err)

@@ -16,12 +16,17 @@ import (
 // exit 2, before anything touches etcd or the data directory.
 func TestAgentRejectsBadConfig(t *testing.T) {
 	// Secrets missing from the flags must not come from the environment.
-	for _, env := range []string{"PHAROS_REPLICATION_PASSWORD", "PHAROS_API_PASSWORD", "PHAROS_API_TOKEN"} {
+	for _, env := range []string{"PHAROS_REPLICATION_PASSWORD", "PHAROS_MONITOR_PASSWORD", "PHAROS_API_PASSWORD", "PHAROS_API_TOKEN"} {
 		t.Setenv(env, "")
 	}
 	dataDir := filepath.Join(t.TempDir(), "data")
 	pw := filepath.Join(t.TempDir(), "pw")
 	if err := os.WriteFile(pw, []byte("secret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// PostgreSQL would SASLprep it before hashing; the agent does not.
+	unicodePW := filepath.Join(t.TempDir(), "pw")
+	if err := os.WriteFile(unicodePW, []byte("pässword\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	base := []string{"agent", "--name", "n1", "--cluster", "c1", "--etcd", "127.0.0.1:1", "--data-dir", dataDir,
@@ -67,6 +72,12 @@ func TestAgentRejectsBadConfig(t *testing.T) {
 		{"unknown watchdog driver", with("--watchdog-driver", "ipmi"), `watchdog_driver "ipmi"`},
 		{"zero callback timeout", with("--callback-timeout", "0s"), "callback_timeout 0s: must be positive"},
 		{"api user without a password", with("--api-listen", "127.0.0.1:0", "--api-username", "admin"), "api_username:"},
+		{"require_auth unknown method", with("--require-auth", "scram"), `require_auth "scram": invalid require_auth method: "scram"`},
+		{"require_auth mixing negations", with("--require-auth", "md5,!password"), "require_auth"},
+		{"replication password not ASCII", with("--replication-password-file", unicodePW), "replication_password: password is not ASCII"},
+		{"monitor password not ASCII", with("--monitor-password-file", unicodePW), "monitor_password: password is not ASCII"},
+		{"monitor user is the superuser", with("--monitor-password-file", pw, "--monitor-user", "postgres"), "monitor_user:"},
+		{"monitor user is the replication user", with("--monitor-password-file", pw, "--monitor-user", "replicator"), "monitor_user:"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			code, stderr := runCmd(t, tc.args...)

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/pharos-ha/pharos/internal/pglocal"
 )
 
 // usageError is a bad flag or config value: the command exits 2 with its
@@ -217,6 +219,18 @@ func newLogger(w io.Writer, level string) (*slog.Logger, error) {
 		return nil, usageErrorf("log_level: %q is not one of debug, info, warn, error", level)
 	}
 	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: l})), nil
+}
+
+// scrubSecretEnv removes the variables secrets are read from
+// (pglocal.IsSecretEnv) from this process's environment, once they are
+// read, so that no program it starts inherits them.
+func scrubSecretEnv() {
+	for _, kv := range os.Environ() {
+		if pglocal.IsSecretEnv(kv) {
+			name, _, _ := strings.Cut(kv, "=")
+			_ = os.Unsetenv(name)
+		}
+	}
 }
 
 // readSecret returns the value of a secret given inline, in a file (first

@@ -203,6 +203,7 @@ func TestProxyRejectsBadConfigBeforeServing(t *testing.T) {
 		},
 		{name: "empty health user", args: []string{"--backends", "127.0.0.1:5432", "--health-user="}, key: "health_user"},
 		{name: "unreadable health password file", args: []string{"--backends", "127.0.0.1:5432", "--health-password-file", "/nonexistent/pw"}, key: "health_password_file"},
+		{name: "health_require_auth", args: []string{"--backends", "127.0.0.1:5432", "--health-require-auth", "scram"}, key: "health_require_auth"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			args := append([]string{"proxy"}, base...)

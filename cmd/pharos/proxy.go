@@ -57,6 +57,7 @@ type proxySettings struct {
 	HealthPasswordFile string   `yaml:"health_password_file"`
 	HealthDatabase     string   `yaml:"health_database"`
 	HealthSSLMode      string   `yaml:"health_sslmode"`
+	HealthRequireAuth  string   `yaml:"health_require_auth"`
 
 	MaxLag              byteSize `yaml:"max_lag"`
 	ROFallbackToPrimary bool     `yaml:"ro_fallback_to_primary"`
@@ -87,9 +88,10 @@ func defaultProxySettings() proxySettings {
 		PatroniNamespace:     "/service",
 		HealthInterval:       duration(time.Second),
 		HealthTimeout:        duration(800 * time.Millisecond),
-		HealthUser:           "postgres",
+		HealthUser:           "pharos_monitor",
 		HealthDatabase:       "postgres",
 		HealthSSLMode:        "prefer",
+		HealthRequireAuth:    router.DefaultRequireAuth,
 		TLSMode:              string(proxy.TLSDisable),
 		BackendTLS:           string(proxy.BackendTLSDisable),
 		MaxClients:           proxy.DefaultMaxClients,
@@ -127,6 +129,7 @@ func parseProxyArgs(args []string, stderr io.Writer) (proxySettings, error) {
 	str("health-password-file", "file holding the health user's password (or env PHAROS_HEALTH_PASSWORD)", func(s *proxySettings) *string { return &s.HealthPasswordFile })
 	str("health-database", "database the health checks connect to", func(s *proxySettings) *string { return &s.HealthDatabase })
 	str("health-sslmode", "sslmode of the health-check connections", func(s *proxySettings) *string { return &s.HealthSSLMode })
+	str("health-require-auth", "authentication methods a backend may ask the health checks for (libpq require_auth, e.g. scram-sha-256,md5)", func(s *proxySettings) *string { return &s.HealthRequireAuth })
 	bind(o, "max-lag", "exclude replicas lagging more than this from ro (e.g. 16MB; 0 = no limit)", parseByteSize, func(s *proxySettings) *byteSize { return &s.MaxLag })
 	bind(o, "ro-fallback-to-primary", "let ro use the primary when no replica is eligible", parseBool, func(s *proxySettings) *bool { return &s.ROFallbackToPrimary })
 	str("tls-mode", "client TLS: disable, allow or require", func(s *proxySettings) *string { return &s.TLSMode })
@@ -184,13 +187,14 @@ func (ps proxySettings) healthConfig() (router.StaticConfig, error) {
 		return router.StaticConfig{}, err
 	}
 	return router.StaticConfig{
-		Backends: ps.Backends,
-		Interval: time.Duration(ps.HealthInterval),
-		Timeout:  time.Duration(ps.HealthTimeout),
-		User:     ps.HealthUser,
-		Password: password,
-		Database: ps.HealthDatabase,
-		SSLMode:  ps.HealthSSLMode,
+		Backends:    ps.Backends,
+		Interval:    time.Duration(ps.HealthInterval),
+		Timeout:     time.Duration(ps.HealthTimeout),
+		User:        ps.HealthUser,
+		Password:    password,
+		Database:    ps.HealthDatabase,
+		SSLMode:     ps.HealthSSLMode,
+		RequireAuth: ps.HealthRequireAuth,
 	}, nil
 }
 
@@ -235,6 +239,8 @@ func runProxy(ctx context.Context, args []string, _ io.Writer, stderr io.Writer)
 		}
 		return exitFailure
 	}
+	// The secrets are read (newProxyStack): out of the environment.
+	scrubSecretEnv()
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
