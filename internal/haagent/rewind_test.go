@@ -93,6 +93,8 @@ func TestRewindOverAKilledUnreapedPostmaster(t *testing.T) {
 		Postgres: PostgresConfig{
 			DataDir: old.DataDir, BinDir: pg.BinDir(), Port: old.Port, SocketDir: old.SocketDir(), Owner: pg.Owner(),
 			SuperUser: pglocal.SuperUser, ReplicationUser: pglocal.ReplicationUser,
+			// pglocal trusts its superuser.
+			RequireAuth: "scram-sha-256,none",
 		},
 		Metrics: m,
 	}, nil, cluster.Keys{}, slog.New(slog.DiscardHandler))
