@@ -42,17 +42,15 @@ func TestSuccessPathsEndToEnd(t *testing.T) {
 		}
 		primary := e.ha.Node(leader)
 		var standbys []string
-		var names string
 		if !waitUntil(30*time.Second, func() bool {
 			st := e.syncState(t)
 			if st == nil || st.Leader != leader || len(st.Standbys) != 2 {
 				return false
 			}
 			standbys = slices.Sorted(slices.Values(st.Standbys))
-			names = show(primary, "synchronous_standby_names")
-			return names == fmt.Sprintf(`FIRST 2 ("%s", "%s")`, standbys[0], standbys[1])
+			return show(primary, "synchronous_standby_names") == fmt.Sprintf(`FIRST 2 ("%s", "%s")`, standbys[0], standbys[1])
 		}) {
-			t.Fatalf("sync key %+v, synchronous_standby_names %q: want two standbys in both", e.syncState(t), names)
+			t.Fatalf("sync key %+v, synchronous_standby_names %q: want two standbys in both", e.syncState(t), show(primary, "synchronous_standby_names"))
 		}
 		// The primary's own view: both standbys synchronous, the third
 		// asynchronous.
