@@ -7,9 +7,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
 	"os/signal"
+	"slices"
 	"strconv"
 	"sync"
 	"syscall"
@@ -173,6 +175,14 @@ func (s agentSettings) agentConfig(ctx context.Context, log *slog.Logger) (haage
 	if s.PGPort < 1 || s.PGPort > 65535 {
 		return zero, router.EtcdConfig{}, cluster.Keys{}, usageErrorf("pg_port: %d is not a port (--pg-port)", s.PGPort)
 	}
+	// The host is published in the member record, which other members put
+	// into their connection strings.
+	if err := cluster.CheckHost(s.Host); err != nil {
+		return zero, router.EtcdConfig{}, cluster.Keys{}, usageErrorf("host: %v (--host)", err)
+	}
+	if err := s.checkParameters(); err != nil {
+		return zero, router.EtcdConfig{}, cluster.Keys{}, err
+	}
 	if len(s.Etcd) == 0 {
 		return zero, router.EtcdConfig{}, cluster.Keys{}, usageErrorf("etcd: at least one endpoint is required (--etcd)")
 	}
@@ -291,6 +301,29 @@ func (s agentSettings) agentConfig(ctx context.Context, log *slog.Logger) (haage
 			HBA:          s.PGHBA, Parameters: s.Parameters, Owner: owner,
 		},
 	}, ecfg, keys, nil
+}
+
+// checkParameters refuses settings the agent writes into pharos.conf that
+// would not be one line of it meaning what they say (cluster.CheckParameter),
+// and local parameters the agent sets itself.
+func (s agentSettings) checkParameters() error {
+	for _, v := range []struct{ key, param, value string }{
+		{"pg_listen", "listen_addresses", s.PGListen},
+		{"socket_dir", "unix_socket_directories", s.SocketDir},
+	} {
+		if err := cluster.CheckParameter(v.param, v.value); err != nil {
+			return usageErrorf("%s: %v", v.key, err)
+		}
+	}
+	for _, k := range slices.Sorted(maps.Keys(s.Parameters)) {
+		if err := cluster.CheckParameter(k, s.Parameters[k]); err != nil {
+			return usageErrorf("parameters: %v", err)
+		}
+		if cluster.ProtectedParameter(k) {
+			return usageErrorf("parameters: %s is set by the agent itself (see pg_port, pg_listen, socket_dir and name)", k)
+		}
+	}
+	return nil
 }
 
 // apiURL is the REST API's address as published in the member record.

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"io"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -78,6 +80,10 @@ func TestAgentRejectsBadConfig(t *testing.T) {
 		{"monitor password not ASCII", with("--monitor-password-file", unicodePW), "monitor_password: password is not ASCII"},
 		{"monitor user is the superuser", with("--monitor-password-file", pw, "--monitor-user", "postgres"), "monitor_user:"},
 		{"monitor user is the replication user", with("--monitor-password-file", pw, "--monitor-user", "replicator"), "monitor_user:"},
+		{"host smuggling a conninfo keyword", with("--host", "10.9.9.9\vsslmode=disable"), `host: host "10.9.9.9\vsslmode=disable" is not a host name or IP address`},
+		{"host with a space", with("--host", "10.9.9.9 sslmode=disable"), "host: host"},
+		{"several hosts", with("--host", "db1,db2"), `host: host "db1,db2"`},
+		{"listen addresses with a line feed", with("--pg-listen", "127.0.0.1'\nport = 6001"), `pg_listen: parameter listen_addresses: the value holds "\n"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			code, stderr := runCmd(t, tc.args...)
@@ -103,6 +109,20 @@ func TestAgentRejectsBadConfig(t *testing.T) {
 			t.Errorf("exit %d, stderr %q", code, stderr)
 		}
 	})
+	for _, tc := range []struct{ name, yaml, want string }{
+		{"a parameter name smuggling an assignment", "parameters:\n  \"port '6001' #\": x\n", `parameters: parameter name "port '6001' #"`},
+		{"a line feed in a parameter value", "parameters:\n  work_mem: \"1MB\\nport = 6001\"\n", `parameters: parameter work_mem: the value holds "\n" at byte 3`},
+		{"an include directive", "parameters:\n  include_dir: /tmp\n", "include directive"},
+		{"a protected parameter in capitals", "parameters:\n  PORT: \"6001\"\n", "parameters: PORT is set by the agent itself"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := writeConfig(t, tc.yaml)
+			code, stderr := runCmd(t, with("--config", path)...)
+			if code != exitUsage || !strings.Contains(stderr, tc.want) || strings.Count(strings.TrimSpace(stderr), "\n") != 0 {
+				t.Errorf("exit %d, stderr %q; want exit 2 and one line with %q", code, stderr, tc.want)
+			}
+		})
+	}
 	t.Run("config file cut short", func(t *testing.T) {
 		path := writeConfig(t, "name: n1\nparameters:\n  shared_buffers: '128MB\n")
 		code, stderr := runCmd(t, "agent", "--config", path)
@@ -110,6 +130,34 @@ func TestAgentRejectsBadConfig(t *testing.T) {
 			t.Errorf("exit %d, stderr %q", code, stderr)
 		}
 	})
+}
+
+// TestAgentAcceptsRealHostsAndParameters: the validation that refuses
+// smuggled settings keeps the ones operators write.
+func TestAgentAcceptsRealHostsAndParameters(t *testing.T) {
+	pw := filepath.Join(t.TempDir(), "pw")
+	if err := os.WriteFile(pw, []byte("secret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	path := writeConfig(t, "parameters:\n  shared_preload_libraries: pg_stat_statements\n  pg_stat_statements.max: \"10000\"\n"+
+		"  Work_Mem: 64MB\n  archive_command: \"cp '%p' /arch/%f\"\n")
+	for _, host := range []string{"fd00::2", "pg-node-1.db.example.com", "10.0.0.1", "fe80::1%eth0"} {
+		t.Run(host, func(t *testing.T) {
+			s, err := parseAgentArgs([]string{"--config", path, "--name", "n1", "--cluster", "c1", "--etcd", "127.0.0.1:1",
+				"--data-dir", filepath.Join(t.TempDir(), "data"), "--pg-port", "5432", "--host", host,
+				"--superuser-password-file", pw, "--replication-password-file", pw}, io.Discard)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cfg, _, _, err := s.agentConfig(t.Context(), slog.New(slog.DiscardHandler))
+			if err != nil {
+				t.Fatalf("agentConfig: %v", err)
+			}
+			if cfg.Host != host || cfg.Postgres.Parameters["pg_stat_statements.max"] != "10000" {
+				t.Errorf("host %q, parameters %v", cfg.Host, cfg.Postgres.Parameters)
+			}
+		})
+	}
 }
 
 // TestAgentWaitsForEtcd: with etcd unreachable the agent keeps retrying,

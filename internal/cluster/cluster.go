@@ -100,14 +100,12 @@ func (m Member) Validate() error {
 		return fmt.Errorf("name %q is not a member name: at most 128 letters, digits, '-', '_' and '.', and not \".\" or \"..\"", m.Name)
 	case !m.Role.valid():
 		return fmt.Errorf("role %q is not one of primary, replica, starting, demoted, stopped", m.Role)
-	case m.Host == "":
-		return errors.New("host is empty")
-	case strings.ContainsAny(m.Host, "[]/ \t\n"):
-		return fmt.Errorf("host %q is not a host name or address", m.Host)
 	case m.Port < 1 || m.Port > 65535:
 		return fmt.Errorf("port %d is out of range", m.Port)
 	}
-	return nil
+	// Agents put the host into connection strings: a forged record must
+	// not carry keywords there.
+	return CheckHost(m.Host)
 }
 
 // ValidName reports whether name can be a member name (and so a key

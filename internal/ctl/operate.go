@@ -297,7 +297,12 @@ func parseSettings(settings []string) ([]configChange, error) {
 		if !ok || k == "" {
 			return nil, refused("%q is not key=value", kv)
 		}
+		// A parameter's own name may hold a dot (pg_stat_statements.max);
+		// PostgreSQL folds names to lower case, so one spelling is kept.
 		path := strings.Split(k, ".")
+		if name, ok := strings.CutPrefix(k, paramsPrefix); ok {
+			path = []string{"postgresql", "parameters", strings.ToLower(name)}
+		}
 		for _, p := range path {
 			if p == "" {
 				return nil, refused("%q: empty path element", k)
@@ -318,9 +323,14 @@ func parseSettings(settings []string) ([]configChange, error) {
 	return changes, nil
 }
 
+// paramsPrefix starts the keys of PostgreSQL parameters.
+const paramsPrefix = "postgresql.parameters."
+
 // EditConfig applies key=value settings to the dynamic configuration in
 // one conditional write. Keys are dotted paths
-// (postgresql.parameters.work_mem); a value that is JSON (true, 5, "x",
+// (postgresql.parameters.work_mem, whose last element is a PostgreSQL
+// parameter name, which may hold a dot of its own:
+// postgresql.parameters.pg_stat_statements.max); a value that is JSON (true, 5, "x",
 // null) is taken as such, anything else as a string; null removes the key.
 func EditConfig(ctx context.Context, cli *clientv3.Client, keys cluster.Keys, settings []string) (map[string]any, error) {
 	changes, err := parseSettings(settings)
@@ -333,6 +343,11 @@ func EditConfig(ctx context.Context, cli *clientv3.Client, keys cluster.Keys, se
 			return nil, err
 		}
 		for _, c := range changes {
+			if isParameter(c.path) {
+				// Another spelling of the same parameter would be a second
+				// line in pharos.conf, whichever the agent wrote last.
+				dropParameterSpellings(cfg, c.path[2])
+			}
 			setPath(cfg, c.path, c.value, c.del)
 		}
 		b, err := json.Marshal(cfg)
@@ -376,13 +391,25 @@ func validateSetting(path []string, v any, del bool) error {
 		if n, ok := v.(float64); (!ok || n < 0) && !del {
 			return refused("maximum_lag_on_failover: a number of bytes")
 		}
-	case len(path) == 3 && path[0] == "postgresql" && path[1] == "parameters":
-		if !del {
-			switch v.(type) {
-			case string, float64, bool:
-			default:
-				return refused("%s: a scalar value", key)
-			}
+	case isParameter(path):
+		if del {
+			// Removing is always allowed, so that a name the agents
+			// ignore can be cleaned away.
+			return nil
+		}
+		name, s := path[2], ""
+		switch v := v.(type) {
+		case string:
+			s = v
+		case float64, bool:
+		default:
+			return refused("%s: a scalar value", key)
+		}
+		if err := cluster.CheckParameter(name, s); err != nil {
+			return refused("%s: %v", key, err)
+		}
+		if cluster.ProtectedParameter(name) {
+			return refused("%s: the agent sets %s itself; it ignores the cluster's value", key, name)
 		}
 	case path[0] == "postgresql":
 		return refused("%s: only postgresql.parameters.<name> is dynamic", key)
@@ -390,6 +417,22 @@ func validateSetting(path []string, v any, del bool) error {
 		return refused("%s: unknown key (pause, maximum_lag_on_failover, synchronous_mode, synchronous_mode_strict, synchronous_node_count, postgresql.parameters.<name>)", key)
 	}
 	return nil
+}
+
+func isParameter(path []string) bool {
+	return len(path) == 3 && path[0] == "postgresql" && path[1] == "parameters"
+}
+
+// dropParameterSpellings removes every spelling of the parameter name
+// from cfg, whatever its case.
+func dropParameterSpellings(cfg map[string]any, name string) {
+	pg, _ := cfg["postgresql"].(map[string]any)
+	params, _ := pg["parameters"].(map[string]any)
+	for k := range params {
+		if strings.EqualFold(k, name) {
+			delete(params, k)
+		}
+	}
 }
 
 func setPath(m map[string]any, path []string, v any, del bool) {

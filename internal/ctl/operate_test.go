@@ -185,6 +185,16 @@ func TestEditConfig(t *testing.T) {
 		{"parameter not a scalar", []string{`postgresql.parameters.work_mem={"a":1}`}, "a scalar value"},
 		{"static postgresql key", []string{"postgresql.data_dir=/tmp"}, "only postgresql.parameters"},
 		{"unknown key", []string{"ttl=30"}, "ttl: unknown key"},
+		{"a parameter name smuggling an assignment", []string{"postgresql.parameters.port '6001' #=x"}, "parameter name \"port '6001' #\""},
+		{"a parameter name with two dots", []string{"postgresql.parameters.a.b.c=1"}, `parameter name "a.b.c"`},
+		{"an include directive", []string{"postgresql.parameters.include_dir=/tmp"}, "include directive"},
+		{"a line feed in a value", []string{"postgresql.parameters.work_mem=1MB\nport = '6001'"}, `"\n" at byte 3`},
+		{"a JSON-escaped line feed in a value", []string{`postgresql.parameters.work_mem="1MB\nport = '6001'"`}, `"\n" at byte 3`},
+		{"a carriage return in a value", []string{"postgresql.parameters.work_mem=1MB\r"}, `"\r" at byte 3`},
+		{"a NUL in a value", []string{`postgresql.parameters.application_name="a\u0000b"`}, `"\x00" at byte 1`},
+		{"a protected parameter", []string{"postgresql.parameters.port=6001"}, "the agent sets port itself"},
+		{"a protected parameter in capitals", []string{"postgresql.parameters.PORT=6001"}, "the agent sets port itself"},
+		{"the agent's pg_hba.conf", []string{"postgresql.parameters.hba_file=/tmp/trust.conf"}, "the agent sets hba_file itself"},
 		{"one bad among good ones", []string{"pause=true", "bogus=1"}, "bogus: unknown key"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -197,6 +207,24 @@ func TestEditConfig(t *testing.T) {
 			}
 		})
 	}
+
+	t.Run("extension parameters and other spellings", func(t *testing.T) {
+		got, err := edit("postgresql.parameters.shared_preload_libraries=pg_stat_statements",
+			"postgresql.parameters.pg_stat_statements.max=10000", "postgresql.parameters.WORK_MEM=32MB")
+		want := "maximum_lag_on_failover = 1048576\n" +
+			"postgresql.parameters.pg_stat_statements.max = 10000\n" +
+			"postgresql.parameters.shared_preload_libraries = \"pg_stat_statements\"\n" +
+			"postgresql.parameters.work_mem = \"32MB\"\n"
+		if err != nil || got != want {
+			t.Fatalf("edit: %v, config\n%s\nwant\n%s", err, got, want)
+		}
+		// A spelling written by hand (or by an older ctl) goes too.
+		put(t, cli, k.Config(), `{"postgresql":{"parameters":{"Work_Mem":"1MB","work_mem":"2MB","port '1' #":"x"}}}`)
+		got, err = edit("postgresql.parameters.work_mem=null", "postgresql.parameters.port '1' #=null")
+		if err != nil || got != "(empty: every agent uses its local settings)\n" {
+			t.Fatalf("remove: %v, config\n%s", err, got)
+		}
+	})
 
 	t.Run("a half-written config key", func(t *testing.T) {
 		put(t, cli, k.Config(), `{"pause": tr`)

@@ -187,8 +187,8 @@ func (p *postgres) probeRequireAuth() bool {
 func (p *postgres) checkReplicationLogin(ctx context.Context, up cluster.Member) error {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	cc, err := pgconn.ParseConfig(fmt.Sprintf("host=%s port=%d user=%s dbname=replication replication=true application_name=pharos-clone-check connect_timeout=5",
-		quoteConn(up.Host), up.Port, quoteConn(p.cfg.ReplicationUser)))
+	cc, err := pgconn.ParseConfig(fmt.Sprintf("host=%s port=%s user=%s dbname=replication replication=true application_name=pharos-clone-check connect_timeout=5",
+		quoteConn(up.Host), quoteConn(strconv.Itoa(up.Port)), quoteConn(p.cfg.ReplicationUser)))
 	if err != nil {
 		return err
 	}

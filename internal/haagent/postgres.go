@@ -85,14 +85,6 @@ type postgres struct {
 	libpqRequireAuth func() bool
 }
 
-// protected parameters are the agent's to set: neither the dynamic nor the
-// local configuration may change them.
-var protected = map[string]bool{
-	"port": true, "listen_addresses": true, "unix_socket_directories": true, "cluster_name": true,
-	"primary_conninfo": true, "primary_slot_name": true, "recovery_target_timeline": true,
-	"hot_standby": true, "wal_level": true, "wal_log_hints": true, "synchronous_standby_names": true,
-}
-
 func newPostgres(cfg PostgresConfig, log *slog.Logger) *postgres {
 	if cfg.SocketDir == "" {
 		cfg.SocketDir = filepath.Dir(cfg.DataDir)
@@ -225,10 +217,13 @@ func (p *postgres) awaitDead(ctx context.Context, bound time.Duration) error {
 }
 
 func (p *postgres) connString(db string) string {
-	return fmt.Sprintf("host=%s port=%d user=%s dbname=%s connect_timeout=2 application_name=pharos-agent",
-		quoteConn(p.cfg.SocketDir), p.cfg.Port, quoteConn(p.cfg.SuperUser), db)
+	return fmt.Sprintf("host=%s port=%s user=%s dbname=%s connect_timeout=2 application_name=pharos-agent",
+		quoteConn(p.cfg.SocketDir), quoteConn(strconv.Itoa(p.cfg.Port)), quoteConn(p.cfg.SuperUser), quoteConn(db))
 }
 
+// quoteConn quotes a libpq conninfo value. Every value of a conninfo the
+// agent builds is quoted, so that nothing in one (a host from a member
+// record, a user name) can end it and start another keyword.
 func quoteConn(v string) string {
 	return "'" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(v) + "'"
 }
@@ -236,7 +231,7 @@ func quoteConn(v string) string {
 // memberConnString is the superuser's conninfo for another member (also
 // pg_rewind's --source-server); the password goes separately.
 func (p *postgres) memberConnString(m cluster.Member) string {
-	return fmt.Sprintf("host=%s port=%d user=%s dbname=postgres connect_timeout=3", m.Host, m.Port, quoteConn(p.cfg.SuperUser))
+	return fmt.Sprintf("host=%s port=%s user=%s dbname=postgres connect_timeout=3", quoteConn(m.Host), quoteConn(strconv.Itoa(m.Port)), quoteConn(p.cfg.SuperUser))
 }
 
 // connect opens a superuser connection to the local server (m nil, over
@@ -502,14 +497,22 @@ func (p *postgres) writeConf(standby bool, upstream *cluster.Member) error {
 		"password_encryption":          "scram-sha-256",
 	}
 	// Precedence: the agent's own settings < the cluster's dynamic ones <
-	// this node's local ones; protected ones are the agent's only.
+	// this node's local ones; protected ones are the agent's only. Names
+	// are folded as PostgreSQL folds them, so that a layer overrides
+	// another whatever the spelling. The dynamic layer is whatever a writer
+	// of the config key put there: a name or value that would not be one
+	// line of pharos.conf is skipped, not written.
 	for _, layer := range []map[string]string{p.dynamic, p.cfg.Parameters} {
 		for k, v := range layer {
-			if protected[k] {
+			if err := cluster.CheckParameter(k, v); err != nil {
+				p.log.Warn("parameter ignored", "err", err)
+				continue
+			}
+			if cluster.ProtectedParameter(k) {
 				p.log.Warn("parameter ignored: the agent sets it", "parameter", k)
 				continue
 			}
-			params[k] = v
+			params[strings.ToLower(k)] = v
 		}
 	}
 	// A standby ignores it; a standby about to be promoted in synchronous
@@ -541,7 +544,7 @@ func (p *postgres) writeConf(standby bool, upstream *cluster.Member) error {
 		fmt.Fprintf(&b, "# upstream: %s\n", upstream.Name)
 	}
 	for _, k := range keys {
-		fmt.Fprintf(&b, "%s = '%s'\n", k, strings.ReplaceAll(params[k], "'", "''"))
+		fmt.Fprintf(&b, "%s = %s\n", k, quoteConfValue(params[k]))
 	}
 	if err := p.writeOwned(confFile, b.String()); err != nil {
 		return err
@@ -558,12 +561,21 @@ func (p *postgres) writeConf(standby bool, upstream *cluster.Member) error {
 	return nil
 }
 
+// quoteConfValue quotes a postgresql.conf value. Inside quotes the file's
+// parser reads backslash escapes as C does (GUC_scanstr), so a backslash is
+// doubled as well as a quote: unescaped, C:\x would lose its backslash
+// and a value ending in one would swallow the closing quote (the server
+// would not start).
+func quoteConfValue(v string) string {
+	return "'" + strings.NewReplacer(`\`, `\\`, `'`, `''`).Replace(v) + "'"
+}
+
 // The password is passed through the environment of the walreceiver, not
 // written here: primary_conninfo lands in a file the whole cluster copies.
 // libpq reads it from a passfile the agent writes beside the data dir.
 func (p *postgres) primaryConninfo(up cluster.Member) string {
-	ci := fmt.Sprintf("host=%s port=%d user=%s application_name=%s passfile=%s connect_timeout=2",
-		up.Host, up.Port, p.cfg.ReplicationUser, p.cfg.Name, p.passfile())
+	ci := fmt.Sprintf("host=%s port=%s user=%s application_name=%s passfile=%s connect_timeout=2",
+		quoteConn(up.Host), quoteConn(strconv.Itoa(up.Port)), quoteConn(p.cfg.ReplicationUser), quoteConn(p.cfg.Name), quoteConn(p.passfile()))
 	// A libpq that does not know the option refuses the whole string.
 	if p.libpqRequireAuth() {
 		ci += " require_auth=" + quoteConn(p.cfg.RequireAuth)

@@ -67,7 +67,7 @@ func TestWriteConf(t *testing.T) {
 	}
 	conf, _ := os.ReadFile(p.path(confFile))
 	for _, want := range []string{"port = '5433'", "cluster_name = 'node-A.1'", "primary_slot_name = 'node_a_1'",
-		"host=127.0.0.2 port=6000 user=repl", "recovery_target_timeline = 'latest'"} {
+		"host=''127.0.0.2'' port=''6000'' user=''repl''", "recovery_target_timeline = 'latest'"} {
 		if !strings.Contains(string(conf), want) {
 			t.Errorf("pharos.conf lacks %q:\n%s", want, conf)
 		}
