@@ -69,6 +69,8 @@ func TestAgentRejectsBadConfig(t *testing.T) {
 		{"clone rate not a size", with("--clone-max-rate", "fast"), "clone-max-rate"},
 		{"no replication password", without("--replication-password-file"), "replication_password: required"},
 		{"missing etcd CA file", with("--etcd-cacert", "/nonexistent/ca.pem"), "etcd_cacert:"},
+		{"http etcd endpoint with a CA and a client certificate", with("--etcd", "http://127.0.0.1:1", "--etcd-cacert", "/nonexistent/ca.pem", "--etcd-cert", "/x.crt", "--etcd-key", "/x.key"),
+			`etcd: endpoint "http://127.0.0.1:1" is plain http:// while etcd_cacert and etcd_cert are set`},
 		{"bin dir without PostgreSQL", with("--bin-dir", t.TempDir()), "bin_dir:"},
 		{"unknown watchdog mode", with("--watchdog", "sometimes"), `watchdog "sometimes"`},
 		{"unknown watchdog driver", with("--watchdog-driver", "ipmi"), `watchdog_driver "ipmi"`},

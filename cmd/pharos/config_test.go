@@ -201,6 +201,21 @@ func TestProxyRejectsBadConfigBeforeServing(t *testing.T) {
 			args: []string{"--backends", "127.0.0.1:5432", "--health-check-interval", "500ms", "--health-check-timeout", "2s"},
 			key:  "health_check_timeout",
 		},
+		{
+			name: "http etcd endpoint with a CA",
+			args: []string{"--source", "pharos", "--cluster", "c1", "--etcd", "http://127.0.0.1:1", "--etcd-cacert", "/nonexistent/ca.pem"},
+			key:  `etcd: endpoint "http://127.0.0.1:1" is plain http:// while etcd_cacert is set`,
+		},
+		{
+			name: "HTTP etcd endpoint with a client certificate",
+			yaml: "source: patroni\ncluster: c1\netcd: [\"https://127.0.0.1:1\", \"HTTP://127.0.0.2:1\"]\netcd_cert: /x.crt\netcd_key: /x.key\n",
+			key:  `etcd: endpoint "HTTP://127.0.0.2:1" is plain http:// while etcd_cert is set`,
+		},
+		{
+			name: "http etcd endpoint with a password",
+			yaml: "source: pharos\ncluster: c1\netcd: [\"http://127.0.0.1:1\"]\netcd_username: pharos\netcd_password: secret\n",
+			key:  `etcd: endpoint "http://127.0.0.1:1" is plain http:// while etcd_password is set`,
+		},
 		{name: "empty health user", args: []string{"--backends", "127.0.0.1:5432", "--health-user="}, key: "health_user"},
 		{name: "unreadable health password file", args: []string{"--backends", "127.0.0.1:5432", "--health-password-file", "/nonexistent/pw"}, key: "health_password_file"},
 		{name: "health_require_auth", args: []string{"--backends", "127.0.0.1:5432", "--health-require-auth", "scram"}, key: "health_require_auth"},

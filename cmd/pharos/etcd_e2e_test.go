@@ -12,6 +12,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	pcluster "github.com/pharos-ha/pharos/internal/cluster"
 	"github.com/pharos-ha/pharos/internal/etcdlocal"
@@ -38,6 +39,11 @@ func TestBinaryFollowsEtcd(t *testing.T) {
 
 	keys, _ := pcluster.NewKeys("e2e")
 	primary, replica := pgCluster.Primary(), pgCluster.Replicas()[0]
+	// Agents write their records on a lease; the proxy ignores any other.
+	lease, err := writer.Grant(ctx, 600)
+	if err != nil {
+		t.Fatal(err)
+	}
 	lag := int64(0)
 	for _, m := range []pcluster.Member{
 		{Name: "pg-a", Role: pcluster.RolePrimary, Host: "127.0.0.1", Port: primary.Port, LagBytes: &lag},
@@ -47,11 +53,11 @@ func TestBinaryFollowsEtcd(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := writer.Put(ctx, keys.Member(m.Name), string(rec)); err != nil {
+		if _, err := writer.Put(ctx, keys.Member(m.Name), string(rec), clientv3.WithLease(lease.ID)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if _, err := writer.Put(ctx, keys.Leader(), "pg-a"); err != nil {
+	if _, err := writer.Put(ctx, keys.Leader(), "pg-a", clientv3.WithLease(lease.ID)); err != nil {
 		t.Fatal(err)
 	}
 
@@ -147,10 +153,14 @@ func TestBinaryFollowsEtcdOverTLS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := writer.Put(ctx, keys.Member("pg-a"), string(rec)); err != nil {
+	lease, err := writer.Grant(ctx, 600)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := writer.Put(ctx, keys.Leader(), "pg-a"); err != nil {
+	if _, err := writer.Put(ctx, keys.Member("pg-a"), string(rec), clientv3.WithLease(lease.ID)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := writer.Put(ctx, keys.Leader(), "pg-a", clientv3.WithLease(lease.ID)); err != nil {
 		t.Fatal(err)
 	}
 	endpoint := etcd.Endpoints()[0]

@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"os"
+	"strings"
 
 	"github.com/pharos-ha/pharos/internal/router"
 )
@@ -47,6 +48,27 @@ func (e EtcdSettings) etcdConfig() (router.EtcdConfig, error) {
 	cfg := router.EtcdConfig{Endpoints: e.Etcd, Username: e.EtcdUsername, Password: password}
 	if password != "" && cfg.Username == "" {
 		return cfg, usageErrorf("etcd_username: an etcd password needs a user name")
+	}
+	if ep := router.PlainEndpoint(e.Etcd); ep != "" {
+		var why []string
+		for _, set := range []struct {
+			key string
+			on  bool
+		}{{"etcd_cacert", e.EtcdCACert != ""}, {"etcd_cert", e.EtcdCert != "" || e.EtcdKey != ""}, {"etcd_password", password != ""}} {
+			if set.on {
+				why = append(why, set.key)
+			}
+		}
+		// The etcd client drops TLS for them silently, and a password
+		// would cross the network in clear.
+		if len(why) > 0 {
+			verb := "is"
+			if len(why) > 1 {
+				verb = "are"
+			}
+			return cfg, usageErrorf("etcd: endpoint %q is plain http:// while %s %s set, and the etcd client talks to such an endpoint without TLS; use https://",
+				ep, strings.Join(why, " and "), verb)
+		}
 	}
 	if e.EtcdCACert != "" || e.EtcdCert != "" {
 		tc := &tls.Config{MinVersion: tls.VersionTLS12}

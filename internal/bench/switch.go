@@ -56,10 +56,15 @@ func (r SwitchResult) Percentile(p float64) time.Duration {
 	return s[min(max(i, 0), len(s)-1)]
 }
 
+// switchLeaseTTL is how long the records RunSwitch writes outlive it.
+const switchLeaseTTL = 60 * time.Second
+
 // RunSwitch flips the leader between cfg.Members cfg.Flips times, as an
 // agent would (member records first, then the leader key with a fresh
-// create revision), and times how long the proxy takes to route a new rw
-// session to the new leader. It leaves the last leader in place.
+// create revision, all on a lease: the proxy ignores records on none), and
+// times how long the proxy takes to route a new rw session to the new
+// leader. It leaves the last leader in place for a minute after it
+// returns, when the lease it stops renewing expires.
 func RunSwitch(ctx context.Context, cfg SwitchConfig) (SwitchResult, error) {
 	if len(cfg.Members) < 2 {
 		return SwitchResult{}, errors.New("switch: at least two members are needed")
@@ -74,10 +79,29 @@ func RunSwitch(ctx context.Context, cfg SwitchConfig) (SwitchResult, error) {
 	if progress == nil {
 		progress = io.Discard
 	}
+	lease, err := cfg.Etcd.Grant(ctx, int64(switchLeaseTTL/time.Second))
+	if err != nil {
+		return SwitchResult{}, fmt.Errorf("switch: etcd grant: %w", err)
+	}
+	kctx, stopKeepAlive := context.WithCancel(ctx)
+	defer stopKeepAlive()
+	// The client renews the lease until kctx ends, then closes the
+	// channel, which must be drained meanwhile.
+	renewals, err := cfg.Etcd.KeepAlive(kctx, lease.ID)
+	if err != nil {
+		return SwitchResult{}, fmt.Errorf("switch: etcd keep-alive: %w", err)
+	}
+	drained := make(chan struct{})
+	go func() {
+		defer close(drained)
+		for range renewals {
+		}
+	}()
+	defer func() { stopKeepAlive(); <-drained }()
 	var res SwitchResult
 	for i := range cfg.Flips {
 		target := cfg.Members[(i+1)%len(cfg.Members)]
-		d, attempts, err := flipOnce(ctx, cfg, target)
+		d, attempts, err := flipOnce(ctx, cfg, lease.ID, target)
 		res.Attempts += attempts
 		if err != nil {
 			return res, fmt.Errorf("flip %d to %s: %w", i+1, target.Name, err)
@@ -88,7 +112,7 @@ func RunSwitch(ctx context.Context, cfg SwitchConfig) (SwitchResult, error) {
 	return res, nil
 }
 
-func flipOnce(ctx context.Context, cfg SwitchConfig, target SwitchMember) (time.Duration, int, error) {
+func flipOnce(ctx context.Context, cfg SwitchConfig, lease clientv3.LeaseID, target SwitchMember) (time.Duration, int, error) {
 	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
 	defer cancel()
 	ops := make([]clientv3.Op, 0, len(cfg.Members)+2)
@@ -102,7 +126,7 @@ func flipOnce(ctx context.Context, cfg SwitchConfig, target SwitchMember) (time.
 		if err != nil {
 			return 0, 0, err
 		}
-		ops = append(ops, clientv3.OpPut(cfg.Keys.Member(m.Name), string(rec)))
+		ops = append(ops, clientv3.OpPut(cfg.Keys.Member(m.Name), string(rec), clientv3.WithLease(lease)))
 	}
 	// The old leader's key goes first (its lease expired, or it resigned),
 	// then the new leader creates it: a new create revision, a new epoch,
@@ -110,7 +134,7 @@ func flipOnce(ctx context.Context, cfg SwitchConfig, target SwitchMember) (time.
 	if _, err := cfg.Etcd.Delete(ctx, cfg.Keys.Leader()); err != nil {
 		return 0, 0, fmt.Errorf("etcd delete leader: %w", err)
 	}
-	ops = append(ops, clientv3.OpPut(cfg.Keys.Leader(), target.Name))
+	ops = append(ops, clientv3.OpPut(cfg.Keys.Leader(), target.Name, clientv3.WithLease(lease)))
 	start := time.Now()
 	if _, err := cfg.Etcd.Txn(ctx).Then(ops...).Commit(); err != nil {
 		return 0, 0, fmt.Errorf("etcd write: %w", err)

@@ -87,7 +87,14 @@ type Proxy struct {
 	EtcdUp           prometheus.Gauge
 	LeaderEpoch      prometheus.Gauge
 	RouteSwitch      prometheus.Histogram
+	EtcdIgnored      *prometheus.GaugeVec // reason: IgnoredUnleased, IgnoredInvalid
 }
+
+// Reasons the etcd source ignores a record (pharos_router_etcd_records_ignored).
+const (
+	IgnoredUnleased = "unleased" // a leader or member record on no lease: not an agent's
+	IgnoredInvalid  = "invalid"  // does not parse or validate
+)
 
 // NewProxy creates the proxy metrics and registers them on reg.
 func NewProxy(reg prometheus.Registerer) *Proxy {
@@ -157,6 +164,11 @@ func NewProxy(reg prometheus.Registerer) *Proxy {
 			Help:    "Time from receiving an etcd change to the new rw route being in force.",
 			Buckets: []float64{.00005, .0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1},
 		}),
+		EtcdIgnored: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "pharos_router_etcd_records_ignored",
+			Help: "Keys of the cluster's layout the etcd source ignores now, by reason: unleased (a leader or member record " +
+				"not attached to a lease, so not written by an agent: forged or restored) or invalid (does not parse).",
+		}, []string{"reason"}),
 	}
 	reg.MustRegister(m.Clients, m.PendingClients, m.Sessions, m.Terminated, m.BackendConnect, m.Bytes, m.Cancels,
 		m.BackendUp, m.BackendRole, m.BackendLag, m.BackendSessions, m.HealthCheckError,
@@ -168,7 +180,7 @@ func NewProxy(reg prometheus.Registerer) *Proxy {
 // follows etcd exports them, so that a static deployment does not show
 // pharos_proxy_etcd_up 0 and trip an "etcd down" alert.
 func (m *Proxy) RegisterEtcd(reg prometheus.Registerer) {
-	reg.MustRegister(m.EtcdUp, m.LeaderEpoch, m.RouteSwitch)
+	reg.MustRegister(m.EtcdUp, m.LeaderEpoch, m.RouteSwitch, m.EtcdIgnored)
 }
 
 // NewRegistry returns a registry with the Go runtime and process collectors,

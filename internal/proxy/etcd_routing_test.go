@@ -96,7 +96,12 @@ func (a etcdAgent) member(in *pglocal.Instance, role pharoscluster.Role) {
 	}
 	ctx, cancel := a.ctx()
 	defer cancel()
-	if _, err := a.cli.Put(ctx, a.keys.Member(in.Name), string(rec)); err != nil {
+	// The proxy routes only to records on a lease, as agents write them.
+	lease, err := a.cli.Grant(ctx, 600)
+	if err != nil {
+		a.t.Fatalf("grant: %v", err)
+	}
+	if _, err := a.cli.Put(ctx, a.keys.Member(in.Name), string(rec), clientv3.WithLease(lease.ID)); err != nil {
 		a.t.Fatalf("put member %s: %v", in.Name, err)
 	}
 }

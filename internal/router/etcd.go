@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"maps"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -36,10 +37,29 @@ type EtcdConfig struct {
 	ProbeInterval time.Duration
 }
 
+// PlainEndpoint returns the first endpoint of eps that names the http://
+// scheme, or "". The etcd client connects to such an endpoint without TLS
+// even when it has a TLS configuration (it drops it silently) and would
+// send a password in clear there, so a configuration with either must not
+// name one.
+func PlainEndpoint(eps []string) string {
+	for _, ep := range eps {
+		if len(ep) >= len("http://") && strings.EqualFold(ep[:len("http://")], "http://") {
+			return ep
+		}
+	}
+	return ""
+}
+
 // NewEtcdClient connects to etcd with cfg. The caller closes the client.
+// It refuses an http:// endpoint when cfg has TLS or a password
+// (PlainEndpoint).
 func NewEtcdClient(cfg EtcdConfig) (*clientv3.Client, error) {
 	if len(cfg.Endpoints) == 0 {
 		return nil, errors.New("etcd: at least one endpoint is required")
+	}
+	if ep := PlainEndpoint(cfg.Endpoints); ep != "" && (cfg.TLS != nil || cfg.Password != "") {
+		return nil, fmt.Errorf("etcd: endpoint %q is plain http://, which would drop TLS and send the password in clear; use https://", ep)
 	}
 	dial := cfg.DialTimeout
 	if dial <= 0 {
@@ -63,6 +83,15 @@ type KeyValue struct {
 	Value          []byte
 	CreateRevision int64
 	ModRevision    int64
+	// Lease is the ID of the lease the key is attached to, 0 for none.
+	// Agents (pharos's and Patroni's) write leader and member records on
+	// their lease, so that a dead agent's records expire; one without a
+	// lease was written by someone else and would never go.
+	Lease int64
+}
+
+func keyValue(kv *mvccpb.KeyValue) KeyValue {
+	return KeyValue{Value: kv.Value, CreateRevision: kv.CreateRevision, ModRevision: kv.ModRevision, Lease: kv.Lease}
 }
 
 // Format turns the keys under a prefix into a topology. Implementations
@@ -234,7 +263,7 @@ func (e *Etcd) resync(ctx context.Context, r *Router) (int64, error) {
 	}
 	e.keys = make(map[string]KeyValue, len(resp.Kvs))
 	for _, kv := range resp.Kvs {
-		e.keys[string(kv.Key)] = KeyValue{Value: kv.Value, CreateRevision: kv.CreateRevision, ModRevision: kv.ModRevision}
+		e.keys[string(kv.Key)] = keyValue(kv)
 	}
 	e.apply(r, e.now())
 	return resp.Header.Revision, nil
@@ -287,7 +316,7 @@ func (e *Etcd) watch(ctx context.Context, r *Router, rev int64) error {
 					delete(e.keys, key)
 					continue
 				}
-				e.keys[key] = KeyValue{Value: ev.Kv.Value, CreateRevision: ev.Kv.CreateRevision, ModRevision: ev.Kv.ModRevision}
+				e.keys[key] = keyValue(ev.Kv)
 			}
 			e.apply(r, received)
 		}
@@ -343,6 +372,8 @@ func (e *Etcd) apply(r *Router, received time.Time) {
 	r.Update(snap)
 	after, _ := r.Current()
 	e.metrics.LeaderEpoch.Set(float64(epoch))
+	e.metrics.EtcdIgnored.WithLabelValues(metrics.IgnoredUnleased).Set(float64(snap.Ignored.Unleased))
+	e.metrics.EtcdIgnored.WithLabelValues(metrics.IgnoredInvalid).Set(float64(snap.Ignored.Invalid))
 	if before != after {
 		e.metrics.RouteSwitch.Observe(e.now().Sub(received).Seconds())
 		e.log.Info("rw route switched", "from", before, "to", after, "epoch", epoch)

@@ -2,26 +2,48 @@ package router_test
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/pharos-ha/pharos/internal/cluster"
 	"github.com/pharos-ha/pharos/internal/etcdlocal"
 	"github.com/pharos-ha/pharos/internal/metrics"
+	"github.com/pharos-ha/pharos/internal/pglocal"
 	"github.com/pharos-ha/pharos/internal/router"
 )
 
-// TestEtcdSourceWithAuthentication: with etcd's authentication on, the
-// source reads the topology with the right user and password, and a wrong
-// password is refused when the client is made, with etcd's reason.
+// TestEtcdSourceWithAuthentication: with etcd's authentication on (over
+// TLS: a password is refused on http:// endpoints), the source reads the
+// topology with the right user and password, and a wrong password is
+// refused when the client is made, with etcd's reason.
 func TestEtcdSourceWithAuthentication(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	etcd, err := etcdlocal.Start(ctx, etcdlocal.Options{})
+	certPEM, keyPEM, err := pglocal.SelfSignedCert()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	files := &etcdlocal.TLSFiles{CertFile: filepath.Join(dir, "etcd.crt"), KeyFile: filepath.Join(dir, "etcd.key"), CAFile: filepath.Join(dir, "etcd.crt")}
+	if err := os.WriteFile(files.CertFile, certPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(files.KeyFile, keyPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(certPEM)
+	tc := &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: roots}
+	etcd, err := etcdlocal.Start(ctx, etcdlocal.Options{ClientTLS: files})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -33,6 +55,10 @@ func TestEtcdSourceWithAuthentication(t *testing.T) {
 	defer admin.Close()
 
 	keys, _ := cluster.NewKeys("authed")
+	lease, err := admin.Grant(ctx, 600)
+	if err != nil {
+		t.Fatal(err)
+	}
 	lag := int64(0)
 	for _, m := range []cluster.Member{
 		{Name: "a", Role: cluster.RolePrimary, Host: "127.0.0.1", Port: 15432, LagBytes: &lag},
@@ -42,11 +68,11 @@ func TestEtcdSourceWithAuthentication(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := admin.Put(ctx, keys.Member(m.Name), string(rec)); err != nil {
+		if _, err := admin.Put(ctx, keys.Member(m.Name), string(rec), clientv3.WithLease(lease.ID)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if _, err := admin.Put(ctx, keys.Leader(), "a"); err != nil {
+	if _, err := admin.Put(ctx, keys.Leader(), "a", clientv3.WithLease(lease.ID)); err != nil {
 		t.Fatal(err)
 	}
 	// root with the root role, then authentication on: from here every
@@ -62,7 +88,7 @@ func TestEtcdSourceWithAuthentication(t *testing.T) {
 	}
 
 	t.Run("wrong password is refused with etcd's reason", func(t *testing.T) {
-		client, err := router.NewEtcdClient(router.EtcdConfig{Endpoints: etcd.Endpoints(), Username: "root", Password: "wrong"})
+		client, err := router.NewEtcdClient(router.EtcdConfig{Endpoints: etcd.Endpoints(), Username: "root", Password: "wrong", TLS: tc})
 		if err == nil {
 			client.Close()
 			t.Fatal("NewEtcdClient with a wrong password succeeded")
@@ -72,7 +98,7 @@ func TestEtcdSourceWithAuthentication(t *testing.T) {
 		}
 	})
 	t.Run("right password routes", func(t *testing.T) {
-		client, err := router.NewEtcdClient(router.EtcdConfig{Endpoints: etcd.Endpoints(), Username: "root", Password: "root-secret"})
+		client, err := router.NewEtcdClient(router.EtcdConfig{Endpoints: etcd.Endpoints(), Username: "root", Password: "root-secret", TLS: tc})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -98,9 +124,37 @@ func TestEtcdSourceWithAuthentication(t *testing.T) {
 		}
 	})
 	// Leave etcd without authentication for Close.
-	authed, err := router.NewEtcdClient(router.EtcdConfig{Endpoints: etcd.Endpoints(), Username: "root", Password: "root-secret"})
+	authed, err := router.NewEtcdClient(router.EtcdConfig{Endpoints: etcd.Endpoints(), Username: "root", Password: "root-secret", TLS: tc})
 	if err == nil {
 		_, _ = authed.AuthDisable(ctx)
 		authed.Close()
+	}
+}
+
+// TestNewEtcdClientRefusesPlainHTTPWithSecrets: the etcd client would drop
+// the TLS configuration for an http:// endpoint and send a password in
+// clear; NewEtcdClient refuses instead.
+func TestNewEtcdClientRefusesPlainHTTPWithSecrets(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		cfg  router.EtcdConfig
+	}{
+		{"TLS", router.EtcdConfig{Endpoints: []string{"http://127.0.0.1:1"}, TLS: &tls.Config{MinVersion: tls.VersionTLS12}}},
+		{"a password", router.EtcdConfig{Endpoints: []string{"http://127.0.0.1:1"}, Username: "u", Password: "p"}},
+		{"one of several, in capitals", router.EtcdConfig{Endpoints: []string{"https://127.0.0.1:1", "HTTP://127.0.0.2:1"}, Username: "u", Password: "p"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cli, err := router.NewEtcdClient(tc.cfg)
+			if err == nil {
+				cli.Close()
+				t.Fatal("NewEtcdClient accepted a plain http:// endpoint")
+			}
+			if !strings.Contains(err.Error(), "plain http://") {
+				t.Errorf("err = %v", err)
+			}
+		})
+	}
+	if got := router.PlainEndpoint([]string{"127.0.0.1:2379", "https://a:1", "unix:///run/etcd.sock"}); got != "" {
+		t.Errorf("PlainEndpoint found %q among endpoints without http://", got)
 	}
 }

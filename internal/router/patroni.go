@@ -28,9 +28,16 @@ func (f *PatroniFormat) Snapshot(kvs map[string]KeyValue) (Snapshot, int64) {
 	var epoch int64
 	var optime, legacyOptime cluster.LSN
 	members := make(map[string]cluster.Member)
+	f.rejects.begin()
 	for _, key := range sortedNames(kvs) {
 		kv := kvs[key]
 		kind, name := f.keys.Classify(key)
+		// Patroni writes both on its lease too (patroni/dcs/etcd3.py:
+		// touch_member, _do_attempt_to_acquire_leader).
+		if (kind == cluster.KeyLeader || kind == cluster.KeyMember) && kv.Lease == 0 {
+			f.rejects.unleased(key, kv)
+			continue
+		}
 		switch kind {
 		case cluster.KeyLeader:
 			n, err := cluster.ParsePatroniLeader(kv.Value)
@@ -59,7 +66,7 @@ func (f *PatroniFormat) Snapshot(kvs map[string]KeyValue) (Snapshot, int64) {
 			}
 		}
 	}
-	f.rejects.forget(kvs)
+	ignored := f.rejects.end(kvs)
 	if optime == 0 {
 		optime = legacyOptime
 	}
@@ -67,7 +74,7 @@ func (f *PatroniFormat) Snapshot(kvs map[string]KeyValue) (Snapshot, int64) {
 		// The leader's own record can be fresher than the status key.
 		optime = m.LSN
 	}
-	snap := Snapshot{}
+	snap := Snapshot{Ignored: ignored}
 	for _, name := range sortedNames(members) {
 		m := members[name]
 		snap.Members = append(snap.Members, routeMember(m, cluster.PatroniLag(optime, m)))

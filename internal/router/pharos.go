@@ -25,9 +25,14 @@ func (f *PharosFormat) Snapshot(kvs map[string]KeyValue) (Snapshot, int64) {
 	var leader string
 	var epoch int64
 	members := make(map[string]cluster.Member)
+	f.rejects.begin()
 	for _, key := range sortedNames(kvs) {
 		kv := kvs[key]
 		kind, name := f.keys.Classify(key)
+		if (kind == cluster.KeyLeader || kind == cluster.KeyMember) && kv.Lease == 0 {
+			f.rejects.unleased(key, kv)
+			continue
+		}
 		switch kind {
 		case cluster.KeyLeader:
 			if v := string(kv.Value); cluster.ValidName(v) {
@@ -47,8 +52,7 @@ func (f *PharosFormat) Snapshot(kvs map[string]KeyValue) (Snapshot, int64) {
 			}
 		}
 	}
-	f.rejects.forget(kvs)
-	snap := Snapshot{}
+	snap := Snapshot{Ignored: f.rejects.end(kvs)}
 	for _, name := range sortedNames(members) {
 		m := members[name]
 		snap.Members = append(snap.Members, routeMember(m, m.Lag()))
@@ -75,12 +79,13 @@ func routeMember(m cluster.Member, lag int64) Member {
 }
 
 // rejectLog logs each unusable key once per mod revision, so a bad record
-// is reported when it appears or changes, not on every snapshot. Owned by
-// the source's Run.
+// is reported when it appears or changes, not on every snapshot, and counts
+// the unusable keys of the snapshot being built. Owned by the source's Run.
 type rejectLog struct {
 	log      *slog.Logger
 	msg      string
 	reported map[string]int64 // key → mod revision already logged
+	counts   Ignored          // of the snapshot being built
 }
 
 func newRejectLog(log *slog.Logger, msg string) rejectLog {
@@ -90,19 +95,44 @@ func newRejectLog(log *slog.Logger, msg string) rejectLog {
 	return rejectLog{log: log, msg: msg, reported: make(map[string]int64)}
 }
 
+// begin starts counting for a new snapshot.
+func (r *rejectLog) begin() { r.counts = Ignored{} }
+
 func (r *rejectLog) reject(key string, kv KeyValue, why string) {
-	if r.reported[key] == kv.ModRevision {
-		return
+	r.counts.Invalid++
+	if r.firstReport(key, kv) {
+		r.log.Warn(r.msg, "key", key, "mod_revision", kv.ModRevision, "reason", why)
 	}
-	r.reported[key] = kv.ModRevision
-	r.log.Warn(r.msg, "key", key, "mod_revision", kv.ModRevision, "reason", why)
 }
 
-// forget drops what was reported about keys that are gone.
-func (r *rejectLog) forget(kvs map[string]KeyValue) {
+// unleased reports a leader or member record that no agent wrote: it is
+// not attached to a lease, so it would outlive any agent and keep routing
+// to whatever it names. Someone with write access to the prefix forged it
+// or restored it from a backup; either way it is an operator's problem,
+// and an error.
+func (r *rejectLog) unleased(key string, kv KeyValue) {
+	r.counts.Unleased++
+	if r.firstReport(key, kv) {
+		r.log.Error(r.msg+": not attached to a lease, so not written by an agent; it is never routed to",
+			"key", key, "mod_revision", kv.ModRevision)
+	}
+}
+
+func (r *rejectLog) firstReport(key string, kv KeyValue) bool {
+	if r.reported[key] == kv.ModRevision {
+		return false
+	}
+	r.reported[key] = kv.ModRevision
+	return true
+}
+
+// end drops what was reported about keys that are gone and returns the
+// snapshot's counts.
+func (r *rejectLog) end(kvs map[string]KeyValue) Ignored {
 	for key := range r.reported {
 		if _, ok := kvs[key]; !ok {
 			delete(r.reported, key)
 		}
 	}
+	return r.counts
 }

@@ -75,6 +75,17 @@ type Snapshot struct {
 	// Conflict lists members that all claim to be writable. Non-empty means
 	// split-brain: rw is refused while it lasts.
 	Conflict []string
+	// Ignored counts the records the source left out; the router does not
+	// read it, the source exports it.
+	Ignored Ignored
+}
+
+// Ignored counts a source's unusable records by reason.
+type Ignored struct {
+	// Unleased leader and member records are not attached to a lease.
+	Unleased int
+	// Invalid records do not parse or validate.
+	Invalid int
 }
 
 // Config tunes routing. The zero value routes ro only to replicas with any
