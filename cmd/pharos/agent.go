@@ -502,9 +502,9 @@ func (l *lateBackend) Status() restapi.NodeStatus {
 	}
 	return restapi.NodeStatus{Role: cluster.RoleStarting, LagBytes: -1}
 }
-func (l *lateBackend) Cluster(ctx context.Context) (any, error) {
+func (l *lateBackend) Cluster(ctx context.Context, authenticated bool) (any, error) {
 	if b := l.get(); b != nil {
-		return b.Cluster(ctx)
+		return b.Cluster(ctx, authenticated)
 	}
 	return nil, errNotReady
 }

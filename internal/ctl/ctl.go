@@ -12,6 +12,7 @@ package ctl
 import (
 	"context"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 
@@ -41,6 +42,9 @@ type ClusterStatus struct {
 	Switchover *cluster.Switchover `json:"switchover,omitempty"`
 	// Config is the dynamic configuration (the config key), nil when unset.
 	Config map[string]any `json:"config,omitempty"`
+	// ParametersHidden says Config is shown without its PostgreSQL
+	// parameters (WithoutParameters).
+	ParametersHidden bool `json:"parameters_hidden,omitempty"`
 	// Invalid lists the keys of the layout whose value could not be read,
 	// sorted by key. A member here is missing from Members.
 	Invalid []InvalidRecord `json:"invalid"`
@@ -67,6 +71,30 @@ type InvalidRecord struct {
 func (s ClusterStatus) Paused() bool {
 	p, _ := s.Config["pause"].(bool)
 	return p
+}
+
+// WithoutParameters returns s with the dynamic configuration's PostgreSQL
+// parameters (postgresql.parameters) left out, for readers who may see the
+// topology but not the parameters' values, which often hold secrets (an
+// archive_command's credentials). s itself is not changed.
+func (s ClusterStatus) WithoutParameters() ClusterStatus {
+	pg, ok := s.Config["postgresql"].(map[string]any)
+	if !ok {
+		return s
+	}
+	if _, ok := pg["parameters"]; !ok {
+		return s
+	}
+	cfg := maps.Clone(s.Config)
+	pg = maps.Clone(pg)
+	delete(pg, "parameters")
+	if len(pg) == 0 {
+		delete(cfg, "postgresql")
+	} else {
+		cfg["postgresql"] = pg
+	}
+	s.Config, s.ParametersHidden = cfg, true
+	return s
 }
 
 // Member returns the record of the named member.

@@ -32,8 +32,12 @@ func (x agentAPI) Status() restapi.NodeStatus {
 	return restapi.NodeStatus{Name: x.a.rules.Name, Role: cluster.RoleStarting, LagBytes: -1}
 }
 
-func (x agentAPI) Cluster(ctx context.Context) (any, error) {
-	return ctl.Status(ctx, x.a.dcs.cli, x.a.dcs.keys)
+func (x agentAPI) Cluster(ctx context.Context, authenticated bool) (any, error) {
+	st, err := ctl.Status(ctx, x.a.dcs.cli, x.a.dcs.keys)
+	if err != nil || authenticated {
+		return st, err
+	}
+	return st.WithoutParameters(), nil
 }
 
 func (x agentAPI) History(ctx context.Context) (cluster.History, error) {

@@ -922,6 +922,10 @@ func httpStatus(t testing.TB, method, url, user, password string) int {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if method == http.MethodPost {
+		// The API refuses operator calls declared as anything else.
+		req.Header.Set("Content-Type", "application/json")
+	}
 	if user != "" {
 		req.SetBasicAuth(user, password)
 	}

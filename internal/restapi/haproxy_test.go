@@ -70,7 +70,7 @@ func (b *pgBackend) Status() restapi.NodeStatus {
 
 var errNotInTest = errors.New("not part of the HAProxy test")
 
-func (b *pgBackend) Cluster(context.Context) (any, error) { return nil, errNotInTest }
+func (b *pgBackend) Cluster(context.Context, bool) (any, error) { return nil, errNotInTest }
 func (b *pgBackend) History(context.Context) (cluster.History, error) {
 	return nil, errNotInTest
 }

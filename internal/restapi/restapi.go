@@ -27,9 +27,20 @@
 //	/readiness                         200 for the running leader, or a streaming
 //	                                   replica (within ?lag= when given)
 //	GET /patroni                       the status document, always 200
-//	GET /cluster, /history, /metrics   views; 503 when the backend cannot answer
+//	GET /cluster, /history, /metrics   views; 503 when the backend cannot answer.
+//	                                   /cluster leaves out the dynamic
+//	                                   configuration's PostgreSQL parameters
+//	                                   unless the caller sends valid credentials
 //	POST /switchover, /failover,       operator calls: basic auth or a bearer
 //	     /restart, /reinitialize       token; refused (403) when neither is set
+//
+// The operator calls also refuse what a web page in a browser can send
+// (cross-site request forgery with credentials the browser remembers):
+// a request the browser marks cross-origin (Sec-Fetch-Site other than
+// same-origin or none, or an Origin naming another host) gets 403, and a
+// body that is not declared Content-Type: application/json gets 415
+// (an HTML form cannot declare it; a script on another origin that does
+// needs a CORS preflight, which this API never grants).
 package restapi
 
 import (
@@ -43,6 +54,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"mime"
 	"net"
 	"net/http"
 	"slices"
@@ -97,8 +109,11 @@ type SwitchoverRequest struct {
 // shuts down.
 type Backend interface {
 	Status() NodeStatus
-	// Cluster returns a JSON-marshalable view of the cluster.
-	Cluster(ctx context.Context) (any, error)
+	// Cluster returns a JSON-marshalable view of the cluster. Without
+	// authenticated (the caller sent no credentials) the view must leave
+	// out the dynamic configuration's PostgreSQL parameters: they often
+	// hold secrets (an archive_command's credentials).
+	Cluster(ctx context.Context, authenticated bool) (any, error)
 	History(ctx context.Context) (cluster.History, error)
 	// Switchover returns once the switchover is done, or once it is
 	// recorded when r.ScheduledAt is set.
@@ -169,6 +184,9 @@ type Server struct {
 	// SHA-256 digests of the configured secrets, compared in constant
 	// time whatever the length of what the client sent.
 	userSum, passSum, tokenSum [sha256.Size]byte
+	// crossOrigin refuses operator calls a browser marks as coming from
+	// another origin.
+	crossOrigin *http.CrossOriginProtection
 
 	mu sync.Mutex
 	ln net.Listener // guarded by mu; set by Listen
@@ -202,7 +220,7 @@ func New(cfg Config, b Backend, log *slog.Logger) (*Server, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{cfg: cfg, backend: b, log: log}
+	s := &Server{cfg: cfg, backend: b, log: log, crossOrigin: http.NewCrossOriginProtection()}
 	if cfg.CertFile != "" {
 		cert, err := tls.LoadX509KeyPair(cfg.CertFile, cfg.KeyFile)
 		if err != nil {
@@ -320,7 +338,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	case "/cluster":
 		if allow(w, r, http.MethodGet, http.MethodHead) {
-			s.serveView(w, r, func(ctx context.Context) (any, error) { return s.backend.Cluster(ctx) })
+			s.serveCluster(w, r)
 		}
 	case "/history":
 		if allow(w, r, http.MethodGet, http.MethodHead) {
@@ -411,6 +429,24 @@ func (s *Server) serveView(w http.ResponseWriter, r *http.Request, get func(cont
 	writeJSON(w, r, http.StatusOK, v)
 }
 
+// serveCluster answers GET /cluster: with credentials, checked as for the
+// operator calls (401 when wrong), the whole view; without, the view less
+// the PostgreSQL parameters. When the API has no credentials configured
+// nobody gets the parameters here (ctl show-config reads them from etcd).
+func (s *Server) serveCluster(w http.ResponseWriter, r *http.Request) {
+	authenticated := false
+	if r.Header.Get("Authorization") != "" && (s.cfg.Username != "" || s.cfg.Token != "") {
+		if _, ok := s.authorize(w, r); !ok {
+			return
+		}
+		authenticated = true
+		// The answer depends on the caller: no shared cache may keep it.
+		w.Header().Set("Cache-Control", "no-store")
+	}
+	w.Header().Set("Vary", "Authorization")
+	s.serveView(w, r, func(ctx context.Context) (any, error) { return s.backend.Cluster(ctx, authenticated) })
+}
+
 // mutation carries out one operator call whose body has been read; it
 // returns the status code and the response text.
 type mutation func(ctx context.Context, body []byte) (int, string)
@@ -419,8 +455,21 @@ func (s *Server) mutate(w http.ResponseWriter, r *http.Request, do mutation) {
 	if !allow(w, r, http.MethodPost) {
 		return
 	}
+	if err := s.crossOrigin.Check(r); err != nil {
+		s.log.Warn("REST API call refused", "path", r.URL.Path, "remote", r.RemoteAddr, "reason", "cross-origin",
+			"sec_fetch_site", r.Header.Get("Sec-Fetch-Site"), "origin", r.Header.Get("Origin"))
+		writeText(w, r, http.StatusForbidden, fmt.Sprintf("cross-origin request refused (Sec-Fetch-Site %q, Origin %q): operator calls are not for web pages",
+			r.Header.Get("Sec-Fetch-Site"), r.Header.Get("Origin")))
+		return
+	}
 	who, ok := s.authorize(w, r)
 	if !ok {
+		return
+	}
+	if ct := r.Header.Get("Content-Type"); !isJSON(ct) {
+		s.log.Warn("REST API call refused", "path", r.URL.Path, "by", who, "remote", r.RemoteAddr, "reason", "content type", "content_type", ct)
+		w.Header().Set("Accept-Post", "application/json")
+		writeText(w, r, http.StatusUnsupportedMediaType, fmt.Sprintf("Content-Type %q: operator calls take application/json (send it even with an empty body)", ct))
 		return
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBodyBytes))
@@ -442,6 +491,13 @@ func (s *Server) mutate(w http.ResponseWriter, r *http.Request, do mutation) {
 	s.log.Log(r.Context(), level, "REST API call", "path", r.URL.Path, "by", who, "remote", r.RemoteAddr,
 		"status", code, "result", msg, "took", time.Since(t0).Round(time.Millisecond))
 	writeText(w, r, code, msg)
+}
+
+// isJSON reports whether a Content-Type header declares JSON, whatever its
+// parameters (charset) and case.
+func isJSON(contentType string) bool {
+	mt, _, err := mime.ParseMediaType(contentType)
+	return err == nil && mt == "application/json"
 }
 
 // authorize checks the caller's credentials and answers 403 or 401 when

@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -41,6 +42,8 @@ type fakeBackend struct {
 	block   chan struct{} // when not nil, Restart waits for it to close
 	entered chan struct{} // with block: receives when Restart starts waiting
 	calls   []call
+	// clusterAuth records the authenticated argument of each Cluster call.
+	clusterAuth []bool
 }
 
 type call struct {
@@ -81,10 +84,21 @@ func (b *fakeBackend) Status() restapi.NodeStatus {
 	return b.status
 }
 
-func (b *fakeBackend) Cluster(context.Context) (any, error) {
+func (b *fakeBackend) Cluster(_ context.Context, authenticated bool) (any, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	b.clusterAuth = append(b.clusterAuth, authenticated)
 	return b.view, b.err
+}
+
+// takeClusterAuth returns what each Cluster call was told about the
+// caller's credentials.
+func (b *fakeBackend) takeClusterAuth() []bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	c := b.clusterAuth
+	b.clusterAuth = nil
+	return c
 }
 
 func (b *fakeBackend) History(context.Context) (cluster.History, error) {
@@ -188,7 +202,9 @@ func (ts *testServer) Stop(t *testing.T) {
 	ts.done = nil
 }
 
-// do sends a request and returns the status, headers and body.
+// do sends a request and returns the status, headers and body. A POST
+// declares Content-Type: application/json, as the API requires, unless hdr
+// sets Content-Type (an empty list sends none).
 func (ts *testServer) do(t *testing.T, method, path string, body string, hdr http.Header) (int, http.Header, string) {
 	t.Helper()
 	var rd io.Reader
@@ -199,8 +215,14 @@ func (ts *testServer) do(t *testing.T, method, path string, body string, hdr htt
 	if err != nil {
 		t.Fatal(err)
 	}
+	if method == http.MethodPost {
+		req.Header.Set("Content-Type", "application/json")
+	}
 	for k, v := range hdr {
 		req.Header[k] = v
+		if len(v) == 0 {
+			delete(req.Header, k)
+		}
 	}
 	resp, err := ts.Client.Do(req)
 	if err != nil {
@@ -1013,6 +1035,7 @@ func TestShutdownFinishesRequests(t *testing.T) {
 	go func() {
 		req, _ := http.NewRequest(http.MethodPost, ts.URL+"/restart", nil)
 		req.Header.Set("Authorization", "Bearer tok")
+		req.Header.Set("Content-Type", "application/json")
 		resp, err := ts.Client.Do(req)
 		if err != nil {
 			res <- result{0, err.Error()}
@@ -1114,4 +1137,118 @@ func writeSelfSigned(t *testing.T, dir string) (certFile, keyFile string) {
 		t.Fatal(err)
 	}
 	return certFile, keyFile
+}
+
+// TestClusterViewNeedsCredentialsForParameters: GET /cluster tells the
+// backend whether the caller authenticated, so that the dynamic
+// configuration's parameters (archive_command secrets) stay out of an
+// anonymous answer; wrong credentials are refused rather than downgraded.
+func TestClusterViewNeedsCredentialsForParameters(t *testing.T) {
+	const user, pass, token = "admin", "s3cret-basic-pw", "s3cret-bearer-token"
+	ts := startServer(t, restapi.Config{Username: user, Password: pass, Token: token}, &fakeBackend{view: map[string]any{"members": []string{"n1"}}})
+	for _, tt := range []struct {
+		name     string
+		hdr      http.Header
+		wantCode int
+		wantAuth []bool
+	}{
+		{"no credentials", nil, http.StatusOK, []bool{false}},
+		{"basic auth", basicAuth(user, pass), http.StatusOK, []bool{true}},
+		{"bearer token", bearer(token), http.StatusOK, []bool{true}},
+		{"wrong password", basicAuth(user, "nope"), http.StatusUnauthorized, nil},
+		{"wrong token", bearer("nope"), http.StatusUnauthorized, nil},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			code, hdr, body := ts.do(t, http.MethodGet, "/cluster", "", tt.hdr)
+			if code != tt.wantCode {
+				t.Fatalf("GET /cluster = %d %q, want %d", code, body, tt.wantCode)
+			}
+			if got := ts.Backend.takeClusterAuth(); !slices.Equal(got, tt.wantAuth) {
+				t.Errorf("backend told authenticated = %v, want %v", got, tt.wantAuth)
+			}
+			if code == http.StatusOK && !strings.Contains(hdr.Get("Vary"), "Authorization") {
+				t.Errorf("Vary = %q: a cache could hand the authenticated view to anyone", hdr.Get("Vary"))
+			}
+		})
+	}
+	t.Run("no credentials configured", func(t *testing.T) {
+		open := startServer(t, restapi.Config{}, nil)
+		if code, _, body := open.do(t, http.MethodGet, "/cluster", "", basicAuth(user, pass)); code != http.StatusOK {
+			t.Fatalf("GET /cluster = %d %q", code, body)
+		}
+		if got := open.Backend.takeClusterAuth(); !slices.Equal(got, []bool{false}) {
+			t.Errorf("backend told authenticated = %v with no credentials configured", got)
+		}
+	})
+}
+
+// TestMutationsRefuseWhatABrowserPageCanSend: an operator call needs
+// Content-Type: application/json, which an HTML form cannot send (415),
+// and is refused when the browser marks it cross-origin (403), even with
+// valid credentials the browser remembered; what operators' tools send
+// still passes.
+func TestMutationsRefuseWhatABrowserPageCanSend(t *testing.T) {
+	const token = "s3cret-bearer-token"
+	ts := startServer(t, restapi.Config{Token: token}, nil)
+	with := func(kv ...string) http.Header {
+		h := bearer(token)
+		for i := 0; i+1 < len(kv); i += 2 {
+			if kv[i+1] == "<none>" {
+				h[kv[i]] = nil
+				continue
+			}
+			h.Set(kv[i], kv[i+1])
+		}
+		return h
+	}
+	host := strings.TrimPrefix(ts.URL, "http://")
+	for _, tt := range []struct {
+		name     string
+		hdr      http.Header
+		wantCode int
+		wantMsg  string
+	}{
+		{"no Content-Type", with("Content-Type", "<none>"), http.StatusUnsupportedMediaType, `Content-Type ""`},
+		{"a form", with("Content-Type", "application/x-www-form-urlencoded"), http.StatusUnsupportedMediaType, "application/x-www-form-urlencoded"},
+		{"a multipart form", with("Content-Type", "multipart/form-data; boundary=x"), http.StatusUnsupportedMediaType, "multipart/form-data"},
+		{"text/plain", with("Content-Type", "text/plain"), http.StatusUnsupportedMediaType, "text/plain"},
+		{"JSON-looking but not JSON", with("Content-Type", "application/json-seq"), http.StatusUnsupportedMediaType, "application/json-seq"},
+		{"cross-site", with("Sec-Fetch-Site", "cross-site"), http.StatusForbidden, `Sec-Fetch-Site "cross-site"`},
+		{"cross-site form", with("Sec-Fetch-Site", "cross-site", "Content-Type", "text/plain"), http.StatusForbidden, "cross-origin"},
+		{"same-site (another port of the same host)", with("Sec-Fetch-Site", "same-site"), http.StatusForbidden, "cross-origin"},
+		{"another origin, no Sec-Fetch-Site", with("Origin", "http://evil.example"), http.StatusForbidden, "cross-origin"},
+		{"JSON", with(), http.StatusOK, ""},
+		{"JSON with a charset, in capitals", with("Content-Type", "Application/JSON; charset=utf-8"), http.StatusOK, ""},
+		{"same-origin", with("Sec-Fetch-Site", "same-origin"), http.StatusOK, ""},
+		{"typed into the address bar", with("Sec-Fetch-Site", "none"), http.StatusOK, ""},
+		{"its own origin", with("Origin", "http://"+host), http.StatusOK, ""},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			code, hdr, msg := ts.do(t, http.MethodPost, "/restart", "", tt.hdr)
+			if code != tt.wantCode || !strings.Contains(msg, tt.wantMsg) {
+				t.Fatalf("POST /restart = %d %q, want %d with %q", code, msg, tt.wantCode, tt.wantMsg)
+			}
+			calls := ts.Backend.takeCalls()
+			if code != http.StatusOK && len(calls) != 0 {
+				t.Errorf("refused call reached the backend: %v", calls)
+			}
+			if code == http.StatusOK && len(calls) != 1 {
+				t.Errorf("backend calls %v, want one restart", calls)
+			}
+			if code == http.StatusUnsupportedMediaType && hdr.Get("Accept-Post") != "application/json" {
+				t.Errorf("Accept-Post = %q", hdr.Get("Accept-Post"))
+			}
+		})
+	}
+	t.Run("cross-site without credentials is refused before the challenge", func(t *testing.T) {
+		code, hdr, _ := ts.do(t, http.MethodPost, "/switchover", `{"leader":"n1"}`, http.Header{"Sec-Fetch-Site": {"cross-site"}})
+		if code != http.StatusForbidden || hdr.Get("WWW-Authenticate") != "" {
+			t.Errorf("POST = %d, WWW-Authenticate %q; want 403 without a challenge a browser would answer", code, hdr.Get("WWW-Authenticate"))
+		}
+	})
+	t.Run("wrong credentials are 401 before the content type", func(t *testing.T) {
+		if code, _, _ := ts.do(t, http.MethodPost, "/restart", "", http.Header{"Content-Type": nil}); code != http.StatusUnauthorized {
+			t.Errorf("POST without credentials or Content-Type = %d, want 401", code)
+		}
+	})
 }
