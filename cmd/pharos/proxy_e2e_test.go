@@ -167,10 +167,42 @@ func startPharos(t *testing.T, extra ...string) *pharosProc {
 
 // launchPharos runs `pharos proxy` with the given source arguments on free
 // loopback ports, fast health checks and debug logs, and kills it at test
-// end if it is still running.
+// end if it is still running. A port picked free can be taken by another
+// test binary before pharos binds it: such a start is tried again on other
+// ports, a few times.
 func launchPharos(t *testing.T, extra ...string) *pharosProc {
 	t.Helper()
 	bin := pharosBinary(t)
+	for attempt := 1; ; attempt++ {
+		p := launchPharosOnce(t, bin, extra)
+		if attempt == 3 || !p.lostPortRace() {
+			return p
+		}
+		t.Logf("pharos lost a listening port to another process (attempt %d), trying other ports", attempt)
+	}
+}
+
+// lostPortRace waits until the proxy listens or exits, and tells whether
+// it exited because a listening port was taken.
+func (p *pharosProc) lostPortRace() bool {
+	deadline := time.Now().Add(e2eWait)
+	for time.Now().Before(deadline) {
+		log, _ := os.ReadFile(p.logPath)
+		if bytes.Contains(log, []byte("proxy listening")) {
+			return false
+		}
+		select {
+		case <-p.exited:
+			log, _ := os.ReadFile(p.logPath)
+			return bytes.Contains(log, []byte("address already in use"))
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	return false
+}
+
+func launchPharosOnce(t *testing.T, bin string, extra []string) *pharosProc {
+	t.Helper()
 	var addrs [3]string
 	for i := range addrs {
 		port, err := pglocal.FreePort()

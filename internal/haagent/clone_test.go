@@ -224,6 +224,15 @@ func TestCloneReportsProgress(t *testing.T) {
 		if _, err := cli.Put(ctx, keys.Leader(), down.Name); err != nil {
 			t.Fatal(err)
 		}
+		// An initialized cluster: reinitialize is decided like a round of
+		// the loop, and a member of no cluster has nothing to clone again.
+		sysid := a.observe(ctx).PG.SystemID
+		if sysid == "" {
+			t.Fatal("the cloned data directory has no system identifier")
+		}
+		if _, err := cli.Put(ctx, keys.Initialize(), `{"system_id":"`+sysid+`","by":"down"}`); err != nil {
+			t.Fatal(err)
+		}
 		err = a.serveRequest(ctx, apiRequest{kind: "reinitialize"})
 		if !errors.Is(err, errSourceUnavailable) {
 			t.Errorf("reinitialize from a leader nobody answers for: %v, want %v", err, errSourceUnavailable)

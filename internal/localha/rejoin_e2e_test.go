@@ -30,7 +30,7 @@ var (
 // writes run through the proxy, then continued. The thawed watchdog kills
 // the old postmaster and the agent finds a new leader: the node must come
 // back by pg_rewind, with no clone: the same data directory (inode), no
-// pg_basebackup in its agent's log, pharos_agent_reclones_total unchanged
+// clone started in its agent's log, pharos_agent_reclones_total unchanged
 // and one more rewind done.
 //
 // Then POST /reinitialize, which goes through Decide: refused on the
@@ -57,6 +57,7 @@ func TestRejoinEndToEnd(t *testing.T) {
 		if err := syscall.Stat(victim.DataDir, &before); err != nil {
 			t.Fatal(err)
 		}
+		clones0 := countLines(t, victim.LogPath, cloneStarted)
 		since := time.Now()
 		if code, body := postJSON(t, victim.APIURL+"/reinitialize", e.ha.APIUser, e.ha.APIPassword); code != 200 {
 			t.Fatalf("POST /reinitialize on replica %s: %d %q", victim.Name, code, body)
@@ -64,6 +65,11 @@ func TestRejoinEndToEnd(t *testing.T) {
 		var after syscall.Stat_t
 		if err := syscall.Stat(victim.DataDir, &after); err != nil || after.Ino == before.Ino {
 			t.Errorf("the data directory of %s is the same one after reinitialize (inode %d, %v)", victim.Name, after.Ino, err)
+		}
+		// The same evidence the frozen-node check counts must show this
+		// clone, or that check's silence would prove nothing.
+		if n := countLines(t, victim.LogPath, cloneStarted); n != clones0+1 {
+			t.Errorf("reinitialize of %s logged %d clones (%q), want 1", victim.Name, n-clones0, cloneStarted)
 		}
 		m := httpBody(t, victim.APIURL+"/metrics")
 		if got := metricValue(m, `pharos_agent_reclones_total{reason="reinitialize"}`); got != 1 {
@@ -87,7 +93,7 @@ func (e *haEnv) freezeLeader(t *testing.T, ctx context.Context, leader string) s
 	agentPid := old.AgentPid()
 	m0 := httpBody(t, old.APIURL+"/metrics")
 	reclones0, done0 := metricSum(t, m0, "pharos_agent_reclones_total"), metricValue(m0, `pharos_agent_rewinds_total{outcome="done"}`)
-	clones0 := countLines(t, old.LogPath, "pg_basebackup")
+	clones0 := countLines(t, old.LogPath, cloneStarted)
 
 	var pids []int
 	thawed := make(chan struct{})
@@ -132,14 +138,19 @@ func (e *haEnv) freezeLeader(t *testing.T, ctx context.Context, leader string) s
 	if done < done0+1 {
 		t.Errorf(`pharos_agent_rewinds_total{outcome="done"} went from %v to %v: the node did not rejoin by rewind`, done0, done)
 	}
-	if n := countLines(t, old.LogPath, "pg_basebackup"); n != clones0 {
-		t.Errorf("the thawed node's agent log mentions pg_basebackup %d more times: a clone ran", n-clones0)
+	if n := countLines(t, old.LogPath, cloneStarted); n != clones0 {
+		t.Errorf("the thawed node's agent logged %d more clones (%q): a clone ran", n-clones0, cloneStarted)
 	}
 	t.Logf("frozen %v: outage %v, %d acknowledged writes, %d lost (checked %v); %s rejoined (rewinds done %v, retried %v), new leader %s",
 		*frozenFor, rep.MaxOutage.Round(time.Millisecond), rep.Acked, len(rep.Lost), rep.Checked, leader,
 		done, metricValue(m, `pharos_agent_rewinds_total{outcome="retry"}`), newLeader)
 	return newLeader
 }
+
+// cloneStarted is the agent's log line for every clone it starts
+// (pg_basebackup's own output follows it). Other lines name pg_basebackup
+// too, such as the warning about libpq's require_auth.
+const cloneStarted = "msg=cloning "
 
 // postJSON POSTs an empty JSON body with basic auth, as ctl does.
 func postJSON(t *testing.T, url, user, password string) (int, string) {
