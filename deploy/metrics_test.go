@@ -22,7 +22,7 @@ import (
 	"github.com/pharos-ha/pharos/internal/etcdlocal"
 	"github.com/pharos-ha/pharos/internal/freeport"
 	"github.com/pharos-ha/pharos/internal/localha"
-	"github.com/pharos-ha/pharos/internal/metrics"
+	"github.com/pharos-ha/pharos/metrics"
 )
 
 // queriedMetrics returns every metric name the dashboard and the alert

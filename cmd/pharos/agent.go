@@ -19,13 +19,13 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/pharos-ha/pharos/haagent"
 	"github.com/pharos-ha/pharos/internal/cluster"
-	"github.com/pharos-ha/pharos/internal/haagent"
-	"github.com/pharos-ha/pharos/internal/metrics"
 	"github.com/pharos-ha/pharos/internal/pglocal"
 	"github.com/pharos-ha/pharos/internal/restapi"
-	"github.com/pharos-ha/pharos/internal/router"
 	"github.com/pharos-ha/pharos/internal/watchdog"
+	"github.com/pharos-ha/pharos/metrics"
+	"github.com/pharos-ha/pharos/router"
 )
 
 // agentSettings are the agent's config-file keys (and, with dashes, its

@@ -10,7 +10,7 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/pharos-ha/pharos/internal/bench"
+	"github.com/pharos-ha/pharos/bench"
 )
 
 func benchUsage(w io.Writer) {

@@ -13,7 +13,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/pharos-ha/pharos/internal/bench"
+	"github.com/pharos-ha/pharos/bench"
 )
 
 // faultWaitDelay bounds the wait for the fault command's output pipes

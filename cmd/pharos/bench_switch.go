@@ -11,9 +11,9 @@ import (
 	"strings"
 	"time"
 
-	"github.com/pharos-ha/pharos/internal/bench"
+	"github.com/pharos-ha/pharos/bench"
 	"github.com/pharos-ha/pharos/internal/cluster"
-	"github.com/pharos-ha/pharos/internal/router"
+	"github.com/pharos-ha/pharos/router"
 )
 
 // runBenchSwitch is `pharos bench switch`: it writes the keys an agent

@@ -14,10 +14,10 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"golang.org/x/sys/unix"
 
+	"github.com/pharos-ha/pharos/haagent"
 	"github.com/pharos-ha/pharos/internal/cluster"
 	"github.com/pharos-ha/pharos/internal/ctl"
-	"github.com/pharos-ha/pharos/internal/haagent"
-	"github.com/pharos-ha/pharos/internal/router"
+	"github.com/pharos-ha/pharos/router"
 )
 
 // ctlSettings are ctl's config keys and flags: how to reach etcd and which

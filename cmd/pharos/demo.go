@@ -20,7 +20,7 @@ import (
 	"github.com/pharos-ha/pharos/internal/ctl"
 	"github.com/pharos-ha/pharos/internal/etcdlocal"
 	"github.com/pharos-ha/pharos/internal/localha"
-	"github.com/pharos-ha/pharos/internal/router"
+	"github.com/pharos-ha/pharos/router"
 )
 
 // Demo application account, created through the rw endpoint once the

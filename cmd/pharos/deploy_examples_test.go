@@ -13,12 +13,12 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/pharos-ha/pharos/internal/haagent"
-	"github.com/pharos-ha/pharos/internal/metrics"
+	"github.com/pharos-ha/pharos/haagent"
 	"github.com/pharos-ha/pharos/internal/pglocal"
-	"github.com/pharos-ha/pharos/internal/proxy"
 	"github.com/pharos-ha/pharos/internal/restapi"
-	"github.com/pharos-ha/pharos/internal/router"
+	"github.com/pharos-ha/pharos/metrics"
+	"github.com/pharos-ha/pharos/proxy"
+	"github.com/pharos-ha/pharos/router"
 )
 
 // deployDir is the repository's deploy/ directory, from this package's.

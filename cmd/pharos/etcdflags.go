@@ -6,7 +6,7 @@ import (
 	"os"
 	"strings"
 
-	"github.com/pharos-ha/pharos/internal/router"
+	"github.com/pharos-ha/pharos/router"
 )
 
 // EtcdSettings are the etcd connection settings of every command that

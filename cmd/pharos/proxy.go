@@ -20,9 +20,9 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/pharos-ha/pharos/internal/cluster"
-	"github.com/pharos-ha/pharos/internal/metrics"
-	"github.com/pharos-ha/pharos/internal/proxy"
-	"github.com/pharos-ha/pharos/internal/router"
+	"github.com/pharos-ha/pharos/metrics"
+	"github.com/pharos-ha/pharos/proxy"
+	"github.com/pharos-ha/pharos/router"
 )
 
 // proxySettings is the proxy's config file (YAML keys) and flags (the same

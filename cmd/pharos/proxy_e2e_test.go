@@ -26,7 +26,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pharos-ha/pharos/internal/pglocal"
-	"github.com/pharos-ha/pharos/internal/wire"
+	"github.com/pharos-ha/pharos/wire"
 )
 
 // e2eWait bounds waits that only say "did not hang".

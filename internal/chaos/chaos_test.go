@@ -7,7 +7,7 @@
 //	make chaos DURATION=30m SEED=42                                # the long run
 //
 // It owns the fault menu and the verdict; the cluster is internal/localha's,
-// the write probe and the checkers internal/bench's.
+// the write probe and the checkers bench's.
 package chaos_test
 
 import (
@@ -34,7 +34,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/pharos-ha/pharos/internal/bench"
+	"github.com/pharos-ha/pharos/bench"
 	"github.com/pharos-ha/pharos/internal/cluster"
 	"github.com/pharos-ha/pharos/internal/ctl"
 	"github.com/pharos-ha/pharos/internal/etcdlocal"

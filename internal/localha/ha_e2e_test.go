@@ -22,7 +22,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/goleak"
 
-	"github.com/pharos-ha/pharos/internal/bench"
+	"github.com/pharos-ha/pharos/bench"
 	"github.com/pharos-ha/pharos/internal/cluster"
 	"github.com/pharos-ha/pharos/internal/ctl"
 	"github.com/pharos-ha/pharos/internal/etcdlocal"

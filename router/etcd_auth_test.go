@@ -1,0 +1,160 @@
+package router_test
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/pharos-ha/pharos/internal/cluster"
+	"github.com/pharos-ha/pharos/internal/etcdlocal"
+	"github.com/pharos-ha/pharos/internal/pglocal"
+	"github.com/pharos-ha/pharos/metrics"
+	"github.com/pharos-ha/pharos/router"
+)
+
+// TestEtcdSourceWithAuthentication: with etcd's authentication on (over
+// TLS: a password is refused on http:// endpoints), the source reads the
+// topology with the right user and password, and a wrong password is
+// refused when the client is made, with etcd's reason.
+func TestEtcdSourceWithAuthentication(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	certPEM, keyPEM, err := pglocal.SelfSignedCert()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	files := &etcdlocal.TLSFiles{CertFile: filepath.Join(dir, "etcd.crt"), KeyFile: filepath.Join(dir, "etcd.key"), CAFile: filepath.Join(dir, "etcd.crt")}
+	if err := os.WriteFile(files.CertFile, certPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(files.KeyFile, keyPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(certPEM)
+	tc := &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: roots}
+	etcd, err := etcdlocal.Start(ctx, etcdlocal.Options{ClientTLS: files})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer etcd.Close()
+	admin, err := etcd.Client(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+
+	keys, _ := cluster.NewKeys("authed")
+	lease, err := admin.Grant(ctx, 600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lag := int64(0)
+	for _, m := range []cluster.Member{
+		{Name: "a", Role: cluster.RolePrimary, Host: "127.0.0.1", Port: 15432, LagBytes: &lag},
+		{Name: "b", Role: cluster.RoleReplica, Host: "127.0.0.1", Port: 15433, LagBytes: &lag},
+	} {
+		rec, err := cluster.MarshalMember(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := admin.Put(ctx, keys.Member(m.Name), string(rec), clientv3.WithLease(lease.ID)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := admin.Put(ctx, keys.Leader(), "a", clientv3.WithLease(lease.ID)); err != nil {
+		t.Fatal(err)
+	}
+	// root with the root role, then authentication on: from here every
+	// request needs a user.
+	if _, err := admin.UserAdd(ctx, "root", "root-secret"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.UserGrantRole(ctx, "root", "root"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.AuthEnable(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	t.Run("wrong password is refused with etcd's reason", func(t *testing.T) {
+		client, err := router.NewEtcdClient(router.EtcdConfig{Endpoints: etcd.Endpoints(), Username: "root", Password: "wrong", TLS: tc})
+		if err == nil {
+			client.Close()
+			t.Fatal("NewEtcdClient with a wrong password succeeded")
+		}
+		if !strings.Contains(err.Error(), "authentication failed") {
+			t.Errorf("error %q does not say authentication failed", err)
+		}
+	})
+	t.Run("right password routes", func(t *testing.T) {
+		client, err := router.NewEtcdClient(router.EtcdConfig{Endpoints: etcd.Endpoints(), Username: "root", Password: "root-secret", TLS: tc})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer client.Close()
+		m := metrics.NewProxy(prometheus.NewRegistry())
+		r := router.New(router.Config{}, nil, m)
+		src := router.NewEtcd(client, router.NewPharosFormat(keys, nil), 100*time.Millisecond, nil, m)
+		runCtx, stop := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() { defer close(done); _ = src.Run(runCtx, r) }()
+		defer func() { stop(); <-done }()
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			rw, _ := r.Current()
+			up := testutil.ToFloat64(m.EtcdUp)
+			if rw == "a" && up == 1 {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("rw %q, etcd_up %v; want a, 1", rw, up)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	})
+	// Leave etcd without authentication for Close.
+	authed, err := router.NewEtcdClient(router.EtcdConfig{Endpoints: etcd.Endpoints(), Username: "root", Password: "root-secret", TLS: tc})
+	if err == nil {
+		_, _ = authed.AuthDisable(ctx)
+		authed.Close()
+	}
+}
+
+// TestNewEtcdClientRefusesPlainHTTPWithSecrets: the etcd client would drop
+// the TLS configuration for an http:// endpoint and send a password in
+// clear; NewEtcdClient refuses instead.
+func TestNewEtcdClientRefusesPlainHTTPWithSecrets(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		cfg  router.EtcdConfig
+	}{
+		{"TLS", router.EtcdConfig{Endpoints: []string{"http://127.0.0.1:1"}, TLS: &tls.Config{MinVersion: tls.VersionTLS12}}},
+		{"a password", router.EtcdConfig{Endpoints: []string{"http://127.0.0.1:1"}, Username: "u", Password: "p"}},
+		{"one of several, in capitals", router.EtcdConfig{Endpoints: []string{"https://127.0.0.1:1", "HTTP://127.0.0.2:1"}, Username: "u", Password: "p"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cli, err := router.NewEtcdClient(tc.cfg)
+			if err == nil {
+				cli.Close()
+				t.Fatal("NewEtcdClient accepted a plain http:// endpoint")
+			}
+			if !strings.Contains(err.Error(), "plain http://") {
+				t.Errorf("err = %v", err)
+			}
+		})
+	}
+	if got := router.PlainEndpoint([]string{"127.0.0.1:2379", "https://a:1", "unix:///run/etcd.sock"}); got != "" {
+		t.Errorf("PlainEndpoint found %q among endpoints without http://", got)
+	}
+}
