@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/pharos-ha/pharos/haagent/core"
 	"log/slog"
 	"maps"
 	"slices"
@@ -23,7 +24,7 @@ import (
 
 // Config is one agent's configuration.
 type Config struct {
-	Rules    Rules
+	Rules    core.Rules
 	Postgres PostgresConfig
 	// Host is the address other members and the proxy reach PostgreSQL at.
 	Host string
@@ -41,7 +42,7 @@ type Config struct {
 	Metrics *metrics.Agent
 	// WatchdogMode and Watchdog: the driver armed before this member
 	// leads (nil with mode off).
-	WatchdogMode WatchdogMode
+	WatchdogMode core.WatchdogMode
 	Watchdog     Watchdog
 }
 
@@ -49,7 +50,7 @@ type Config struct {
 type Agent struct {
 	// Static after construction.
 	cfg   Config
-	rules Rules
+	rules core.Rules
 	dcs   *dcs
 	pg    *postgres
 	log   *slog.Logger
@@ -72,8 +73,8 @@ type Agent struct {
 	mu         sync.Mutex // guards lease for the renewal goroutine
 	lease      clientv3.LeaseID
 	epoch      int64 // leader key create revision while this member leads
-	view       DCSView
-	mem        Memory
+	view       core.DCSView
+	mem        core.Memory
 	seen       map[string]seenRecord
 	lastPlan   string
 	lastLeader string
@@ -126,19 +127,19 @@ func New(cfg Config, cli *clientv3.Client, keys cluster.Keys, log *slog.Logger) 
 	}
 	// Every action's failure series exists from the start, so that the
 	// first failure is an increase an alert can see, not a new series.
-	for k := range actionNames {
+	for _, k := range core.ActionKinds() {
 		cfg.Metrics.ActionFailures.WithLabelValues(k.String())
 	}
-	for _, r := range RecloneReasons {
+	for _, r := range core.RecloneReasons {
 		cfg.Metrics.Reclones.WithLabelValues(r)
 	}
 	if cfg.WatchdogMode == "" {
-		cfg.WatchdogMode = WatchdogOff
+		cfg.WatchdogMode = core.WatchdogOff
 	}
-	if cfg.WatchdogMode != WatchdogOff && cfg.Watchdog == nil {
+	if cfg.WatchdogMode != core.WatchdogOff && cfg.Watchdog == nil {
 		return nil, fmt.Errorf("watchdog %s: no driver", cfg.WatchdogMode)
 	}
-	cfg.Rules.WatchdogRequired = cfg.WatchdogMode == WatchdogRequired
+	cfg.Rules.WatchdogRequired = cfg.WatchdogMode == core.WatchdogRequired
 	return &Agent{
 		m:        cfg.Metrics,
 		cfg:      cfg,
@@ -195,9 +196,9 @@ func (a *Agent) join(ctx context.Context) error {
 		cctx, cancel := a.callCtx(ctx)
 		snap, err := a.dcs.read(cctx)
 		if err == nil {
-			if other := slotConflict(a.rules.Name, slices.Collect(maps.Keys(snap.Members))); other != "" {
+			if other := core.SlotConflict(a.rules.Name, slices.Collect(maps.Keys(snap.Members))); other != "" {
 				cancel()
-				return &NameConflictError{Name: a.rules.Name, Other: other, Key: a.dcs.keys.Member(other), Slot: slotName(other)}
+				return &core.NameConflictError{Name: a.rules.Name, Other: other, Key: a.dcs.keys.Member(other), Slot: core.SlotName(other)}
 			}
 		}
 		if err == nil && snap.Leader == a.rules.Name && snap.LeaderLease != 0 {
@@ -400,7 +401,7 @@ func (a *Agent) iterate(ctx context.Context) bool {
 	obs := a.observe(ctx)
 	// Decided before publishing: a member without data publishes what it
 	// waits for or is about to do.
-	p := Decide(obs, a.currentRules())
+	p := core.Decide(obs, a.currentRules())
 	a.publish(ctx, obs, p)
 	if s := p.String(); s != a.lastPlan {
 		a.log.Info("plan", "plan", s, "leader", obs.DCS.Leader, "epoch", obs.DCS.LeaderEpoch,
@@ -415,7 +416,7 @@ func (a *Agent) iterate(ctx context.Context) bool {
 }
 
 // currentRules are the rules with the dynamic configuration's overrides.
-func (a *Agent) currentRules() Rules {
+func (a *Agent) currentRules() core.Rules {
 	rules := a.rules
 	if a.maxLag != nil {
 		rules.MaximumLagOnFailover = *a.maxLag
@@ -426,7 +427,7 @@ func (a *Agent) currentRules() Rules {
 // executePlan runs p's steps in order, stopping at the first that fails.
 // changed reports whether a step changed the state (so the next round
 // should follow at once).
-func (a *Agent) executePlan(ctx context.Context, p Plan, obs Observation) (changed bool, err error) {
+func (a *Agent) executePlan(ctx context.Context, p core.Plan, obs core.Observation) (changed bool, err error) {
 	for _, act := range p.Actions {
 		if err := ctx.Err(); err != nil {
 			return false, err
@@ -437,7 +438,7 @@ func (a *Agent) executePlan(ctx context.Context, p Plan, obs Observation) (chang
 			a.log.Error("action failed", "action", act.String(), "err", err, "took", a.now().Sub(t0).Round(time.Millisecond))
 			return false, err
 		}
-		if act.Kind != ActSyncSlots {
+		if act.Kind != core.ActSyncSlots {
 			changed = true
 			a.log.Info("action done", "action", act.String(), "took", a.now().Sub(t0).Round(time.Millisecond), "epoch", a.epoch)
 		}
@@ -445,7 +446,7 @@ func (a *Agent) executePlan(ctx context.Context, p Plan, obs Observation) (chang
 	return changed, nil
 }
 
-func (a *Agent) observe(ctx context.Context) Observation {
+func (a *Agent) observe(ctx context.Context) core.Observation {
 	now := a.now()
 	if a.leaseGone.Load() {
 		a.replaceLease(ctx)
@@ -473,11 +474,11 @@ func (a *Agent) observe(ctx context.Context) Observation {
 	}
 	now = a.now()
 	a.m.RenewalAge.Set(now.Sub(time.Unix(0, a.lastRenew.Load())).Seconds())
-	o := Observation{
+	o := core.Observation{
 		Now:           now,
 		WatchdogArmed: a.wd.armed(),
 		DCS:           a.view,
-		Lease: LeaseView{
+		Lease: core.LeaseView{
 			Held:        a.currentLease() != 0 && !a.leaseGone.Load(),
 			LastRenewed: time.Unix(0, a.lastRenew.Load()),
 		},
@@ -511,7 +512,7 @@ func (a *Agent) observe(ctx context.Context) Observation {
 	} else {
 		a.mem.BehindSince = time.Time{}
 	}
-	if a.view.LeaderIsMine && o.PG.Data == DataPresent && !o.PG.Running {
+	if a.view.LeaderIsMine && o.PG.Data == core.DataPresent && !o.PG.Running {
 		if a.mem.CrashedAt.IsZero() {
 			a.mem.CrashedAt = now
 		}
@@ -536,8 +537,8 @@ func (a *Agent) replaceLease(ctx context.Context) {
 	a.epoch = 0
 }
 
-func (a *Agent) viewOf(s snapshot, now time.Time) DCSView {
-	v := DCSView{
+func (a *Agent) viewOf(s snapshot, now time.Time) core.DCSView {
+	v := core.DCSView{
 		Reachable:    true,
 		Initialized:  s.Initialized,
 		SystemID:     s.Initialize.SystemID,
@@ -578,9 +579,9 @@ func (a *Agent) viewOf(s snapshot, now time.Time) DCSView {
 }
 
 // publish writes this member's record on its lease; p is the round's plan.
-func (a *Agent) publish(ctx context.Context, o Observation, p Plan) {
-	role, state := PublishedRole(o)
-	if !o.PG.Running && o.PG.Data == DataMissing {
+func (a *Agent) publish(ctx context.Context, o core.Observation, p core.Plan) {
+	role, state := core.PublishedRole(o)
+	if !o.PG.Running && o.PG.Data == core.DataMissing {
 		role, state = cluster.RoleStarting, noDataState(p)
 	}
 	a.publishRecord(ctx, o, role, state)
@@ -588,9 +589,9 @@ func (a *Agent) publish(ctx context.Context, o Observation, p Plan) {
 
 // noDataState is what a member without a data directory publishes: what
 // its plan waits for, or that a clone starts (its progress follows).
-func noDataState(p Plan) string {
+func noDataState(p core.Plan) string {
 	for _, act := range p.Actions {
-		if act.Kind == ActClone || act.Kind == ActReclone {
+		if act.Kind == core.ActClone || act.Kind == core.ActReclone {
 			return "creating replica from " + act.Target
 		}
 	}
@@ -602,7 +603,7 @@ func noDataState(p Plan) string {
 }
 
 // record is this member's record as o shows it, with role and state.
-func (a *Agent) record(o Observation, role cluster.Role, state string) cluster.Member {
+func (a *Agent) record(o core.Observation, role cluster.Role, state string) cluster.Member {
 	m := cluster.Member{
 		Name:       a.rules.Name,
 		Role:       role,
@@ -630,7 +631,7 @@ func (a *Agent) record(o Observation, role cluster.Role, state string) cluster.M
 	return m
 }
 
-func (a *Agent) publishRecord(ctx context.Context, o Observation, role cluster.Role, state string) {
+func (a *Agent) publishRecord(ctx context.Context, o core.Observation, role cluster.Role, state string) {
 	m := a.record(o, role, state)
 	for _, r := range metrics.AgentRoles {
 		a.m.Role.WithLabelValues(r).Set(b2f(r == string(m.Role)))
@@ -677,10 +678,10 @@ func (a *Agent) putRecord(ctx context.Context, m cluster.Member) {
 // the proxy routes rw once the record says primary.
 func (a *Agent) publishNow(ctx context.Context) {
 	o := a.observe(ctx)
-	a.publish(ctx, o, Plan{})
+	a.publish(ctx, o, core.Plan{})
 }
 
-func (a *Agent) member(o Observation, name string) (cluster.Member, error) {
+func (a *Agent) member(o core.Observation, name string) (cluster.Member, error) {
 	m, ok := o.DCS.Members[name]
 	if !ok {
 		return cluster.Member{}, fmt.Errorf("member %s has no record", name)
@@ -689,24 +690,24 @@ func (a *Agent) member(o Observation, name string) (cluster.Member, error) {
 }
 
 // execute runs one action with its own deadline.
-func (a *Agent) execute(ctx context.Context, act Action, o Observation) error {
+func (a *Agent) execute(ctx context.Context, act core.Action, o core.Observation) error {
 	t := a.rules.Timing
 	switch act.Kind {
-	case ActBootstrap:
+	case core.ActBootstrap:
 		return a.bootstrap(ctx, o)
-	case ActClone, ActReclone:
+	case core.ActClone, core.ActReclone:
 		up, err := a.member(o, act.Target)
 		if err != nil {
 			return err
 		}
 		return a.cloneFrom(ctx, o, up, act)
-	case ActRewind:
+	case core.ActRewind:
 		up, err := a.member(o, act.Target)
 		if err != nil {
 			return err
 		}
 		return a.rewind(ctx, o, up)
-	case ActStartPrimary:
+	case core.ActStartPrimary:
 		if err := a.pg.writeConf(false, nil); err != nil {
 			return err
 		}
@@ -715,7 +716,7 @@ func (a *Agent) execute(ctx context.Context, act Action, o Observation) error {
 			action = "on_restart" // in place, after a crash
 		}
 		return a.started(a.pg.start(ctx, a.cfg.StartTimeout), o, action, cluster.RolePrimary)
-	case ActStartReplica:
+	case core.ActStartReplica:
 		var up *cluster.Member
 		if act.Target != "" {
 			m, err := a.member(o, act.Target)
@@ -728,7 +729,7 @@ func (a *Agent) execute(ctx context.Context, act Action, o Observation) error {
 			return err
 		}
 		return a.started(a.pg.start(ctx, a.cfg.StartTimeout), o, "on_start", cluster.RoleReplica)
-	case ActRepoint:
+	case core.ActRepoint:
 		up, err := a.member(o, act.Target)
 		if err != nil {
 			return err
@@ -737,7 +738,7 @@ func (a *Agent) execute(ctx context.Context, act Action, o Observation) error {
 			return err
 		}
 		return a.pg.reload(ctx)
-	case ActAcquireLeader:
+	case core.ActAcquireLeader:
 		cctx, cancel := a.callCtx(ctx)
 		defer cancel()
 		var handoverRev int64
@@ -767,7 +768,7 @@ func (a *Agent) execute(ctx context.Context, act Action, o Observation) error {
 		a.view.LeaderIsMine, a.view.Leader, a.view.LeaderEpoch = true, a.rules.Name, epoch
 		a.log.Info("leader key acquired", "epoch", epoch, "lsn", o.PG.Position().String())
 		return nil
-	case ActPromote:
+	case core.ActPromote:
 		// In synchronous mode the new primary waits for any standby from
 		// its first commit; the next round narrows it to named standbys.
 		a.pg.syncNames = nil
@@ -802,11 +803,11 @@ func (a *Agent) execute(ctx context.Context, act Action, o Observation) error {
 			a.log.Warn("checkpoint after promotion", "err", err)
 		}
 		return nil
-	case ActRecordHistory:
+	case core.ActRecordHistory:
 		return a.recordHistory(ctx, a.reason)
-	case ActSyncSlots:
+	case core.ActSyncSlots:
 		return a.syncSlots(ctx, o)
-	case ActStop:
+	case core.ActStop:
 		// Decide stops a running standby only when it cannot follow the
 		// leader's timeline: it is rewound before it runs again.
 		err := a.stopped(a.pg.stop(ctx, a.cfg.StopTimeout), cluster.RoleReplica)
@@ -814,7 +815,7 @@ func (a *Agent) execute(ctx context.Context, act Action, o Observation) error {
 			a.mem.RewindNeeded = true
 		}
 		return err
-	case ActDemote:
+	case core.ActDemote:
 		a.log.Warn("demoting: stopping PostgreSQL", "grace", t.SafetyMargin/2)
 		a.m.Demotions.Inc()
 		err := a.stopped(a.pg.stop(ctx, t.SafetyMargin/2), cluster.RolePrimary)
@@ -822,15 +823,15 @@ func (a *Agent) execute(ctx context.Context, act Action, o Observation) error {
 			a.disarmWatchdog()
 		}
 		return err
-	case ActSwitchover:
+	case core.ActSwitchover:
 		return a.switchover(ctx, o, act.Target)
-	case ActSyncStandbys:
+	case core.ActSyncStandbys:
 		var want []string
 		if act.Target != "" {
 			want = strings.Split(act.Target, ",")
 		}
 		return a.syncStandbys(ctx, o, want)
-	case ActApplyConfig:
+	case core.ActApplyConfig:
 		var up *cluster.Member
 		if m, ok := o.DCS.Members[o.PG.Upstream]; ok && o.PG.Standby {
 			up = &m
@@ -844,12 +845,12 @@ func (a *Agent) execute(ctx context.Context, act Action, o Observation) error {
 		a.mem.AppliedConfigRev = o.DCS.ConfigRev
 		a.log.Info("dynamic configuration applied", "revision", o.DCS.ConfigRev)
 		return nil
-	case ActCancelSwitchover:
+	case core.ActCancelSwitchover:
 		cctx, cancel := a.callCtx(ctx)
 		defer cancel()
 		a.log.Warn("switchover request cancelled", "reason", a.lastPlan)
 		return a.dcs.cancelSwitchover(cctx, a.switchRev)
-	case ActReleaseLeader:
+	case core.ActReleaseLeader:
 		cctx, cancel := a.callCtx(ctx)
 		defer cancel()
 		if a.epoch == 0 {
@@ -883,7 +884,7 @@ func (a *Agent) armWatchdog() error {
 	if err == nil {
 		return nil
 	}
-	if a.wd.mode == WatchdogRequired {
+	if a.wd.mode == core.WatchdogRequired {
 		a.mem.WatchdogFailedAt = a.now()
 		return fmt.Errorf("required watchdog: %w", err)
 	}
@@ -903,11 +904,11 @@ func (a *Agent) disarmWatchdog() {
 // keeping the sync key true at every step: a standby leaves the key before
 // the server stops waiting for it, and joins it only once the server
 // reports it synchronous.
-func (a *Agent) syncStandbys(ctx context.Context, o Observation, want []string) error {
+func (a *Agent) syncStandbys(ctx context.Context, o core.Observation, want []string) error {
 	me, mode := a.rules.Name, o.DCS.SyncMode
 	var cur []string
 	if st := o.DCS.Sync; st != nil && st.Leader == me {
-		cur = sortedCopy(st.Standbys)
+		cur = core.SortedNames(st.Standbys)
 	}
 	var keep []string
 	for _, n := range cur {
@@ -924,13 +925,13 @@ func (a *Agent) syncStandbys(ctx context.Context, o Observation, want []string) 
 		return a.dcs.writeSync(cctx, a.epoch, &cluster.SyncState{Leader: me, Standbys: list})
 	}
 	// 1. Leave the key first.
-	if (mode.Enabled || len(cur) > 0) && (o.DCS.Sync == nil || o.DCS.Sync.Leader != me || !slices.Equal(cur, sortedCopy(keep))) {
+	if (mode.Enabled || len(cur) > 0) && (o.DCS.Sync == nil || o.DCS.Sync.Leader != me || !slices.Equal(cur, core.SortedNames(keep))) {
 		if err := write(keep); err != nil {
 			return err
 		}
 	}
 	// 2. The server's setting.
-	if names := SyncNames(want, mode); !slices.Equal(sortedCopy(o.PG.SyncNames), names) {
+	if names := core.SyncNames(want, mode); !slices.Equal(core.SortedNames(o.PG.SyncNames), names) {
 		a.pg.syncNames = names
 		if err := a.pg.writeConf(false, nil); err != nil {
 			return err
@@ -950,7 +951,7 @@ func (a *Agent) syncStandbys(ctx context.Context, o Observation, want []string) 
 		return nil
 	}
 	// 3. Join the key once the server waits for them.
-	if !slices.Equal(sortedCopy(keep), sortedCopy(want)) {
+	if !slices.Equal(core.SortedNames(keep), core.SortedNames(want)) {
 		wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		defer cancel()
 		for {
@@ -989,7 +990,7 @@ func (a *Agent) syncStandbys(ctx context.Context, o Observation, want []string) 
 
 // started records that a successful start applied the dynamic
 // configuration of the round.
-func (a *Agent) started(err error, o Observation, action string, role cluster.Role) error {
+func (a *Agent) started(err error, o core.Observation, action string, role cluster.Role) error {
 	if err == nil {
 		a.mem.AppliedConfigRev = o.DCS.ConfigRev
 		a.cb.fire(action, role)
@@ -1008,7 +1009,7 @@ func (a *Agent) stopped(err error, role cluster.Role) error {
 // switchover hands the lead to target. Writes stop when the record says
 // demoted (the proxy stops routing new sessions here and holds them for
 // its route wait) and resume when target publishes primary.
-func (a *Agent) switchover(ctx context.Context, o Observation, target string) error {
+func (a *Agent) switchover(ctx context.Context, o core.Observation, target string) error {
 	up, err := a.member(o, target)
 	if err != nil {
 		return err
@@ -1057,7 +1058,7 @@ func (a *Agent) switchover(ctx context.Context, o Observation, target string) er
 }
 
 func (a *Agent) recordHistory(ctx context.Context, reason string) error {
-	var v PGView
+	var v core.PGView
 	if err := a.pg.query(ctx, &v); err != nil {
 		return err
 	}
@@ -1085,7 +1086,7 @@ func (a *Agent) recordHistory(ctx context.Context, reason string) error {
 // and dropping its slot then would let the primary recycle WAL it needs.
 func (a *Agent) slotGrace() time.Duration { return 10 * a.rules.Timing.TTL }
 
-func (a *Agent) syncSlots(ctx context.Context, o Observation) error {
+func (a *Agent) syncSlots(ctx context.Context, o core.Observation) error {
 	var want, drop []string
 	for name := range o.DCS.Members {
 		if name != a.rules.Name {
@@ -1098,11 +1099,11 @@ func (a *Agent) syncSlots(ctx context.Context, o Observation) error {
 			delete(a.seen, name)
 		}
 	}
-	want, drop, shared := slotPlan(want, drop)
+	want, drop, shared := core.SlotPlan(want, drop)
 	if err := a.pg.syncSlots(ctx, want, drop); err != nil {
 		return err
 	}
-	return sharedSlotsError(shared)
+	return core.SharedSlotsError(shared)
 }
 
 // cloneFrom clones the data directory from up. A reclone first stops the
@@ -1110,8 +1111,8 @@ func (a *Agent) syncSlots(ctx context.Context, o Observation) error {
 // no process of the old server is left: never wipe for a source that
 // would not give a copy back. A failed clone leaves an empty data
 // directory, not a partial one.
-func (a *Agent) cloneFrom(ctx context.Context, o Observation, up cluster.Member, act Action) error {
-	if act.Kind == ActReclone {
+func (a *Agent) cloneFrom(ctx context.Context, o core.Observation, up cluster.Member, act core.Action) error {
+	if act.Kind == core.ActReclone {
 		if err := a.pg.checkSource(ctx, up); err != nil {
 			return err
 		}
@@ -1136,9 +1137,9 @@ func (a *Agent) cloneFrom(ctx context.Context, o Observation, up cluster.Member,
 // clone copies the data directory from up with pg_basebackup, logging and
 // publishing its progress: the member is "starting", with nothing of its
 // own yet.
-func (a *Agent) clone(ctx context.Context, o Observation, up cluster.Member) error {
+func (a *Agent) clone(ctx context.Context, o core.Observation, up cluster.Member) error {
 	empty := o
-	empty.PG = PGView{}
+	empty.PG = core.PGView{}
 	live := a.startLive(ctx, a.record(empty, cluster.RoleStarting, "creating replica from "+up.Name))
 	defer live.stop()
 	log := a.log.With("from", up.Name)
@@ -1157,7 +1158,7 @@ func (a *Agent) clone(ctx context.Context, o Observation, up cluster.Member) err
 // rewind runs pg_rewind from up, logging and publishing its progress, and
 // decides from its failure whether a later round retries or only a fresh
 // copy can help (Memory.RewindFailed, which Decide turns into a reclone).
-func (a *Agent) rewind(ctx context.Context, o Observation, up cluster.Member) error {
+func (a *Agent) rewind(ctx context.Context, o core.Observation, up cluster.Member) error {
 	label := "rewinding from " + up.Name
 	// pg_rewind runs on a stopped server only.
 	live := a.startLive(ctx, a.record(o, cluster.RoleStopped, label))
@@ -1174,13 +1175,13 @@ func (a *Agent) rewind(ctx context.Context, o Observation, up cluster.Member) er
 		a.rewindUnknown = 0
 		return nil
 	}
-	class := classifyRewind(run.lines, err, run.copied, run.killed)
+	class := core.ClassifyRewind(run.lines, err, run.copied, run.killed)
 	if errors.Is(err, errServerAlive) {
-		class = RewindServerRunning
+		class = core.RewindServerRunning
 	}
-	if class == RewindUnknown {
-		if a.rewindUnknown++; a.rewindUnknown >= rewindUnknownLimit {
-			class = RewindUnclassified
+	if class == core.RewindUnknown {
+		if a.rewindUnknown++; a.rewindUnknown >= core.RewindUnknownLimit {
+			class = core.RewindUnclassified
 		}
 	} else {
 		a.rewindUnknown = 0
@@ -1199,7 +1200,7 @@ func (a *Agent) rewind(ctx context.Context, o Observation, up cluster.Member) er
 }
 
 // bootstrap claims the initialize key, runs initdb, starts and leads.
-func (a *Agent) bootstrap(ctx context.Context, o Observation) error {
+func (a *Agent) bootstrap(ctx context.Context, o core.Observation) error {
 	lease := a.currentLease()
 	// The software watchdog watches the data directory: it must exist
 	// (empty; initdb fills it) before arming.
@@ -1271,7 +1272,7 @@ func (a *Agent) bootstrap(ctx context.Context, o Observation) error {
 	}
 	a.epoch = epoch
 	done("leader key", "recording the system identifier")
-	var v PGView
+	var v core.PGView
 	if err := a.pg.query(ctx, &v); err != nil {
 		return fail(err)
 	}

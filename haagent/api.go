@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/pharos-ha/pharos/haagent/core"
 	"slices"
 	"strings"
 	"time"
@@ -108,9 +109,9 @@ func (a *Agent) serveRequest(ctx context.Context, req apiRequest) error {
 		// Decided like a round of the loop, with the request in the
 		// observation: the rules that keep the loop from wiping a leader
 		// or a synchronous standby hold here too.
-		o.Request = RequestReinitialize
-		p := Decide(o, a.currentRules())
-		if !slices.ContainsFunc(p.Actions, func(x Action) bool { return x.Kind == ActReclone }) {
+		o.Request = core.RequestReinitialize
+		p := core.Decide(o, a.currentRules())
+		if !slices.ContainsFunc(p.Actions, func(x core.Action) bool { return x.Kind == core.ActReclone }) {
 			return fmt.Errorf("%w: %s", restapi.ErrConflict, p.Reason)
 		}
 		a.log.Warn("reinitialize requested through the REST API", "plan", p.String())
@@ -121,7 +122,7 @@ func (a *Agent) serveRequest(ctx context.Context, req apiRequest) error {
 }
 
 // setStatus publishes what the REST API answers.
-func (a *Agent) setStatus(o Observation, m cluster.Member) {
+func (a *Agent) setStatus(o core.Observation, m cluster.Member) {
 	st := restapi.NodeStatus{
 		Name:           a.rules.Name,
 		Role:           m.Role,

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"errors"
+	"github.com/pharos-ha/pharos/haagent/core"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -47,13 +48,13 @@ func TestNoPasswordToAServerThatAsksForIt(t *testing.T) {
 			if err == nil || !strings.Contains(err.Error(), want) {
 				t.Errorf("superuser connection: %v, want %q", err, want)
 			}
-			if err := p.checkSource(ctx, up); !errors.Is(err, errSourceUnavailable) || !strings.Contains(err.Error(), want) {
-				t.Errorf("clone source check: %v, want %v naming the refusal", err, errSourceUnavailable)
+			if err := p.checkSource(ctx, up); !errors.Is(err, core.ErrSourceUnavailable) || !strings.Contains(err.Error(), want) {
+				t.Errorf("clone source check: %v, want %v naming the refusal", err, core.ErrSourceUnavailable)
 			}
 			// The checkpoint on the source comes first: pg_rewind, whose
 			// libpq may predate require_auth, never runs.
-			if _, err := p.rewind(ctx, up, func(string) bool { return true }); !errors.Is(err, errSourceUnavailable) || !strings.Contains(err.Error(), want) {
-				t.Errorf("rewind: %v, want %v naming the refusal", err, errSourceUnavailable)
+			if _, err := p.rewind(ctx, up, func(string) bool { return true }); !errors.Is(err, core.ErrSourceUnavailable) || !strings.Contains(err.Error(), want) {
+				t.Errorf("rewind: %v, want %v naming the refusal", err, core.ErrSourceUnavailable)
 			}
 			// Likewise pg_basebackup: the replication login check refuses.
 			if err := p.checkReplicationLogin(ctx, up); err == nil || !strings.Contains(err.Error(), want) {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"github.com/pharos-ha/pharos/haagent/core"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -80,10 +81,10 @@ func TestCloneReportsProgress(t *testing.T) {
 	// Nothing renews the lease here: it must outlast the clone (about 3 s
 	// at the rate below, more on a loaded machine), or the record's
 	// deletion ends up among the states watched.
-	timing := DefaultTiming()
+	timing := core.DefaultTiming()
 	timing.TTL = time.Minute
 	a, err := New(Config{
-		Rules: Rules{Name: "n2", Timing: timing, CrashRestartTimeout: DefaultCrashRestartTimeout},
+		Rules: core.Rules{Name: "n2", Timing: timing, CrashRestartTimeout: core.DefaultCrashRestartTimeout},
 		Postgres: PostgresConfig{
 			DataDir: dataDir, BinDir: pg.BinDir(), Port: 1, Owner: pg.Owner(),
 			SuperUser: pglocal.SuperUser, ReplicationUser: pglocal.ReplicationUser, ReplicationPassword: "unused",
@@ -106,8 +107,8 @@ func TestCloneReportsProgress(t *testing.T) {
 		defer cancel()
 		_ = a.dcs.revoke(cctx, a.currentLease())
 	})
-	observe := func(src cluster.Member) Observation {
-		return Observation{Now: time.Now(), DCS: DCSView{Reachable: true, Leader: src.Name, LeaderEpoch: 7,
+	observe := func(src cluster.Member) core.Observation {
+		return core.Observation{Now: time.Now(), DCS: core.DCSView{Reachable: true, Leader: src.Name, LeaderEpoch: 7,
 			Members: map[string]cluster.Member{src.Name: src}}}
 	}
 
@@ -117,7 +118,7 @@ func TestCloneReportsProgress(t *testing.T) {
 			t.Fatal(err)
 		}
 		down := cluster.Member{Name: "down", Role: cluster.RolePrimary, Host: "127.0.0.1", Port: port}
-		err = a.execute(ctx, actOn(ActClone, down.Name), observe(down))
+		err = a.execute(ctx, core.Action{Kind: core.ActClone, Target: down.Name}, observe(down))
 		if err == nil {
 			t.Fatal("a clone from a port nobody listens on succeeded")
 		}
@@ -139,7 +140,7 @@ func TestCloneReportsProgress(t *testing.T) {
 		}
 		src := cluster.Member{Name: "src", Role: cluster.RolePrimary, Host: "127.0.0.1", Port: pg.Primary().Port}
 		t0 := time.Now()
-		if err := a.execute(ctx, actOn(ActClone, src.Name), observe(src)); err != nil {
+		if err := a.execute(ctx, core.Action{Kind: core.ActClone, Target: src.Name}, observe(src)); err != nil {
 			t.Fatalf("clone: %v\nlogs:\n%s", err, logs.String())
 		}
 		t.Logf("clone took %v", time.Since(t0).Round(time.Millisecond))
@@ -234,8 +235,8 @@ func TestCloneReportsProgress(t *testing.T) {
 			t.Fatal(err)
 		}
 		err = a.serveRequest(ctx, apiRequest{kind: "reinitialize"})
-		if !errors.Is(err, errSourceUnavailable) {
-			t.Errorf("reinitialize from a leader nobody answers for: %v, want %v", err, errSourceUnavailable)
+		if !errors.Is(err, core.ErrSourceUnavailable) {
+			t.Errorf("reinitialize from a leader nobody answers for: %v, want %v", err, core.ErrSourceUnavailable)
 		}
 		if _, err := os.Stat(marker); err != nil {
 			t.Errorf("the data directory was wiped for a clone that could not start: %v", err)

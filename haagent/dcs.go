@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/pharos-ha/pharos/haagent/core"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -39,7 +40,7 @@ type snapshot struct {
 	MaxLag      *int64
 	Params      map[string]string
 	ConfigRev   int64
-	SyncMode    SyncMode
+	SyncMode    core.SyncMode
 	Sync        *cluster.SyncState
 	Switchover  *cluster.Switchover
 	SwitchRev   int64
@@ -94,7 +95,7 @@ func (d *dcs) read(ctx context.Context) (snapshot, error) {
 				continue
 			}
 			s.Paused, s.MaxLag, s.ConfigRev = c.Pause, c.MaxLag, kv.ModRevision
-			s.SyncMode = SyncMode{Enabled: c.SyncMode, Strict: c.SyncStrict, Count: max(c.SyncCount, 1)}
+			s.SyncMode = core.SyncMode{Enabled: c.SyncMode, Strict: c.SyncStrict, Count: max(c.SyncCount, 1)}
 			s.Params = map[string]string{}
 			for k, v := range c.PostgreSQL.Parameters {
 				switch v := v.(type) {

@@ -3,6 +3,7 @@ package haagent
 import (
 	"context"
 	"errors"
+	"github.com/pharos-ha/pharos/haagent/core"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -41,10 +42,10 @@ func testEtcd(t *testing.T) *clientv3.Client {
 func testAgent(t *testing.T, cli *clientv3.Client, keys cluster.Keys, name, binDir string, logs *lockedBuffer) *Agent {
 	t.Helper()
 	self := pglocal.Owner{UID: uint32(os.Getuid()), GID: uint32(os.Getgid())}
-	timing := DefaultTiming()
+	timing := core.DefaultTiming()
 	timing.TTL = time.Minute // nothing renews the lease here
 	a, err := New(Config{
-		Rules: Rules{Name: name, Timing: timing, CrashRestartTimeout: DefaultCrashRestartTimeout},
+		Rules: core.Rules{Name: name, Timing: timing, CrashRestartTimeout: core.DefaultCrashRestartTimeout},
 		Postgres: PostgresConfig{
 			DataDir: filepath.Join(t.TempDir(), "data"), BinDir: binDir, Port: 1, Owner: self,
 			SuperUser: "postgres", ReplicationUser: "repl", ReplicationPassword: "unused",
@@ -119,8 +120,8 @@ func TestReleaseOnlyOurs(t *testing.T) {
 		var logs lockedBuffer
 		a := testAgent(t, cli, keys, "n1", t.TempDir(), &logs)
 		a.epoch = epoch
-		o := Observation{Now: time.Now(), DCS: DCSView{Reachable: true, Leader: "n2", LeaderEpoch: otherEpoch}}
-		if err := a.execute(ctx, act(ActReleaseLeader), o); err != nil {
+		o := core.Observation{Now: time.Now(), DCS: core.DCSView{Reachable: true, Leader: "n2", LeaderEpoch: otherEpoch}}
+		if err := a.execute(ctx, core.Action{Kind: core.ActReleaseLeader}, o); err != nil {
 			t.Fatalf("release-leader: %v", err)
 		}
 		out := logs.String()
@@ -172,7 +173,9 @@ func TestBootstrapFailureLeavesAnotherClaim(t *testing.T) {
 			t.Fatal(err)
 		}
 		done := make(chan error, 1)
-		go func() { done <- a.bootstrap(ctx, Observation{Now: time.Now(), DCS: DCSView{Reachable: true}}) }()
+		go func() {
+			done <- a.bootstrap(ctx, core.Observation{Now: time.Now(), DCS: core.DCSView{Reachable: true}})
+		}()
 		if !waitFor(ctx, func() bool { _, l := initialize(keys); return l == a.currentLease() }) {
 			t.Fatal("the bootstrap never claimed the initialize key")
 		}
@@ -268,7 +271,7 @@ func TestJoinRefusesSharedSlotName(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			a := testAgent(t, cli, keys, name, t.TempDir(), &lockedBuffer{})
 			err := a.join(ctx)
-			var conflict *NameConflictError
+			var conflict *core.NameConflictError
 			if !errors.As(err, &conflict) {
 				t.Fatalf("join as %s beside node-1: %v, want a NameConflictError", name, err)
 			}

@@ -2,9 +2,10 @@
 // or follows the leadership in etcd, promotes, demotes, re-points and
 // rewinds the local PostgreSQL.
 //
-// It owns the HA rules (Decide, a pure function of an Observation) and the
-// executors that carry out Decide's plan: etcd (dcs.go) and PostgreSQL
-// control (postgres.go). It must not know the proxy: the proxy follows what
+// It is the driver around the pure decision core (package core: Decide, a
+// function of an Observation): it observes, and owns the executors that
+// carry out Decide's plan: etcd (dcs.go) and PostgreSQL control
+// (postgres.go). It must not know the proxy: the proxy follows what
 // the agent publishes in etcd. See design.md beside this file for the state
 // diagram.
 //

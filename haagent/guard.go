@@ -2,29 +2,12 @@ package haagent
 
 import (
 	"fmt"
+	"github.com/pharos-ha/pharos/haagent/core"
 	"sync"
 	"time"
 
 	"github.com/pharos-ha/pharos/internal/watchdog"
 )
-
-// WatchdogMode says whether leading needs a watchdog.
-type WatchdogMode string
-
-const (
-	WatchdogOff       WatchdogMode = "off"       // never armed
-	WatchdogAutomatic WatchdogMode = "automatic" // armed when it can be; leads without it otherwise
-	WatchdogRequired  WatchdogMode = "required"  // no leadership unless armed
-)
-
-// ParseWatchdogMode checks a configured mode.
-func ParseWatchdogMode(s string) (WatchdogMode, error) {
-	switch m := WatchdogMode(s); m {
-	case WatchdogOff, WatchdogAutomatic, WatchdogRequired:
-		return m, nil
-	}
-	return "", fmt.Errorf("watchdog %q: one of off, automatic, required", s)
-}
 
 // Watchdog is a driver the agent arms before it promotes and feeds after
 // each acknowledged lease renewal.
@@ -33,7 +16,7 @@ type Watchdog = watchdog.Watchdog
 // guard owns the watchdog for the agent: the loop arms and disarms, the
 // renewal goroutine feeds.
 type guard struct {
-	mode WatchdogMode
+	mode core.WatchdogMode
 	// timeout is ttl − safety_margin: a fed watchdog fires before the
 	// lease can expire.
 	timeout time.Duration
@@ -45,7 +28,7 @@ type guard struct {
 // arm arms the watchdog (a no-op when armed or off). In automatic mode a
 // failure is returned too; the caller decides whether it blocks.
 func (g *guard) arm() error {
-	if g.mode == WatchdogOff || g.wd == nil {
+	if g.mode == core.WatchdogOff || g.wd == nil {
 		return nil
 	}
 	g.mu.Lock()

@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/pharos-ha/pharos/haagent/core"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -104,19 +105,6 @@ func newPostgres(cfg PostgresConfig, log *slog.Logger) *postgres {
 // confFile is ours, included from postgresql.conf; rewritten before every
 // start because pg_basebackup and pg_rewind copy the source's.
 const confFile = "pharos.conf"
-
-// slotName turns a member name into a replication slot name ([a-z0-9_]).
-func slotName(member string) string {
-	var b strings.Builder
-	for _, r := range strings.ToLower(member) {
-		if r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '_' {
-			b.WriteRune(r)
-		} else {
-			b.WriteByte('_')
-		}
-	}
-	return b.String()
-}
 
 func (p *postgres) path(name string) string { return filepath.Join(p.cfg.DataDir, name) }
 
@@ -268,12 +256,12 @@ func (p *postgres) exec(ctx context.Context, m *cluster.Member, timeout time.Dur
 
 // observe fills a PGView. A server that runs but does not answer counts as
 // running (its state unknown) so that nothing starts a second postmaster.
-func (p *postgres) observe(ctx context.Context) PGView {
-	v := PGView{}
+func (p *postgres) observe(ctx context.Context) core.PGView {
+	v := core.PGView{}
 	if !p.dataPresent() {
 		return v
 	}
-	v.Data = DataPresent
+	v.Data = core.DataPresent
 	_, err := os.Stat(p.path("standby.signal"))
 	v.Standby = err == nil
 	v.Upstream = p.configuredUpstream()
@@ -298,7 +286,7 @@ func (p *postgres) observe(ctx context.Context) PGView {
 	return v
 }
 
-func (p *postgres) query(ctx context.Context, v *PGView) error {
+func (p *postgres) query(ctx context.Context, v *core.PGView) error {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	conn, err := p.connect(ctx, nil)
@@ -520,7 +508,7 @@ func (p *postgres) writeConf(standby bool, upstream *cluster.Member) error {
 	params["synchronous_standby_names"] = formatSyncNames(p.syncNames)
 	if standby && upstream != nil {
 		params["primary_conninfo"] = p.primaryConninfo(*upstream)
-		params["primary_slot_name"] = slotName(p.cfg.Name)
+		params["primary_slot_name"] = core.SlotName(p.cfg.Name)
 		// Before the configuration that makes the walreceiver look
 		// the password up for this upstream.
 		if err := p.writePassfile(*upstream); err != nil {
@@ -848,7 +836,7 @@ func (p *postgres) syncSlots(ctx context.Context, want, drop []string) error {
 		return err
 	}
 	for _, m := range want {
-		s := slotName(m)
+		s := core.SlotName(m)
 		if slices.Contains(have, s) {
 			continue
 		}
@@ -858,7 +846,7 @@ func (p *postgres) syncSlots(ctx context.Context, want, drop []string) error {
 		p.log.Info("replication slot created", "slot", s)
 	}
 	for _, m := range drop {
-		s := slotName(m)
+		s := core.SlotName(m)
 		if !slices.Contains(have, s) {
 			continue
 		}
@@ -917,11 +905,6 @@ func quoteLiteral(s string) string {
 	return "'" + strings.ReplaceAll(s, "'", "''") + "'"
 }
 
-// errSourceUnavailable: the server to rewind or clone from did not answer;
-// nothing was changed here, and the failure says nothing about whether a
-// rewind would work.
-var errSourceUnavailable = errors.New("source unavailable")
-
 // checkSource makes sure up answers as a primary before anything here is
 // wiped for a clone from it.
 func (p *postgres) checkSource(ctx context.Context, up cluster.Member) error {
@@ -929,15 +912,15 @@ func (p *postgres) checkSource(ctx context.Context, up cluster.Member) error {
 	defer cancel()
 	conn, err := p.connect(ctx, &up)
 	if err != nil {
-		return fmt.Errorf("%w: %s: %w", errSourceUnavailable, up.Name, err)
+		return fmt.Errorf("%w: %s: %w", core.ErrSourceUnavailable, up.Name, err)
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
 	var rec bool
 	if err := conn.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&rec); err != nil {
-		return fmt.Errorf("%w: %s: %w", errSourceUnavailable, up.Name, err)
+		return fmt.Errorf("%w: %s: %w", core.ErrSourceUnavailable, up.Name, err)
 	}
 	if rec {
-		return fmt.Errorf("%w: %s is in recovery", errSourceUnavailable, up.Name)
+		return fmt.Errorf("%w: %s is in recovery", core.ErrSourceUnavailable, up.Name)
 	}
 	return nil
 }
@@ -993,7 +976,7 @@ func (p *postgres) rewind(ctx context.Context, up cluster.Member, onLine func(st
 	// a just-promoted server updates only at its next checkpoint; without
 	// one it answers "no rewind required" for a diverged target.
 	if err := p.checkpoint(ctx, &up); err != nil {
-		return run, fmt.Errorf("%w: checkpoint on %s before rewind: %w", errSourceUnavailable, up.Name, err)
+		return run, fmt.Errorf("%w: checkpoint on %s before rewind: %w", core.ErrSourceUnavailable, up.Name, err)
 	}
 	// A target that was not shut down cleanly is recovered by pg_rewind in
 	// single-user mode, which refuses standby mode: the standby.signal
@@ -1002,7 +985,7 @@ func (p *postgres) rewind(ctx context.Context, up cluster.Member, onLine func(st
 		return run, err
 	}
 	watch := func(l string) bool {
-		if strings.Contains(l, rewindCopyMarker) {
+		if strings.Contains(l, core.RewindCopyMarker) {
 			run.copied = true
 		}
 		return onLine(l)

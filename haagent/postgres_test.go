@@ -2,6 +2,7 @@ package haagent
 
 import (
 	"errors"
+	"github.com/pharos-ha/pharos/haagent/core"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -29,8 +30,8 @@ func testPostgres(t *testing.T) *postgres {
 
 func TestSlotName(t *testing.T) {
 	for in, want := range map[string]string{"n1": "n1", "Node-A.1": "node_a_1", "db_2": "db_2"} {
-		if got := slotName(in); got != want {
-			t.Errorf("slotName(%q) = %q, want %q", in, got, want)
+		if got := core.SlotName(in); got != want {
+			t.Errorf("SlotName(%q) = %q, want %q", in, got, want)
 		}
 	}
 }

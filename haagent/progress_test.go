@@ -2,6 +2,7 @@ package haagent
 
 import (
 	"bytes"
+	"github.com/pharos-ha/pharos/haagent/core"
 	"log/slog"
 	"reflect"
 	"strings"
@@ -280,16 +281,16 @@ func TestCopyReporter(t *testing.T) {
 func TestNoDataState(t *testing.T) {
 	tests := []struct {
 		name string
-		p    Plan
+		p    core.Plan
 		want string
 	}{
-		{name: "clone", p: plan("new member", actOn(ActClone, "n1"), actOn(ActStartReplica, "n1")), want: "creating replica from n1"},
-		{name: "waiting for the leader", p: plan("leader n1 is not a running primary yet"), want: "waiting: leader n1 is not a running primary yet"},
-		{name: "waiting for the bootstrap", p: plan("bootstrap in progress elsewhere"), want: "waiting: bootstrap in progress elsewhere"},
+		{name: "clone", p: core.Plan{Reason: "new member", Actions: []core.Action{{Kind: core.ActClone, Target: "n1"}, {Kind: core.ActStartReplica, Target: "n1"}}}, want: "creating replica from n1"},
+		{name: "waiting for the leader", p: core.Plan{Reason: "leader n1 is not a running primary yet"}, want: "waiting: leader n1 is not a running primary yet"},
+		{name: "waiting for the bootstrap", p: core.Plan{Reason: "bootstrap in progress elsewhere"}, want: "waiting: bootstrap in progress elsewhere"},
 		// Every member plans a bootstrap; only the one that wins the
 		// initialize key says it bootstraps.
-		{name: "bootstrap not yet won", p: plan("cluster not initialized", act(ActBootstrap)), want: "no data directory yet"},
-		{name: "no plan", p: Plan{}, want: "no data directory yet"},
+		{name: "bootstrap not yet won", p: core.Plan{Reason: "cluster not initialized", Actions: []core.Action{{Kind: core.ActBootstrap}}}, want: "no data directory yet"},
+		{name: "no plan", p: core.Plan{}, want: "no data directory yet"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

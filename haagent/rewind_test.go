@@ -3,6 +3,7 @@ package haagent
 import (
 	"context"
 	"errors"
+	"github.com/pharos-ha/pharos/haagent/core"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -89,7 +90,7 @@ func TestRewindOverAKilledUnreapedPostmaster(t *testing.T) {
 
 	m := metrics.NewAgent(prometheus.NewRegistry())
 	a, err := New(Config{
-		Rules: Rules{Name: old.Name, Timing: DefaultTiming(), CrashRestartTimeout: DefaultCrashRestartTimeout, AutoReinit: true},
+		Rules: core.Rules{Name: old.Name, Timing: core.DefaultTiming(), CrashRestartTimeout: core.DefaultCrashRestartTimeout, AutoReinit: true},
 		Postgres: PostgresConfig{
 			DataDir: old.DataDir, BinDir: pg.BinDir(), Port: old.Port, SocketDir: old.SocketDir(), Owner: pg.Owner(),
 			SuperUser: pglocal.SuperUser, ReplicationUser: pglocal.ReplicationUser,
@@ -102,14 +103,14 @@ func TestRewindOverAKilledUnreapedPostmaster(t *testing.T) {
 		t.Fatal(err)
 	}
 	src := cluster.Member{Name: rep.Name, Role: cluster.RolePrimary, Host: "127.0.0.1", Port: rep.Port}
-	o := Observation{Now: time.Now(), DCS: DCSView{Reachable: true, Leader: src.Name, Members: map[string]cluster.Member{src.Name: src}}}
-	if err := a.execute(ctx, actOn(ActRewind, src.Name), o); err != nil {
+	o := core.Observation{Now: time.Now(), DCS: core.DCSView{Reachable: true, Leader: src.Name, Members: map[string]cluster.Member{src.Name: src}}}
+	if err := a.execute(ctx, core.Action{Kind: core.ActRewind, Target: src.Name}, o); err != nil {
 		t.Fatalf("rewind over a zombie's lock file: %v", err)
 	}
 	if got := testutil.ToFloat64(m.Rewinds.WithLabelValues("done")); got != 1 {
 		t.Errorf("rewinds done = %v, want 1", got)
 	}
-	for _, r := range RecloneReasons {
+	for _, r := range core.RecloneReasons {
 		if got := testutil.ToFloat64(m.Reclones.WithLabelValues(r)); got != 0 {
 			t.Errorf("reclones{%s} = %v", r, got)
 		}
@@ -170,7 +171,7 @@ func TestRewindFailureIsRetriedOrRemembered(t *testing.T) {
 	m := metrics.NewAgent(prometheus.NewRegistry())
 	self := pglocal.Owner{UID: uint32(os.Getuid()), GID: uint32(os.Getgid())}
 	a, err := New(Config{
-		Rules:    Rules{Name: "n1", Timing: DefaultTiming(), CrashRestartTimeout: DefaultCrashRestartTimeout, AutoReinit: true},
+		Rules:    core.Rules{Name: "n1", Timing: core.DefaultTiming(), CrashRestartTimeout: core.DefaultCrashRestartTimeout, AutoReinit: true},
 		Postgres: PostgresConfig{DataDir: dataDir, BinDir: bin, Port: 1, Owner: self, SuperUser: "postgres", ReplicationUser: "repl"},
 		Metrics:  m,
 	}, nil, cluster.Keys{}, slog.New(slog.DiscardHandler))
@@ -183,12 +184,12 @@ func TestRewindFailureIsRetriedOrRemembered(t *testing.T) {
 		t.Fatal(err)
 	}
 	down := cluster.Member{Name: "n2", Role: cluster.RolePrimary, Host: "127.0.0.1", Port: port}
-	o := Observation{Now: time.Now(), DCS: DCSView{Reachable: true, Leader: down.Name, Members: map[string]cluster.Member{down.Name: down}}}
+	o := core.Observation{Now: time.Now(), DCS: core.DCSView{Reachable: true, Leader: down.Name, Members: map[string]cluster.Member{down.Name: down}}}
 
 	t.Run("source down", func(t *testing.T) {
-		err := a.execute(ctx, actOn(ActRewind, down.Name), o)
-		if err == nil || !strings.Contains(err.Error(), string(RewindSourceUnavailable)) {
-			t.Fatalf("rewind from a closed port: %v, want a %s failure", err, RewindSourceUnavailable)
+		err := a.execute(ctx, core.Action{Kind: core.ActRewind, Target: down.Name}, o)
+		if err == nil || !strings.Contains(err.Error(), string(core.RewindSourceUnavailable)) {
+			t.Fatalf("rewind from a closed port: %v, want a %s failure", err, core.RewindSourceUnavailable)
 		}
 		if a.mem.RewindFailed != "" {
 			t.Fatalf("a source that did not answer is remembered as a failed rewind (%s/%s): the next round would re-clone",
@@ -199,9 +200,9 @@ func TestRewindFailureIsRetriedOrRemembered(t *testing.T) {
 	t.Run("target server still alive", func(t *testing.T) {
 		server := spawn(t, dataDir, fake, "30")
 		writeLock(t, dataDir, server.Process.Pid)
-		err := a.execute(ctx, actOn(ActRewind, down.Name), o)
-		if !errors.Is(err, errServerAlive) || !strings.Contains(err.Error(), string(RewindServerRunning)) {
-			t.Fatalf("rewind over a live postmaster: %v, want %s", err, RewindServerRunning)
+		err := a.execute(ctx, core.Action{Kind: core.ActRewind, Target: down.Name}, o)
+		if !errors.Is(err, errServerAlive) || !strings.Contains(err.Error(), string(core.RewindServerRunning)) {
+			t.Fatalf("rewind over a live postmaster: %v, want %s", err, core.RewindServerRunning)
 		}
 		if a.mem.RewindFailed != "" {
 			t.Fatal("a live server is remembered as a failed rewind")
@@ -220,9 +221,9 @@ func TestRewindFailureIsRetriedOrRemembered(t *testing.T) {
 	// Decide, fed the memory these failures left, rewinds again.
 	o.DCS.Initialized, o.DCS.SystemID = true, "42"
 	o.DCS.MemberSeenAt = map[string]time.Time{down.Name: o.Now}
-	o.PG = PGView{Data: DataPresent, Timeline: 1}
+	o.PG = core.PGView{Data: core.DataPresent, Timeline: 1}
 	o.Memory = a.mem
-	if p := Decide(o, a.rules); len(p.Actions) == 0 || p.Actions[0].Kind != ActRewind {
+	if p := core.Decide(o, a.rules); len(p.Actions) == 0 || p.Actions[0].Kind != core.ActRewind {
 		t.Errorf("after transient failures the plan is %v, want another rewind", p)
 	}
 }

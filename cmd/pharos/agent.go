@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/pharos-ha/pharos/haagent/core"
 	"io"
 	"log/slog"
 	"maps"
@@ -89,7 +90,7 @@ type agentSettings struct {
 }
 
 func defaultAgentSettings() agentSettings {
-	t := haagent.DefaultTiming()
+	t := core.DefaultTiming()
 	return agentSettings{
 		PGListen:             "127.0.0.1",
 		Host:                 "127.0.0.1",
@@ -102,10 +103,10 @@ func defaultAgentSettings() agentSettings {
 		LoopWait:             duration(t.LoopWait),
 		RetryTimeout:         duration(t.RetryTimeout),
 		SafetyMargin:         duration(t.SafetyMargin),
-		MaximumLagOnFailover: haagent.DefaultMaximumLagOnFailover,
-		CrashRestartTimeout:  duration(haagent.DefaultCrashRestartTimeout),
+		MaximumLagOnFailover: core.DefaultMaximumLagOnFailover,
+		CrashRestartTimeout:  duration(core.DefaultCrashRestartTimeout),
 		CallbackTimeout:      duration(30 * time.Second),
-		Watchdog:             string(haagent.WatchdogAutomatic),
+		Watchdog:             string(core.WatchdogAutomatic),
 		WatchdogDriver:       "device",
 		WatchdogDevice:       "/dev/watchdog",
 	}
@@ -213,7 +214,7 @@ func (s agentSettings) agentConfig(ctx context.Context, log *slog.Logger) (haage
 		return zero, ecfg, keys, err
 	}
 	// Bootstrap sets these from SCRAM verifiers it computes (see
-	// haagent.CheckRolePassword): refused now rather than at bootstrap.
+	// core.CheckRolePassword): refused now rather than at bootstrap.
 	if err := haagent.CheckRolePassword(replPW); err != nil {
 		return zero, ecfg, keys, usageErrorf("replication_password: %v", err)
 	}
@@ -236,9 +237,9 @@ func (s agentSettings) agentConfig(ctx context.Context, log *slog.Logger) (haage
 	if err != nil {
 		return zero, ecfg, keys, fmt.Errorf("server account: %w", err)
 	}
-	rules := haagent.Rules{
+	rules := core.Rules{
 		Name: s.Name,
-		Timing: haagent.Timing{
+		Timing: core.Timing{
 			TTL: time.Duration(s.TTL), LoopWait: time.Duration(s.LoopWait),
 			RetryTimeout: time.Duration(s.RetryTimeout), SafetyMargin: time.Duration(s.SafetyMargin),
 		},
@@ -250,12 +251,12 @@ func (s agentSettings) agentConfig(ctx context.Context, log *slog.Logger) (haage
 	if err := rules.Validate(); err != nil {
 		return zero, ecfg, keys, usageErrorf("%v", err)
 	}
-	wdMode, err := haagent.ParseWatchdogMode(s.Watchdog)
+	wdMode, err := core.ParseWatchdogMode(s.Watchdog)
 	if err != nil {
 		return zero, ecfg, keys, usageErrorf("%v", err)
 	}
 	var wd haagent.Watchdog
-	if wdMode != haagent.WatchdogOff {
+	if wdMode != core.WatchdogOff {
 		switch s.WatchdogDriver {
 		case "device":
 			wd = watchdog.OpenDevice(s.WatchdogDevice, log)
@@ -471,7 +472,7 @@ func serveAgent(ctx context.Context, agent *haagent.Agent, api *restapi.Server, 
 		fmt.Fprintln(stderr, "pharos agent:", err)
 		// A name that clashes with a member's is a bad setting, found
 		// only once etcd answers.
-		var conflict *haagent.NameConflictError
+		var conflict *core.NameConflictError
 		if errors.As(err, &conflict) {
 			return exitUsage
 		}

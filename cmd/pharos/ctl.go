@@ -6,6 +6,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/pharos-ha/pharos/haagent/core"
 	"io"
 	"os"
 	"strings"
@@ -14,7 +15,6 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"golang.org/x/sys/unix"
 
-	"github.com/pharos-ha/pharos/haagent"
 	"github.com/pharos-ha/pharos/internal/cluster"
 	"github.com/pharos-ha/pharos/internal/ctl"
 	"github.com/pharos-ha/pharos/router"
@@ -206,7 +206,7 @@ func ctlSwitchover(fs *flag.FlagSet) ctlAction {
 			return nil
 		}
 		now := time.Now()
-		req := ctl.SwitchoverRequest{Leader: *leader, Candidate: *to, MaxLag: int64(maxLag), DefaultMaxLag: haagent.DefaultMaximumLagOnFailover}
+		req := ctl.SwitchoverRequest{Leader: *leader, Candidate: *to, MaxLag: int64(maxLag), DefaultMaxLag: core.DefaultMaximumLagOnFailover}
 		if *at != "" {
 			t, err := ctl.ParseSchedule(*at, now)
 			if err != nil {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"github.com/pharos-ha/pharos/haagent/core"
 	"io"
 	"log/slog"
 	"net"
@@ -13,7 +14,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/pharos-ha/pharos/haagent"
 	"github.com/pharos-ha/pharos/internal/pglocal"
 	"github.com/pharos-ha/pharos/internal/restapi"
 	"github.com/pharos-ha/pharos/metrics"
@@ -76,10 +76,10 @@ func TestDeployExampleAgents(t *testing.T) {
 			if keys.Prefix() != "/pharos/main/" {
 				t.Errorf("keys under %q", keys.Prefix())
 			}
-			if cfg.Rules.Timing != haagent.DefaultTiming() {
+			if cfg.Rules.Timing != core.DefaultTiming() {
 				t.Errorf("timing %+v, want the defaults the comments describe", cfg.Rules.Timing)
 			}
-			if cfg.WatchdogMode != haagent.WatchdogRequired || cfg.Watchdog == nil {
+			if cfg.WatchdogMode != core.WatchdogRequired || cfg.Watchdog == nil {
 				t.Errorf("watchdog %q (driver set: %v), want required with the device", cfg.WatchdogMode, cfg.Watchdog != nil)
 			}
 			if len(ecfg.Endpoints) != 3 || ecfg.TLS == nil || ecfg.TLS.RootCAs == nil || len(ecfg.TLS.Certificates) != 1 {

@@ -1,4 +1,4 @@
-package haagent
+package core
 
 import (
 	"errors"
@@ -27,7 +27,7 @@ const (
 	// before it began to copy.
 	RewindInterrupted RewindFailure = "interrupted"
 	// RewindUnknown: nothing recognisable; retried a few times
-	// (rewindUnknownLimit) before it counts as RewindUnclassified.
+	// (RewindUnknownLimit) before it counts as RewindUnclassified.
 	RewindUnknown RewindFailure = "unknown"
 )
 
@@ -51,7 +51,7 @@ const (
 	// rewind would miss blocks the first changed.
 	RewindTargetModified RewindFailure = "target_modified"
 	// RewindUnclassified: an unrecognised failure that repeated
-	// rewindUnknownLimit times in a row.
+	// RewindUnknownLimit times in a row.
 	RewindUnclassified RewindFailure = "unclassified"
 )
 
@@ -66,9 +66,9 @@ var RecloneReasons = []string{
 	ReinitializeRequested,
 }
 
-// rewindUnknownLimit is how many unrecognised failures in a row count as
+// RewindUnknownLimit is how many unrecognised failures in a row count as
 // one a retry cannot fix.
-const rewindUnknownLimit = 3
+const RewindUnknownLimit = 3
 
 // Permanent reports whether a retry cannot fix the failure.
 func (f RewindFailure) Permanent() bool {
@@ -80,9 +80,9 @@ func (f RewindFailure) Permanent() bool {
 	return false
 }
 
-// rewindCopyMarker is what pg_rewind --progress prints right before its
+// RewindCopyMarker is what pg_rewind --progress prints right before its
 // point of no return.
-const rewindCopyMarker = "need to copy "
+const RewindCopyMarker = "need to copy "
 
 // rewindPatterns are matched against pg_rewind's and libpq's own messages
 // (PostgreSQL 13–17 wording), in order: the first match wins, so the
@@ -122,12 +122,12 @@ var rewindPatterns = []struct {
 	{"no connection to the server", RewindSourceUnavailable},
 }
 
-// classifyRewind names the failure of a pg_rewind run from what it printed
+// ClassifyRewind names the failure of a pg_rewind run from what it printed
 // (lines, newest last, and the error, which quotes the last of them).
 // copied says whether it had passed its point of no return; killed whether
 // the process was stopped from outside (context ended, stalled).
-func classifyRewind(lines []string, err error, copied, killed bool) RewindFailure {
-	if errors.Is(err, errSourceUnavailable) {
+func ClassifyRewind(lines []string, err error, copied, killed bool) RewindFailure {
+	if errors.Is(err, ErrSourceUnavailable) {
 		// The pre-rewind checkpoint on the source failed: pg_rewind never
 		// ran.
 		return RewindSourceUnavailable
@@ -151,3 +151,8 @@ func classifyRewind(lines []string, err error, copied, killed bool) RewindFailur
 	}
 	return RewindUnknown
 }
+
+// ErrSourceUnavailable: the server to rewind or clone from did not answer;
+// nothing was changed here, and the failure says nothing about whether a
+// rewind would work.
+var ErrSourceUnavailable = errors.New("source unavailable")

@@ -1,4 +1,4 @@
-package haagent
+package core
 
 import (
 	"errors"
@@ -113,4 +113,22 @@ func (r Rules) Validate() error {
 		return fmt.Errorf("crash_restart_timeout %v: must be positive", r.CrashRestartTimeout)
 	}
 	return nil
+}
+
+// WatchdogMode says whether leading needs a watchdog.
+type WatchdogMode string
+
+const (
+	WatchdogOff       WatchdogMode = "off"       // never armed
+	WatchdogAutomatic WatchdogMode = "automatic" // armed when it can be; leads without it otherwise
+	WatchdogRequired  WatchdogMode = "required"  // no leadership unless armed
+)
+
+// ParseWatchdogMode checks a configured mode.
+func ParseWatchdogMode(s string) (WatchdogMode, error) {
+	switch m := WatchdogMode(s); m {
+	case WatchdogOff, WatchdogAutomatic, WatchdogRequired:
+		return m, nil
+	}
+	return "", fmt.Errorf("watchdog %q: one of off, automatic, required", s)
 }

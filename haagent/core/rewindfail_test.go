@@ -1,4 +1,4 @@
-package haagent
+package core
 
 import (
 	"errors"
@@ -39,8 +39,8 @@ func TestClassifyRewind(t *testing.T) {
 		{
 			name:  "awaitDead gave up",
 			lines: nil,
-			err:   fmt.Errorf("%w: postmaster 7 still alive after 10s", errServerAlive),
-			want:  RewindUnknown, // the caller maps errServerAlive itself; the text alone says nothing known
+			err:   errors.New("server still running: postmaster 7 still alive after 10s"),
+			want:  RewindUnknown, // the driver maps its own server-alive error itself; the text alone says nothing known
 		},
 		{
 			name: "source refuses connections",
@@ -52,7 +52,7 @@ func TestClassifyRewind(t *testing.T) {
 		},
 		{
 			name: "source checkpoint failed before pg_rewind ran",
-			err:  fmt.Errorf("%w: checkpoint on n2 before rewind: dial: refused", errSourceUnavailable),
+			err:  fmt.Errorf("%w: checkpoint on n2 before rewind: dial: refused", ErrSourceUnavailable),
 			want: RewindSourceUnavailable,
 		},
 		{
@@ -120,7 +120,7 @@ func TestClassifyRewind(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			if got := classifyRewind(c.lines, c.err, c.copied, c.killed); got != c.want {
+			if got := ClassifyRewind(c.lines, c.err, c.copied, c.killed); got != c.want {
 				t.Fatalf("classified %q, want %q", got, c.want)
 			}
 		})
@@ -161,7 +161,7 @@ func FuzzClassifyRewind(f *testing.F) {
 	f.Add("pg_rewind: need to copy 1 MB", true, true)
 	f.Add("", false, true)
 	f.Fuzz(func(t *testing.T, out string, copied, killed bool) {
-		got := classifyRewind(strings.Split(out, "\n"), errors.New("exit status 1"), copied, killed)
+		got := ClassifyRewind(strings.Split(out, "\n"), errors.New("exit status 1"), copied, killed)
 		known := append(slices.Clone(RecloneReasons), string(RewindServerRunning), string(RewindSourceUnavailable),
 			string(RewindSourceBusy), string(RewindInterrupted), string(RewindUnknown))
 		if !slices.Contains(known, string(got)) {

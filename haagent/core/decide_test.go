@@ -1,4 +1,4 @@
-package haagent
+package core
 
 import (
 	"errors"

@@ -1,4 +1,4 @@
-package haagent
+package core
 
 import (
 	"fmt"
@@ -7,7 +7,7 @@ import (
 	"strings"
 )
 
-// Replication slots are named after members (slotName), and slotName is not
+// Replication slots are named after members (SlotName), and SlotName is not
 // one-to-one: "node-1", "node.1", "node_1" and "Node_1" all map to
 // "node_1". Two members sharing a slot would be silent trouble: the second
 // standby cannot attach while the first streams, and a primary dropping the
@@ -46,26 +46,26 @@ func (e *NameConflictError) Error() string {
 		e.Name, e.Slot, e.Other, e.Key)
 }
 
-// slotConflict returns a member of others (not name itself) whose slot is
+// SlotConflict returns a member of others (not name itself) whose slot is
 // name's, or "".
-func slotConflict(name string, others []string) string {
+func SlotConflict(name string, others []string) string {
 	sort.Strings(others)
 	for _, o := range others {
-		if o != name && slotName(o) == slotName(name) {
+		if o != name && SlotName(o) == SlotName(name) {
 			return o
 		}
 	}
 	return ""
 }
 
-// slotPlan maps members to the slots to keep: want has one entry per slot
+// SlotPlan maps members to the slots to keep: want has one entry per slot
 // (its first member by name), drop leaves out every slot a member of want
 // maps to, and shared lists the slots more than one member maps to, with
 // the members, for the error.
-func slotPlan(want, drop []string) (wantOut, dropOut []string, shared map[string][]string) {
+func SlotPlan(want, drop []string) (wantOut, dropOut []string, shared map[string][]string) {
 	bySlot := map[string][]string{}
 	for _, m := range want {
-		s := slotName(m)
+		s := SlotName(m)
 		bySlot[s] = append(bySlot[s], m)
 	}
 	for s, ms := range bySlot {
@@ -80,15 +80,15 @@ func slotPlan(want, drop []string) (wantOut, dropOut []string, shared map[string
 	}
 	sort.Strings(wantOut)
 	for _, m := range drop {
-		if _, kept := bySlot[slotName(m)]; !kept {
+		if _, kept := bySlot[SlotName(m)]; !kept {
 			dropOut = append(dropOut, m)
 		}
 	}
 	return wantOut, dropOut, shared
 }
 
-// sharedSlotsError describes shared (from slotPlan), nil when empty.
-func sharedSlotsError(shared map[string][]string) error {
+// SharedSlotsError describes shared (from SlotPlan), nil when empty.
+func SharedSlotsError(shared map[string][]string) error {
 	if len(shared) == 0 {
 		return nil
 	}
@@ -102,4 +102,17 @@ func sharedSlotsError(shared map[string][]string) error {
 		parts[i] = fmt.Sprintf("members %s share replication slot %q", strings.Join(shared[s], ", "), s)
 	}
 	return fmt.Errorf("%s: only one of them can stream with it; rename all but one", strings.Join(parts, "; "))
+}
+
+// SlotName turns a member name into a replication slot name ([a-z0-9_]).
+func SlotName(member string) string {
+	var b strings.Builder
+	for _, r := range strings.ToLower(member) {
+		if r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '_' {
+			b.WriteRune(r)
+		} else {
+			b.WriteByte('_')
+		}
+	}
+	return b.String()
 }

@@ -1,4 +1,4 @@
-package haagent
+package core
 
 import (
 	"fmt"
@@ -230,6 +230,16 @@ var actionNames = map[ActionKind]string{
 	ActAcquireLeader: "acquire-leader", ActPromote: "promote", ActRecordHistory: "record-history",
 	ActSyncSlots: "sync-slots", ActStop: "stop", ActDemote: "demote", ActReleaseLeader: "release-leader",
 	ActSwitchover: "switchover", ActCancelSwitchover: "cancel-switchover", ActApplyConfig: "apply-config", ActSyncStandbys: "sync-standbys",
+}
+
+// ActionKinds lists every kind of action, in no particular order (the
+// executor pre-creates a metric series per kind).
+func ActionKinds() []ActionKind {
+	out := make([]ActionKind, 0, len(actionNames))
+	for k := range actionNames {
+		out = append(out, k)
+	}
+	return out
 }
 
 func (k ActionKind) String() string {
@@ -492,11 +502,11 @@ func syncTarget(o Observation, r Rules) ([]string, bool) {
 		}
 		sort.Strings(want)
 	}
-	keyOK := o.DCS.Sync != nil && o.DCS.Sync.Leader == r.Name && slices.Equal(sortedCopy(current), want)
+	keyOK := o.DCS.Sync != nil && o.DCS.Sync.Leader == r.Name && slices.Equal(SortedNames(current), want)
 	if !o.DCS.SyncMode.Enabled && (o.DCS.Sync == nil || o.DCS.Sync.Leader != r.Name) {
 		keyOK = true // nothing to keep true when synchronous mode is off
 	}
-	return want, !keyOK || !slices.Equal(sortedCopy(o.PG.SyncNames), SyncNames(want, o.DCS.SyncMode))
+	return want, !keyOK || !slices.Equal(SortedNames(o.PG.SyncNames), SyncNames(want, o.DCS.SyncMode))
 }
 
 // SyncNames is what synchronous_standby_names should name for want: the
@@ -514,7 +524,7 @@ func SyncNames(want []string, m SyncMode) []string {
 	return nil
 }
 
-func sortedCopy(s []string) []string {
+func SortedNames(s []string) []string {
 	out := slices.Clone(s)
 	sort.Strings(out)
 	if len(out) == 0 {

@@ -1,4 +1,4 @@
-package haagent
+package core
 
 import (
 	"maps"
@@ -11,7 +11,7 @@ import (
 // once, never dropped while one of them is present, and the step fails
 // naming them.
 func TestSlotPlanSharedSlot(t *testing.T) {
-	want, drop, shared := slotPlan([]string{"node_1", "n3", "node-1"}, []string{"node.1", "n4"})
+	want, drop, shared := SlotPlan([]string{"node_1", "n3", "node-1"}, []string{"node.1", "n4"})
 	if !slices.Equal(want, []string{"n3", "node-1"}) {
 		t.Errorf("want %q, want one member per slot: [n3 node-1]", want)
 	}
@@ -21,13 +21,13 @@ func TestSlotPlanSharedSlot(t *testing.T) {
 	if got := map[string][]string{"node_1": {"node-1", "node_1"}}; !maps.EqualFunc(shared, got, slices.Equal) {
 		t.Errorf("shared %v, want %v", shared, got)
 	}
-	err := sharedSlotsError(shared)
+	err := SharedSlotsError(shared)
 	if err == nil || !strings.Contains(err.Error(), `members node-1, node_1 share replication slot "node_1"`) {
 		t.Errorf("error %v", err)
 	}
 
-	want, drop, shared = slotPlan([]string{"n2", "n3"}, []string{"n4"})
-	if !slices.Equal(want, []string{"n2", "n3"}) || !slices.Equal(drop, []string{"n4"}) || shared != nil || sharedSlotsError(shared) != nil {
+	want, drop, shared = SlotPlan([]string{"n2", "n3"}, []string{"n4"})
+	if !slices.Equal(want, []string{"n2", "n3"}) || !slices.Equal(drop, []string{"n4"}) || shared != nil || SharedSlotsError(shared) != nil {
 		t.Errorf("distinct slots: want %q, drop %q, shared %v", want, drop, shared)
 	}
 }
@@ -43,8 +43,8 @@ func TestSlotConflict(t *testing.T) {
 		{"n1", []string{"n1", "n2"}, ""}, // its own record
 		{"n1", nil, ""},
 	} {
-		if got := slotConflict(tc.name, tc.others); got != tc.want {
-			t.Errorf("slotConflict(%q, %q) = %q, want %q", tc.name, tc.others, got, tc.want)
+		if got := SlotConflict(tc.name, tc.others); got != tc.want {
+			t.Errorf("SlotConflict(%q, %q) = %q, want %q", tc.name, tc.others, got, tc.want)
 		}
 	}
 }

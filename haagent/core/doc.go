@@ -1,0 +1,19 @@
+// Package core is the agent's pure decision core: what one member of a
+// pharos cluster should do next, given one round's view of etcd and of its
+// own PostgreSQL.
+//
+// It owns the HA rules (Decide, a function of an Observation and the
+// Rules), the Plan and Action vocabulary the driver executes, what a member
+// remembers between rounds (Memory), the classification of pg_rewind
+// failures, the timing arithmetic (Timing.Validate) and how member names
+// become replication slots. Its scenario files in testdata/*.txt are the
+// executable design (see ../design.md).
+//
+// It must not know etcd, processes, files, the network or the clock: the
+// driver (package haagent) observes, calls Decide and carries out the plan.
+// A test on `go list -deps` keeps the etcd client and os/exec out of its
+// imports.
+//
+// Its Go API carries no stability promise: pharos ships a binary, and
+// these packages change with it.
+package core
