@@ -54,7 +54,7 @@ const (
 	proxyUnit    = "systemd/pharos-proxy.service"
 	udevRule     = "udev/99-pharos-watchdog.rules"
 	examplesDir  = "examples"
-	cmdTimeout   = 3 * time.Minute // promtool test rules takes over a minute on 2 loaded cores
+	cmdTimeout   = 3 * time.Minute  // promtool test rules takes over a minute on 2 loaded cores
 	unitStopWait = 65 * time.Second // the agent's own bound on a clean stop, see below
 )
 
