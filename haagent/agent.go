@@ -85,8 +85,6 @@ type Agent struct {
 	lastRole   cluster.Role
 	planSince  time.Time // when lastPlan was first decided
 	waitLog    throttle  // reminders of a plan that waits with the server down
-	// rewindUnknown counts unrecognised rewind failures in a row.
-	rewindUnknown int
 }
 
 type seenRecord struct {
@@ -209,6 +207,9 @@ func (a *Agent) join(ctx context.Context) error {
 				cancel()
 				a.log.Info("adopted the lease of the leader key this member holds", "epoch", a.epoch)
 				if err := a.armWatchdog(); err != nil {
+					// Adopting the key is this member's acquire-leader.
+					a.mem.Apply(core.Result{Action: core.Action{Kind: core.ActAcquireLeader}, At: a.now(), OK: true,
+						WatchdogFailed: errors.Is(err, errWatchdogRequired)})
 					a.log.Error("leading without the required watchdog until the next round fences", "err", err)
 				}
 				return nil
@@ -483,42 +484,15 @@ func (a *Agent) observe(ctx context.Context) core.Observation {
 			LastRenewed: time.Unix(0, a.lastRenew.Load()),
 		},
 	}
+	o.DCS.LeaderDeletedRev = a.leaderGoneRev.Load()
 	o.PG = a.pg.observe(ctx)
 	if o.PG.Running && !o.PG.InRecovery {
 		a.pg.syncNames = o.PG.SyncNames // what the server has, after an agent restart too
 	}
-
-	// Memory that Decide reads.
-	if leader := a.view.Leader; leader != "" {
-		a.mem.LeaderGoneRev, a.mem.LeaderGoneAt = 0, time.Time{}
-		if rec, ok := a.view.Members[leader]; ok && rec.Role == cluster.RolePrimary {
-			a.mem.LastLeaderLSN = rec.LSN
-		}
-		if leader != a.rules.Name {
-			a.lastLeader = leader
-		}
-	} else if err == nil && a.mem.LeaderGoneRev == 0 {
-		rev := a.leaderGoneRev.Load()
-		if rev == 0 || rev > snap.Revision {
-			rev = snap.Revision
-		}
-		a.mem.LeaderGoneRev, a.mem.LeaderGoneAt = rev, now
+	if leader := a.view.Leader; leader != "" && leader != a.rules.Name {
+		a.lastLeader = leader
 	}
-	if rec, ok := a.view.Members[a.view.Leader]; ok && !a.view.LeaderIsMine && o.PG.Running && o.PG.InRecovery &&
-		o.PG.Upstream == a.view.Leader && o.PG.Timeline < rec.Timeline {
-		if a.mem.BehindSince.IsZero() {
-			a.mem.BehindSince = now
-		}
-	} else {
-		a.mem.BehindSince = time.Time{}
-	}
-	if a.view.LeaderIsMine && o.PG.Data == core.DataPresent && !o.PG.Running {
-		if a.mem.CrashedAt.IsZero() {
-			a.mem.CrashedAt = now
-		}
-	} else {
-		a.mem.CrashedAt = time.Time{}
-	}
+	a.mem.Apply(o)
 	o.Memory = a.mem
 	return o
 }
@@ -540,6 +514,7 @@ func (a *Agent) replaceLease(ctx context.Context) {
 func (a *Agent) viewOf(s snapshot, now time.Time) core.DCSView {
 	v := core.DCSView{
 		Reachable:    true,
+		Revision:     s.Revision,
 		Initialized:  s.Initialized,
 		SystemID:     s.Initialize.SystemID,
 		Leader:       s.Leader,
@@ -689,8 +664,20 @@ func (a *Agent) member(o core.Observation, name string) (cluster.Member, error) 
 	return m, nil
 }
 
-// execute runs one action with its own deadline.
+// execute runs one action and lets Memory learn what it did.
 func (a *Agent) execute(ctx context.Context, act core.Action, o core.Observation) error {
+	err := a.run(ctx, act, o)
+	res := core.Result{Action: act, At: a.now(), OK: err == nil, ConfigRev: o.DCS.ConfigRev,
+		WatchdogFailed: errors.Is(err, errWatchdogRequired)}
+	if rf := (*rewindError)(nil); errors.As(err, &rf) {
+		res.Rewind = rf.class
+	}
+	a.mem.Apply(res)
+	return err
+}
+
+// run runs one action with its own deadline.
+func (a *Agent) run(ctx context.Context, act core.Action, o core.Observation) error {
 	t := a.rules.Timing
 	switch act.Kind {
 	case core.ActBootstrap:
@@ -715,7 +702,7 @@ func (a *Agent) execute(ctx context.Context, act core.Action, o core.Observation
 		if !o.Memory.CrashedAt.IsZero() {
 			action = "on_restart" // in place, after a crash
 		}
-		return a.started(a.pg.start(ctx, a.cfg.StartTimeout), o, action, cluster.RolePrimary)
+		return a.started(a.pg.start(ctx, a.cfg.StartTimeout), action, cluster.RolePrimary)
 	case core.ActStartReplica:
 		var up *cluster.Member
 		if act.Target != "" {
@@ -728,7 +715,7 @@ func (a *Agent) execute(ctx context.Context, act core.Action, o core.Observation
 		if err := a.pg.writeConf(true, up); err != nil {
 			return err
 		}
-		return a.started(a.pg.start(ctx, a.cfg.StartTimeout), o, "on_start", cluster.RoleReplica)
+		return a.started(a.pg.start(ctx, a.cfg.StartTimeout), "on_start", cluster.RoleReplica)
 	case core.ActRepoint:
 		up, err := a.member(o, act.Target)
 		if err != nil {
@@ -809,12 +796,8 @@ func (a *Agent) execute(ctx context.Context, act core.Action, o core.Observation
 		return a.syncSlots(ctx, o)
 	case core.ActStop:
 		// Decide stops a running standby only when it cannot follow the
-		// leader's timeline: it is rewound before it runs again.
-		err := a.stopped(a.pg.stop(ctx, a.cfg.StopTimeout), cluster.RoleReplica)
-		if err == nil {
-			a.mem.RewindNeeded = true
-		}
-		return err
+		// leader's timeline: Memory marks it for a rewind.
+		return a.stopped(a.pg.stop(ctx, a.cfg.StopTimeout), cluster.RoleReplica)
 	case core.ActDemote:
 		a.log.Warn("demoting: stopping PostgreSQL", "grace", t.SafetyMargin/2)
 		a.m.Demotions.Inc()
@@ -842,7 +825,6 @@ func (a *Agent) execute(ctx context.Context, act core.Action, o core.Observation
 		if err := a.pg.reload(ctx); err != nil {
 			return err
 		}
-		a.mem.AppliedConfigRev = o.DCS.ConfigRev
 		a.log.Info("dynamic configuration applied", "revision", o.DCS.ConfigRev)
 		return nil
 	case core.ActCancelSwitchover:
@@ -885,8 +867,7 @@ func (a *Agent) armWatchdog() error {
 		return nil
 	}
 	if a.wd.mode == core.WatchdogRequired {
-		a.mem.WatchdogFailedAt = a.now()
-		return fmt.Errorf("required watchdog: %w", err)
+		return fmt.Errorf("%w: %w", errWatchdogRequired, err)
 	}
 	a.log.Warn("watchdog not armed; leading without it", "err", err)
 	return nil
@@ -988,11 +969,10 @@ func (a *Agent) syncStandbys(ctx context.Context, o core.Observation, want []str
 	return nil
 }
 
-// started records that a successful start applied the dynamic
-// configuration of the round.
-func (a *Agent) started(err error, o core.Observation, action string, role cluster.Role) error {
+// started fires the start callback after a successful start (Memory
+// records that the start applied the round's dynamic configuration).
+func (a *Agent) started(err error, action string, role cluster.Role) error {
 	if err == nil {
-		a.mem.AppliedConfigRev = o.DCS.ConfigRev
 		a.cb.fire(action, role)
 	}
 	return err
@@ -1129,8 +1109,6 @@ func (a *Agent) cloneFrom(ctx context.Context, o core.Observation, up cluster.Me
 		_ = a.pg.wipe()
 		return fmt.Errorf("clone from %s: %w", up.Name, err)
 	}
-	a.mem.RewindFailed, a.mem.RewindFailure, a.mem.RewindNeeded = "", "", false
-	a.rewindUnknown = 0
 	return nil
 }
 
@@ -1171,33 +1149,38 @@ func (a *Agent) rewind(ctx context.Context, o core.Observation, up cluster.Membe
 	live.stop()
 	if err == nil {
 		a.m.Rewinds.WithLabelValues("done").Inc()
-		a.mem.RewindFailed, a.mem.RewindFailure, a.mem.RewindNeeded = "", "", false
-		a.rewindUnknown = 0
 		return nil
 	}
-	class := core.ClassifyRewind(run.lines, err, run.copied, run.killed)
+	raw := core.ClassifyRewind(run.lines, err, run.copied, run.killed)
 	if errors.Is(err, errServerAlive) {
-		class = core.RewindServerRunning
+		raw = core.RewindServerRunning
 	}
-	if class == core.RewindUnknown {
-		if a.rewindUnknown++; a.rewindUnknown >= core.RewindUnknownLimit {
-			class = core.RewindUnclassified
-		}
-	} else {
-		a.rewindUnknown = 0
-	}
+	// What Memory will make of it once the result is applied.
+	class := a.mem.RewindVerdict(raw)
 	if !class.Permanent() {
 		a.m.Rewinds.WithLabelValues("retry").Inc()
 		a.log.Warn("rewind failed; retrying next round: nothing suggests a fresh copy is needed",
 			"from", up.Name, "cause", string(class), "err", err)
-		return fmt.Errorf("rewind from %s (%s, will retry): %w", up.Name, class, err)
+		return &rewindError{class: raw, err: fmt.Errorf("rewind from %s (%s, will retry): %w", up.Name, class, err)}
 	}
 	a.m.Rewinds.WithLabelValues("failed").Inc()
-	a.mem.RewindFailed, a.mem.RewindFailure = up.Name, class
-	a.rewindUnknown = 0
 	a.log.Error("rewind cannot work: this member needs a fresh copy", "from", up.Name, "cause", string(class), "err", err)
-	return fmt.Errorf("rewind from %s (%s): %w", up.Name, class, err)
+	return &rewindError{class: raw, err: fmt.Errorf("rewind from %s (%s): %w", up.Name, class, err)}
 }
+
+// rewindError is a failed rewind with its class as ClassifyRewind named
+// it, for the step's Result.
+type rewindError struct {
+	class core.RewindFailure
+	err   error
+}
+
+func (e *rewindError) Error() string { return e.err.Error() }
+func (e *rewindError) Unwrap() error { return e.err }
+
+// errWatchdogRequired marks a step that could not arm the required
+// watchdog (Memory keeps this member out of elections for a while).
+var errWatchdogRequired = errors.New("required watchdog")
 
 // bootstrap claims the initialize key, runs initdb, starts and leads.
 func (a *Agent) bootstrap(ctx context.Context, o core.Observation) error {

@@ -99,10 +99,11 @@ func (a *Agent) serveRequest(ctx context.Context, req apiRequest) error {
 		if err := a.pg.stop(ctx, a.cfg.StopTimeout); err != nil {
 			return err
 		}
-		if err := a.pg.start(ctx, a.cfg.StartTimeout); err != nil {
+		err := a.pg.start(ctx, a.cfg.StartTimeout)
+		a.mem.Apply(core.Result{Request: core.RequestRestart, At: a.now(), OK: err == nil, ConfigRev: o.DCS.ConfigRev})
+		if err != nil {
 			return err
 		}
-		a.mem.AppliedConfigRev = o.DCS.ConfigRev
 		a.cb.fire("on_restart", a.lastRole)
 		return nil
 	case "reinitialize":

@@ -35,12 +35,20 @@ const (
 	// RequestReinitialize: wipe the data directory and clone it again
 	// from the leader (REST POST /reinitialize).
 	RequestReinitialize
+	// RequestRestart: stop and start the server in place (REST POST
+	// /restart). Not decided: it only appears in a Result.
+	RequestRestart
 )
 
 // DCSView is the cluster as the last successful read of etcd saw it. When
 // Reachable is false the rest is the last good view, which may be stale.
 type DCSView struct {
 	Reachable bool
+	// Revision is the etcd revision of the read; LeaderDeletedRev the
+	// revision of the last deletion of the leader key the watch saw (0:
+	// none). Memory takes the election's reference revision from them.
+	Revision         int64
+	LeaderDeletedRev int64
 	// Initialized: the initialize key exists. SystemID is empty while the
 	// bootstrapping member has not finished initdb.
 	Initialized bool
@@ -131,7 +139,8 @@ type PGView struct {
 // Position is the furthest WAL position this server has.
 func (p PGView) Position() cluster.LSN { return max(p.LSN, p.ReceiveLSN) }
 
-// Memory is what the agent carries from one loop to the next.
+// Memory is what the agent carries from one loop to the next. It changes
+// only through Apply (memory.go).
 type Memory struct {
 	// CrashedAt is when PostgreSQL was found dead while this member led;
 	// zero when it is not in that state.
@@ -167,6 +176,9 @@ type Memory struct {
 	// the leader from an older timeline; zero otherwise. A standby that
 	// stays there could not switch to the new timeline: its WAL diverged.
 	BehindSince time.Time
+	// RewindUnknown counts the unrecognised rewind failures in a row
+	// (RewindVerdict).
+	RewindUnknown int
 }
 
 // ActionKind names one step of a plan.

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -30,11 +31,27 @@ var rewriteScenarios = flag.Bool("rewrite", false,
 //	  pg data|empty running|stopped [recovery] [standby] [sysid=42] [timeline=1] [lsn=…] [receive=…] [upstream=n1]
 //	  memory [crashed_at=…] [rewind_failed=n1 rewind_failure=wal_missing] [last_leader_lsn=…] [leader_gone_rev=9] [leader_gone_at=…] [behind_since=…]
 //	  request reinitialize
+//	result rewind failed [class=unknown] [watchdog_failed] [at=101s]
+//	observe now=102s
+//	  pg data stopped sysid=42 timeline=1
 //	----
+//	Plan.String()
+//	memory: what Memory.Apply(result) left
+//	memory: what Memory.Apply(observation) left
 //	Plan.String()
 //
 // A rules line holds for the next cases of the file too; a case of rules
 // alone prints the thresholds derived from them.
+//
+// A case is a story of rounds. Its first observe states what the member
+// remembers from before (its memory line); every observe is applied to
+// the memory with Memory.Apply before Decide sees it, as the driver does.
+// Each result line is what a step of the last plan did (its kind must be
+// in that plan; "restart" is the operator's restart), applied with
+// Memory.Apply. Each later observe takes the previous one's lines it does
+// not repeat (a dcs, lease or pg line replaces that line, member lines
+// replace all members), and may not state memory. The memory after each
+// result and each later observe is printed before that round's plan.
 // Times are offsets from an arbitrary epoch ("-" is the zero time), sizes
 // take kB, MB or GB (1024-based, like PostgreSQL). Omitted rules take the
 // package defaults. Any unknown word fails the case, so that a typo cannot
@@ -124,9 +141,13 @@ func runScenarioFile(t *testing.T, path string) {
 	}
 }
 
-// runScenario applies the case's commands and returns Decide's plan.
+// runScenario applies the case's commands and returns Decide's plans, with
+// the memory between them.
 func runScenario(lines []scenarioLine, rules **Rules) (string, error) {
 	var obs *Observation
+	var last Plan
+	var mem Memory
+	var out []string
 	for i := 0; i < len(lines); i++ {
 		l := lines[i]
 		if strings.TrimLeft(l.text, " \t") != l.text {
@@ -136,13 +157,13 @@ func runScenario(lines []scenarioLine, rules **Rules) (string, error) {
 		var err error
 		switch word {
 		case "rules":
+			if obs != nil {
+				return "", atLine(l.n, errors.New("rules after an observe: start a new case"))
+			}
 			var r Rules
 			r, err = parseRules(newArgs(rest))
 			*rules = &r
 		case "observe":
-			if obs != nil {
-				return "", atLine(l.n, errors.New("one observe per case"))
-			}
 			var sub []scenarioLine
 			for i+1 < len(lines) && strings.TrimLeft(lines[i+1].text, " \t") != lines[i+1].text {
 				i++
@@ -152,10 +173,34 @@ func runScenario(lines []scenarioLine, rules **Rules) (string, error) {
 				return "", atLine(l.n, errors.New("observe before any rules"))
 			}
 			var o Observation
-			o, err = parseObservation(newArgs(rest), sub, **rules)
+			if o, err = parseObservation(newArgs(rest), sub, **rules, obs); err != nil {
+				break
+			}
+			if obs == nil {
+				mem = o.Memory
+			}
+			mem.Apply(o)
+			o.Memory = mem
+			if obs != nil {
+				out = append(out, "memory: "+formatMemory(mem))
+			}
+			if last, err = decideChecked(o, **rules); err != nil {
+				break
+			}
+			out = append(out, last.String())
 			obs = &o
+		case "result":
+			if obs == nil {
+				return "", atLine(l.n, errors.New("result before any observe"))
+			}
+			var r Result
+			if r, err = parseResult(newArgs(rest), *obs, last); err != nil {
+				break
+			}
+			mem.Apply(r)
+			out = append(out, "memory: "+formatMemory(mem))
 		default:
-			err = fmt.Errorf("unknown command %q (want rules or observe)", word)
+			err = fmt.Errorf("unknown command %q (want rules, observe or result)", word)
 		}
 		if err != nil {
 			return "", atLine(l.n, err)
@@ -167,14 +212,89 @@ func runScenario(lines []scenarioLine, rules **Rules) (string, error) {
 		}
 		return describeRules(**rules), nil
 	}
-	p := Decide(*obs, **rules)
-	if again := Decide(*obs, **rules); again.String() != p.String() {
-		return "", fmt.Errorf("Decide is not deterministic: %q then %q", p, again)
+	return strings.Join(out, "\n"), nil
+}
+
+// decideChecked is Decide, checked for determinism and the invariants.
+func decideChecked(o Observation, r Rules) (Plan, error) {
+	p := Decide(o, r)
+	if again := Decide(o, r); again.String() != p.String() {
+		return p, fmt.Errorf("Decide is not deterministic: %q then %q", p, again)
 	}
-	if err := checkPlanInvariants(*obs, p); err != nil {
-		return "", fmt.Errorf("plan %q: %w", p, err)
+	if err := checkPlanInvariants(o, p); err != nil {
+		return p, fmt.Errorf("plan %q: %w", p, err)
 	}
-	return p.String(), nil
+	return p, nil
+}
+
+// parseResult reads what a step of the last plan did: the first action of
+// the named kind in p, or the operator's restart.
+func parseResult(a *args, o Observation, p Plan) (Result, error) {
+	r := Result{At: o.Now, ConfigRev: o.DCS.ConfigRev}
+	kind := ""
+	for _, k := range a.keys {
+		kind = k
+		break
+	}
+	if kind == "" {
+		return r, errors.New("result needs an action kind")
+	}
+	a.m[kind].used = true
+	if kind == "restart" {
+		r.Request = RequestRestart
+	} else {
+		i := slices.IndexFunc(p.Actions, func(x Action) bool { return x.Kind.String() == kind })
+		if i < 0 {
+			return r, fmt.Errorf("result %s: the last plan (%s) has no such step", kind, p)
+		}
+		r.Action = p.Actions[i]
+	}
+	r.OK = a.choice("ok", "failed") == "ok"
+	if v, ok := a.get("class"); ok {
+		r.Rewind = RewindFailure(v)
+		if r.OK || r.Action.Kind != ActRewind {
+			a.fail(errors.New("class=CLASS belongs to a failed rewind"))
+		}
+	}
+	r.WatchdogFailed = a.flag("watchdog_failed")
+	a.at("at", &r.At, false)
+	return r, a.done()
+}
+
+// formatMemory prints m as a memory line would state it ("empty" for the
+// zero Memory).
+func formatMemory(m Memory) string {
+	var f []string
+	at := func(k string, t time.Time) {
+		if !t.IsZero() {
+			f = append(f, k+"="+strconv.FormatFloat(t.Sub(time.Unix(0, 0)).Seconds(), 'f', -1, 64)+"s")
+		}
+	}
+	num := func(k string, n int64) {
+		if n != 0 {
+			f = append(f, k+"="+strconv.FormatInt(n, 10))
+		}
+	}
+	at("crashed_at", m.CrashedAt)
+	if m.RewindFailed != "" {
+		f = append(f, "rewind_failed="+m.RewindFailed, "rewind_failure="+string(m.RewindFailure))
+	}
+	num("rewind_unknown", int64(m.RewindUnknown))
+	if m.RewindNeeded {
+		f = append(f, "rewind_needed")
+	}
+	if m.LastLeaderLSN != 0 {
+		f = append(f, "last_leader_lsn="+m.LastLeaderLSN.String())
+	}
+	num("leader_gone_rev", m.LeaderGoneRev)
+	at("leader_gone_at", m.LeaderGoneAt)
+	at("behind_since", m.BehindSince)
+	at("watchdog_failed_at", m.WatchdogFailedAt)
+	num("applied_config_rev", m.AppliedConfigRev)
+	if len(f) == 0 {
+		return "empty"
+	}
+	return strings.Join(f, " ")
 }
 
 // describeRules is the output of a case with rules only: the thresholds
@@ -257,12 +377,18 @@ func parseRules(a *args) (Rules, error) {
 	return r, r.Validate()
 }
 
-func parseObservation(a *args, sub []scenarioLine, r Rules) (Observation, error) {
-	o := Observation{DCS: DCSView{
-		Members:      map[string]cluster.Member{},
-		MemberRev:    map[string]int64{},
-		MemberSeenAt: map[string]time.Time{},
-	}}
+// parseObservation reads an observe command; prev is the case's previous
+// observation (nil in its first round), whose lines this one inherits.
+func parseObservation(a *args, sub []scenarioLine, r Rules, prev *Observation) (Observation, error) {
+	newMembers := func(o *Observation) {
+		o.DCS.Members, o.DCS.MemberRev, o.DCS.MemberSeenAt = map[string]cluster.Member{}, map[string]int64{}, map[string]time.Time{}
+	}
+	var o Observation
+	newMembers(&o)
+	if prev != nil {
+		o.DCS, o.Lease, o.PG = prev.DCS, prev.Lease, prev.PG
+		o.DCS.Members, o.DCS.MemberRev, o.DCS.MemberSeenAt = maps.Clone(prev.DCS.Members), maps.Clone(prev.DCS.MemberRev), maps.Clone(prev.DCS.MemberSeenAt)
+	}
 	a.at("now", &o.Now, true)
 	o.WatchdogArmed = a.flag("watchdog_armed")
 	if err := a.done(); err != nil {
@@ -274,6 +400,23 @@ func parseObservation(a *args, sub []scenarioLine, r Rules) (Observation, error)
 		a := newArgs(rest)
 		if word != "member" && seen[word] {
 			return o, atLine(l.n, fmt.Errorf("%s given twice", word))
+		}
+		if !seen[word] {
+			// A line replaces what the previous round said.
+			switch word {
+			case "dcs":
+				o.DCS = DCSView{Members: o.DCS.Members, MemberRev: o.DCS.MemberRev, MemberSeenAt: o.DCS.MemberSeenAt}
+			case "member":
+				newMembers(&o)
+			case "lease":
+				o.Lease = LeaseView{}
+			case "pg":
+				o.PG = PGView{}
+			case "memory":
+				if prev != nil {
+					return o, atLine(l.n, errors.New("memory: only the first round states it; later rounds get it from Memory.Apply"))
+				}
+			}
 		}
 		seen[word] = true
 		switch word {
@@ -289,6 +432,8 @@ func parseObservation(a *args, sub []scenarioLine, r Rules) (Observation, error)
 			d.LeaderIsMine = a.flag("mine")
 			d.Paused = a.flag("paused")
 			a.int64("config_rev", &d.ConfigRev)
+			a.int64("rev", &d.Revision)
+			a.int64("leader_deleted_rev", &d.LeaderDeletedRev)
 			d.SyncMode.Enabled = a.flag("sync_mode")
 			d.SyncMode.Strict = a.flag("strict")
 			d.SyncMode.Count = 1
@@ -399,6 +544,7 @@ func parseObservation(a *args, sub []scenarioLine, r Rules) (Observation, error)
 			a.at("watchdog_failed_at", &m.WatchdogFailedAt, false)
 			m.RewindNeeded = a.flag("rewind_needed")
 			a.int64("applied_config_rev", &m.AppliedConfigRev)
+			a.int("rewind_unknown", &m.RewindUnknown)
 		default:
 			return o, atLine(l.n, fmt.Errorf("unknown observation %q (want dcs, member, lease, pg, memory or request)", word))
 		}
@@ -407,7 +553,7 @@ func parseObservation(a *args, sub []scenarioLine, r Rules) (Observation, error)
 		}
 	}
 	for _, need := range []string{"dcs", "lease", "pg"} {
-		if !seen[need] {
+		if !seen[need] && prev == nil {
 			return o, fmt.Errorf("observe needs a %s line", need)
 		}
 	}
@@ -642,7 +788,12 @@ func TestScenarioParserRejects(t *testing.T) {
 		{"member with a bad role", "rules name=n2\n" + obs + "  pg data stopped\n  member n1 role=leader seen=99s rev=3\n", `role "leader"`},
 		{"mine on another's key", "rules name=n2\nobserve now=1s\n  dcs initialized leader=n1 mine\n  lease held\n  pg data stopped\n", "not this member's"},
 		{"bad LSN", "rules name=n2\n" + obs + "  pg data stopped lsn=3000000\n", "not of the form"},
-		{"two observes", "rules name=n2\n" + obs + "  pg data stopped\n" + obs, "one observe per case"},
+		{"memory in a later round", "rules name=n2\n" + obs + "  pg data stopped\n" + obs + "  memory rewind_needed\n", "only the first round"},
+		{"result before observe", "rules name=n2\nresult stop ok\n", "result before any observe"},
+		{"result not in the plan", "rules name=n2\n" + obs + "  pg data stopped\nresult rewind failed\n", "has no such step"},
+		{"result neither ok nor failed", "rules name=n2\n" + obs + "  pg data stopped\nresult start-replica\n", "exactly one of ok and failed"},
+		{"rewind class on a success", "rules name=n2\n" + obs + "  pg data stopped\nresult restart ok class=unknown\n", "belongs to a failed rewind"},
+		{"rules after observe", "rules name=n2\n" + obs + "  pg data stopped\nrules name=n3\n", "rules after an observe"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var lines []scenarioLine

@@ -4,7 +4,8 @@
 //
 // It owns the HA rules (Decide, a function of an Observation and the
 // Rules), the Plan and Action vocabulary the driver executes, what a member
-// remembers between rounds (Memory), the classification of pg_rewind
+// remembers between rounds (Memory) and every change to it (Memory.Apply
+// of an Observation or of a step's Result), the classification of pg_rewind
 // failures, the timing arithmetic (Timing.Validate) and how member names
 // become replication slots. Its scenario files in testdata/*.txt are the
 // executable design (see ../design.md).
