@@ -20,7 +20,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pharos-ha/pharos/internal/cluster"
-	"github.com/pharos-ha/pharos/internal/pglocal"
+	"github.com/pharos-ha/pharos/internal/pgproc"
 )
 
 // DefaultRequireAuth is the require_auth of the agent's connections: a
@@ -36,7 +36,7 @@ func CheckRequireAuth(v string) error {
 	if v == "" {
 		return nil
 	}
-	if _, err := pgconn.ParseConfig("require_auth=" + quoteConn(v)); err != nil {
+	if _, err := pgconn.ParseConfig("require_auth=" + pgproc.QuoteConninfo(v)); err != nil {
 		var pe *pgconn.ParseConfigError
 		if errors.As(err, &pe) && pe.Unwrap() != nil {
 			err = pe.Unwrap()
@@ -109,7 +109,7 @@ func CheckRolePassword(password string) error {
 // of a file already at path nor a symlink there (rename replaces the link,
 // never its target) decides who can read the content or where it lands,
 // and a reader never sees half of it.
-func writeFileAtomic(path string, content []byte, owner pglocal.Owner) error {
+func writeFileAtomic(path string, content []byte, owner pgproc.Owner) error {
 	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
 	if err != nil {
 		return err
@@ -188,7 +188,7 @@ func (p *postgres) checkReplicationLogin(ctx context.Context, up cluster.Member)
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	cc, err := pgconn.ParseConfig(fmt.Sprintf("host=%s port=%s user=%s dbname=replication replication=true application_name=pharos-clone-check connect_timeout=5",
-		quoteConn(up.Host), quoteConn(strconv.Itoa(up.Port)), quoteConn(p.cfg.ReplicationUser)))
+		pgproc.QuoteConninfo(up.Host), pgproc.QuoteConninfo(strconv.Itoa(up.Port)), pgproc.QuoteConninfo(p.cfg.ReplicationUser)))
 	if err != nil {
 		return err
 	}

@@ -20,6 +20,7 @@ import (
 
 	"github.com/pharos-ha/pharos/internal/cluster"
 	"github.com/pharos-ha/pharos/internal/pglocal"
+	"github.com/pharos-ha/pharos/internal/pgproc"
 )
 
 // TestNoPasswordToAServerThatAsksForIt: a host at a member's address that
@@ -135,7 +136,7 @@ func TestProbeRequireAuth(t *testing.T) {
 	if p.probeRequireAuth() {
 		t.Error("no pg_isready: require_auth assumed")
 	}
-	if bin, err := pglocal.FindBinDir(t.Context(), ""); err == nil {
+	if bin, err := pgproc.FindBinDir(t.Context(), ""); err == nil {
 		p.cfg.BinDir = bin
 		t.Logf("libpq of %s knows require_auth: %v", bin, p.probeRequireAuth())
 	}
@@ -269,7 +270,7 @@ func TestRolesFromVerifiers(t *testing.T) {
 
 	t.Run("same verifier as PostgreSQL", func(t *testing.T) {
 		for _, pw := range []string{"pencil", `a'b"c\d:e f`, "\x01ctl"} {
-			if _, err := super.Exec(ctx, "DROP ROLE IF EXISTS known; CREATE ROLE known PASSWORD "+quoteLiteral(pw)); err != nil {
+			if _, err := super.Exec(ctx, "DROP ROLE IF EXISTS known; CREATE ROLE known PASSWORD "+pgproc.QuoteLiteral(pw)); err != nil {
 				t.Fatal(err)
 			}
 			var theirs string
@@ -327,7 +328,7 @@ func TestRolesFromVerifiers(t *testing.T) {
 		// libpq, which applies SASLprep itself, agrees.
 		psql := exec.CommandContext(ctx, filepath.Join(pg.BinDir(), "psql"), "-X", "-A", "-t", "-w", "-c", "SELECT 1",
 			"host=127.0.0.1 port="+strconv.Itoa(in.Port)+" dbname=postgres sslmode=disable user="+r.user)
-		psql.Env = append(pglocal.ChildEnv(), "PGPASSWORD="+r.pw)
+		psql.Env = append(pgproc.ChildEnv(), "PGPASSWORD="+r.pw)
 		if out, err := psql.CombinedOutput(); err != nil || strings.TrimSpace(string(out)) != "1" {
 			t.Errorf("%s logs in with its password (libpq): %v: %s", r.user, err, out)
 		}

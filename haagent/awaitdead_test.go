@@ -7,12 +7,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
-	"github.com/pharos-ha/pharos/internal/pglocal"
+	"github.com/pharos-ha/pharos/internal/pgproc"
+	"github.com/pharos-ha/pharos/internal/pgproc/pgproctest"
 )
 
 // deadDirs makes a data directory and a program called postgres (a copy
@@ -20,76 +19,32 @@ import (
 // runs in, which is all awaitDead and postmasterPid look at.
 func deadDirs(t *testing.T) (dataDir, fakePostgres string) {
 	t.Helper()
-	base := t.TempDir()
-	dataDir = filepath.Join(base, "data")
-	if err := os.Mkdir(dataDir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	sleep, err := exec.LookPath("sleep")
-	if err != nil {
-		t.Skip("no sleep program")
-	}
-	b, err := os.ReadFile(sleep)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fakePostgres = filepath.Join(base, "postgres")
-	if err := os.WriteFile(fakePostgres, b, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	return dataDir, fakePostgres
+	return pgproctest.FakeServer(t)
 }
 
 // spawn starts prog in dir and returns it; the test reaps it.
 func spawn(t *testing.T, dir, prog string, args ...string) *exec.Cmd {
 	t.Helper()
-	return spawnAs(t, nil, dir, prog, args...)
+	return pgproctest.Spawn(t, nil, dir, prog, args...)
 }
 
 // spawnAs is spawn as owner (nil: this process's user).
-func spawnAs(t *testing.T, owner *pglocal.Owner, dir, prog string, args ...string) *exec.Cmd {
+func spawnAs(t *testing.T, owner *pgproc.Owner, dir, prog string, args ...string) *exec.Cmd {
 	t.Helper()
-	cmd := exec.Command(prog, args...)
-	cmd.Dir = dir
-	if owner != nil {
-		owner.Apply(cmd)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-	})
-	return cmd
+	return pgproctest.Spawn(t, owner, dir, prog, args...)
 }
 
 // zombieProcess returns the PID of an exited child not reaped yet: what a
 // postmaster killed by the watchdog is until init gets to it.
 func zombieProcess(t *testing.T, dir string) int {
 	t.Helper()
-	return zombieOf(t, nil, dir)
+	return pgproctest.Zombie(t, nil, dir)
 }
 
 // zombieOf is zombieProcess as owner (nil: this process's user).
-func zombieOf(t *testing.T, owner *pglocal.Owner, dir string) int {
+func zombieOf(t *testing.T, owner *pgproc.Owner, dir string) int {
 	t.Helper()
-	cmd := spawnAs(t, owner, dir, "/bin/true")
-	pid := cmd.Process.Pid
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if i := strings.LastIndexByte(string(stat), ')'); i > 0 && stat[i+2] == 'Z' {
-			return pid
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("child %d did not become a zombie", pid)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	return pgproctest.Zombie(t, owner, dir)
 }
 
 func writeLock(t *testing.T, dataDir string, pid int) {
@@ -105,7 +60,7 @@ func lockExists(dataDir string) bool {
 	return err == nil
 }
 
-func alive(pid int) bool { return pglocal.ProcessAlive(pid) }
+func alive(pid int) bool { return pgproc.ProcessAlive(pid) }
 
 func deadPostgres(dataDir string, wait time.Duration) *postgres {
 	p := newPostgres(PostgresConfig{Name: "n1", DataDir: dataDir, SocketDir: filepath.Dir(dataDir), Port: 1},
@@ -237,26 +192,4 @@ func TestAwaitDead(t *testing.T) {
 			t.Error("unreadable lock file kept")
 		}
 	})
-}
-
-// TestHolderOf covers pglocal.HolderOf's verdicts on this test's own
-// processes.
-func TestHolderOf(t *testing.T) {
-	dataDir, fake := deadDirs(t)
-	server := spawn(t, dataDir, fake, "30")
-	other := spawn(t, t.TempDir(), "sleep", "30")
-	cases := map[string]struct {
-		pid  int
-		want pglocal.Holder
-	}{
-		"server":  {server.Process.Pid, pglocal.HolderServer},
-		"foreign": {other.Process.Pid, pglocal.HolderForeign},
-		"zombie":  {zombieProcess(t, dataDir), pglocal.HolderGone},
-		"no such": {1 << 30, pglocal.HolderGone},
-	}
-	for name, c := range cases {
-		if got := pglocal.HolderOf(c.pid, dataDir); got != c.want {
-			t.Errorf("%s (pid %s): %v, want %v", name, strconv.Itoa(c.pid), got, c.want)
-		}
-	}
 }

@@ -11,13 +11,13 @@ import (
 	"time"
 
 	"github.com/pharos-ha/pharos/internal/cluster"
-	"github.com/pharos-ha/pharos/internal/pglocal"
+	"github.com/pharos-ha/pharos/internal/pgproc"
 )
 
 // Callbacks are operator commands run on events, Patroni-style: each is
 // called as `<command> <action> <role> <cluster>` with PHAROS_MEMBER,
 // PHAROS_ROLE and PHAROS_CLUSTER in its environment, and none of the
-// agent's secrets (pglocal.IsSecretEnv).
+// agent's secrets (pgproc.IsSecretEnv).
 type Callbacks struct {
 	OnStart, OnStop, OnRestart, OnRoleChange string
 	// Timeout bounds one run; the command's process group is killed then.
@@ -95,7 +95,7 @@ func (r *callbackRunner) exec(ctx context.Context, j callbackJob) {
 	ctx, cancel := context.WithTimeout(ctx, r.cfg.Timeout)
 	defer cancel()
 	cmd := exec.Command(fields[0], append(fields[1:], j.action, string(j.role), r.clu)...)
-	cmd.Env = append(pglocal.WithoutSecrets(os.Environ()), "PHAROS_MEMBER="+r.member, "PHAROS_ROLE="+string(j.role), "PHAROS_CLUSTER="+r.clu)
+	cmd.Env = append(pgproc.WithoutSecrets(os.Environ()), "PHAROS_MEMBER="+r.member, "PHAROS_ROLE="+string(j.role), "PHAROS_CLUSTER="+r.clu)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	var out strings.Builder
 	cmd.Stdout, cmd.Stderr = &out, &out

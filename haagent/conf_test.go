@@ -15,7 +15,7 @@ import (
 
 	"github.com/pharos-ha/pharos/internal/cluster"
 	"github.com/pharos-ha/pharos/internal/etcdlocal"
-	"github.com/pharos-ha/pharos/internal/pglocal"
+	"github.com/pharos-ha/pharos/internal/pgproc"
 )
 
 // confPostgres is a postgres whose data directory holds only what
@@ -25,11 +25,11 @@ func confPostgres(t *testing.T) *postgres {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
-	bin, err := pglocal.FindBinDir(ctx, "")
+	bin, err := pgproc.FindBinDir(ctx, "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	owner, err := pglocal.CurrentOwner()
+	owner, err := pgproc.CurrentOwner()
 	if err != nil {
 		t.Fatal(err)
 	}

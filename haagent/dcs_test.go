@@ -15,7 +15,7 @@ import (
 
 	"github.com/pharos-ha/pharos/internal/cluster"
 	"github.com/pharos-ha/pharos/internal/etcdlocal"
-	"github.com/pharos-ha/pharos/internal/pglocal"
+	"github.com/pharos-ha/pharos/internal/pgproc"
 )
 
 // testEtcd starts a one-member etcd for the test and returns a client.
@@ -41,7 +41,7 @@ func testEtcd(t *testing.T) *clientv3.Client {
 // logs.
 func testAgent(t *testing.T, cli *clientv3.Client, keys cluster.Keys, name, binDir string, logs *lockedBuffer) *Agent {
 	t.Helper()
-	self := pglocal.Owner{UID: uint32(os.Getuid()), GID: uint32(os.Getgid())}
+	self := pgproc.Owner{UID: uint32(os.Getuid()), GID: uint32(os.Getgid())}
 	timing := core.DefaultTiming()
 	timing.TTL = time.Minute // nothing renews the lease here
 	a, err := New(Config{

@@ -2,7 +2,6 @@ package haagent
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -23,7 +22,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pharos-ha/pharos/internal/cluster"
-	"github.com/pharos-ha/pharos/internal/pglocal"
+	"github.com/pharos-ha/pharos/internal/pgproc"
 )
 
 // PostgresConfig describes the local server the agent manages.
@@ -60,7 +59,7 @@ type PostgresConfig struct {
 	Parameters map[string]string
 	// Owner is the OS account the server runs as (the postgres user when
 	// the agent runs as root).
-	Owner pglocal.Owner
+	Owner pgproc.Owner
 	// CloneMaxRate is pg_basebackup's --max-rate (e.g. "100M"), so that a
 	// clone does not saturate the primary's disk or network; empty: no
 	// limit.
@@ -115,13 +114,8 @@ func (p *postgres) dataPresent() bool {
 
 // lockedPid is the PID postmaster.pid names, 0 when there is none.
 func (p *postgres) lockedPid() int {
-	b, err := os.ReadFile(p.path("postmaster.pid"))
+	pid, err := pgproc.PidFile(p.cfg.DataDir)
 	if err != nil {
-		return 0
-	}
-	line, _, _ := bytes.Cut(b, []byte("\n"))
-	pid, err := strconv.Atoi(strings.TrimSpace(string(line)))
-	if err != nil || pid <= 0 {
 		return 0
 	}
 	return pid
@@ -136,8 +130,8 @@ func (p *postgres) postmasterPid() int {
 	if pid == 0 {
 		return 0
 	}
-	switch pglocal.HolderOf(pid, p.cfg.DataDir) {
-	case pglocal.HolderServer, pglocal.HolderUnknown:
+	switch pgproc.HolderOf(pid, p.cfg.DataDir) {
+	case pgproc.HolderServer, pgproc.HolderUnknown:
 		return pid
 	}
 	return 0
@@ -161,22 +155,22 @@ func (p *postgres) awaitDead(ctx context.Context, bound time.Duration) error {
 	deadline := time.Now().Add(bound)
 	waiting := false
 	for {
-		pid, holder := p.lockedPid(), pglocal.HolderGone
+		pid, holder := p.lockedPid(), pgproc.HolderGone
 		if pid != 0 {
-			holder = pglocal.HolderOf(pid, p.cfg.DataDir)
+			holder = pgproc.HolderOf(pid, p.cfg.DataDir)
 		}
-		postmaster := holder == pglocal.HolderServer || holder == pglocal.HolderUnknown
-		left := pglocal.ServerProcesses(p.cfg.DataDir)
+		postmaster := holder == pgproc.HolderServer || holder == pgproc.HolderUnknown
+		var left []int
+		if postmaster {
+			left = pgproc.ServerProcesses(p.cfg.DataDir)
+		} else {
+			left = pgproc.KillServer(p.cfg.DataDir, 0)
+		}
 		if !postmaster && len(left) == 0 {
 			if pid != 0 {
 				p.log.Info("removing the lock file of a server that is gone", "pid", pid, "process", holder.String())
 			}
 			break
-		}
-		if !postmaster {
-			for _, q := range left {
-				_ = syscall.Kill(q, syscall.SIGKILL)
-			}
 		}
 		if time.Now().After(deadline) {
 			if postmaster {
@@ -206,20 +200,13 @@ func (p *postgres) awaitDead(ctx context.Context, bound time.Duration) error {
 
 func (p *postgres) connString(db string) string {
 	return fmt.Sprintf("host=%s port=%s user=%s dbname=%s connect_timeout=2 application_name=pharos-agent",
-		quoteConn(p.cfg.SocketDir), quoteConn(strconv.Itoa(p.cfg.Port)), quoteConn(p.cfg.SuperUser), quoteConn(db))
-}
-
-// quoteConn quotes a libpq conninfo value. Every value of a conninfo the
-// agent builds is quoted, so that nothing in one (a host from a member
-// record, a user name) can end it and start another keyword.
-func quoteConn(v string) string {
-	return "'" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(v) + "'"
+		pgproc.QuoteConninfo(p.cfg.SocketDir), pgproc.QuoteConninfo(strconv.Itoa(p.cfg.Port)), pgproc.QuoteConninfo(p.cfg.SuperUser), pgproc.QuoteConninfo(db))
 }
 
 // memberConnString is the superuser's conninfo for another member (also
 // pg_rewind's --source-server); the password goes separately.
 func (p *postgres) memberConnString(m cluster.Member) string {
-	return fmt.Sprintf("host=%s port=%s user=%s dbname=postgres connect_timeout=3", quoteConn(m.Host), quoteConn(strconv.Itoa(m.Port)), quoteConn(p.cfg.SuperUser))
+	return fmt.Sprintf("host=%s port=%s user=%s dbname=postgres connect_timeout=3", pgproc.QuoteConninfo(m.Host), pgproc.QuoteConninfo(strconv.Itoa(m.Port)), pgproc.QuoteConninfo(p.cfg.SuperUser))
 }
 
 // connect opens a superuser connection to the local server (m nil, over
@@ -368,7 +355,7 @@ func (p *postgres) run(ctx context.Context, timeout time.Duration, env []string,
 func (p *postgres) command(ctx context.Context, env []string, name string, args ...string) *exec.Cmd {
 	cmd := exec.CommandContext(ctx, filepath.Join(p.cfg.BinDir, name), args...)
 	cmd.Dir = filepath.Dir(p.cfg.DataDir)
-	cmd.Env = append(pglocal.ChildEnv(), env...)
+	cmd.Env = append(pgproc.ChildEnv(), env...)
 	p.cfg.Owner.Apply(cmd)
 	cmd.WaitDelay = 2 * time.Second
 	return cmd
@@ -563,10 +550,10 @@ func quoteConfValue(v string) string {
 // libpq reads it from a passfile the agent writes beside the data dir.
 func (p *postgres) primaryConninfo(up cluster.Member) string {
 	ci := fmt.Sprintf("host=%s port=%s user=%s application_name=%s passfile=%s connect_timeout=2",
-		quoteConn(up.Host), quoteConn(strconv.Itoa(up.Port)), quoteConn(p.cfg.ReplicationUser), quoteConn(p.cfg.Name), quoteConn(p.passfile()))
+		pgproc.QuoteConninfo(up.Host), pgproc.QuoteConninfo(strconv.Itoa(up.Port)), pgproc.QuoteConninfo(p.cfg.ReplicationUser), pgproc.QuoteConninfo(p.cfg.Name), pgproc.QuoteConninfo(p.passfile()))
 	// A libpq that does not know the option refuses the whole string.
 	if p.libpqRequireAuth() {
-		ci += " require_auth=" + quoteConn(p.cfg.RequireAuth)
+		ci += " require_auth=" + pgproc.QuoteConninfo(p.cfg.RequireAuth)
 	}
 	return ci
 }
@@ -678,7 +665,8 @@ func (p *postgres) start(ctx context.Context, timeout time.Duration) error {
 	_, err := p.run(ctx, timeout+5*time.Second, nil, "pg_ctl", "start", "-D", p.cfg.DataDir, "-l", p.logPath,
 		"-w", "-t", strconv.Itoa(secs), "-s")
 	if err != nil {
-		return fmt.Errorf("%w (log %s: %s)", err, p.logPath, tail(p.logPath, 600))
+		logTail, _ := pgproc.Tail(p.logPath, 600)
+		return fmt.Errorf("%w (log %s: %s)", err, p.logPath, logTail)
 	}
 	return nil
 }
@@ -699,7 +687,7 @@ func (p *postgres) stop(ctx context.Context, grace time.Duration) error {
 	defer deadline.Stop()
 	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
-	for pglocal.ProcessAlive(pid) {
+	for pgproc.ProcessAlive(pid) {
 		select {
 		case <-tick.C:
 			continue
@@ -707,9 +695,7 @@ func (p *postgres) stop(ctx context.Context, grace time.Duration) error {
 		case <-ctx.Done():
 		}
 		p.log.Warn("fast shutdown too slow: killing the server", "grace", grace)
-		for _, q := range append([]int{pid}, pglocal.ServerProcesses(p.cfg.DataDir)...) {
-			_ = syscall.Kill(q, syscall.SIGKILL)
-		}
+		pgproc.KillServer(p.cfg.DataDir, pid)
 		break
 	}
 	return p.awaitDead(done, p.deadWait)
@@ -868,8 +854,6 @@ func (p *postgres) syncSlots(ctx context.Context, want, drop []string) error {
 func (p *postgres) createRoles(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	// PASSWORD comes before IN ROLE, which takes the rest of the
-	// statement as its list.
 	type role struct{ name, password, attrs, inRole string }
 	roles := []role{{p.cfg.ReplicationUser, p.cfg.ReplicationPassword, "REPLICATION LOGIN", ""}}
 	if p.cfg.MonitorUser != "" && p.cfg.MonitorPassword != "" {
@@ -883,10 +867,7 @@ func (p *postgres) createRoles(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("role %s: %w", r.name, err)
 		}
-		stmts[i] = "CREATE ROLE " + pgx.Identifier{r.name}.Sanitize() + " WITH " + r.attrs + " PASSWORD " + quoteLiteral(v)
-		if r.inRole != "" {
-			stmts[i] += " IN ROLE " + pgx.Identifier{r.inRole}.Sanitize()
-		}
+		stmts[i] = pgproc.CreateRoleSQL(r.name, r.attrs, v, r.inRole)
 	}
 	conn, err := p.connect(ctx, nil)
 	if err != nil {
@@ -899,10 +880,6 @@ func (p *postgres) createRoles(ctx context.Context) error {
 		}
 	}
 	return nil
-}
-
-func quoteLiteral(s string) string {
-	return "'" + strings.ReplaceAll(s, "'", "''") + "'"
 }
 
 // checkSource makes sure up answers as a primary before anything here is
@@ -1003,18 +980,4 @@ func (p *postgres) wipe() error {
 		return err
 	}
 	return p.cfg.Owner.MkdirAll(p.cfg.DataDir, 0o700)
-}
-
-func tail(path string, n int64) string {
-	f, err := os.Open(path)
-	if err != nil {
-		return ""
-	}
-	defer f.Close()
-	if st, err := f.Stat(); err == nil && st.Size() > n {
-		_, _ = f.Seek(st.Size()-n, 0)
-	}
-	b := make([]byte, n)
-	k, _ := f.Read(b)
-	return strings.TrimSpace(string(b[:k]))
 }

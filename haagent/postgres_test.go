@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/pharos-ha/pharos/internal/cluster"
-	"github.com/pharos-ha/pharos/internal/pglocal"
+	"github.com/pharos-ha/pharos/internal/pgproc"
 )
 
 func testPostgres(t *testing.T) *postgres {
@@ -22,7 +22,7 @@ func testPostgres(t *testing.T) *postgres {
 		t.Fatal(err)
 	}
 	// The files stay the caller's: no server reads them here.
-	self := pglocal.Owner{UID: uint32(os.Getuid()), GID: uint32(os.Getgid())}
+	self := pgproc.Owner{UID: uint32(os.Getuid()), GID: uint32(os.Getgid())}
 	return newPostgres(PostgresConfig{Name: "node-A.1", DataDir: data, Port: 5433, SuperUser: "postgres", ReplicationUser: "repl",
 		ReplicationPassword: "p:w\\d", Owner: self},
 		slog.New(slog.DiscardHandler))

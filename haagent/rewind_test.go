@@ -18,6 +18,7 @@ import (
 
 	"github.com/pharos-ha/pharos/internal/cluster"
 	"github.com/pharos-ha/pharos/internal/pglocal"
+	"github.com/pharos-ha/pharos/internal/pgproc"
 	"github.com/pharos-ha/pharos/metrics"
 )
 
@@ -164,12 +165,12 @@ func TestRewindFailureIsRetriedOrRemembered(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dataDir, "PG_VERSION"), []byte("15\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	bin, err := pglocal.FindBinDir(ctx, "")
+	bin, err := pgproc.FindBinDir(ctx, "")
 	if err != nil {
 		t.Skip(err)
 	}
 	m := metrics.NewAgent(prometheus.NewRegistry())
-	self := pglocal.Owner{UID: uint32(os.Getuid()), GID: uint32(os.Getgid())}
+	self := pgproc.Owner{UID: uint32(os.Getuid()), GID: uint32(os.Getgid())}
 	a, err := New(Config{
 		Rules:    core.Rules{Name: "n1", Timing: core.DefaultTiming(), CrashRestartTimeout: core.DefaultCrashRestartTimeout, AutoReinit: true},
 		Postgres: PostgresConfig{DataDir: dataDir, BinDir: bin, Port: 1, Owner: self, SuperUser: "postgres", ReplicationUser: "repl"},

@@ -22,7 +22,7 @@ import (
 
 	"github.com/pharos-ha/pharos/haagent"
 	"github.com/pharos-ha/pharos/internal/cluster"
-	"github.com/pharos-ha/pharos/internal/pglocal"
+	"github.com/pharos-ha/pharos/internal/pgproc"
 	"github.com/pharos-ha/pharos/internal/restapi"
 	"github.com/pharos-ha/pharos/internal/watchdog"
 	"github.com/pharos-ha/pharos/metrics"
@@ -229,11 +229,11 @@ func (s agentSettings) agentConfig(ctx context.Context, log *slog.Logger) (haage
 	if err := haagent.CheckRequireAuth(s.RequireAuth); err != nil {
 		return zero, ecfg, keys, usageErrorf("%v", err)
 	}
-	binDir, err := pglocal.FindBinDir(ctx, s.BinDir)
+	binDir, err := pgproc.FindBinDir(ctx, s.BinDir)
 	if err != nil {
 		return zero, ecfg, keys, usageErrorf("bin_dir: %v", err)
 	}
-	owner, err := pglocal.CurrentOwner()
+	owner, err := pgproc.CurrentOwner()
 	if err != nil {
 		return zero, ecfg, keys, fmt.Errorf("server account: %w", err)
 	}

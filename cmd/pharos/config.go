@@ -14,7 +14,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
-	"github.com/pharos-ha/pharos/internal/pglocal"
+	"github.com/pharos-ha/pharos/internal/pgproc"
 )
 
 // usageError is a bad flag or config value: the command exits 2 with its
@@ -222,11 +222,11 @@ func newLogger(w io.Writer, level string) (*slog.Logger, error) {
 }
 
 // scrubSecretEnv removes the variables secrets are read from
-// (pglocal.IsSecretEnv) from this process's environment, once they are
+// (pgproc.IsSecretEnv) from this process's environment, once they are
 // read, so that no program it starts inherits them.
 func scrubSecretEnv() {
 	for _, kv := range os.Environ() {
-		if pglocal.IsSecretEnv(kv) {
+		if pgproc.IsSecretEnv(kv) {
 			name, _, _ := strings.Cut(kv, "=")
 			_ = os.Unsetenv(name)
 		}

@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pharos-ha/pharos/internal/pglocal"
+	"github.com/pharos-ha/pharos/internal/pgproc"
 	"github.com/pharos-ha/pharos/internal/restapi"
 	"github.com/pharos-ha/pharos/metrics"
 	"github.com/pharos-ha/pharos/proxy"
@@ -46,7 +47,7 @@ func TestDeployExampleAgents(t *testing.T) {
 			args := withConfig(t, execArgs, "/etc/pharos/agent.yaml", copyPath)
 			// The example names Debian's PostgreSQL 15 programs; a machine
 			// whose tests use other ones says so in PHAROS_PG_BINDIR.
-			if dir := os.Getenv(pglocal.BinDirEnv); dir != "" {
+			if dir := os.Getenv(pgproc.BinDirEnv); dir != "" {
 				args = append(args, "--bin-dir", dir)
 			}
 			s, err := parseAgentArgs(args, io.Discard)

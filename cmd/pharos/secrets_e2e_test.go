@@ -19,6 +19,7 @@ import (
 
 	"github.com/pharos-ha/pharos/internal/etcdlocal"
 	"github.com/pharos-ha/pharos/internal/pglocal"
+	"github.com/pharos-ha/pharos/internal/pgproc"
 )
 
 // TestAgentKeepsSecretsToItself runs the agent binary with every secret in
@@ -37,7 +38,7 @@ func TestAgentKeepsSecretsToItself(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer etcd.Close()
-	owner, err := pglocal.CurrentOwner()
+	owner, err := pgproc.CurrentOwner()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,7 +10,6 @@
 package localha
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -31,7 +30,7 @@ import (
 	"time"
 
 	"github.com/pharos-ha/pharos/internal/freeport"
-	"github.com/pharos-ha/pharos/internal/pglocal"
+	"github.com/pharos-ha/pharos/internal/pgproc"
 )
 
 // Options configure Start.
@@ -103,7 +102,7 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	owner, err := pglocal.CurrentOwner()
+	owner, err := pgproc.CurrentOwner()
 	if err != nil {
 		return nil, err
 	}
@@ -314,13 +313,8 @@ func (n *Node) KillAgent() error {
 
 // PostmasterPid reads postmaster.pid (0 when not running).
 func (n *Node) PostmasterPid() int {
-	b, err := os.ReadFile(filepath.Join(n.DataDir, "postmaster.pid"))
-	if err != nil {
-		return 0
-	}
-	line, _, _ := bytes.Cut(b, []byte("\n"))
-	pid, err := strconv.Atoi(strings.TrimSpace(string(line)))
-	if err != nil || !pglocal.ProcessAlive(pid) {
+	pid, err := pgproc.PidFile(n.DataDir)
+	if err != nil || !pgproc.ProcessAlive(pid) {
 		return 0
 	}
 	return pid
@@ -342,7 +336,7 @@ func (n *Node) WatchdogLog() string { return filepath.Join(n.Dir, "watchdog.log"
 // KillNode SIGKILLs the agent and every PostgreSQL process of the node at
 // once: the node is lost. The agent is restarted by the supervisor later.
 func (n *Node) KillNode() error {
-	pids := pglocal.ServerProcesses(n.DataDir)
+	pids := pgproc.ServerProcesses(n.DataDir)
 	if err := n.SignalAgent(syscall.SIGKILL); err != nil {
 		return err
 	}
@@ -401,8 +395,7 @@ func (c *Cluster) Close(ctx context.Context) error {
 		for _, pid := range watchdogProcesses(n.DataDir) {
 			_ = syscall.Kill(pid, syscall.SIGKILL)
 		}
-		for _, pid := range pglocal.ServerProcesses(n.DataDir) {
-			_ = syscall.Kill(pid, syscall.SIGKILL)
+		for _, pid := range pgproc.KillServer(n.DataDir, 0) {
 			errs = append(errs, fmt.Errorf("node %s: postgres process %d left running, killed", n.Name, pid))
 		}
 	}
@@ -466,7 +459,7 @@ func BuildPharos(dir string, race bool) (string, error) {
 // Pids lists every process of the node: its agent, its PostgreSQL server
 // and its software watchdog (what a frozen host freezes).
 func (n *Node) Pids() []int {
-	pids := append(pglocal.ServerProcesses(n.DataDir), watchdogProcesses(n.DataDir)...)
+	pids := append(pgproc.ServerProcesses(n.DataDir), watchdogProcesses(n.DataDir)...)
 	if pid := n.AgentPid(); pid != 0 {
 		pids = append(pids, pid)
 	}

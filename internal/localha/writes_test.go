@@ -10,7 +10,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pharos-ha/pharos/internal/localha"
-	"github.com/pharos-ha/pharos/internal/pglocal"
+	"github.com/pharos-ha/pharos/internal/pgproc"
 )
 
 // A node that does not take a write is evidence of fencing only when it
@@ -75,7 +75,7 @@ func tryWrite(n *localha.Node, timeout time.Duration) (writeOutcome, error) {
 // postgresGone reports whether n has no PostgreSQL process left: no live
 // postmaster and no server process of its data directory.
 func postgresGone(n *localha.Node) bool {
-	return n.PostmasterPid() == 0 && len(pglocal.ServerProcesses(n.DataDir)) == 0
+	return n.PostmasterPid() == 0 && len(pgproc.ServerProcesses(n.DataDir)) == 0
 }
 
 // notWritable reports whether n is seen not to take writes now: read-only,

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/pharos-ha/pharos/internal/pgproc"
 )
 
 // Roles and database every cluster has. The superuser and app_trust log in
@@ -52,7 +54,7 @@ type Options struct {
 	// the caller is root, the postgres user must be able to reach it, so
 	// not under t.TempDir().
 	BaseDir string
-	// BinDir holds the PostgreSQL programs; empty: see FindBinDir.
+	// BinDir holds the PostgreSQL programs; empty: see pgproc.FindBinDir.
 	BinDir string
 	// Replicas is the number of streaming replicas cloned from the primary.
 	Replicas int
@@ -80,7 +82,7 @@ type Cluster struct {
 	opts    Options
 	log     *slog.Logger
 	binDir  string
-	owner   Owner
+	owner   pgproc.Owner
 	base    string
 	ownBase bool // base was created by NewCluster; Close removes it
 	cert    []byte
@@ -101,10 +103,10 @@ func NewCluster(ctx context.Context, opts Options) (_ *Cluster, err error) {
 	if opts.Replicas < 0 {
 		return nil, fmt.Errorf("pglocal: Replicas is %d", opts.Replicas)
 	}
-	if c.binDir, err = FindBinDir(ctx, opts.BinDir); err != nil {
+	if c.binDir, err = pgproc.FindBinDir(ctx, opts.BinDir); err != nil {
 		return nil, err
 	}
-	if c.owner, err = CurrentOwner(); err != nil {
+	if c.owner, err = pgproc.CurrentOwner(); err != nil {
 		return nil, err
 	}
 	if err := c.makeBase(); err != nil {
@@ -311,14 +313,13 @@ func (c *Cluster) createRoles(ctx context.Context, in *Instance) error {
 	// One statement per Exec: CREATE DATABASE refuses to run in the
 	// implicit transaction of a multi-statement query.
 	stmts := []string{
-		"CREATE ROLE " + ReplicationUser + " WITH REPLICATION LOGIN",
-		"CREATE ROLE " + UserTrust + " LOGIN",
+		pgproc.CreateRoleSQL(ReplicationUser, "REPLICATION LOGIN", "", ""),
+		pgproc.CreateRoleSQL(UserTrust, "LOGIN", "", ""),
 		"SET password_encryption = 'md5'",
-		"CREATE ROLE " + UserMD5 + " LOGIN PASSWORD " + quoteLiteral(PasswordMD5),
+		pgproc.CreateRoleSQL(UserMD5, "LOGIN", PasswordMD5, ""),
 		"SET password_encryption = 'scram-sha-256'",
-		"CREATE ROLE " + UserSCRAM + " LOGIN PASSWORD " + quoteLiteral(PasswordSCRAM),
-		"CREATE ROLE " + UserHealth + " LOGIN PASSWORD " + quoteLiteral(PasswordHealth),
-		"GRANT pg_monitor TO " + UserHealth,
+		pgproc.CreateRoleSQL(UserSCRAM, "LOGIN", PasswordSCRAM, ""),
+		pgproc.CreateRoleSQL(UserHealth, "LOGIN", PasswordHealth, "pg_monitor"),
 		"CREATE DATABASE " + AppDB + " OWNER " + UserSCRAM,
 		"GRANT ALL ON DATABASE " + AppDB + " TO " + UserTrust + ", " + UserMD5,
 	}
@@ -342,10 +343,6 @@ func execAll(ctx context.Context, conn *pgx.Conn, stmts []string) error {
 		}
 	}
 	return nil
-}
-
-func quoteLiteral(s string) string {
-	return "'" + strings.ReplaceAll(s, "'", "''") + "'"
 }
 
 // AddReplica clones a new streaming replica from the primary with
@@ -506,7 +503,7 @@ func (c *Cluster) BaseDir() string { return c.base }
 func (c *Cluster) BinDir() string { return c.binDir }
 
 // Owner returns the OS account the servers run as.
-func (c *Cluster) Owner() Owner { return c.owner }
+func (c *Cluster) Owner() pgproc.Owner { return c.owner }
 
 // CertPEM returns the servers' self-signed certificate (its own CA), or nil
 // without Options.SSL.

@@ -1,17 +1,20 @@
 // Package pglocal runs local PostgreSQL 15 servers on loopback for the tests
 // and the demo.
 //
-// It owns: finding the server binaries, initdb, the configuration files it
-// writes (postgresql.conf additions, pg_hba.conf, a self-signed certificate),
-// the roles and the database the tests log in with, starting and stopping
-// postmasters as child processes, cloning replicas with pg_basebackup and a
-// physical replication slot, promotion, and dropping privileges to the
-// unprivileged `postgres` OS user when the caller runs as root (PostgreSQL
-// refuses to run as root).
+// It owns: initdb, the configuration files it writes (postgresql.conf
+// additions, pg_hba.conf, a self-signed certificate), the roles and the
+// database the tests log in with, starting and stopping postmasters as
+// child processes, cloning replicas with pg_basebackup and a physical
+// replication slot, and promotion. Finding the server binaries, the OS
+// account the servers run as (the unprivileged `postgres` user when the
+// caller runs as root: PostgreSQL refuses to run as root), the children's
+// environment and which processes belong to a data directory come from
+// package pgproc, which the HA agent uses too.
 //
 // It must not know about the proxy, routing, etcd or any HA decision: it
 // starts what it is told to start and stops what it started. The HA agent
-// manages its own servers; this package is the harness around them.
+// manages its own servers; this package is the harness around them, and no
+// production package imports it.
 //
 // Layout: every Cluster has one base directory (by default a fresh
 // os.MkdirTemp under os.TempDir(), owned by the server user, removed by

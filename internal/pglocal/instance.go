@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -18,6 +17,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/pharos-ha/pharos/internal/pgproc"
 )
 
 // Bounds on waits, applied on top of the caller's context so a
@@ -47,7 +48,7 @@ type Instance struct {
 	logPath string
 	binDir  string
 	workDir string // cwd for child processes, reachable by the owner
-	owner   Owner
+	owner   pgproc.Owner
 	log     *slog.Logger
 
 	mu   sync.Mutex
@@ -86,20 +87,12 @@ func (in *Instance) LogPath() string { return in.logPath }
 // earlier ones, so callers may append e.g. " sslmode=require".
 func (in *Instance) DSN(user, password, db string) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "host=127.0.0.1 port=%d user=%s", in.Port, quoteDSN(user))
+	fmt.Fprintf(&b, "host=127.0.0.1 port=%d user=%s", in.Port, pgproc.QuoteConninfo(user))
 	if password != "" {
-		fmt.Fprintf(&b, " password=%s", quoteDSN(password))
+		fmt.Fprintf(&b, " password=%s", pgproc.QuoteConninfo(password))
 	}
-	fmt.Fprintf(&b, " dbname=%s sslmode=disable connect_timeout=5", quoteDSN(db))
+	fmt.Fprintf(&b, " dbname=%s sslmode=disable connect_timeout=5", pgproc.QuoteConninfo(db))
 	return b.String()
-}
-
-// quoteDSN quotes a keyword/value connection string value.
-func quoteDSN(v string) string {
-	if v != "" && !strings.ContainsAny(v, ` '\`) {
-		return v
-	}
-	return "'" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(v) + "'"
 }
 
 // Connect opens a pgx connection over TCP (sslmode=disable).
@@ -191,7 +184,7 @@ func (in *Instance) spawn() (*postmaster, error) {
 		"-c", "cluster_name="+in.Name,
 	)
 	cmd.Dir = in.workDir
-	cmd.Env = ChildEnv()
+	cmd.Env = pgproc.ChildEnv()
 	cmd.Stdout = logf
 	cmd.Stderr = logf
 	in.owner.Apply(cmd)
@@ -307,7 +300,7 @@ func (in *Instance) Signal(sig syscall.Signal) error {
 	if p == nil || p.exited() {
 		return fmt.Errorf("signal %s: not running", in.Name)
 	}
-	for _, pid := range in.serverPids(p.pid) {
+	for _, pid := range pgproc.ServerPids(in.DataDir, p.pid) {
 		if err := syscall.Kill(pid, sig); err != nil && !errors.Is(err, syscall.ESRCH) {
 			return fmt.Errorf("signal %s pid %d: %w", in.Name, pid, err)
 		}
@@ -338,132 +331,13 @@ func (in *Instance) killLeftovers() error {
 	defer cancel()
 	var left []int
 	err := poll(ctx, func(context.Context) (bool, error) {
-		left = in.serverPids(0)
-		for _, pid := range left {
-			_ = syscall.Kill(pid, syscall.SIGKILL)
-		}
+		left = pgproc.KillServer(in.DataDir, 0)
 		return len(left) == 0, nil
 	})
 	if err != nil {
 		return fmt.Errorf("processes %v of an old postmaster still there after %v", left, reapTimeout)
 	}
 	return nil
-}
-
-// serverPids lists the live processes of the server: ServerProcesses plus
-// postmaster (when not 0).
-func (in *Instance) serverPids(postmaster int) []int {
-	pids := []int{}
-	if postmaster != 0 {
-		pids = append(pids, postmaster)
-	}
-	for _, pid := range ServerProcesses(in.DataDir) {
-		if pid != postmaster {
-			pids = append(pids, pid)
-		}
-	}
-	return pids
-}
-
-// ServerProcesses lists the live postgres processes whose working directory
-// is dataDir (every process of a server runs there), from /proc. Zombies
-// are left out: they hold no shared memory.
-func ServerProcesses(dataDir string) []int {
-	dataDir = realDir(dataDir)
-	var pids []int
-	entries, err := os.ReadDir("/proc")
-	if err != nil {
-		return nil
-	}
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		dir := filepath.Join("/proc", e.Name())
-		if cwd, err := os.Readlink(filepath.Join(dir, "cwd")); err != nil || cwd != dataDir {
-			continue
-		}
-		exe, err := os.Readlink(filepath.Join(dir, "exe"))
-		if err != nil || filepath.Base(strings.TrimSuffix(exe, " (deleted)")) != "postgres" {
-			continue
-		}
-		if stat, err := os.ReadFile(filepath.Join(dir, "stat")); err == nil && zombie(stat) {
-			continue
-		}
-		pids = append(pids, pid)
-	}
-	return pids
-}
-
-// realDir is dir as a process working in it sees it in /proc/<pid>/cwd:
-// absolute, without symlinks. A data directory reached through a symlink
-// must not make its own live postmaster look like a stranger.
-func realDir(dir string) string {
-	if r, err := filepath.EvalSymlinks(dir); err == nil {
-		dir = r
-	}
-	if a, err := filepath.Abs(dir); err == nil {
-		return a
-	}
-	return filepath.Clean(dir)
-}
-
-// zombie reads the state field of /proc/<pid>/stat ("pid (comm) S ...").
-func zombie(stat []byte) bool {
-	i := strings.LastIndexByte(string(stat), ')')
-	return i >= 0 && i+2 < len(stat) && stat[i+2] == 'Z'
-}
-
-// Holder is what the process a postmaster.pid names turns out to be.
-type Holder uint8
-
-const (
-	// HolderGone: no such process, or a zombie (it exited; it holds no
-	// shared memory, sockets or files, only its exit status).
-	HolderGone Holder = iota
-	// HolderServer: a live postgres process working in the data directory.
-	HolderServer
-	// HolderForeign: a live process that is not a server of this data
-	// directory (its PID was reused after the postmaster died).
-	HolderForeign
-	// HolderUnknown: alive, but /proc does not say what it is (another
-	// user's process under hidepid, say). Callers treat it as a server.
-	HolderUnknown
-)
-
-func (h Holder) String() string {
-	return [...]string{"gone", "server", "foreign", "unknown"}[h]
-}
-
-// HolderOf tells what process pid is relative to dataDir. PostgreSQL's own
-// interlock (kill(pid, 0)) cannot tell a zombie or a reused PID from a
-// live postmaster; /proc can.
-func HolderOf(pid int, dataDir string) Holder {
-	dataDir = realDir(dataDir)
-	dir := filepath.Join("/proc", strconv.Itoa(pid))
-	stat, err := os.ReadFile(filepath.Join(dir, "stat"))
-	if err != nil || zombie(stat) {
-		return HolderGone
-	}
-	cwd, cerr := os.Readlink(filepath.Join(dir, "cwd"))
-	exe, eerr := os.Readlink(filepath.Join(dir, "exe"))
-	if cerr != nil || eerr != nil {
-		if _, err := os.Stat(dir); err != nil {
-			return HolderGone // exited between the reads
-		}
-		return HolderUnknown
-	}
-	if cwd == dataDir && filepath.Base(strings.TrimSuffix(exe, " (deleted)")) == "postgres" {
-		return HolderServer
-	}
-	return HolderForeign
-}
-
-// ProcessAlive reports whether pid is a live (not zombie) process.
-func ProcessAlive(pid int) bool {
-	stat, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
-	return err == nil && !zombie(stat)
 }
 
 // Promote ends recovery on a standby (pg_promote, waiting up to 60 s) and
@@ -501,36 +375,11 @@ func (in *Instance) InRecovery(ctx context.Context) (bool, error) {
 
 // logTail returns the end of the instance's log, for error messages.
 func (in *Instance) logTail() string {
-	return fileTail(in.logPath, 1500)
-}
-
-func fileTail(path string, n int64) string {
-	f, err := os.Open(path)
+	tail, err := pgproc.Tail(in.logPath, 1500)
 	if err != nil {
 		return "(no log: " + err.Error() + ")"
 	}
-	defer f.Close()
-	if fi, err := f.Stat(); err == nil && fi.Size() > n {
-		if _, err := f.Seek(-n, io.SeekEnd); err != nil {
-			return "(log: " + err.Error() + ")"
-		}
-	}
-	b, _ := io.ReadAll(f)
-	return strings.TrimSpace(string(b))
-}
-
-// ChildEnv is the environment for PostgreSQL programs: the caller's,
-// without PG* variables that would redirect libpq-based tools nor pharos's
-// secrets (IsSecretEnv), in the C locale.
-func ChildEnv() []string {
-	var env []string
-	for _, kv := range WithoutSecrets(os.Environ()) {
-		if strings.HasPrefix(kv, "PG") || strings.HasPrefix(kv, "LC_") || strings.HasPrefix(kv, "LANG=") {
-			continue
-		}
-		env = append(env, kv)
-	}
-	return append(env, "LC_ALL=C")
+	return tail
 }
 
 // poll calls f with growing pauses (10 ms to 250 ms) until it reports done,
@@ -558,12 +407,12 @@ func poll(ctx context.Context, f func(context.Context) (bool, error)) error {
 
 // runCommand runs one of the PostgreSQL programs as the owner, bounded by
 // ctx and commandTimeout, and returns its output in the error.
-func runCommand(ctx context.Context, owner Owner, workDir, binDir, name string, args ...string) error {
+func runCommand(ctx context.Context, owner pgproc.Owner, workDir, binDir, name string, args ...string) error {
 	ctx, cancel := context.WithTimeout(ctx, commandTimeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, filepath.Join(binDir, name), args...)
 	cmd.Dir = workDir
-	cmd.Env = ChildEnv()
+	cmd.Env = pgproc.ChildEnv()
 	owner.Apply(cmd)
 	cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
 	cmd.WaitDelay = 5 * time.Second

@@ -13,6 +13,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/pharos-ha/pharos/internal/pgproc"
 )
 
 // SelfSignedCert returns a PEM certificate and PKCS#8 key for 127.0.0.1,
@@ -54,7 +56,7 @@ func SelfSignedCert() (certPEM, keyPEM []byte, err error) {
 }
 
 // writeOwnedFile writes data to dir/name with mode perm, owned by owner.
-func writeOwnedFile(owner Owner, dir, name string, data []byte, perm os.FileMode) error {
+func writeOwnedFile(owner pgproc.Owner, dir, name string, data []byte, perm os.FileMode) error {
 	path := filepath.Join(dir, name)
 	if err := os.WriteFile(path, data, perm); err != nil {
 		return fmt.Errorf("write %s: %w", path, err)

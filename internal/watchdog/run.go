@@ -1,7 +1,6 @@
 package watchdog
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -15,7 +14,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/pharos-ha/pharos/internal/pglocal"
+	"github.com/pharos-ha/pharos/internal/pgproc"
 )
 
 // The software watchdog's commands (see the package doc).
@@ -203,7 +202,7 @@ func fire(dataDir string, lastFeed time.Time, timeout time.Duration, log *slog.L
 		}
 	}
 	var others []int
-	for _, pid := range pglocal.ServerProcesses(dataDir) {
+	for _, pid := range pgproc.ServerProcesses(dataDir) {
 		if pid == postmaster {
 			continue
 		}
@@ -230,14 +229,9 @@ func fire(dataDir string, lastFeed time.Time, timeout time.Duration, log *slog.L
 // that pid if the process runs in dataDir (a postmaster's working directory
 // is its data directory); otherwise 0 and why.
 func postmasterPid(dataDir string) (int, string) {
-	data, err := os.ReadFile(filepath.Join(dataDir, "postmaster.pid"))
+	pid, err := pgproc.PidFile(dataDir)
 	if err != nil {
 		return 0, err.Error()
-	}
-	first, _, _ := bytes.Cut(data, []byte("\n"))
-	pid, err := strconv.Atoi(strings.TrimSpace(string(first)))
-	if err != nil || pid <= 0 {
-		return 0, fmt.Sprintf("postmaster.pid: %q is not a pid", first)
 	}
 	cwd, err := os.Readlink(filepath.Join("/proc", strconv.Itoa(pid), "cwd"))
 	switch {

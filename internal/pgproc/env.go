@@ -1,6 +1,9 @@
-package pglocal
+package pgproc
 
-import "strings"
+import (
+	"os"
+	"strings"
+)
 
 // IsSecretEnv reports whether kv (NAME=value, or a bare NAME) is one of
 // the variables pharos reads a secret from: PHAROS_*_PASSWORD and
@@ -23,4 +26,18 @@ func WithoutSecrets(env []string) []string {
 		}
 	}
 	return out
+}
+
+// ChildEnv is the environment for PostgreSQL programs: the caller's,
+// without PG* variables that would redirect libpq-based tools nor pharos's
+// secrets (IsSecretEnv), in the C locale.
+func ChildEnv() []string {
+	var env []string
+	for _, kv := range WithoutSecrets(os.Environ()) {
+		if strings.HasPrefix(kv, "PG") || strings.HasPrefix(kv, "LC_") || strings.HasPrefix(kv, "LANG=") {
+			continue
+		}
+		env = append(env, kv)
+	}
+	return append(env, "LC_ALL=C")
 }
