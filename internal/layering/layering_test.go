@@ -1,0 +1,143 @@
+// Package layering holds tests, built on `go list`, of which packages may
+// import which. It has no code of its own.
+package layering
+
+import (
+	"bytes"
+	"encoding/json"
+	"go/parser"
+	"go/token"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+const module = "github.com/pharos-ha/pharos"
+
+// harness are the packages that run PostgreSQL, etcd, agents and faults
+// for tests and the demo; production code must not build on them.
+var harness = []string{
+	module + "/internal/pglocal",
+	module + "/internal/etcdlocal",
+	module + "/internal/localha",
+	module + "/internal/faultnet",
+	module + "/internal/pgproc/pgproctest",
+}
+
+// harnessFiles are the production files that may import the harness:
+// the demo command's own wiring, which starts an embedded etcd and
+// supervised agents on purpose.
+var harnessFiles = map[string]bool{
+	"cmd/pharos/demo.go": true,
+}
+
+type pkg struct {
+	ImportPath string
+	Dir        string
+	GoFiles    []string
+	Imports    []string
+	Deps       []string
+}
+
+// modulePackages lists the module's packages as `go list` sees them
+// (non-test files only), with their imports and dependencies.
+func modulePackages(t *testing.T) []pkg {
+	t.Helper()
+	cmd := exec.Command("go", "list", "-json", module+"/...")
+	cmd.Dir = "../.."
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	var pkgs []pkg
+	dec := json.NewDecoder(bytes.NewReader(out))
+	for dec.More() {
+		var p pkg
+		if err := dec.Decode(&p); err != nil {
+			t.Fatalf("go list output: %v", err)
+		}
+		pkgs = append(pkgs, p)
+	}
+	if len(pkgs) == 0 {
+		t.Fatal("go list found no packages")
+	}
+	return pkgs
+}
+
+// fileImports returns the import paths of one Go file.
+func fileImports(t *testing.T, path string) []string {
+	t.Helper()
+	f, err := parser.ParseFile(token.NewFileSet(), path, nil, parser.ImportsOnly)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var imps []string
+	for _, s := range f.Imports {
+		p, err := strconv.Unquote(s.Path.Value)
+		if err != nil {
+			t.Fatal(err)
+		}
+		imps = append(imps, p)
+	}
+	return imps
+}
+
+func isHarness(path string) bool { return slices.Contains(harness, path) }
+
+// TestProductionDoesNotImportHarness: no production package imports
+// pglocal, etcdlocal, localha, faultnet or pgproctest, directly or
+// through another package, except the files in harnessFiles.
+func TestProductionDoesNotImportHarness(t *testing.T) {
+	pkgs := modulePackages(t)
+	root, err := filepath.Abs("../..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range pkgs {
+		if isHarness(p.ImportPath) || len(p.GoFiles) == 0 {
+			continue // the harness itself; test-only packages
+		}
+		allowed := false
+		for _, f := range p.GoFiles {
+			rel, err := filepath.Rel(root, filepath.Join(p.Dir, f))
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, imp := range fileImports(t, filepath.Join(p.Dir, f)) {
+				if !isHarness(imp) {
+					continue
+				}
+				if harnessFiles[filepath.ToSlash(rel)] {
+					allowed = true
+					continue
+				}
+				t.Errorf("%s imports the test harness %s", rel, imp)
+			}
+		}
+		if allowed {
+			// The demo's wiring brings the harness with it; the
+			// package's other imports are checked as packages of their
+			// own.
+			continue
+		}
+		for _, d := range p.Deps {
+			if isHarness(d) && !slices.Contains(p.Imports, d) {
+				t.Errorf("%s depends on the test harness %s through %s", p.ImportPath, d, via(pkgs, p, d))
+			}
+		}
+	}
+}
+
+// via names the direct imports of p that bring dep in.
+func via(pkgs []pkg, p pkg, dep string) string {
+	var names []string
+	for _, q := range pkgs {
+		if slices.Contains(p.Imports, q.ImportPath) && (q.ImportPath == dep || slices.Contains(q.Deps, dep)) {
+			names = append(names, strings.TrimPrefix(q.ImportPath, module+"/"))
+		}
+	}
+	return strings.Join(names, ", ")
+}
