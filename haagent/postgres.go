@@ -114,10 +114,7 @@ func (p *postgres) dataPresent() bool {
 
 // lockedPid is the PID postmaster.pid names, 0 when there is none.
 func (p *postgres) lockedPid() int {
-	pid, err := pgproc.PidFile(p.cfg.DataDir)
-	if err != nil {
-		return 0
-	}
+	pid, _ := pgproc.PidFile(p.cfg.DataDir)
 	return pid
 }
 

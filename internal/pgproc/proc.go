@@ -12,7 +12,8 @@ import (
 
 // PidFile reads the postmaster's PID from the first line of
 // dataDir/postmaster.pid. The file names the process that held the data
-// directory last; whether it still does is HolderOf's question.
+// directory last; whether it still does is HolderOf's question. The PID
+// is 0 with every error.
 func PidFile(dataDir string) (int, error) {
 	b, err := os.ReadFile(filepath.Join(dataDir, "postmaster.pid"))
 	if err != nil {
