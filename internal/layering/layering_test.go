@@ -141,3 +141,59 @@ func via(pkgs []pkg, p pkg, dep string) string {
 	}
 	return strings.Join(names, ", ")
 }
+
+// find returns the module package at path (relative to the module),
+// failing when go list did not list it: a rule about a package that moved
+// away would otherwise hold vacuously.
+func find(t *testing.T, pkgs []pkg, path string) pkg {
+	t.Helper()
+	for _, p := range pkgs {
+		if p.ImportPath == module+"/"+path && len(p.GoFiles) > 0 {
+			return p
+		}
+	}
+	t.Fatalf("package %s is not in the module (or has no files): update the rule", path)
+	return pkg{}
+}
+
+// dependsOn lists p's dependencies that are prefix or below it.
+func dependsOn(p pkg, prefix string) []string {
+	var hits []string
+	for _, d := range p.Deps {
+		if d == prefix || strings.HasPrefix(d, prefix+"/") {
+			hits = append(hits, d)
+		}
+	}
+	return hits
+}
+
+// TestPureCoreHasNoIO: the decision core reads no etcd, runs no program,
+// opens no socket and speaks no PostgreSQL protocol; it is a function of
+// its inputs.
+func TestPureCoreHasNoIO(t *testing.T) {
+	core := find(t, modulePackages(t), "haagent/core")
+	for _, banned := range []string{"go.etcd.io", "os/exec", "net/http", "github.com/jackc/pgx"} {
+		if hits := dependsOn(core, banned); len(hits) > 0 {
+			t.Errorf("the pure core (haagent/core) depends on %s: %v", banned, hits)
+		}
+	}
+	// Sockets; net/netip and net/url are values, not I/O.
+	if slices.Contains(core.Deps, "net") {
+		t.Errorf("the pure core (haagent/core) depends on net")
+	}
+	// The list is a real dependency list: the core does use the records.
+	if !slices.Contains(core.Deps, module+"/internal/cluster") {
+		t.Errorf("haagent/core's dependencies %v lack internal/cluster: the list is not what this test assumes", core.Deps)
+	}
+}
+
+// TestProxyDoesNotKnowTheAgent: the proxy follows what the agent
+// publishes in etcd, never its code.
+func TestProxyDoesNotKnowTheAgent(t *testing.T) {
+	pkgs := modulePackages(t)
+	for _, path := range []string{"proxy", "router", "wire"} {
+		if hits := dependsOn(find(t, pkgs, path), module+"/haagent"); len(hits) > 0 {
+			t.Errorf("%s depends on the agent: %v", path, hits)
+		}
+	}
+}
