@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"maps"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -78,8 +77,7 @@ type Agent struct {
 	seen       map[string]seenRecord
 	lastPlan   string
 	lastLeader string
-	reason     string // why the coming promotion happens, for the history
-	switchRev  int64  // revision of the switchover key in the last view
+	switchRev  int64 // revision of the switchover key in the last view
 	switchSeen time.Time
 	maxLag     *int64 // maximum_lag_on_failover from the dynamic configuration
 	lastRole   cluster.Role
@@ -534,7 +532,7 @@ func (a *Agent) viewOf(s snapshot, now time.Time) core.DCSView {
 	if s.SwitchRev != a.switchRev {
 		a.switchRev, a.switchSeen = s.SwitchRev, now
 	}
-	v.SwitchoverSeenAt = a.switchSeen
+	v.SwitchoverSeenAt, v.SwitchoverRev = a.switchSeen, s.SwitchRev
 	lease := a.currentLease()
 	v.LeaderIsMine = s.Leader == a.rules.Name && lease != 0 && s.LeaderLease == lease
 	if v.LeaderIsMine {
@@ -728,20 +726,12 @@ func (a *Agent) run(ctx context.Context, act core.Action, o core.Observation) er
 	case core.ActAcquireLeader:
 		cctx, cancel := a.callCtx(ctx)
 		defer cancel()
-		var handoverRev int64
-		a.reason = "failover"
-		if sw := o.DCS.Switchover; sw != nil && sw.Handover && sw.Candidate == a.rules.Name {
-			handoverRev, a.reason = a.switchRev, "switchover"
-			if sw.Failover {
-				a.reason = "manual failover"
-			}
-		}
 		// Armed before the key is ours: from the moment others can see
 		// this member lead, a hang kills its server in time.
 		if err := a.armWatchdog(); err != nil {
 			return err
 		}
-		epoch, err := a.dcs.acquire(cctx, a.currentLease(), handoverRev)
+		epoch, err := a.dcs.acquire(cctx, a.currentLease(), act.Rev)
 		if err != nil || epoch == 0 {
 			a.disarmWatchdog()
 		}
@@ -775,9 +765,9 @@ func (a *Agent) run(ctx context.Context, act core.Action, o core.Observation) er
 		if err := a.pg.promote(ctx); err != nil {
 			return err
 		}
-		reason := a.reason
+		reason := act.Cause
 		if reason == "" {
-			reason = "failover"
+			reason = core.PromotionFailover
 		}
 		a.m.Promotions.WithLabelValues(reason).Inc()
 		if err := a.pg.writeConf(false, nil); err != nil {
@@ -791,7 +781,7 @@ func (a *Agent) run(ctx context.Context, act core.Action, o core.Observation) er
 		}
 		return nil
 	case core.ActRecordHistory:
-		return a.recordHistory(ctx, a.reason)
+		return a.recordHistory(ctx, act.Cause)
 	case core.ActSyncSlots:
 		return a.syncSlots(ctx, o)
 	case core.ActStop:
@@ -807,13 +797,9 @@ func (a *Agent) run(ctx context.Context, act core.Action, o core.Observation) er
 		}
 		return err
 	case core.ActSwitchover:
-		return a.switchover(ctx, o, act.Target)
-	case core.ActSyncStandbys:
-		var want []string
-		if act.Target != "" {
-			want = strings.Split(act.Target, ",")
-		}
-		return a.syncStandbys(ctx, o, want)
+		return a.switchover(ctx, o, act)
+	case core.ActSyncLeave, core.ActSyncNames, core.ActSyncJoin, core.ActSyncClear:
+		return a.syncStep(ctx, o, act)
 	case core.ActApplyConfig:
 		var up *cluster.Member
 		if m, ok := o.DCS.Members[o.PG.Upstream]; ok && o.PG.Standby {
@@ -830,8 +816,8 @@ func (a *Agent) run(ctx context.Context, act core.Action, o core.Observation) er
 	case core.ActCancelSwitchover:
 		cctx, cancel := a.callCtx(ctx)
 		defer cancel()
-		a.log.Warn("switchover request cancelled", "reason", a.lastPlan)
-		return a.dcs.cancelSwitchover(cctx, a.switchRev)
+		a.log.Warn("switchover request cancelled", "reason", act.Cause)
+		return a.dcs.cancelSwitchover(cctx, act.Rev)
 	case core.ActReleaseLeader:
 		cctx, cancel := a.callCtx(ctx)
 		defer cancel()
@@ -881,22 +867,12 @@ func (a *Agent) disarmWatchdog() {
 	a.m.WatchdogArmed.Set(b2f(a.wd.armed()))
 }
 
-// syncStandbys brings the sync key and synchronous_standby_names to want,
-// keeping the sync key true at every step: a standby leaves the key before
-// the server stops waiting for it, and joins it only once the server
-// reports it synchronous.
-func (a *Agent) syncStandbys(ctx context.Context, o core.Observation, want []string) error {
+// syncStep carries out one step of the synchronous-standby protocol
+// (Decide orders them so that the sync key stays true) and keeps the
+// gauges: the key's standbys after each write, degraded as the step's
+// reason says.
+func (a *Agent) syncStep(ctx context.Context, o core.Observation, act core.Action) error {
 	me, mode := a.rules.Name, o.DCS.SyncMode
-	var cur []string
-	if st := o.DCS.Sync; st != nil && st.Leader == me {
-		cur = core.SortedNames(st.Standbys)
-	}
-	var keep []string
-	for _, n := range cur {
-		if slices.Contains(want, n) {
-			keep = append(keep, n)
-		}
-	}
 	write := func(list []string) error {
 		cctx, cancel := a.callCtx(ctx)
 		defer cancel()
@@ -905,14 +881,14 @@ func (a *Agent) syncStandbys(ctx context.Context, o core.Observation, want []str
 		}
 		return a.dcs.writeSync(cctx, a.epoch, &cluster.SyncState{Leader: me, Standbys: list})
 	}
-	// 1. Leave the key first.
-	if (mode.Enabled || len(cur) > 0) && (o.DCS.Sync == nil || o.DCS.Sync.Leader != me || !slices.Equal(cur, core.SortedNames(keep))) {
-		if err := write(keep); err != nil {
+	switch act.Kind {
+	case core.ActSyncLeave:
+		if err := write(act.Standbys); err != nil {
 			return err
 		}
-	}
-	// 2. The server's setting.
-	if names := core.SyncNames(want, mode); !slices.Equal(core.SortedNames(o.PG.SyncNames), names) {
+		a.m.SyncStandbys.Set(float64(len(act.Standbys)))
+	case core.ActSyncNames:
+		names := act.Standbys
 		a.pg.syncNames = names
 		if err := a.pg.writeConf(false, nil); err != nil {
 			return err
@@ -921,18 +897,11 @@ func (a *Agent) syncStandbys(ctx context.Context, o core.Observation, want []str
 			return err
 		}
 		a.log.Info("synchronous_standby_names changed", "to", formatSyncNames(names))
-	}
-	a.m.SyncStandbys.Set(float64(len(keep)))
-	if !mode.Enabled {
-		if o.DCS.Sync != nil {
-			cctx, cancel := a.callCtx(ctx)
-			defer cancel()
-			return a.dcs.writeSync(cctx, a.epoch, nil)
+		if mode.Enabled && len(names) > 0 {
+			a.m.SyncDegraded.Set(0)
 		}
-		return nil
-	}
-	// 3. Join the key once the server waits for them.
-	if !slices.Equal(core.SortedNames(keep), core.SortedNames(want)) {
+	case core.ActSyncJoin:
+		want := act.Standbys
 		wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		defer cancel()
 		for {
@@ -959,13 +928,20 @@ func (a *Agent) syncStandbys(ctx context.Context, o core.Observation, want []str
 			return err
 		}
 		a.log.Info("synchronous standbys", "standbys", want)
+		a.m.SyncStandbys.Set(float64(len(want)))
+		a.m.SyncDegraded.Set(0)
+	case core.ActSyncClear:
+		cctx, cancel := a.callCtx(ctx)
+		defer cancel()
+		if err := a.dcs.writeSync(cctx, a.epoch, nil); err != nil {
+			return err
+		}
+		a.m.SyncStandbys.Set(0)
 	}
-	a.m.SyncStandbys.Set(float64(len(want)))
-	degraded := len(want) == 0 && !mode.Strict
-	if degraded {
+	if act.Reason == core.SyncDegraded {
 		a.log.Warn("synchronous mode degraded: no healthy standby, commits are not waiting for any")
+		a.m.SyncDegraded.Set(1)
 	}
-	a.m.SyncDegraded.Set(b2f(degraded))
 	return nil
 }
 
@@ -989,13 +965,14 @@ func (a *Agent) stopped(err error, role cluster.Role) error {
 // switchover hands the lead to target. Writes stop when the record says
 // demoted (the proxy stops routing new sessions here and holds them for
 // its route wait) and resume when target publishes primary.
-func (a *Agent) switchover(ctx context.Context, o core.Observation, target string) error {
+func (a *Agent) switchover(ctx context.Context, o core.Observation, act core.Action) error {
+	target := act.Target
 	up, err := a.member(o, target)
 	if err != nil {
 		return err
 	}
 	sw := *o.DCS.Switchover
-	epoch, rev := a.epoch, a.switchRev
+	epoch, rev := a.epoch, act.Rev
 	a.log.Info("switchover: checkpoint before the stop", "to", target)
 	if err := a.pg.checkpoint(ctx, nil); err != nil {
 		return fmt.Errorf("switchover: checkpoint: %w", err)
@@ -1043,10 +1020,10 @@ func (a *Agent) recordHistory(ctx context.Context, reason string) error {
 		return err
 	}
 	if reason == "" {
-		reason = "failover"
+		reason = core.PromotionFailover
 	}
 	e := cluster.HistoryEntry{Timeline: v.Timeline, Reason: reason, Time: a.now().UTC(), NewLeader: a.rules.Name, Epoch: a.epoch}
-	if reason != "bootstrap" {
+	if reason != core.PromotionBootstrap {
 		e.OldLeader = a.lastLeader
 	}
 	if v.Timeline > 1 {
@@ -1265,10 +1242,10 @@ func (a *Agent) bootstrap(ctx context.Context, o core.Observation) error {
 	if err != nil {
 		return fail(err)
 	}
-	if err := a.recordHistory(ctx, "bootstrap"); err != nil {
+	if err := a.recordHistory(ctx, core.PromotionBootstrap); err != nil {
 		a.log.Warn("bootstrap history not recorded", "err", err)
 	}
-	a.m.Promotions.WithLabelValues("bootstrap").Inc()
+	a.m.Promotions.WithLabelValues(core.PromotionBootstrap).Inc()
 	a.log.Info("cluster bootstrapped", "system_id", v.SystemID, "epoch", epoch, "took", a.now().Sub(t0).Round(time.Millisecond))
 	return nil
 }

@@ -79,6 +79,8 @@ type DCSView struct {
 	// is when this agent first saw it in its current form (local clock).
 	Switchover       *cluster.Switchover
 	SwitchoverSeenAt time.Time
+	// SwitchoverRev is the switchover key's mod revision (0: none).
+	SwitchoverRev int64
 }
 
 // LeaseView describes this agent's lease.
@@ -179,6 +181,10 @@ type Memory struct {
 	// RewindUnknown counts the unrecognised rewind failures in a row
 	// (RewindVerdict).
 	RewindUnknown int
+	// Promotion is why this member holds the key (PromotionReasons), from
+	// its last successful acquire-leader: a promotion retried in a later
+	// round is recorded and counted for the same reason.
+	Promotion string
 }
 
 // ActionKind names one step of a plan.
@@ -222,12 +228,20 @@ const (
 	// check that Target received all WAL, then delete the leader key and
 	// mark the hand-over in one transaction.
 	ActSwitchover
-	// ActSyncStandbys brings the sync key and synchronous_standby_names
-	// to the standbys in Target (comma-separated, "" for none), in the
-	// order that keeps the sync key true: a standby leaves the key before
-	// the server stops waiting for it, and joins the key only after the
-	// server waits for it.
-	ActSyncStandbys
+	// The synchronous-standby protocol, in the order that keeps the sync
+	// key true: a standby leaves the key before the server stops waiting
+	// for it, and joins the key only after the server waits for it.
+	//
+	// ActSyncLeave writes the sync key naming only Standbys (those that
+	// stay).
+	ActSyncLeave
+	// ActSyncNames sets synchronous_standby_names to Standbys and reloads.
+	ActSyncNames
+	// ActSyncJoin waits until the server reports every one of Standbys
+	// synchronous, then writes the sync key naming them.
+	ActSyncJoin
+	// ActSyncClear deletes the sync key (synchronous mode is off).
+	ActSyncClear
 	// ActApplyConfig rewrites the server's parameters from the dynamic
 	// configuration and reloads.
 	ActApplyConfig
@@ -241,7 +255,8 @@ var actionNames = map[ActionKind]string{
 	ActStartPrimary: "start-primary", ActStartReplica: "start-replica", ActRepoint: "repoint",
 	ActAcquireLeader: "acquire-leader", ActPromote: "promote", ActRecordHistory: "record-history",
 	ActSyncSlots: "sync-slots", ActStop: "stop", ActDemote: "demote", ActReleaseLeader: "release-leader",
-	ActSwitchover: "switchover", ActCancelSwitchover: "cancel-switchover", ActApplyConfig: "apply-config", ActSyncStandbys: "sync-standbys",
+	ActSwitchover: "switchover", ActCancelSwitchover: "cancel-switchover", ActApplyConfig: "apply-config",
+	ActSyncLeave: "sync-leave", ActSyncNames: "sync-names", ActSyncJoin: "sync-join", ActSyncClear: "sync-clear",
 }
 
 // ActionKinds lists every kind of action, in no particular order (the
@@ -261,19 +276,57 @@ func (k ActionKind) String() string {
 	return fmt.Sprintf("action(%d)", k)
 }
 
-// Action is one step; Target is a member name where the step needs one,
-// Reason the closed-set cause of a reclone (RecloneReasons), which the
-// executor counts.
+// Action is one step with the data the executor needs for it: the driver
+// carries nothing from Decide to the executor besides the plan.
 type Action struct {
-	Kind   ActionKind
+	Kind ActionKind
+	// Target is a member name where the step needs one.
 	Target string
+	// Reason is a closed-set cause the executor counts: a reclone's
+	// (RecloneReasons), SyncDegraded on the last step of a
+	// synchronous-standby change that leaves none.
 	Reason string
+	// Standbys are the names a sync-leave or sync-join writes into the
+	// sync key, or a sync-names into synchronous_standby_names ("*" for
+	// any).
+	Standbys []string
+	// Cause is what the executor records or logs, left out of the
+	// one-line String: a promotion's reason for acquire-leader, promote
+	// and record-history (PromotionReasons), the refusal a
+	// cancel-switchover logs.
+	Cause string
+	// Rev is the switchover key's revision a switchover, a
+	// cancel-switchover or a hand-over's acquire-leader is conditional on
+	// (0: an acquire that is no hand-over).
+	Rev int64
 }
+
+// Promotion reasons: the history entry's reason and the label of
+// pharos_agent_promotions_total.
+const (
+	PromotionFailover       = "failover"
+	PromotionSwitchover     = "switchover"
+	PromotionManualFailover = "manual failover"
+	PromotionBootstrap      = "bootstrap"
+)
+
+// SyncDegraded is the reason on the last step of a synchronous-standby
+// change that leaves no synchronous standby in synchronous mode that is
+// not strict: commits stop waiting for any.
+const SyncDegraded = "degraded"
 
 func (a Action) String() string {
 	s := a.Kind.String()
 	if a.Target != "" {
 		s += " " + a.Target
+	}
+	switch a.Kind {
+	case ActSyncLeave, ActSyncNames, ActSyncJoin:
+		if len(a.Standbys) == 0 {
+			s += " -"
+		} else {
+			s += " " + strings.Join(a.Standbys, ",")
+		}
 	}
 	if a.Reason != "" {
 		s += " [" + a.Reason + "]"
@@ -304,12 +357,21 @@ func plan(reason string, actions ...Action) Plan { return Plan{Actions: actions,
 func act(k ActionKind) Action                  { return Action{Kind: k} }
 func actOn(k ActionKind, target string) Action { return Action{Kind: k, Target: target} }
 
-// promotion is what a member that holds the key does to become primary.
-func promotion(pg PGView) []Action {
+// promotion is what a member that holds the key does to become primary;
+// cause is why it leads (PromotionReasons).
+func promotion(pg PGView, cause string) []Action {
 	if pg.Running && !pg.InRecovery {
 		return []Action{act(ActSyncSlots)}
 	}
-	return []Action{act(ActPromote), act(ActRecordHistory), act(ActSyncSlots)}
+	return []Action{{Kind: ActPromote, Cause: cause}, {Kind: ActRecordHistory, Cause: cause}, act(ActSyncSlots)}
+}
+
+// heldCause is why this member holds the key it got in an earlier round.
+func heldCause(m Memory) string {
+	if m.Promotion == "" {
+		return PromotionFailover
+	}
+	return m.Promotion
 }
 
 // Decide owns every HA rule: given one observation it returns what this
@@ -453,21 +515,21 @@ func decideLeader(o Observation, r Rules) Plan {
 	}
 	if pg.Running {
 		if pg.InRecovery {
-			return plan("leader in recovery", promotion(pg)...)
+			return plan("leader in recovery", promotion(pg, heldCause(o.Memory))...)
 		}
 		if sw := o.DCS.Switchover; sw != nil && !sw.Handover && (sw.Leader == "" || sw.Leader == r.Name) {
 			if sw.ScheduledAt != nil && o.Now.Before(*sw.ScheduledAt) {
-				return plan("leader running, switchover scheduled at "+sw.ScheduledAt.UTC().Format(time.RFC3339), promotion(pg)...)
+				return plan("leader running, switchover scheduled at "+sw.ScheduledAt.UTC().Format(time.RFC3339), promotion(pg, "")...)
 			}
 			target, why := switchoverTarget(o, r, *sw)
 			if target == "" {
-				return plan("switchover refused: "+why, act(ActCancelSwitchover))
+				return plan("switchover refused: "+why, Action{Kind: ActCancelSwitchover, Cause: "switchover refused: " + why, Rev: o.DCS.SwitchoverRev})
 			}
-			return plan("switchover to "+target, actOn(ActSwitchover, target))
+			return plan("switchover to "+target, Action{Kind: ActSwitchover, Target: target, Rev: o.DCS.SwitchoverRev})
 		}
-		steps := promotion(pg)
+		steps := promotion(pg, "")
 		if want, change := syncTarget(o, r); change {
-			steps = append(steps, actOn(ActSyncStandbys, strings.Join(want, ",")))
+			steps = append(steps, syncSteps(o, r, want)...)
 		}
 		return plan("leader running", steps...)
 	}
@@ -476,7 +538,7 @@ func decideLeader(o Observation, r Rules) Plan {
 	}
 	if pg.Standby {
 		return plan("leader's server is a stopped standby",
-			append([]Action{actOn(ActStartReplica, "")}, promotion(PGView{InRecovery: true})...)...)
+			append([]Action{actOn(ActStartReplica, "")}, promotion(PGView{InRecovery: true}, heldCause(o.Memory))...)...)
 	}
 	return plan("leader's server is down: restart in place", act(ActStartPrimary), act(ActSyncSlots))
 }
@@ -519,6 +581,45 @@ func syncTarget(o Observation, r Rules) ([]string, bool) {
 		keyOK = true // nothing to keep true when synchronous mode is off
 	}
 	return want, !keyOK || !slices.Equal(SortedNames(o.PG.SyncNames), SyncNames(want, o.DCS.SyncMode))
+}
+
+// syncSteps are the steps that bring the sync key and
+// synchronous_standby_names from what o shows to want, keeping the sync
+// key true at every step: standbys leave the key first, then the server's
+// setting changes, then the new ones join the key once the server waits
+// for them.
+func syncSteps(o Observation, r Rules, want []string) []Action {
+	mode, key := o.DCS.SyncMode, o.DCS.Sync
+	var cur []string
+	if key != nil && key.Leader == r.Name {
+		cur = SortedNames(key.Standbys)
+	}
+	var keep []string
+	for _, n := range cur {
+		if slices.Contains(want, n) {
+			keep = append(keep, n)
+		}
+	}
+	var steps []Action
+	if (mode.Enabled || len(cur) > 0) && (key == nil || key.Leader != r.Name || !slices.Equal(cur, SortedNames(keep))) {
+		steps = append(steps, Action{Kind: ActSyncLeave, Standbys: keep})
+	}
+	if names := SyncNames(want, mode); !slices.Equal(SortedNames(o.PG.SyncNames), names) {
+		steps = append(steps, Action{Kind: ActSyncNames, Standbys: names})
+	}
+	if !mode.Enabled {
+		if key != nil {
+			steps = append(steps, act(ActSyncClear))
+		}
+		return steps
+	}
+	if !slices.Equal(SortedNames(keep), SortedNames(want)) {
+		steps = append(steps, Action{Kind: ActSyncJoin, Standbys: want})
+	}
+	if len(want) == 0 && !mode.Strict && len(steps) > 0 {
+		steps[len(steps)-1].Reason = SyncDegraded
+	}
+	return steps
 }
 
 // SyncNames is what synchronous_standby_names should name for want: the
@@ -658,7 +759,12 @@ func decideElection(o Observation, r Rules) Plan {
 		case sw.Candidate == r.Name && watchdogBlocked(o, r):
 			return plan("switchover: the lead was handed to this member, but its required watchdog cannot be armed")
 		case sw.Candidate == r.Name && pg.Running:
-			return plan("switchover: the lead was handed to this member", append([]Action{act(ActAcquireLeader)}, promotion(pg)...)...)
+			cause := PromotionSwitchover
+			if sw.Failover {
+				cause = PromotionManualFailover
+			}
+			return plan("switchover: the lead was handed to this member",
+				append([]Action{{Kind: ActAcquireLeader, Cause: cause, Rev: o.DCS.SwitchoverRev}}, promotion(pg, cause)...)...)
 		case sw.Candidate == r.Name:
 			return plan("switchover: the lead was handed to this member, but its server is down", actOn(ActStartReplica, ""))
 		case o.Now.Sub(o.DCS.SwitchoverSeenAt) < handoverWait(r.Timing):
@@ -684,7 +790,8 @@ func decideElection(o Observation, r Rules) Plan {
 	if better := betterCandidate(o, r); better != "" {
 		return plan("no leader, "+better+" is the better candidate", lose...)
 	}
-	return plan("no leader, healthiest eligible member", append([]Action{act(ActAcquireLeader)}, promotion(pg)...)...)
+	return plan("no leader, healthiest eligible member",
+		append([]Action{{Kind: ActAcquireLeader, Cause: PromotionFailover}}, promotion(pg, PromotionFailover)...)...)
 }
 
 // watchdogRetry is how long a member whose required watchdog could not be

@@ -24,7 +24,7 @@ var rewriteScenarios = flag.Bool("rewrite", false,
 //
 //	# What happens, for an operator.
 //	rules name=n2 ttl=4s max_lag=1MB [auto_reinit] [nofailover] [priority=1]
-//	observe now=100s
+//	observe now=100s [watchdog_armed] [detail]
 //	  dcs initialized sysid=42 leader=n1 [epoch=5] [mine] [paused] [unreachable]
 //	  member n1 role=primary timeline=1 lsn=0/3000000 [receive=…] seen=99.5s rev=10 [nofailover] [priority=1]
 //	  lease held|lost [renewed=99.2s]
@@ -51,7 +51,9 @@ var rewriteScenarios = flag.Bool("rewrite", false,
 // Memory.Apply. Each later observe takes the previous one's lines it does
 // not repeat (a dcs, lease or pg line replaces that line, member lines
 // replace all members), and may not state memory. The memory after each
-// result and each later observe is printed before that round's plan.
+// result and each later observe is printed before that round's plan. An
+// observe with detail also prints, under its plan, the data of each
+// action that Plan.String leaves out (cause, rev).
 // Times are offsets from an arbitrary epoch ("-" is the zero time), sizes
 // take kB, MB or GB (1024-based, like PostgreSQL). Omitted rules take the
 // package defaults. Any unknown word fails the case, so that a typo cannot
@@ -173,7 +175,9 @@ func runScenario(lines []scenarioLine, rules **Rules) (string, error) {
 				return "", atLine(l.n, errors.New("observe before any rules"))
 			}
 			var o Observation
-			if o, err = parseObservation(newArgs(rest), sub, **rules, obs); err != nil {
+			oa := newArgs(rest)
+			detail := oa.flag("detail")
+			if o, err = parseObservation(oa, sub, **rules, obs); err != nil {
 				break
 			}
 			if obs == nil {
@@ -188,6 +192,9 @@ func runScenario(lines []scenarioLine, rules **Rules) (string, error) {
 				break
 			}
 			out = append(out, last.String())
+			if detail {
+				out = append(out, actionDetails(last)...)
+			}
 			obs = &o
 		case "result":
 			if obs == nil {
@@ -225,6 +232,25 @@ func decideChecked(o Observation, r Rules) (Plan, error) {
 		return p, fmt.Errorf("plan %q: %w", p, err)
 	}
 	return p, nil
+}
+
+// actionDetails are the data of p's actions that Plan.String leaves out,
+// one indented line per action that has any.
+func actionDetails(p Plan) []string {
+	var out []string
+	for _, a := range p.Actions {
+		var f []string
+		if a.Cause != "" {
+			f = append(f, "cause="+strconv.Quote(a.Cause))
+		}
+		if a.Rev != 0 {
+			f = append(f, "rev="+strconv.FormatInt(a.Rev, 10))
+		}
+		if len(f) > 0 {
+			out = append(out, "  "+a.Kind.String()+": "+strings.Join(f, " "))
+		}
+	}
+	return out
 }
 
 // parseResult reads what a step of the last plan did: the first action of
@@ -291,6 +317,9 @@ func formatMemory(m Memory) string {
 	at("behind_since", m.BehindSince)
 	at("watchdog_failed_at", m.WatchdogFailedAt)
 	num("applied_config_rev", m.AppliedConfigRev)
+	if m.Promotion != "" {
+		f = append(f, "promotion="+strings.ReplaceAll(m.Promotion, " ", "_"))
+	}
 	if len(f) == 0 {
 		return "empty"
 	}
@@ -457,6 +486,7 @@ func parseObservation(a *args, sub []scenarioLine, r Rules, prev *Observation) (
 					sw.ScheduledAt = &at
 				}
 				a.at("switchover_seen", &d.SwitchoverSeenAt, false)
+				a.int64("switchover_rev", &d.SwitchoverRev)
 				d.Switchover = sw
 			}
 			if d.LeaderIsMine && d.Leader != r.Name {
@@ -545,6 +575,7 @@ func parseObservation(a *args, sub []scenarioLine, r Rules, prev *Observation) (
 			m.RewindNeeded = a.flag("rewind_needed")
 			a.int64("applied_config_rev", &m.AppliedConfigRev)
 			a.int("rewind_unknown", &m.RewindUnknown)
+			m.Promotion = strings.ReplaceAll(a.str("promotion"), "_", " ")
 		default:
 			return o, atLine(l.n, fmt.Errorf("unknown observation %q (want dcs, member, lease, pg, memory or request)", word))
 		}

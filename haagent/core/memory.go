@@ -105,6 +105,10 @@ func (m *Memory) result(r Result) {
 		if r.OK {
 			m.RewindNeeded = true
 		}
+	case ActAcquireLeader:
+		if r.OK {
+			m.Promotion = r.Action.Cause
+		}
 	case ActClone, ActReclone:
 		if r.OK {
 			m.forgetRewind()
