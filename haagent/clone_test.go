@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"github.com/pharos-ha/pharos/haagent/core"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -18,6 +17,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/goleak"
 
+	"github.com/pharos-ha/pharos/haagent/core"
 	"github.com/pharos-ha/pharos/internal/cluster"
 	"github.com/pharos-ha/pharos/internal/etcdlocal"
 	"github.com/pharos-ha/pharos/internal/pglocal"
@@ -105,7 +105,7 @@ func TestCloneReportsProgress(t *testing.T) {
 	t.Cleanup(func() {
 		cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		_ = a.dcs.revoke(cctx, a.currentLease())
+		_ = a.dcs.revoke(cctx, a.lease.ID())
 	})
 	observe := func(src cluster.Member) core.Observation {
 		return core.Observation{Now: time.Now(), DCS: core.DCSView{Reachable: true, Leader: src.Name, LeaderEpoch: 7,

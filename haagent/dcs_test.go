@@ -3,7 +3,6 @@ package haagent
 import (
 	"context"
 	"errors"
-	"github.com/pharos-ha/pharos/haagent/core"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -13,6 +12,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/pharos-ha/pharos/haagent/core"
 	"github.com/pharos-ha/pharos/internal/cluster"
 	"github.com/pharos-ha/pharos/internal/etcdlocal"
 	"github.com/pharos-ha/pharos/internal/pgproc"
@@ -176,7 +176,7 @@ func TestBootstrapFailureLeavesAnotherClaim(t *testing.T) {
 		go func() {
 			done <- a.bootstrap(ctx, core.Observation{Now: time.Now(), DCS: core.DCSView{Reachable: true}})
 		}()
-		if !waitFor(ctx, func() bool { _, l := initialize(keys); return l == a.currentLease() }) {
+		if !waitFor(ctx, func() bool { _, l := initialize(keys); return l == a.lease.ID() }) {
 			t.Fatal("the bootstrap never claimed the initialize key")
 		}
 		meanwhile(a)
@@ -204,7 +204,7 @@ func TestBootstrapFailureLeavesAnotherClaim(t *testing.T) {
 		_, logs := run(t, keys, func(a *Agent) {
 			// n1's lease expires (revoked here), n2 claims and finishes
 			// its bootstrap: the key is detached from any lease.
-			if _, err := cli.Revoke(ctx, a.currentLease()); err != nil {
+			if _, err := cli.Revoke(ctx, a.lease.ID()); err != nil {
 				t.Fatal(err)
 			}
 			theirs = `{"system_id":"7","by":"n2"}`
@@ -224,7 +224,7 @@ func TestBootstrapFailureLeavesAnotherClaim(t *testing.T) {
 		keys, _ := cluster.NewKeys("boot-lease")
 		var theirs string
 		run(t, keys, func(a *Agent) {
-			if _, err := cli.Revoke(ctx, a.currentLease()); err != nil {
+			if _, err := cli.Revoke(ctx, a.lease.ID()); err != nil {
 				t.Fatal(err)
 			}
 			g, err := cli.Grant(ctx, 60)
@@ -282,7 +282,7 @@ func TestJoinRefusesSharedSlotName(t *testing.T) {
 			if !strings.HasPrefix(err.Error(), want) {
 				t.Errorf("error %q, want it to start with %q", err, want)
 			}
-			if a.currentLease() != 0 {
+			if a.lease.ID() != 0 {
 				t.Error("a refused agent took a lease")
 			}
 		})
@@ -293,7 +293,7 @@ func TestJoinRefusesSharedSlotName(t *testing.T) {
 			if err := a.join(ctx); err != nil {
 				t.Fatalf("join as %s: %v", name, err)
 			}
-			_ = a.dcs.revoke(ctx, a.currentLease())
+			_ = a.dcs.revoke(ctx, a.lease.ID())
 		})
 	}
 }

@@ -2,10 +2,10 @@ package haagent
 
 import (
 	"fmt"
-	"github.com/pharos-ha/pharos/haagent/core"
 	"sync"
 	"time"
 
+	"github.com/pharos-ha/pharos/haagent/core"
 	"github.com/pharos-ha/pharos/internal/watchdog"
 )
 

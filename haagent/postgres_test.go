@@ -2,7 +2,6 @@ package haagent
 
 import (
 	"errors"
-	"github.com/pharos-ha/pharos/haagent/core"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -10,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pharos-ha/pharos/haagent/core"
 	"github.com/pharos-ha/pharos/internal/cluster"
 	"github.com/pharos-ha/pharos/internal/pgproc"
 )

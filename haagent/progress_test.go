@@ -2,12 +2,13 @@ package haagent
 
 import (
 	"bytes"
-	"github.com/pharos-ha/pharos/haagent/core"
 	"log/slog"
 	"reflect"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/pharos-ha/pharos/haagent/core"
 )
 
 // Lines as PostgreSQL 15's pg_basebackup and pg_rewind print them with
