@@ -6,11 +6,13 @@ package proxy_test
 // the proxy noticed.
 
 import (
+	"bytes"
 	"context"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
@@ -184,5 +186,108 @@ func rbWaitGaugeAtLeast(t *testing.T, g prometheus.Gauge, min float64) {
 			t.Fatalf("gauge still %v after %v, want at least %v", testutil.ToFloat64(g), rbWait, min)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestROStartupCannotTurnOffReadOnly: a client on the ro endpoint tries to
+// start its session writable, in every way the server would read a
+// setting from the startup packet. The ro endpoint here falls back to the
+// primary (the only backend), so default_transaction_read_only is all that
+// stands between the client and a write: each attempt must still see
+// "on", get 25006 for a write, and keep its other options (search_path).
+func TestROStartupCannotTurnOffReadOnly(t *testing.T) {
+	p := startProxy(t, proxyOptions{
+		Backends: []*pglocal.Instance{cluster.Primary()},
+		Router:   router.Config{ROFallbackToPrimary: true},
+	})
+	const searchPath = "hostile_sp"
+	keep := wire.Param{Name: "options", Value: "-c search_path=" + searchPath}
+	off := func(name string) wire.Param { return wire.Param{Name: name, Value: "off"} }
+	for _, tc := range []struct {
+		name   string
+		params []wire.Param
+	}{
+		{"both spellings as parameters (the last wins in PostgreSQL)", []wire.Param{keep, off(readOnlyGUC), off("DEFAULT_TRANSACTION_READ_ONLY")}},
+		{"mixed case parameter", []wire.Param{keep, off("Default_Transaction_Read_Only")}},
+		{"options -c name=value", []wire.Param{{Name: "options", Value: "-c search_path=" + searchPath + " -c " + readOnlyGUC + "=off"}}},
+		{"options -cname=value", []wire.Param{{Name: "options", Value: "-c" + readOnlyGUC + "=off -c search_path=" + searchPath}}},
+		{"options --name=value", []wire.Param{{Name: "options", Value: "--" + readOnlyGUC + "=off --search_path=" + searchPath}}},
+		{"options --name-with-dashes=value", []wire.Param{{Name: "options", Value: "--default-transaction-read-only=off --search-path=" + searchPath}}},
+		{"options -c upper case", []wire.Param{{Name: "options", Value: "-c DEFAULT_TRANSACTION_READ_ONLY=off -c search_path=" + searchPath}}},
+		{"options clustered -ec name=value", []wire.Param{{Name: "options", Value: "-ec " + readOnlyGUC + "=off -c search_path=" + searchPath}}},
+		{"options clustered -e- name=value", []wire.Param{{Name: "options", Value: "-e- " + readOnlyGUC + "=off -c search_path=" + searchPath}}},
+		{"options twice (the server keeps the last)", []wire.Param{{Name: "options", Value: "-c search_path=" + searchPath}, {Name: "options", Value: "-c search_path=" + searchPath + " -c " + readOnlyGUC + "=off"}}},
+		{"options and parameters at once", []wire.Param{{Name: "options", Value: "-c " + readOnlyGUC + "=off -c search_path=" + searchPath}, off("DEFAULT_transaction_read_ONLY")}},
+		// Never reaches the server: were it passed on, the server would
+		// refuse the value and the login would fail with 22023.
+		{"options with an invalid value", []wire.Param{{Name: "options", Value: "-c " + readOnlyGUC + "=bogus -c search_path=" + searchPath}}},
+		// Not dropped, and harmless: every transaction starts from the
+		// default.
+		{"transaction_read_only", []wire.Param{keep, off("transaction_read_only"), {Name: "options", Value: "-c search_path=" + searchPath + " -c transaction_read_only=off"}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := rbDial(t, p.Addr(router.RO))
+			defer c.close()
+			params := append([]wire.Param{{Name: "user", Value: pglocal.UserTrust}, {Name: "database", Value: pglocal.AppDB}}, tc.params...)
+			pkt, err := wire.AppendStartupMessage(nil, 3<<16, params)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.write(pkt)
+			c.untilReady("login")
+			if v, code := c.queryValue("SHOW " + readOnlyGUC); code != "" || v != "on" {
+				t.Errorf("%s = %q (error %q), want on", readOnlyGUC, v, code)
+			}
+			if v, code := c.queryValue("SHOW search_path"); code != "" || v != searchPath {
+				t.Errorf("search_path = %q (error %q), want %q from the client's options", v, code, searchPath)
+			}
+			if _, code := c.queryValue("CREATE TEMP TABLE hostile_ro_probe (id int)"); code != codeReadOnlySQLTx {
+				t.Errorf("write on ro: SQLSTATE %q, want %s (read-only transaction)", code, codeReadOnlySQLTx)
+			}
+			if v, code := c.queryValue("SELECT pg_is_in_recovery()::text"); code != "" || v != "false" {
+				t.Errorf("pg_is_in_recovery() = %q (error %q): the session is not on the primary, so this proves nothing", v, code)
+			}
+			c.terminate()
+		})
+	}
+}
+
+// readOnlyGUC is the setting the ro endpoint forces.
+const readOnlyGUC = "default_transaction_read_only"
+
+// queryValue runs a simple query and returns the first column of its first
+// row (the command tag when it has none), or the SQLSTATE of its error.
+func (c *rbConn) queryValue(sql string) (value, code string) {
+	c.t.Helper()
+	q, err := (&pgproto3.Query{String: sql}).Encode(nil)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	c.write(q)
+	deadline := time.Now().Add(rbWait)
+	gotRow := false
+	for {
+		typ, msg, err := c.next(deadline)
+		if err != nil {
+			c.t.Fatalf("%s: %v", sql, err)
+		}
+		switch typ {
+		case 'D':
+			var dr pgproto3.DataRow
+			if err := dr.Decode(msg[wire.HeaderLen:]); err != nil {
+				c.t.Fatalf("%s: DataRow: %v", sql, err)
+			}
+			if !gotRow && len(dr.Values) > 0 {
+				value, gotRow = string(dr.Values[0]), true
+			}
+		case 'C':
+			if !gotRow {
+				value = string(bytes.TrimRight(msg[wire.HeaderLen:], "\x00"))
+			}
+		case wire.MsgErrorResponse:
+			_, code, _, _ = wire.ErrorFields(msg)
+		case wire.MsgReadyForQuery:
+			return value, code
+		}
 	}
 }

@@ -26,9 +26,12 @@ const (
 func (sess *session) relay(pkt wire.StartupPacket, deadline time.Time) {
 	params := pkt.Params
 	if sess.ep == router.RO {
-		// Startup-packet settings are applied after the client's "options",
-		// so a client cannot switch this off at connect time.
-		params = wire.WithParam(params, readOnlyParam, "on")
+		// The server applies the startup packet's settings after the
+		// client's "options" and takes the last of several, matching names
+		// without case: every spelling of it the client sent, in either
+		// place, is dropped and ours goes last, so a client cannot switch
+		// it off at connect time.
+		params = wire.ForceSetting(params, readOnlyParam, "on")
 	}
 	startup, err := wire.AppendStartupMessage(nil, pkt.ProtocolVersion, params)
 	if err != nil {

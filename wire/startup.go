@@ -231,24 +231,6 @@ func AppendStartupMessage(dst []byte, version uint32, params []Param) ([]byte, e
 	return dst, nil
 }
 
-// WithParam returns params with name set to value: replaced in place if the
-// client sent it, appended otherwise. The input slice is not modified.
-func WithParam(params []Param, name, value string) []Param {
-	out := make([]Param, 0, len(params)+1)
-	found := false
-	for _, kv := range params {
-		if kv.Name == name {
-			kv.Value = value
-			found = true
-		}
-		out = append(out, kv)
-	}
-	if !found {
-		out = append(out, Param{Name: name, Value: value})
-	}
-	return out
-}
-
 // AppendSSLRequest appends an SSLRequest to dst.
 func AppendSSLRequest(dst []byte) []byte {
 	out, _ := (&pgproto3.SSLRequest{}).Encode(dst) // cannot fail
