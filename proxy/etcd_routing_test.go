@@ -212,6 +212,9 @@ func TestEtcdRoutingThroughProxy(t *testing.T) {
 	})
 
 	t.Run("leader flip moves rw and fences the old session", func(t *testing.T) {
+		// The ro session above is on the replica about to be promoted,
+		// which would fence it too: it must be gone from the proxy first.
+		rbWaitGauge(t, p.Metrics.Clients.WithLabelValues(router.RO.String()), 0)
 		fencedBefore := counter(p.Metrics.Terminated, string(metrics.ReasonFenced))
 		a.resign()
 		a.member(replica, pharoscluster.RolePrimary)

@@ -291,3 +291,77 @@ func (c *rbConn) queryValue(sql string) (value, code string) {
 		}
 	}
 }
+
+// TestROSessionOnPromotedReplicaIsCut: the replica an ro session is on is
+// promoted (a real pg_promote; the static source sees it leave recovery).
+// The session would now be on a writable server, so the proxy cuts it with
+// 57P01 saying why, unless ro_fallback_to_primary allows ro on a primary:
+// then it goes on, still read-only by default.
+func TestROSessionOnPromotedReplicaIsCut(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	private, err := pglocal.NewCluster(ctx, pglocal.Options{Replicas: 1, Fast: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cctx, ccancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer ccancel()
+		if err := private.Close(cctx); err != nil {
+			t.Errorf("close private cluster: %v", err)
+		}
+	})
+	rep := private.Replicas()[0]
+	both := func(rw string, ro []string) bool { return rw != "" && len(ro) > 0 }
+	strict := startProxy(t, proxyOptions{Cluster: private, Ready: both})
+	lenient := startProxy(t, proxyOptions{Cluster: private, Ready: both, Router: router.Config{ROFallbackToPrimary: true}})
+
+	onReplica := func(p *testProxy) *rbConn {
+		c := rbDial(t, p.Addr(router.RO))
+		c.login(pglocal.UserTrust)
+		if v, code := c.queryValue("SELECT pg_is_in_recovery()::text"); code != "" || v != "true" {
+			t.Fatalf("ro session: in recovery %q (error %q), want true", v, code)
+		}
+		return c
+	}
+	strictRO, lenientRO := onReplica(strict), onReplica(lenient)
+	fenced := string(metrics.ReasonFenced)
+	strictBefore, lenientBefore := counter(strict.Metrics.Terminated, fenced), counter(lenient.Metrics.Terminated, fenced)
+
+	if err := rep.Promote(ctx); err != nil {
+		t.Fatalf("promote %s: %v", rep.Name, err)
+	}
+
+	t.Run("cut with 57P01 saying the backend was promoted", func(t *testing.T) {
+		strictRO.checkFatal(strictRO.waitEnd(rbWait), wire.CodeAdminShutdown, "promoted to primary")
+		if d := counter(strict.Metrics.Terminated, fenced) - strictBefore; d != 1 {
+			t.Errorf("reason fenced moved by %v, want 1", d)
+		}
+	})
+	t.Run("with ro_fallback_to_primary it goes on, read-only by default", func(t *testing.T) {
+		// Once the lenient proxy's source has reported the promotion, the
+		// revocation (if any) has happened: it is part of the update.
+		rbWaitGaugeAtLeast(t, lenient.Metrics.BackendRole.WithLabelValues(rep.Addr(), string(router.RolePrimary)), 1)
+		if v, code := lenientRO.queryValue("SELECT pg_is_in_recovery()::text"); code != "" || v != "false" {
+			t.Fatalf("session after the promotion: in recovery %q (error %q), want false (alive, on the new primary)", v, code)
+		}
+		if _, code := lenientRO.queryValue("CREATE TEMP TABLE promoted_probe (id int)"); code != codeReadOnlySQLTx {
+			t.Errorf("write: SQLSTATE %q, want %s", code, codeReadOnlySQLTx)
+		}
+		if d := counter(lenient.Metrics.Terminated, fenced) - lenientBefore; d != 0 {
+			t.Errorf("reason fenced moved by %v, want 0", d)
+		}
+	})
+	t.Run("limit: a client's own BEGIN READ WRITE on a primary is not stopped", func(t *testing.T) {
+		// What the README says ro cannot promise once a session is on a
+		// primary by ro_fallback_to_primary.
+		if st := lenientRO.simpleQuery("BEGIN READ WRITE"); st != wire.TxInTransaction {
+			t.Fatalf("status %q after BEGIN READ WRITE", st)
+		}
+		if _, code := lenientRO.queryValue("CREATE TEMP TABLE promoted_probe (id int)"); code != "" {
+			t.Errorf("write in a READ WRITE transaction on a primary: SQLSTATE %q, want it accepted", code)
+		}
+		lenientRO.simpleQuery("ROLLBACK")
+		lenientRO.terminate()
+	})
+}

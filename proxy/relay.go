@@ -51,7 +51,8 @@ func (sess *session) relay(pkt wire.StartupPacket, deadline time.Time) {
 		select {
 		case <-sess.route.Revoked():
 			sess.end(metrics.ReasonFenced, wire.CodeAdminShutdown,
-				fmt.Sprintf("terminating connection because backend %s is no longer a valid target for the %s endpoint", sess.route.Backend.Name, sess.ep))
+				fmt.Sprintf("terminating connection because backend %s is no longer a valid target for the %s endpoint: %s",
+					sess.route.Backend.Name, sess.ep, sess.route.RevokedBecause()))
 		case <-done:
 		}
 	})

@@ -8,7 +8,9 @@
 //
 // It hands out Routes; a Route is revoked (its channel closed) when its
 // backend stops being a valid target for the endpoint, which is how the proxy
-// learns to fence sessions. The router must not know client sessions, wire
+// learns to fence sessions: rw routes when the rw target changes, ro routes
+// when their replica leaves, fails or stops being a replica (is promoted),
+// the last unless ROFallbackToPrimary allows ro on a primary. The router must not know client sessions, wire
 // protocol or how PostgreSQL is controlled.
 //
 // Its Go API carries no stability promise: pharos ships a binary, and
@@ -115,13 +117,13 @@ type Router struct {
 
 	mu sync.Mutex
 	// Guarded by mu.
-	backends map[string]*Backend        // by member name, kept while listed
-	rw       *target                    // nil while rw has no target
-	ro       []*target                  // eligible for ro
-	roRevoke map[*Backend]chan struct{} // per backend with ro routes, closed when it goes or fails
-	roFromRW bool                       // ro currently falls back to the primary
-	changed  chan struct{}              // closed and replaced on every routing change
-	rrNext   int                        // tie-breaker rotation for least connections
+	backends map[string]*Backend      // by member name, kept while listed
+	rw       *target                  // nil while rw has no target
+	ro       []*target                // eligible for ro
+	roRevoke map[*Backend]*revocation // per backend with ro routes, revoked when it goes, fails or is promoted
+	roFromRW bool                     // ro currently falls back to the primary
+	changed  chan struct{}            // closed and replaced on every routing change
+	rrNext   int                      // tie-breaker rotation for least connections
 	conflict bool
 }
 
@@ -137,25 +139,45 @@ type Backend struct {
 // Sessions returns the number of routes to this backend not yet released.
 func (b *Backend) Sessions() int64 { return b.sessions.Load() }
 
-// target is a backend in one endpoint's set; revoked closes when it leaves.
+// target is a backend in one endpoint's set; revoked when it leaves.
 type target struct {
 	backend *Backend
-	revoked chan struct{}
+	revoked *revocation
+}
+
+// revocation ends the routes that share it: why is written, under the
+// router's mu, before ch is closed, and read only after.
+type revocation struct {
+	ch  chan struct{}
+	why string
+}
+
+func newRevocation() *revocation { return &revocation{ch: make(chan struct{})} }
+
+func (rv *revocation) revoke(why string) {
+	rv.why = why
+	close(rv.ch)
 }
 
 // Route is one session's claim on a backend.
 type Route struct {
 	Backend  *Backend
 	Endpoint Endpoint
-	revoked  <-chan struct{}
+	revoked  *revocation
 	released atomic.Bool
 	r        *Router
 }
 
 // Revoked is closed when the backend stops being a valid target for the
-// route's endpoint: the rw target changed or vanished, or an ro backend was
-// found unhealthy or left the cluster.
-func (rt *Route) Revoked() <-chan struct{} { return rt.revoked }
+// route's endpoint: the rw target changed or vanished; an ro backend was
+// found unhealthy, left the cluster, or is no longer a replica (promoted)
+// while ROFallbackToPrimary is off.
+func (rt *Route) Revoked() <-chan struct{} { return rt.revoked.ch }
+
+// RevokedBecause says why the route was revoked, in a few words that
+// complete "backend n2 is no longer a valid target: …". Call it only once
+// Revoked is closed.
+func (rt *Route) RevokedBecause() string { return rt.revoked.why }
 
 // Release gives the route back; it is safe to call more than once.
 func (rt *Route) Release() {
@@ -178,7 +200,7 @@ func New(cfg Config, log *slog.Logger, m *metrics.Proxy) *Router {
 		log:      log,
 		metrics:  m,
 		backends: make(map[string]*Backend),
-		roRevoke: make(map[*Backend]chan struct{}),
+		roRevoke: make(map[*Backend]*revocation),
 		changed:  make(chan struct{}),
 	}
 }
@@ -228,15 +250,23 @@ func (r *Router) Update(s Snapshot) {
 		if r.rw != nil || newRW != nil {
 			changed = true
 			old := "none"
-			if r.rw != nil {
-				old = r.rw.backend.Name
-				close(r.rw.revoked)
-			}
-			r.rw = nil
 			newName := "none"
 			if newRW != nil {
-				r.rw = &target{backend: newRW, revoked: make(chan struct{})}
 				newName = newRW.Name
+			}
+			if r.rw != nil {
+				old = r.rw.backend.Name
+				why := "the primary is now " + newName
+				if conflict {
+					why = "more than one backend is writable (split-brain)"
+				} else if newRW == nil {
+					why = "no backend is the primary now"
+				}
+				r.rw.revoked.revoke(why)
+			}
+			r.rw = nil
+			if newRW != nil {
+				r.rw = &target{backend: newRW, revoked: newRevocation()}
 			}
 			r.log.Info("rw target changed", "from", old, "to", newName)
 		}
@@ -252,28 +282,25 @@ func (r *Router) Update(s Snapshot) {
 		}
 		eligible = append(eligible, r.backends[m.Name])
 	}
-	healthy := func(name string) bool {
-		i := slices.IndexFunc(s.Members, func(m Member) bool { return m.Name == name })
-		return i >= 0 && s.Members[i].Healthy
-	}
 	// Lag or noloadbalance only stop new ro sessions; a replica that is
-	// gone, moved or unhealthy also loses the ones it has, including those
-	// it kept through an earlier exclusion. So the revocation channel lives
-	// with the backend, not with its current place in the ro set.
-	for b, ch := range r.roRevoke {
-		if r.backends[b.Name] != b || !healthy(b.Name) {
-			close(ch)
+	// gone, moved, unhealthy or no longer a replica also loses the ones it
+	// has, including those it kept through an earlier exclusion. So the
+	// revocation lives with the backend, not with its current place in the
+	// ro set.
+	for b, rv := range r.roRevoke {
+		if why := r.roInvalidLocked(b, s); why != "" {
+			rv.revoke(why)
 			delete(r.roRevoke, b)
 		}
 	}
 	ro := make([]*target, 0, len(eligible))
 	for _, b := range eligible {
-		ch := r.roRevoke[b]
-		if ch == nil {
-			ch = make(chan struct{})
-			r.roRevoke[b] = ch
+		rv := r.roRevoke[b]
+		if rv == nil {
+			rv = newRevocation()
+			r.roRevoke[b] = rv
 		}
-		ro = append(ro, &target{backend: b, revoked: ch})
+		ro = append(ro, &target{backend: b, revoked: rv})
 	}
 	if !slices.EqualFunc(ro, r.ro, func(a, b *target) bool { return a.backend == b.backend }) {
 		changed = true
@@ -311,6 +338,30 @@ func (r *Router) Update(s Snapshot) {
 		close(r.changed)
 		r.changed = make(chan struct{})
 	}
+}
+
+// roInvalidLocked says why b's ro sessions must end under snapshot s, or
+// "" when they may go on. A replica that is promoted (the source reports
+// it primary, or no longer a replica) is writable: the ro endpoint
+// promises read-only sessions, so they end unless ROFallbackToPrimary lets
+// ro use a primary.
+func (r *Router) roInvalidLocked(b *Backend, s Snapshot) string {
+	if r.backends[b.Name] != b {
+		return "it left the topology or moved"
+	}
+	i := slices.IndexFunc(s.Members, func(m Member) bool { return m.Name == b.Name })
+	m := s.Members[i] // present: r.backends holds only listed members
+	switch {
+	case !m.Healthy:
+		return "it is unhealthy"
+	case m.Role == RoleReplica:
+		return ""
+	case m.Role == RolePrimary && r.cfg.ROFallbackToPrimary:
+		return ""
+	case m.Role == RolePrimary:
+		return "it was promoted to primary, and ro_fallback_to_primary is off"
+	}
+	return "it is no longer a replica (role " + string(m.Role) + ")"
 }
 
 func (r *Router) deleteMemberMetrics(name string) {

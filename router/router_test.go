@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"strings"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -275,15 +276,19 @@ func TestRWRevocation(t *testing.T) {
 			if got := revoked(rw); got != tc.wantRevoked {
 				t.Errorf("rw route on p revoked = %v, want %v", got, tc.wantRevoked)
 			}
-			// A change of rw target never revokes ro routes on replicas
-			// that stay healthy.
+			// A change of rw target never revokes ro routes on members
+			// that stay healthy replicas; one that is promoted loses them
+			// (see TestRORevocation).
 			for _, ro := range []*router.Route{ro1, ro2} {
-				stillHealthy := slices.ContainsFunc(tc.next.Members, func(m router.Member) bool {
-					return m.Name == ro.Backend.Name && m.Healthy
+				stillReplica := slices.ContainsFunc(tc.next.Members, func(m router.Member) bool {
+					return m.Name == ro.Backend.Name && m.Healthy && m.Role == router.RoleReplica
 				})
-				if stillHealthy && revoked(ro) {
+				if stillReplica && revoked(ro) {
 					t.Errorf("ro route on %s revoked by an rw change", ro.Backend.Name)
 				}
+			}
+			if tc.wantRevoked && !strings.Contains(rw.RevokedBecause(), " ") {
+				t.Errorf("rw route revoked without a reason: %q", rw.RevokedBecause())
 			}
 			if got, _ := r.Current(); got != tc.wantRW {
 				t.Errorf("rw = %q, want %q", got, tc.wantRW)
@@ -467,12 +472,13 @@ func TestROEligibility(t *testing.T) {
 }
 
 func TestRORevocation(t *testing.T) {
-	cfg := router.Config{MaxLagBytes: 1000}
 	base := snap("p", primary("p"), replica("r1", 0), replica("r2", 0))
 	for _, tc := range []struct {
 		name        string
+		fallback    bool // ro_fallback_to_primary
 		next        router.Snapshot
 		wantRevoked bool     // the route on r1
+		wantWhy     string   // part of RevokedBecause when revoked
 		wantRO      []string // the ro set afterwards
 	}{
 		{
@@ -489,19 +495,52 @@ func TestRORevocation(t *testing.T) {
 			name:        "unhealthy revokes",
 			next:        snap("p", primary("p"), unhealthy(replica("r1", 0)), replica("r2", 0)),
 			wantRevoked: true,
+			wantWhy:     "unhealthy",
 			wantRO:      []string{"r2"},
 		},
 		{
 			name:        "removed revokes",
 			next:        snap("p", primary("p"), replica("r2", 0)),
 			wantRevoked: true,
+			wantWhy:     "left the topology",
 			wantRO:      []string{"r2"},
 		},
 		{
 			name:        "address change revokes",
 			next:        snap("p", primary("p"), withAddr(replica("r1", 0), "r1-new:5432"), replica("r2", 0)),
 			wantRevoked: true,
+			wantWhy:     "left the topology or moved",
 			wantRO:      []string{"r1", "r2"},
+		},
+		{
+			// The ro endpoint promises read-only sessions; a promoted
+			// replica is writable.
+			name:        "promotion revokes",
+			next:        snap("r1", unhealthy(primary("p")), primary("r1"), replica("r2", 0)),
+			wantRevoked: true,
+			wantWhy:     "promoted to primary",
+			wantRO:      []string{"r2"},
+		},
+		{
+			name:        "promotion while the old primary still claims the role revokes",
+			next:        router.Snapshot{Members: []router.Member{primary("p"), primary("r1"), replica("r2", 0)}, Conflict: []string{"p", "r1"}},
+			wantRevoked: true,
+			wantWhy:     "promoted to primary",
+			wantRO:      []string{"r2"},
+		},
+		{
+			name:     "promotion keeps it with ro_fallback_to_primary",
+			fallback: true,
+			next:     snap("r1", unhealthy(primary("p")), primary("r1"), replica("r2", 0)),
+			wantRO:   []string{"r2"},
+		},
+		{
+			name:        "a healthy member of unknown role revokes, fallback or not",
+			fallback:    true,
+			next:        snap("p", primary("p"), router.Member{Name: "r1", Addr: "r1:5432", Role: router.RoleUnknown, Healthy: true, LagBytes: -1}, replica("r2", 0)),
+			wantRevoked: true,
+			wantWhy:     "no longer a replica",
+			wantRO:      []string{"r2"},
 		},
 		{
 			name:   "lag change within the limit keeps it",
@@ -510,7 +549,7 @@ func TestRORevocation(t *testing.T) {
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			r, m := newRouter(t, cfg)
+			r, m := newRouter(t, router.Config{MaxLagBytes: 1000, ROFallbackToPrimary: tc.fallback})
 			r.Update(base)
 			on := map[string]*router.Route{}
 			for range 2 {
@@ -525,6 +564,8 @@ func TestRORevocation(t *testing.T) {
 
 			if got := revoked(on["r1"]); got != tc.wantRevoked {
 				t.Errorf("route on r1 revoked = %v, want %v", got, tc.wantRevoked)
+			} else if got && !strings.Contains(on["r1"].RevokedBecause(), tc.wantWhy) {
+				t.Errorf("route on r1 revoked because %q, want it to say %q", on["r1"].RevokedBecause(), tc.wantWhy)
 			}
 			if revoked(on["r2"]) {
 				t.Errorf("route on r2 revoked; r2 did not change")

@@ -376,8 +376,12 @@ func TestStaticSplitBrain(t *testing.T) {
 	if !revoked(oldRW) {
 		t.Errorf("rw route on the old primary not revoked at split-brain")
 	}
-	if revoked(ro) {
-		t.Errorf("ro route on the promoted (healthy) node revoked; only new sessions should stop")
+	// A promoted replica is writable: its ro sessions end (the ro
+	// endpoint promises read-only ones), unless ro_fallback_to_primary.
+	if !revoked(ro) {
+		t.Errorf("ro route on the promoted node not revoked")
+	} else if why := ro.RevokedBecause(); !strings.Contains(why, "promoted to primary") {
+		t.Errorf("ro route on the promoted node revoked because %q, want it to say it was promoted", why)
 	}
 	wantNoRoute(t, s.r, router.RW)
 	for _, addr := range []string{pa, ra} {
