@@ -370,6 +370,34 @@ func (ps proxySettings) newSource(log *slog.Logger, m *metrics.Proxy, reg promet
 	return src, func() { _ = client.Close() }, nil
 }
 
+// httpTimeouts bound how long a client of an HTTP listener can hold a
+// connection without finishing a request.
+type httpTimeouts struct {
+	readHeader time.Duration // from accept (or the last response) to the end of the headers
+	read       time.Duration // from accept to the end of the request, body included
+	idle       time.Duration // a kept-alive connection between requests
+}
+
+// metricsTimeouts are the metrics listener's. Its requests are bodiless
+// GETs, so seconds are plenty; idle outlasts Prometheus's usual scrape
+// interval (up to a minute), so a scraper keeps its connection. There is no
+// write timeout: /debug/pprof/profile writes only after sampling for
+// ?seconds= (30 by default).
+var metricsTimeouts = httpTimeouts{readHeader: 5 * time.Second, read: 10 * time.Second, idle: 90 * time.Second}
+
+// newMetricsServer is the metrics listener's HTTP server: without these
+// bounds a client that connects and trickles its request (or keeps an idle
+// connection) holds a socket and a goroutine forever.
+func newMetricsServer(h http.Handler, t httpTimeouts) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: t.readHeader,
+		ReadTimeout:       t.read,
+		IdleTimeout:       t.idle,
+		MaxHeaderBytes:    64 << 10,
+	}
+}
+
 // run serves until ctx ends, then drains; hup reloads TLS material.
 func (p *proxyStack) run(ctx context.Context, hup <-chan os.Signal) error {
 	log := p.log
@@ -392,7 +420,7 @@ func (p *proxyStack) run(ctx context.Context, hup <-chan os.Signal) error {
 			mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 			mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 		}
-		hs := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		hs := newMetricsServer(mux, metricsTimeouts)
 		g.Go(func() error {
 			if err := hs.Serve(p.metrics); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				return fmt.Errorf("metrics server: %w", err)
