@@ -127,10 +127,10 @@ type Etcd struct {
 	unhealthy map[string]bool // addresses the last health round failed
 
 	// Shared between Run and its health goroutine.
-	healthMu     sync.Mutex
-	healthAddrs  []string        // guarded by healthMu: what to check next
-	healthResult map[string]bool // guarded by healthMu: the last round's failures
-	healthReady  chan struct{}   // a new round finished (capacity 1)
+	healthMu      sync.Mutex
+	healthTargets []HealthTarget  // guarded by healthMu: what to check next
+	healthResult  map[string]bool // guarded by healthMu: the last round's failures
+	healthReady   chan struct{}   // a new round finished (capacity 1)
 }
 
 // WithHealthChecks makes the source exclude members that fail h's checks;
@@ -149,9 +149,9 @@ func (e *Etcd) runHealth(ctx context.Context) {
 	defer ticker.Stop()
 	for {
 		e.healthMu.Lock()
-		addrs := slices.Clone(e.healthAddrs)
+		targets := slices.Clone(e.healthTargets)
 		e.healthMu.Unlock()
-		failed := e.health.Round(ctx, addrs)
+		failed := e.health.Round(ctx, targets)
 		if ctx.Err() != nil {
 			return
 		}
@@ -357,15 +357,15 @@ func (e *Etcd) probeOnce(ctx context.Context) error {
 func (e *Etcd) apply(r *Router, received time.Time) {
 	snap, epoch := e.format.Snapshot(e.keys)
 	if e.health != nil {
-		addrs := make([]string, 0, len(snap.Members))
+		targets := make([]HealthTarget, 0, len(snap.Members))
 		for i, m := range snap.Members {
-			addrs = append(addrs, m.Addr)
+			targets = append(targets, HealthTarget{Name: m.Name, Addr: m.Addr})
 			if e.unhealthy[m.Addr] {
 				snap.Members[i].Healthy = false
 			}
 		}
 		e.healthMu.Lock()
-		e.healthAddrs = addrs
+		e.healthTargets = targets
 		e.healthMu.Unlock()
 	}
 	before, _ := r.Current()

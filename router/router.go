@@ -371,6 +371,7 @@ func (r *Router) deleteMemberMetrics(name string) {
 	}
 	r.metrics.BackendLag.DeleteLabelValues(name)
 	r.metrics.BackendSessions.DeleteLabelValues(name)
+	r.metrics.HealthCheckError.DeleteLabelValues(name)
 }
 
 // setSessionsGaugeLocked publishes b's session count if b is still the

@@ -950,3 +950,37 @@ func TestChangedSignals(t *testing.T) {
 		t.Error("Changed not closed when the ro set changed")
 	}
 }
+
+// TestLeftMemberLosesItsSeries: every per-backend series of a member that
+// left the topology is deleted, its health-check failures included (a
+// dashboard would otherwise show a member that is gone, forever).
+func TestLeftMemberLosesItsSeries(t *testing.T) {
+	r, m := newRouter(t, router.Config{})
+	r.Update(snap("a", primary("a"), replica("b", 0)))
+	// What a health checker records for a member that fails its checks.
+	m.HealthCheckError.WithLabelValues("a").Inc()
+	m.HealthCheckError.WithLabelValues("b").Add(3)
+
+	r.Update(snap("a", primary("a")))
+
+	want := `
+# HELP pharos_backend_health_check_failures_total Failed health checks, by backend.
+# TYPE pharos_backend_health_check_failures_total counter
+pharos_backend_health_check_failures_total{backend="a"} 1
+`
+	if err := testutil.CollectAndCompare(m.HealthCheckError, strings.NewReader(want)); err != nil {
+		t.Errorf("health check failures after b left: %v", err)
+	}
+	for _, c := range []struct {
+		name string
+		c    prometheus.Collector
+		want int // a's series: a primary has no lag, and three role series
+	}{
+		{"BackendUp", m.BackendUp, 1}, {"BackendSessions", m.BackendSessions, 1},
+		{"BackendLag", m.BackendLag, 0}, {"BackendRole", m.BackendRole, 3},
+	} {
+		if n := testutil.CollectAndCount(c.c); n != c.want {
+			t.Errorf("%s has %d series after b left, want %d (a's)", c.name, n, c.want)
+		}
+	}
+}

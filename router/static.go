@@ -92,8 +92,11 @@ type Static struct {
 	log     *slog.Logger
 	metrics *metrics.Proxy
 
-	// Owned by Run.
+	// Owned by Run (or the HealthChecker's one caller).
 	conns map[string]*pgx.Conn
+	// failSeries are the members with a HealthCheckError series, so that
+	// one no longer checked loses it.
+	failSeries map[string]bool
 }
 
 // NewStatic returns a static source; it does nothing until Run.
@@ -104,7 +107,7 @@ func NewStatic(cfg StaticConfig, log *slog.Logger, m *metrics.Proxy) (*Static, e
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Static{cfg: cfg, log: log, metrics: m, conns: make(map[string]*pgx.Conn)}, nil
+	return &Static{cfg: cfg, log: log, metrics: m, conns: make(map[string]*pgx.Conn), failSeries: make(map[string]bool)}, nil
 }
 
 // checkResult is what one round learned about one backend.
@@ -142,7 +145,11 @@ func (s *Static) Run(ctx context.Context, r *Router) error {
 
 // round checks all backends concurrently and builds a snapshot.
 func (s *Static) round(ctx context.Context) Snapshot {
-	results := s.checkAll(ctx, s.cfg.Backends)
+	targets := make([]HealthTarget, len(s.cfg.Backends))
+	for i, addr := range s.cfg.Backends {
+		targets[i] = HealthTarget{Name: addr, Addr: addr}
+	}
+	results := s.checkAll(ctx, targets)
 
 	snap := Snapshot{}
 	var primaryLSN uint64
@@ -178,20 +185,30 @@ func (s *Static) round(ctx context.Context) Snapshot {
 	return snap
 }
 
-// checkAll checks addrs concurrently, keeping one connection per address
-// for the next round and closing those of addresses no longer checked.
-func (s *Static) checkAll(ctx context.Context, addrs []string) []checkResult {
-	results := make([]checkResult, len(addrs))
-	conns := make([]*pgx.Conn, len(addrs))
-	for i, addr := range addrs {
-		conns[i] = s.conns[addr]
+// HealthTarget is a member to check: its name labels the metrics, its
+// address is dialled.
+type HealthTarget struct {
+	Name, Addr string
+}
+
+// checkAll checks targets concurrently, keeping one connection per address
+// for the next round and closing those of addresses no longer checked; a
+// member no longer checked also loses its failure series.
+func (s *Static) checkAll(ctx context.Context, targets []HealthTarget) []checkResult {
+	results := make([]checkResult, len(targets))
+	conns := make([]*pgx.Conn, len(targets))
+	addrs := make([]string, len(targets))
+	for i, tg := range targets {
+		conns[i] = s.conns[tg.Addr]
+		addrs[i] = tg.Addr
 	}
-	var mu sync.Mutex // guards s.conns across the round's goroutines
+	var mu sync.Mutex // guards s.conns and s.failSeries across the round's goroutines
 	var g errgroup.Group
-	for i, addr := range addrs {
+	for i, tg := range targets {
+		addr := tg.Addr
 		conn := conns[i]
 		g.Go(func() error {
-			res, c := s.check(ctx, addr, conn)
+			res, c := s.check(ctx, tg.Name, addr, conn)
 			results[i] = res
 			mu.Lock()
 			if c == nil {
@@ -199,11 +216,24 @@ func (s *Static) checkAll(ctx context.Context, addrs []string) []checkResult {
 			} else {
 				s.conns[addr] = c
 			}
+			if !res.ok {
+				s.failSeries[tg.Name] = true
+			}
 			mu.Unlock()
 			return nil
 		})
 	}
 	_ = g.Wait()
+	// Every name whose check failed this round or before is in
+	// failSeries; those no longer checked lose their series. A round that
+	// was under way when the member left may have re-created it after the
+	// router deleted it; this is where it goes for good.
+	for name := range s.failSeries {
+		if !slices.ContainsFunc(targets, func(tg HealthTarget) bool { return tg.Name == name }) {
+			s.metrics.HealthCheckError.DeleteLabelValues(name)
+			delete(s.failSeries, name)
+		}
+	}
 	for addr, c := range s.conns {
 		if !slices.Contains(addrs, addr) {
 			closeCtx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
@@ -237,14 +267,15 @@ func NewHealthChecker(cfg StaticConfig, log *slog.Logger, m *metrics.Proxy) (*He
 // Interval is the time between rounds.
 func (h *HealthChecker) Interval() time.Duration { return h.static.cfg.Interval }
 
-// Round checks addrs once and returns those that did not answer. Not safe
-// for concurrent use: one owner runs the rounds.
-func (h *HealthChecker) Round(ctx context.Context, addrs []string) map[string]bool {
-	results := h.static.checkAll(ctx, addrs)
+// Round checks targets once and returns the addresses that did not
+// answer. The failure series of a member not in targets (it left) is
+// deleted. Not safe for concurrent use: one owner runs the rounds.
+func (h *HealthChecker) Round(ctx context.Context, targets []HealthTarget) map[string]bool {
+	results := h.static.checkAll(ctx, targets)
 	failed := make(map[string]bool)
-	for i, addr := range addrs {
+	for i, tg := range targets {
 		if !results[i].ok {
-			failed[addr] = true
+			failed[tg.Addr] = true
 		}
 	}
 	return failed
@@ -259,21 +290,21 @@ const checkQuery = `SELECT pg_is_in_recovery(),
 
 // check runs one health check, reusing conn when it is still good. It
 // returns the connection to keep, or nil when it was closed.
-func (s *Static) check(ctx context.Context, addr string, conn *pgx.Conn) (checkResult, *pgx.Conn) {
+func (s *Static) check(ctx context.Context, name, addr string, conn *pgx.Conn) (checkResult, *pgx.Conn) {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
 	defer cancel()
 	var err error
 	if conn == nil {
 		conn, err = s.connect(ctx, addr)
 		if err != nil {
-			s.fail(ctx, addr, err)
+			s.fail(ctx, name, addr, err)
 			return checkResult{}, nil
 		}
 	}
 	var res checkResult
 	var lsn int64
 	if err = conn.QueryRow(ctx, checkQuery).Scan(&res.inRecover, &lsn); err != nil {
-		s.fail(ctx, addr, err)
+		s.fail(ctx, name, addr, err)
 		closeCtx, cancelClose := context.WithTimeout(context.Background(), 100*time.Millisecond)
 		defer cancelClose()
 		_ = conn.Close(closeCtx)
@@ -317,12 +348,12 @@ func quoteConnValue(v string) string {
 	return "'" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(v) + "'"
 }
 
-func (s *Static) fail(ctx context.Context, addr string, err error) {
+func (s *Static) fail(ctx context.Context, name, addr string, err error) {
 	if context.Cause(ctx) == context.Canceled {
 		return // shutting down, not a failed check
 	}
-	s.metrics.HealthCheckError.WithLabelValues(addr).Inc()
-	s.log.Debug("health check failed", "backend", addr, "err", err)
+	s.metrics.HealthCheckError.WithLabelValues(name).Inc()
+	s.log.Debug("health check failed", "backend", name, "addr", addr, "err", err)
 }
 
 func (s *Static) closeConns() {

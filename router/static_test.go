@@ -432,7 +432,7 @@ func TestHealthCheckSendsNoPasswordToAServerThatAsksForIt(t *testing.T) {
 					t.Fatal(err)
 				}
 				defer h.Close()
-				return h.Round(t.Context(), []string{srv.Addr})
+				return h.Round(t.Context(), []router.HealthTarget{{Name: srv.Addr, Addr: srv.Addr}})
 			}
 			if failed := round(cfg); !failed[srv.Addr] {
 				t.Errorf("the hostile backend passed the check: %v", failed)
