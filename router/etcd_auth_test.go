@@ -25,6 +25,11 @@ import (
 // TLS: a password is refused on http:// endpoints), the source reads the
 // topology with the right user and password, and a wrong password is
 // refused when the client is made, with etcd's reason.
+// authDial bounds the first connection, which here includes a TLS
+// handshake and etcd's bcrypt check of the password: the default 2 s ran
+// out on two loaded cores under -race.
+const authDial = 15 * time.Second
+
 func TestEtcdSourceWithAuthentication(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -88,7 +93,7 @@ func TestEtcdSourceWithAuthentication(t *testing.T) {
 	}
 
 	t.Run("wrong password is refused with etcd's reason", func(t *testing.T) {
-		client, err := router.NewEtcdClient(router.EtcdConfig{Endpoints: etcd.Endpoints(), Username: "root", Password: "wrong", TLS: tc})
+		client, err := router.NewEtcdClient(router.EtcdConfig{Endpoints: etcd.Endpoints(), Username: "root", Password: "wrong", TLS: tc, DialTimeout: authDial})
 		if err == nil {
 			client.Close()
 			t.Fatal("NewEtcdClient with a wrong password succeeded")
@@ -98,7 +103,7 @@ func TestEtcdSourceWithAuthentication(t *testing.T) {
 		}
 	})
 	t.Run("right password routes", func(t *testing.T) {
-		client, err := router.NewEtcdClient(router.EtcdConfig{Endpoints: etcd.Endpoints(), Username: "root", Password: "root-secret", TLS: tc})
+		client, err := router.NewEtcdClient(router.EtcdConfig{Endpoints: etcd.Endpoints(), Username: "root", Password: "root-secret", TLS: tc, DialTimeout: authDial})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -124,7 +129,7 @@ func TestEtcdSourceWithAuthentication(t *testing.T) {
 		}
 	})
 	// Leave etcd without authentication for Close.
-	authed, err := router.NewEtcdClient(router.EtcdConfig{Endpoints: etcd.Endpoints(), Username: "root", Password: "root-secret", TLS: tc})
+	authed, err := router.NewEtcdClient(router.EtcdConfig{Endpoints: etcd.Endpoints(), Username: "root", Password: "root-secret", TLS: tc, DialTimeout: authDial})
 	if err == nil {
 		_, _ = authed.AuthDisable(ctx)
 		authed.Close()
