@@ -75,9 +75,15 @@ type Agent struct {
 	switchRev  int64 // revision of the switchover key in the last view
 	switchSeen time.Time
 	maxLag     *int64 // maximum_lag_on_failover from the dynamic configuration
-	lastRole   cluster.Role
-	planSince  time.Time // when lastPlan was first decided
-	waitLog    throttle  // reminders of a plan that waits with the server down
+	// dynamic are the dynamic configuration's PostgreSQL parameters, as
+	// the last read of etcd saw them.
+	dynamic map[string]string
+	// syncNames is what synchronous_standby_names names on this primary:
+	// the server's as last observed, or as a step last set it.
+	syncNames []string
+	lastRole  cluster.Role
+	planSince time.Time // when lastPlan was first decided
+	waitLog   throttle  // reminders of a plan that waits with the server down
 }
 
 type seenRecord struct {

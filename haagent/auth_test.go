@@ -209,13 +209,13 @@ func TestPassfile(t *testing.T) {
 
 	t.Run("follows the upstream, gone on a primary", func(t *testing.T) {
 		other := cluster.Member{Name: "n3", Host: "10.0.0.3", Port: 5432}
-		if err := p.writeConf(true, &other); err != nil {
+		if err := p.writeConf(serverConf{Standby: true, Upstream: &other}); err != nil {
 			t.Fatal(err)
 		}
 		if b, _ := os.ReadFile(path); string(b) != `10.0.0.3:5432:replication:repl:p\:w\\d`+"\n" {
 			t.Errorf("after re-pointing to n3: %q", b)
 		}
-		if err := p.writeConf(false, nil); err != nil {
+		if err := p.writeConf(serverConf{}); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := os.Lstat(path); !errors.Is(err, os.ErrNotExist) {

@@ -63,7 +63,7 @@ func (a *Agent) bootstrap(ctx context.Context, o core.Observation) error {
 	if err := a.pg.initdb(ctx); err != nil {
 		return fail(err)
 	}
-	if err := a.pg.writeConf(false, nil); err != nil {
+	if err := a.pg.writeConf(a.serverConf(false, nil)); err != nil {
 		return fail(err)
 	}
 	done("initdb", "first start")

@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -101,8 +102,7 @@ func TestWriteConfRefusesSmuggledSettings(t *testing.T) {
 		{"a value ending in a backslash", "archive_command", `cp %p /arch/%f \`, "archive_command", `cp %p /arch/%f \`},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			p.dynamic = map[string]string{tt.param: tt.val}
-			if err := p.writeConf(false, nil); err != nil {
+			if err := p.writeConf(serverConf{Dynamic: map[string]string{tt.param: tt.val}}); err != nil {
 				t.Fatal(err)
 			}
 			want := tt.want
@@ -123,7 +123,7 @@ func TestWriteConfRefusesSmuggledSettings(t *testing.T) {
 func TestWriteConfKeepsRealSettings(t *testing.T) {
 	p := confPostgres(t)
 	archive := `test ! -f '/arch/%f' && cp "%p" /arch/%f \`
-	p.dynamic = map[string]string{
+	dynamic := map[string]string{
 		"archive_command":          archive,
 		"restore_command":          `copy "C:\\server\\%f" "%p"`,
 		"pg_stat_statements.max":   "10000",
@@ -131,7 +131,7 @@ func TestWriteConfKeepsRealSettings(t *testing.T) {
 		"Effective_Cache_Size":     "1GB",
 	}
 	p.cfg.Parameters = map[string]string{"effective_cache_size": "2GB"}
-	if err := p.writeConf(false, nil); err != nil {
+	if err := p.writeConf(serverConf{Dynamic: dynamic}); err != nil {
 		t.Fatal(err)
 	}
 	for name, want := range map[string]string{
@@ -155,7 +155,7 @@ func TestPrimaryConninfoQuotesHostileHost(t *testing.T) {
 	p := confPostgres(t)
 	p.cfg.ReplicationUser = `re'pl\`
 	up := cluster.Member{Name: "n2", Host: "10.9.9.9\vsslmode=disable", Port: 6000}
-	if err := p.writeConf(true, &up); err != nil {
+	if err := p.writeConf(serverConf{Standby: true, Upstream: &up}); err != nil {
 		t.Fatal(err)
 	}
 	cc, err := pgconn.ParseConfig(p.show(t, "primary_conninfo"))
@@ -250,5 +250,62 @@ func TestDCSReadSkipsForgedMemberHost(t *testing.T) {
 	}
 	if m, ok := s.Members["honest"]; !ok || m.Host != "pg-node-1.example" {
 		t.Errorf("the honest record: %+v, %v", m, ok)
+	}
+}
+
+// TestRenderConf: pharos.conf is a function of its inputs alone, layered
+// as documented, with what it leaves out said.
+func TestRenderConf(t *testing.T) {
+	base := confInputs{Listen: "127.0.0.1", Port: 5433, SocketDir: "/run/pg", Name: "n2"}
+	with := func(f func(*confInputs)) confInputs { in := base; f(&in); return in }
+	for _, tc := range []struct {
+		name    string
+		in      confInputs
+		want    []string // lines that must be there
+		notWant []string // lines that must not
+		ignored []string // names left out, in order
+	}{
+		{"primary defaults", base,
+			[]string{"port = '5433'", "cluster_name = 'n2'", "primary_conninfo = ''", "primary_slot_name = ''", "synchronous_standby_names = ''"},
+			[]string{"# upstream:"}, nil},
+		{"standby of n1", with(func(in *confInputs) { in.Upstream, in.PrimaryConninfo = "n1", "host=10.0.0.1 port=5432" }),
+			[]string{"# upstream: n1", "primary_conninfo = 'host=10.0.0.1 port=5432'", "primary_slot_name = 'n2'"}, nil, nil},
+		{"synchronous standbys", with(func(in *confInputs) { in.SyncNames = []string{"n1", "n3"} }),
+			[]string{`synchronous_standby_names = 'FIRST 2 ("n1", "n3")'`}, nil, nil},
+		{"any standby", with(func(in *confInputs) { in.SyncNames = []string{"*"} }),
+			[]string{"synchronous_standby_names = 'FIRST 1 (*)'"}, nil, nil},
+		{"local overrides dynamic whatever the spelling", with(func(in *confInputs) {
+			in.Dynamic = map[string]string{"Work_Mem": "8MB", "shared_buffers": "1GB"}
+			in.Local = map[string]string{"work_mem": "16MB"}
+		}), []string{"work_mem = '16MB'", "shared_buffers = '1GB'"}, []string{"work_mem = '8MB'"}, nil},
+		{"protected and malformed parameters are left out", with(func(in *confInputs) {
+			in.Dynamic = map[string]string{"port": "6000", "work_mem": "1MB\nport = 6001", "primary_conninfo": "host=evil"}
+		}), []string{"port = '5433'", "primary_conninfo = ''"}, []string{"6000", "6001", "evil"}, []string{"port", "primary_conninfo", "work_mem"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			text, ignored := renderConf(tc.in)
+			again, _ := renderConf(tc.in)
+			if again != text {
+				t.Fatal("renderConf is not deterministic")
+			}
+			lines := strings.Split(text, "\n")
+			for _, w := range tc.want {
+				if !slices.Contains(lines, w) {
+					t.Errorf("missing line %q in\n%s", w, text)
+				}
+			}
+			for _, nw := range tc.notWant {
+				if strings.Contains(text, nw) {
+					t.Errorf("%q in\n%s", nw, text)
+				}
+			}
+			var names []string
+			for _, ig := range ignored {
+				names = append(names, ig.name)
+			}
+			if !slices.Equal(names, tc.ignored) {
+				t.Errorf("ignored %v, want %v", names, tc.ignored)
+			}
+		})
 	}
 }

@@ -18,6 +18,13 @@ func (a *Agent) member(o core.Observation, name string) (cluster.Member, error) 
 	return m, nil
 }
 
+// serverConf is what the server's files say for the next start or
+// reload: standby (following up, nil for none) or not, with the
+// cluster's parameters and the synchronous standbys as they stand.
+func (a *Agent) serverConf(standby bool, up *cluster.Member) serverConf {
+	return serverConf{Standby: standby, Upstream: up, Dynamic: a.dynamic, SyncNames: a.syncNames}
+}
+
 // execute runs one action and lets Memory learn what it did.
 func (a *Agent) execute(ctx context.Context, act core.Action, o core.Observation) error {
 	err := a.run(ctx, act, o)
@@ -49,7 +56,7 @@ func (a *Agent) run(ctx context.Context, act core.Action, o core.Observation) er
 		}
 		return a.rewind(ctx, o, up)
 	case core.ActStartPrimary:
-		if err := a.pg.writeConf(false, nil); err != nil {
+		if err := a.pg.writeConf(a.serverConf(false, nil)); err != nil {
 			return err
 		}
 		action := "on_start"
@@ -66,7 +73,7 @@ func (a *Agent) run(ctx context.Context, act core.Action, o core.Observation) er
 			}
 			up = &m
 		}
-		if err := a.pg.writeConf(true, up); err != nil {
+		if err := a.pg.writeConf(a.serverConf(true, up)); err != nil {
 			return err
 		}
 		return a.started(a.pg.start(ctx, a.cfg.StartTimeout), "on_start", cluster.RoleReplica)
@@ -75,7 +82,7 @@ func (a *Agent) run(ctx context.Context, act core.Action, o core.Observation) er
 		if err != nil {
 			return err
 		}
-		if err := a.pg.writeConf(true, &up); err != nil {
+		if err := a.pg.writeConf(a.serverConf(true, &up)); err != nil {
 			return err
 		}
 		return a.pg.reload(ctx)
@@ -104,14 +111,14 @@ func (a *Agent) run(ctx context.Context, act core.Action, o core.Observation) er
 	case core.ActPromote:
 		// In synchronous mode the new primary waits for any standby from
 		// its first commit; the next round narrows it to named standbys.
-		a.pg.syncNames = nil
+		a.syncNames = nil
 		if o.DCS.SyncMode.Enabled {
-			a.pg.syncNames = []string{"*"}
+			a.syncNames = []string{"*"}
 			var up *cluster.Member
 			if m, ok := o.DCS.Members[o.PG.Upstream]; ok {
 				up = &m
 			}
-			if err := a.pg.writeConf(true, up); err != nil {
+			if err := a.pg.writeConf(a.serverConf(true, up)); err != nil {
 				return err
 			}
 			if err := a.pg.reload(ctx); err != nil {
@@ -126,7 +133,7 @@ func (a *Agent) run(ctx context.Context, act core.Action, o core.Observation) er
 			reason = core.PromotionFailover
 		}
 		a.m.Promotions.WithLabelValues(reason).Inc()
-		if err := a.pg.writeConf(false, nil); err != nil {
+		if err := a.pg.writeConf(a.serverConf(false, nil)); err != nil {
 			return err
 		}
 		a.publishNow(ctx)
@@ -161,7 +168,7 @@ func (a *Agent) run(ctx context.Context, act core.Action, o core.Observation) er
 		if m, ok := o.DCS.Members[o.PG.Upstream]; ok && o.PG.Standby {
 			up = &m
 		}
-		if err := a.pg.writeConf(o.PG.Standby, up); err != nil {
+		if err := a.pg.writeConf(a.serverConf(o.PG.Standby, up)); err != nil {
 			return err
 		}
 		if err := a.pg.reload(ctx); err != nil {

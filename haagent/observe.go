@@ -47,7 +47,7 @@ func (a *Agent) observe(ctx context.Context) core.Observation {
 	o.DCS.LeaderDeletedRev = a.leaderGoneRev.Load()
 	o.PG = a.pg.observe(ctx)
 	if o.PG.Running && !o.PG.InRecovery {
-		a.pg.syncNames = o.PG.SyncNames // what the server has, after an agent restart too
+		a.syncNames = o.PG.SyncNames // what the server has, after an agent restart too
 	}
 	if leader := a.view.Leader; leader != "" && leader != a.rules.Name {
 		a.lastLeader = leader
@@ -75,7 +75,7 @@ func (a *Agent) viewOf(s snapshot, now time.Time) core.DCSView {
 		SyncMode:     s.SyncMode,
 		Sync:         s.Sync,
 	}
-	a.pg.dynamic, a.maxLag = s.Params, s.MaxLag
+	a.dynamic, a.maxLag = s.Params, s.MaxLag
 	a.m.Paused.Set(b2f(s.Paused))
 	if s.SwitchRev != a.switchRev {
 		a.switchRev, a.switchSeen = s.SwitchRev, now

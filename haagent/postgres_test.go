@@ -63,7 +63,7 @@ func TestSwitchPoint(t *testing.T) {
 func TestWriteConf(t *testing.T) {
 	p := testPostgres(t)
 	up := cluster.Member{Name: "n2", Host: "127.0.0.2", Port: 6000}
-	if err := p.writeConf(true, &up); err != nil {
+	if err := p.writeConf(serverConf{Standby: true, Upstream: &up}); err != nil {
 		t.Fatal(err)
 	}
 	conf, _ := os.ReadFile(p.path(confFile))
@@ -82,7 +82,7 @@ func TestWriteConf(t *testing.T) {
 	if _, err := os.Stat(p.path("standby.signal")); err != nil {
 		t.Errorf("standby.signal: %v", err)
 	}
-	if err := p.writeConf(false, nil); err != nil {
+	if err := p.writeConf(serverConf{}); err != nil {
 		t.Fatal(err)
 	}
 	if got := p.configuredUpstream(); got != "" {

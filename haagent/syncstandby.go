@@ -31,8 +31,8 @@ func (a *Agent) syncStep(ctx context.Context, o core.Observation, act core.Actio
 		a.m.SyncStandbys.Set(float64(len(act.Standbys)))
 	case core.ActSyncNames:
 		names := act.Standbys
-		a.pg.syncNames = names
-		if err := a.pg.writeConf(false, nil); err != nil {
+		a.syncNames = names
+		if err := a.pg.writeConf(a.serverConf(false, nil)); err != nil {
 			return err
 		}
 		if err := a.pg.reload(ctx); err != nil {
