@@ -18,6 +18,7 @@ import (
 
 	"github.com/pharos-ha/pharos/bench"
 	pharoscluster "github.com/pharos-ha/pharos/internal/cluster"
+	"github.com/pharos-ha/pharos/internal/etcdclient"
 	"github.com/pharos-ha/pharos/internal/etcdlocal"
 	"github.com/pharos-ha/pharos/internal/pglocal"
 	"github.com/pharos-ha/pharos/metrics"
@@ -46,7 +47,7 @@ func startEtcdProxy(t *testing.T, ec *etcdlocal.Cluster, keys pharoscluster.Keys
 	m := metrics.NewProxy(reg)
 	m.RegisterEtcd(reg)
 	r := router.New(router.Config{}, log, m)
-	client, err := router.NewEtcdClient(router.EtcdConfig{Endpoints: ec.Endpoints()})
+	client, err := etcdclient.New(etcdclient.Config{Endpoints: ec.Endpoints()})
 	if err != nil {
 		t.Fatalf("etcd client: %v", err)
 	}

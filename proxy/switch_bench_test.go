@@ -11,6 +11,7 @@ import (
 
 	"github.com/pharos-ha/pharos/bench"
 	clusterkeys "github.com/pharos-ha/pharos/internal/cluster"
+	"github.com/pharos-ha/pharos/internal/etcdclient"
 	"github.com/pharos-ha/pharos/internal/etcdlocal"
 	"github.com/pharos-ha/pharos/internal/pglocal"
 	"github.com/pharos-ha/pharos/metrics"
@@ -33,7 +34,7 @@ func BenchmarkRouteSwitch(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer etcd.Close()
-	srcClient, err := router.NewEtcdClient(router.EtcdConfig{Endpoints: etcd.Endpoints()})
+	srcClient, err := etcdclient.New(etcdclient.Config{Endpoints: etcd.Endpoints()})
 	if err != nil {
 		b.Fatal(err)
 	}

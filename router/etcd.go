@@ -2,81 +2,20 @@ package router
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 
 	"github.com/pharos-ha/pharos/metrics"
 )
-
-// EtcdConfig says how to reach etcd.
-type EtcdConfig struct {
-	Endpoints []string
-	// Username and Password enable etcd's authentication; Password is never
-	// logged.
-	Username, Password string
-	// TLS is used when not nil (client certificates, CA).
-	TLS *tls.Config
-	// DialTimeout bounds the first connection; default 2s.
-	DialTimeout time.Duration
-	// ProbeInterval is how often the source checks that etcd still answers
-	// (a watch alone does not notice a dead cluster: the client retries it
-	// silently); default 1s. It never drives routing, only etcd_up and the
-	// re-sync after an outage.
-	ProbeInterval time.Duration
-}
-
-// PlainEndpoint returns the first endpoint of eps that names the http://
-// scheme, or "". The etcd client connects to such an endpoint without TLS
-// even when it has a TLS configuration (it drops it silently) and would
-// send a password in clear there, so a configuration with either must not
-// name one.
-func PlainEndpoint(eps []string) string {
-	for _, ep := range eps {
-		if len(ep) >= len("http://") && strings.EqualFold(ep[:len("http://")], "http://") {
-			return ep
-		}
-	}
-	return ""
-}
-
-// NewEtcdClient connects to etcd with cfg. The caller closes the client.
-// It refuses an http:// endpoint when cfg has TLS or a password
-// (PlainEndpoint).
-func NewEtcdClient(cfg EtcdConfig) (*clientv3.Client, error) {
-	if len(cfg.Endpoints) == 0 {
-		return nil, errors.New("etcd: at least one endpoint is required")
-	}
-	if ep := PlainEndpoint(cfg.Endpoints); ep != "" && (cfg.TLS != nil || cfg.Password != "") {
-		return nil, fmt.Errorf("etcd: endpoint %q is plain http://, which would drop TLS and send the password in clear; use https://", ep)
-	}
-	dial := cfg.DialTimeout
-	if dial <= 0 {
-		dial = 2 * time.Second
-	}
-	return clientv3.New(clientv3.Config{
-		Endpoints:            cfg.Endpoints,
-		Username:             cfg.Username,
-		Password:             cfg.Password,
-		TLS:                  cfg.TLS,
-		DialTimeout:          dial,
-		DialKeepAliveTime:    5 * time.Second,
-		DialKeepAliveTimeout: 2 * time.Second,
-		// The client's own zap logs are noise next to ours.
-		Logger: zap.NewNop(),
-	})
-}
 
 // KeyValue is one key of the watched prefix as a format sees it.
 type KeyValue struct {

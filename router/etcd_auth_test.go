@@ -6,7 +6,6 @@ import (
 	"crypto/x509"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -15,21 +14,22 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/pharos-ha/pharos/internal/cluster"
+	"github.com/pharos-ha/pharos/internal/etcdclient"
 	"github.com/pharos-ha/pharos/internal/etcdlocal"
 	"github.com/pharos-ha/pharos/internal/pglocal"
 	"github.com/pharos-ha/pharos/metrics"
 	"github.com/pharos-ha/pharos/router"
 )
 
-// TestEtcdSourceWithAuthentication: with etcd's authentication on (over
-// TLS: a password is refused on http:// endpoints), the source reads the
-// topology with the right user and password, and a wrong password is
-// refused when the client is made, with etcd's reason.
 // authDial bounds the first connection, which here includes a TLS
 // handshake and etcd's bcrypt check of the password: the default 2 s ran
 // out on two loaded cores under -race.
 const authDial = 15 * time.Second
 
+// TestEtcdSourceWithAuthentication: with etcd's authentication on (over
+// TLS: a password is refused on http:// endpoints), the source reads the
+// topology with the right user and password. (The client's own refusals
+// are tested in internal/etcdclient.)
 func TestEtcdSourceWithAuthentication(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -92,18 +92,8 @@ func TestEtcdSourceWithAuthentication(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	t.Run("wrong password is refused with etcd's reason", func(t *testing.T) {
-		client, err := router.NewEtcdClient(router.EtcdConfig{Endpoints: etcd.Endpoints(), Username: "root", Password: "wrong", TLS: tc, DialTimeout: authDial})
-		if err == nil {
-			client.Close()
-			t.Fatal("NewEtcdClient with a wrong password succeeded")
-		}
-		if !strings.Contains(err.Error(), "authentication failed") {
-			t.Errorf("error %q does not say authentication failed", err)
-		}
-	})
 	t.Run("right password routes", func(t *testing.T) {
-		client, err := router.NewEtcdClient(router.EtcdConfig{Endpoints: etcd.Endpoints(), Username: "root", Password: "root-secret", TLS: tc, DialTimeout: authDial})
+		client, err := etcdclient.New(etcdclient.Config{Endpoints: etcd.Endpoints(), Username: "root", Password: "root-secret", TLS: tc, DialTimeout: authDial})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -129,37 +119,9 @@ func TestEtcdSourceWithAuthentication(t *testing.T) {
 		}
 	})
 	// Leave etcd without authentication for Close.
-	authed, err := router.NewEtcdClient(router.EtcdConfig{Endpoints: etcd.Endpoints(), Username: "root", Password: "root-secret", TLS: tc, DialTimeout: authDial})
+	authed, err := etcdclient.New(etcdclient.Config{Endpoints: etcd.Endpoints(), Username: "root", Password: "root-secret", TLS: tc, DialTimeout: authDial})
 	if err == nil {
 		_, _ = authed.AuthDisable(ctx)
 		authed.Close()
-	}
-}
-
-// TestNewEtcdClientRefusesPlainHTTPWithSecrets: the etcd client would drop
-// the TLS configuration for an http:// endpoint and send a password in
-// clear; NewEtcdClient refuses instead.
-func TestNewEtcdClientRefusesPlainHTTPWithSecrets(t *testing.T) {
-	for _, tc := range []struct {
-		name string
-		cfg  router.EtcdConfig
-	}{
-		{"TLS", router.EtcdConfig{Endpoints: []string{"http://127.0.0.1:1"}, TLS: &tls.Config{MinVersion: tls.VersionTLS12}}},
-		{"a password", router.EtcdConfig{Endpoints: []string{"http://127.0.0.1:1"}, Username: "u", Password: "p"}},
-		{"one of several, in capitals", router.EtcdConfig{Endpoints: []string{"https://127.0.0.1:1", "HTTP://127.0.0.2:1"}, Username: "u", Password: "p"}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			cli, err := router.NewEtcdClient(tc.cfg)
-			if err == nil {
-				cli.Close()
-				t.Fatal("NewEtcdClient accepted a plain http:// endpoint")
-			}
-			if !strings.Contains(err.Error(), "plain http://") {
-				t.Errorf("err = %v", err)
-			}
-		})
-	}
-	if got := router.PlainEndpoint([]string{"127.0.0.1:2379", "https://a:1", "unix:///run/etcd.sock"}); got != "" {
-		t.Errorf("PlainEndpoint found %q among endpoints without http://", got)
 	}
 }

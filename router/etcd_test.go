@@ -26,6 +26,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/pharos-ha/pharos/internal/cluster"
+	"github.com/pharos-ha/pharos/internal/etcdclient"
 	"github.com/pharos-ha/pharos/internal/etcdlocal"
 	"github.com/pharos-ha/pharos/metrics"
 	"github.com/pharos-ha/pharos/router"
@@ -66,7 +67,7 @@ func startEtcd(t *testing.T, members int) *etcdlocal.Cluster {
 // etcdClient connects to endpoints as the proxy does; closed at test end.
 func etcdClient(t *testing.T, endpoints ...string) *clientv3.Client {
 	t.Helper()
-	cli, err := router.NewEtcdClient(router.EtcdConfig{Endpoints: endpoints})
+	cli, err := etcdclient.New(etcdclient.Config{Endpoints: endpoints})
 	if err != nil {
 		t.Fatalf("etcd client: %v", err)
 	}

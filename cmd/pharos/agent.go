@@ -22,11 +22,11 @@ import (
 
 	"github.com/pharos-ha/pharos/haagent"
 	"github.com/pharos-ha/pharos/internal/cluster"
+	"github.com/pharos-ha/pharos/internal/etcdclient"
 	"github.com/pharos-ha/pharos/internal/pgproc"
 	"github.com/pharos-ha/pharos/internal/restapi"
 	"github.com/pharos-ha/pharos/internal/watchdog"
 	"github.com/pharos-ha/pharos/metrics"
-	"github.com/pharos-ha/pharos/router"
 )
 
 // agentSettings are the agent's config-file keys (and, with dashes, its
@@ -165,35 +165,35 @@ func parseAgentArgs(args []string, stderr io.Writer) (agentSettings, error) {
 }
 
 // agentConfig validates the settings into the agent's config.
-func (s agentSettings) agentConfig(ctx context.Context, log *slog.Logger) (haagent.Config, router.EtcdConfig, cluster.Keys, error) {
+func (s agentSettings) agentConfig(ctx context.Context, log *slog.Logger) (haagent.Config, etcdclient.Config, cluster.Keys, error) {
 	var zero haagent.Config
 	if s.Name == "" {
-		return zero, router.EtcdConfig{}, cluster.Keys{}, usageErrorf("name: required (--name)")
+		return zero, etcdclient.Config{}, cluster.Keys{}, usageErrorf("name: required (--name)")
 	}
 	if s.DataDir == "" {
-		return zero, router.EtcdConfig{}, cluster.Keys{}, usageErrorf("data_dir: required (--data-dir)")
+		return zero, etcdclient.Config{}, cluster.Keys{}, usageErrorf("data_dir: required (--data-dir)")
 	}
 	if s.PGPort < 1 || s.PGPort > 65535 {
-		return zero, router.EtcdConfig{}, cluster.Keys{}, usageErrorf("pg_port: %d is not a port (--pg-port)", s.PGPort)
+		return zero, etcdclient.Config{}, cluster.Keys{}, usageErrorf("pg_port: %d is not a port (--pg-port)", s.PGPort)
 	}
 	// The host is published in the member record, which other members put
 	// into their connection strings.
 	if err := cluster.CheckHost(s.Host); err != nil {
-		return zero, router.EtcdConfig{}, cluster.Keys{}, usageErrorf("host: %v (--host)", err)
+		return zero, etcdclient.Config{}, cluster.Keys{}, usageErrorf("host: %v (--host)", err)
 	}
 	if err := s.checkParameters(); err != nil {
-		return zero, router.EtcdConfig{}, cluster.Keys{}, err
+		return zero, etcdclient.Config{}, cluster.Keys{}, err
 	}
 	if len(s.Etcd) == 0 {
-		return zero, router.EtcdConfig{}, cluster.Keys{}, usageErrorf("etcd: at least one endpoint is required (--etcd)")
+		return zero, etcdclient.Config{}, cluster.Keys{}, usageErrorf("etcd: at least one endpoint is required (--etcd)")
 	}
 	keys, err := cluster.NewKeys(s.Cluster)
 	if err != nil {
-		return zero, router.EtcdConfig{}, cluster.Keys{}, usageErrorf("cluster: %v", err)
+		return zero, etcdclient.Config{}, cluster.Keys{}, usageErrorf("cluster: %v", err)
 	}
 	ecfg, err := s.etcdConfig()
 	if err != nil {
-		return zero, router.EtcdConfig{}, cluster.Keys{}, err
+		return zero, etcdclient.Config{}, cluster.Keys{}, err
 	}
 	superPW, err := readSecret("superuser_password", s.SuperPassword, s.SuperPasswordFile, "PHAROS_SUPERUSER_PASSWORD")
 	if err != nil {
@@ -435,7 +435,7 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	// Every secret is read: none stays in the environment that PostgreSQL,
 	// the callbacks and the watchdog process inherit.
 	scrubSecretEnv()
-	cli, err := router.NewEtcdClient(ecfg)
+	cli, err := etcdclient.New(ecfg)
 	if err != nil {
 		fmt.Fprintln(stderr, "pharos agent: etcd:", err)
 		return exitUsage

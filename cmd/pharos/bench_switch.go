@@ -13,7 +13,7 @@ import (
 
 	"github.com/pharos-ha/pharos/bench"
 	"github.com/pharos-ha/pharos/internal/cluster"
-	"github.com/pharos-ha/pharos/router"
+	"github.com/pharos-ha/pharos/internal/etcdclient"
 )
 
 // runBenchSwitch is `pharos bench switch`: it writes the keys an agent
@@ -43,7 +43,7 @@ func runBenchSwitch(ctx context.Context, args []string, stdout, stderr io.Writer
 		fmt.Fprintf(stderr, "pharos bench switch: %v\n", err)
 		return exitUsage
 	}
-	client, err := router.NewEtcdClient(router.EtcdConfig{Endpoints: parseListOrEmpty(*etcd)})
+	client, err := etcdclient.New(etcdclient.Config{Endpoints: parseListOrEmpty(*etcd)})
 	if err != nil {
 		fmt.Fprintf(stderr, "pharos bench switch: etcd: %v\n", err)
 		return exitFailure

@@ -17,7 +17,7 @@ import (
 
 	"github.com/pharos-ha/pharos/internal/cluster"
 	"github.com/pharos-ha/pharos/internal/ctl"
-	"github.com/pharos-ha/pharos/router"
+	"github.com/pharos-ha/pharos/internal/etcdclient"
 )
 
 // ctlSettings are ctl's config keys and flags: how to reach etcd and which
@@ -439,7 +439,7 @@ func runCtl(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return fail(exitUsage, "%v", err)
 	}
 	ecfg.DialTimeout = settings.Timeout
-	cli, err := router.NewEtcdClient(ecfg)
+	cli, err := etcdclient.New(ecfg)
 	if err != nil {
 		return fail(exitUsage, "etcd: %v", err)
 	}

@@ -6,7 +6,7 @@ import (
 	"os"
 	"strings"
 
-	"github.com/pharos-ha/pharos/router"
+	"github.com/pharos-ha/pharos/internal/etcdclient"
 )
 
 // EtcdSettings are the etcd connection settings of every command that
@@ -40,16 +40,16 @@ func bindEtcdFlags[S any](o *overrides[S], etcd func(*S) *EtcdSettings) {
 
 // etcdConfig reads the password and TLS material and returns the client
 // config. Problems are usage errors naming the key.
-func (e EtcdSettings) etcdConfig() (router.EtcdConfig, error) {
+func (e EtcdSettings) etcdConfig() (etcdclient.Config, error) {
 	password, err := readSecret("etcd_password", e.EtcdPassword, e.EtcdPasswordFile, "PHAROS_ETCD_PASSWORD")
 	if err != nil {
-		return router.EtcdConfig{}, err
+		return etcdclient.Config{}, err
 	}
-	cfg := router.EtcdConfig{Endpoints: e.Etcd, Username: e.EtcdUsername, Password: password}
+	cfg := etcdclient.Config{Endpoints: e.Etcd, Username: e.EtcdUsername, Password: password}
 	if password != "" && cfg.Username == "" {
 		return cfg, usageErrorf("etcd_username: an etcd password needs a user name")
 	}
-	if ep := router.PlainEndpoint(e.Etcd); ep != "" {
+	if ep := etcdclient.PlainEndpoint(e.Etcd); ep != "" {
 		var why []string
 		for _, set := range []struct {
 			key string

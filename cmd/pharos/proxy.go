@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/pharos-ha/pharos/internal/cluster"
+	"github.com/pharos-ha/pharos/internal/etcdclient"
 	"github.com/pharos-ha/pharos/metrics"
 	"github.com/pharos-ha/pharos/proxy"
 	"github.com/pharos-ha/pharos/router"
@@ -348,12 +349,12 @@ func (ps proxySettings) newSource(log *slog.Logger, m *metrics.Proxy, reg promet
 	if err != nil {
 		return nil, nothing, err
 	}
-	client, err := router.NewEtcdClient(ecfg)
+	client, err := etcdclient.New(ecfg)
 	if err != nil {
 		return nil, nothing, usageErrorf("etcd: %v", err)
 	}
 	m.RegisterEtcd(reg)
-	src := router.NewEtcd(client, format, ecfg.ProbeInterval, log, m)
+	src := router.NewEtcd(client, format, 0, log, m)
 	if ps.HealthChecks {
 		hcfg, err := ps.healthConfig()
 		if err != nil {
