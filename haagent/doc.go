@@ -3,11 +3,30 @@
 // rewinds the local PostgreSQL.
 //
 // It is the driver around the pure decision core (package core: Decide, a
-// function of an Observation): it observes, and owns the executors that
-// carry out Decide's plan: etcd (dcs.go) and PostgreSQL control
-// (postgres.go). It must not know the proxy: the proxy follows what
-// the agent publishes in etcd. See design.md beside this file for the state
-// diagram.
+// function of an Observation, and Memory.Apply): it observes, and owns the
+// executors that carry out Decide's plan. It must not know the proxy: the
+// proxy follows what the agent publishes in etcd. See design.md beside
+// this file for the state diagram.
+//
+// # Files, by job
+//
+//   - agent.go: the Agent, its configuration and Run (goroutine owners).
+//   - loop.go: the round (observe, publish, Decide, execute), wake-ups.
+//   - lease.go: joining, and the lease type that owns the keep-alive
+//     goroutine and says when etcd last acknowledged a renewal.
+//   - observe.go, publish.go: the Observation a round builds, the member
+//     record it writes.
+//   - execute.go: one Action at a time, its Result applied to Memory;
+//     bootstrap.go, clone.go, switchover.go, syncstandby.go: the steps
+//     with more than a few lines each.
+//   - dcs.go: etcd transactions on the leader's create revision.
+//   - postgres.go and beside it conf.go (renderConf, pure), conffiles.go
+//     (writing the files), process.go (pg_ctl, waiting for a dead
+//     postmaster), queries.go (SQL on the local server), copy.go
+//     (pg_basebackup, pg_rewind).
+//   - auth.go (require_auth, passfile, role verifiers), callbacks.go,
+//     guard.go (watchdog), progress.go (live records of long steps),
+//     api.go (the REST API's backend).
 //
 // # The loop
 //
