@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/pharos-ha/pharos/internal/cluster"
-	"github.com/pharos-ha/pharos/internal/ctl"
+	"github.com/pharos-ha/pharos/internal/clusterstate"
 	"github.com/pharos-ha/pharos/internal/restapi"
 )
 
@@ -34,7 +34,7 @@ func (x agentAPI) Status() restapi.NodeStatus {
 }
 
 func (x agentAPI) Cluster(ctx context.Context, authenticated bool) (any, error) {
-	st, err := ctl.Status(ctx, x.a.dcs.cli, x.a.dcs.keys)
+	st, err := clusterstate.Status(ctx, x.a.dcs.cli, x.a.dcs.keys)
 	if err != nil || authenticated {
 		return st, err
 	}
@@ -42,13 +42,13 @@ func (x agentAPI) Cluster(ctx context.Context, authenticated bool) (any, error) 
 }
 
 func (x agentAPI) History(ctx context.Context) (cluster.History, error) {
-	return ctl.History(ctx, x.a.dcs.cli, x.a.dcs.keys)
+	return clusterstate.History(ctx, x.a.dcs.cli, x.a.dcs.keys)
 }
 
-// refusal maps ctl's refusals to the API's 4xx.
+// refusal maps clusterstate's refusals to the API's 4xx.
 func refusal(err error) error {
-	if errors.Is(err, ctl.ErrRefused) {
-		return fmt.Errorf("%w: %s", restapi.ErrConflict, strings.TrimPrefix(err.Error(), ctl.ErrRefused.Error()+": "))
+	if errors.Is(err, clusterstate.ErrRefused) {
+		return fmt.Errorf("%w: %s", restapi.ErrConflict, strings.TrimPrefix(err.Error(), clusterstate.ErrRefused.Error()+": "))
 	}
 	return err
 }
@@ -57,7 +57,7 @@ func (x agentAPI) Switchover(ctx context.Context, r restapi.SwitchoverRequest) e
 	// The limit the leader will check the request against: the cluster's,
 	// else this agent's own setting (the same on every member in a sane
 	// deployment).
-	err := ctl.RequestSwitchover(ctx, x.a.dcs.cli, x.a.dcs.keys, ctl.SwitchoverRequest{
+	err := clusterstate.RequestSwitchover(ctx, x.a.dcs.cli, x.a.dcs.keys, clusterstate.SwitchoverRequest{
 		Leader: r.Leader, Candidate: r.Candidate, ScheduledAt: r.ScheduledAt,
 		MaxLag: -1, DefaultMaxLag: x.a.rules.MaximumLagOnFailover,
 	}, time.Now())
@@ -65,7 +65,7 @@ func (x agentAPI) Switchover(ctx context.Context, r restapi.SwitchoverRequest) e
 }
 
 func (x agentAPI) Failover(ctx context.Context, r restapi.SwitchoverRequest) error {
-	return refusal(ctl.RequestFailover(ctx, x.a.dcs.cli, x.a.dcs.keys, r.Candidate, time.Now()))
+	return refusal(clusterstate.RequestFailover(ctx, x.a.dcs.cli, x.a.dcs.keys, r.Candidate, time.Now()))
 }
 
 func (x agentAPI) Restart(ctx context.Context) error      { return x.a.request(ctx, "restart") }

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/pharos-ha/pharos/internal/cluster"
+	"github.com/pharos-ha/pharos/internal/clusterstate"
 	"github.com/pharos-ha/pharos/internal/ctl"
 	"github.com/pharos-ha/pharos/internal/etcdclient"
 )
@@ -94,7 +95,7 @@ func ctlVerbs() []ctlVerb {
 				once := func() error {
 					cctx, cancel := env.call(ctx)
 					defer cancel()
-					st, err := ctl.Status(cctx, env.cli, env.keys)
+					st, err := clusterstate.Status(cctx, env.cli, env.keys)
 					if err != nil {
 						return err
 					}
@@ -132,7 +133,7 @@ func ctlVerbs() []ctlVerb {
 			return func(ctx context.Context, env ctlEnv) error {
 				ctx, cancel := env.call(ctx)
 				defer cancel()
-				h, err := ctl.History(ctx, env.cli, env.keys)
+				h, err := clusterstate.History(ctx, env.cli, env.keys)
 				if err != nil {
 					return err
 				}
@@ -150,7 +151,7 @@ func ctlVerbs() []ctlVerb {
 			return func(ctx context.Context, env ctlEnv) error {
 				ctx, cancel := env.call(ctx)
 				defer cancel()
-				cfg, _, err := ctl.Config(ctx, env.cli, env.keys)
+				cfg, _, err := clusterstate.Config(ctx, env.cli, env.keys)
 				if err != nil {
 					return err
 				}
@@ -161,7 +162,7 @@ func ctlVerbs() []ctlVerb {
 			force := fs.Bool("force", false, "do not ask for confirmation")
 			return func(ctx context.Context, env ctlEnv) error {
 				// A mistyped key is refused before anyone is asked to confirm it.
-				if err := ctl.CheckSettings(env.args); err != nil {
+				if err := clusterstate.CheckSettings(env.args); err != nil {
 					return err
 				}
 				if err := env.confirm(*force, "Change "+strings.Join(env.args, " ")+" for every member?"); err != nil {
@@ -169,7 +170,7 @@ func ctlVerbs() []ctlVerb {
 				}
 				ctx, cancel := env.call(ctx)
 				defer cancel()
-				cfg, err := ctl.EditConfig(ctx, env.cli, env.keys, env.args)
+				cfg, err := clusterstate.EditConfig(ctx, env.cli, env.keys, env.args)
 				if err != nil {
 					return err
 				}
@@ -199,14 +200,14 @@ func ctlSwitchover(fs *flag.FlagSet) ctlAction {
 			}
 			cctx, cancel := env.call(ctx)
 			defer cancel()
-			if err := ctl.CancelSwitchover(cctx, env.cli, env.keys); err != nil {
+			if err := clusterstate.CancelSwitchover(cctx, env.cli, env.keys); err != nil {
 				return err
 			}
 			fmt.Fprintln(env.stdout, "switchover cancelled")
 			return nil
 		}
 		now := time.Now()
-		req := ctl.SwitchoverRequest{Leader: *leader, Candidate: *to, MaxLag: int64(maxLag), DefaultMaxLag: core.DefaultMaximumLagOnFailover}
+		req := clusterstate.SwitchoverRequest{Leader: *leader, Candidate: *to, MaxLag: int64(maxLag), DefaultMaxLag: core.DefaultMaximumLagOnFailover}
 		if *at != "" {
 			t, err := ctl.ParseSchedule(*at, now)
 			if err != nil {
@@ -216,7 +217,7 @@ func ctlSwitchover(fs *flag.FlagSet) ctlAction {
 		}
 		cctx, cancel := env.call(ctx)
 		defer cancel()
-		st, err := ctl.Status(cctx, env.cli, env.keys)
+		st, err := clusterstate.Status(cctx, env.cli, env.keys)
 		if err != nil {
 			return err
 		}
@@ -234,7 +235,7 @@ func ctlSwitchover(fs *flag.FlagSet) ctlAction {
 		if err := env.confirm(*force, fmt.Sprintf("Switch over from %s to %s%s?", from, target, when)); err != nil {
 			return err
 		}
-		if err := ctl.RequestSwitchover(cctx, env.cli, env.keys, req, now); err != nil {
+		if err := clusterstate.RequestSwitchover(cctx, env.cli, env.keys, req, now); err != nil {
 			return err
 		}
 		if req.ScheduledAt != nil || *wait == 0 {
@@ -248,7 +249,7 @@ func ctlSwitchover(fs *flag.FlagSet) ctlAction {
 func waitLeader(ctx context.Context, env ctlEnv, from string, wait time.Duration, since time.Time) error {
 	wctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
-	leader, err := ctl.WaitNewLeader(wctx, env.cli, env.keys, from)
+	leader, err := clusterstate.WaitNewLeader(wctx, env.cli, env.keys, from)
 	if err != nil {
 		return err
 	}
@@ -266,7 +267,7 @@ func ctlFailover(fs *flag.FlagSet) ctlAction {
 		}
 		cctx, cancel := env.call(ctx)
 		defer cancel()
-		st, err := ctl.Status(cctx, env.cli, env.keys)
+		st, err := clusterstate.Status(cctx, env.cli, env.keys)
 		if err != nil {
 			return err
 		}
@@ -280,7 +281,7 @@ func ctlFailover(fs *flag.FlagSet) ctlAction {
 			return err
 		}
 		now := time.Now()
-		if err := ctl.RequestFailover(cctx, env.cli, env.keys, *to, now); err != nil {
+		if err := clusterstate.RequestFailover(cctx, env.cli, env.keys, *to, now); err != nil {
 			return err
 		}
 		if *wait == 0 {
@@ -303,7 +304,7 @@ func ctlSetPause(fs *flag.FlagSet, pause bool) ctlAction {
 		}
 		cctx, cancel := env.call(ctx)
 		defer cancel()
-		if _, err := ctl.EditConfig(cctx, env.cli, env.keys, []string{fmt.Sprintf("pause=%v", pause)}); err != nil {
+		if _, err := clusterstate.EditConfig(cctx, env.cli, env.keys, []string{fmt.Sprintf("pause=%v", pause)}); err != nil {
 			return err
 		}
 		if pause {
@@ -452,7 +453,7 @@ func runCtl(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		switch {
 		case errors.As(err, &ue):
 			return fail(exitUsage, "%s: %v", name, err)
-		case errors.Is(err, ctl.ErrRefused), errors.Is(err, errCancelled):
+		case errors.Is(err, clusterstate.ErrRefused), errors.Is(err, errCancelled):
 			return fail(exitFailure, "%s: %v", name, err)
 		}
 		eps := strings.Join(settings.Etcd, ",")

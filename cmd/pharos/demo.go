@@ -17,6 +17,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/pharos-ha/pharos/internal/cluster"
+	"github.com/pharos-ha/pharos/internal/clusterstate"
 	"github.com/pharos-ha/pharos/internal/ctl"
 	"github.com/pharos-ha/pharos/internal/etcdlocal"
 	"github.com/pharos-ha/pharos/internal/localha"
@@ -198,7 +199,7 @@ func demo(ctx context.Context, o demoOptions, log *slog.Logger, stdout io.Writer
 	}
 	fmt.Fprintf(stdout, "  REST APIs:   %s   (e.g. curl %s/primary; POSTs need -u %s:$(cat %s/api.password))\n\n",
 		strings.Join(apis, ", "), hc.Nodes()[0].APIURL, hc.APIUser, nodesDir)
-	if st, err := ctl.Status(ctx, cli, keys); err == nil {
+	if st, err := clusterstate.Status(ctx, cli, keys); err == nil {
 		_ = ctl.WriteTable(stdout, st)
 	}
 	fmt.Fprintf(stdout, "\nTry:\n"+
@@ -229,7 +230,7 @@ func waitClusterUp(ctx context.Context, cli *clientv3.Client, keys cluster.Keys,
 	shown := statusLine{every: time.Second}
 	last := ""
 	for {
-		st, err := ctl.Status(ctx, cli, keys)
+		st, err := clusterstate.Status(ctx, cli, keys)
 		if err == nil {
 			ready := st.Leader != nil
 			count := 0

@@ -18,7 +18,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/pharos-ha/pharos/internal/cluster"
-	"github.com/pharos-ha/pharos/internal/ctl"
+	"github.com/pharos-ha/pharos/internal/clusterstate"
 
 	"github.com/pharos-ha/pharos/internal/pglocal"
 )
@@ -175,7 +175,7 @@ func TestStatusLine(t *testing.T) {
 // killed node back as a replica.
 func demoFailover(t *testing.T, ctx context.Context, dir string, env map[string]string) {
 	t.Helper()
-	status := func() ctl.ClusterStatus {
+	status := func() clusterstate.ClusterStatus {
 		cli, err := clientv3.New(clientv3.Config{Endpoints: strings.Split(env["PHAROS_ETCD"], ","), DialTimeout: 2 * time.Second})
 		if err != nil {
 			t.Fatal(err)
@@ -184,7 +184,7 @@ func demoFailover(t *testing.T, ctx context.Context, dir string, env map[string]
 		keys, _ := cluster.NewKeys(env["PHAROS_CLUSTER"])
 		cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 		defer cancel()
-		st, err := ctl.Status(cctx, cli, keys)
+		st, err := clusterstate.Status(cctx, cli, keys)
 		if err != nil {
 			t.Fatal(err)
 		}

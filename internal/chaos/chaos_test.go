@@ -36,7 +36,7 @@ import (
 
 	"github.com/pharos-ha/pharos/bench"
 	"github.com/pharos-ha/pharos/internal/cluster"
-	"github.com/pharos-ha/pharos/internal/ctl"
+	"github.com/pharos-ha/pharos/internal/clusterstate"
 	"github.com/pharos-ha/pharos/internal/etcdlocal"
 	"github.com/pharos-ha/pharos/internal/faultnet"
 	"github.com/pharos-ha/pharos/internal/freeport"
@@ -185,10 +185,10 @@ func (e *env) stopProxy() error {
 	return err
 }
 
-func (e *env) status() (ctl.ClusterStatus, error) {
+func (e *env) status() (clusterstate.ClusterStatus, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
-	return ctl.Status(ctx, e.cli, e.keys)
+	return clusterstate.Status(ctx, e.cli, e.keys)
 }
 
 // waitHealthy waits for a leader running as primary, every member a replica

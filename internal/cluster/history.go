@@ -121,6 +121,25 @@ type Switchover struct {
 	RequestedAt time.Time `json:"requested_at,omitzero"`
 }
 
+// Describe says what the request asks for and how far it is, for a
+// human: "switchover to n2 requested", "failover: handed over to n3 at …".
+func (sw Switchover) Describe() string {
+	kind, to := "switchover", sw.Candidate
+	if sw.Failover {
+		kind = "failover"
+	}
+	if to == "" {
+		to = "the healthiest replica"
+	}
+	switch {
+	case sw.Handover:
+		return fmt.Sprintf("%s: handed over to %s at %s, waiting for it to take the lead", kind, to, sw.HandoverAt.Format(time.RFC3339))
+	case sw.ScheduledAt != nil:
+		return fmt.Sprintf("%s to %s scheduled at %s (pharos ctl switchover --cancel)", kind, to, sw.ScheduledAt.Format(time.RFC3339))
+	}
+	return fmt.Sprintf("%s to %s requested", kind, to)
+}
+
 // ParseSwitchover decodes the switchover key.
 func ParseSwitchover(data []byte) (Switchover, error) {
 	var s Switchover

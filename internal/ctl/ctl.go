@@ -1,223 +1,60 @@
-// Package ctl owns the operator's view of a pharos cluster and the verbs
-// that act on its etcd state: it reads the keys under /pharos/<cluster>/
-// (DESIGN §3) in one consistent read and renders them as tables or JSON
-// for `pharos ctl` and the demo.
+// Package ctl owns the operator's view of a pharos cluster: it renders the
+// state internal/clusterstate reads (one consistent read of the keys under
+// /pharos/<cluster>/, DESIGN §3) as tables, one-line summaries or JSON for
+// `pharos ctl` and the demo, and parses what an operator types that is not
+// a cluster record (--at).
 //
-// It must not know the proxy or the agent's decision rules: it shows what
-// the records say (who holds the leader key, what each member published)
-// and reports records it cannot read instead of dropping them, but it
-// never judges which member should lead or receive traffic.
+// It must not know the proxy or the agent's decision rules, and it reads
+// and writes etcd only through clusterstate: it shows what the records say
+// (who holds the leader key, what each member published) and reports
+// records that could not be read instead of dropping them, but it never
+// judges which member should lead or receive traffic.
 package ctl
 
 import (
-	"context"
+	"encoding/json"
 	"fmt"
-	"maps"
-	"slices"
+	"io"
+	"sort"
 	"strings"
-
-	clientv3 "go.etcd.io/etcd/client/v3"
-
-	"github.com/pharos-ha/pharos/internal/cluster"
+	"time"
 )
 
-// ClusterStatus is a cluster's state in etcd at one revision.
-type ClusterStatus struct {
-	// Prefix is the cluster's key prefix, /pharos/<cluster>/.
-	Prefix string `json:"prefix"`
-	// Revision is the etcd revision of the read: everything below is as of
-	// it.
-	Revision int64 `json:"revision"`
-	// Leader is the holder of the leader key; nil when no member holds it.
-	Leader *Leader `json:"leader"`
-	// Members are the valid member records, sorted by name.
-	Members []cluster.Member `json:"members"`
-	// Initialize is the bootstrap record; nil before the first bootstrap.
-	Initialize *cluster.Initialize `json:"initialize,omitempty"`
-	// History is the timeline history, oldest first.
-	History cluster.History `json:"history"`
-	// Sync names the synchronous standbys, nil when the key is absent.
-	Sync *cluster.SyncState `json:"sync,omitempty"`
-	// Switchover is the pending switchover request, nil when none.
-	Switchover *cluster.Switchover `json:"switchover,omitempty"`
-	// Config is the dynamic configuration (the config key), nil when unset.
-	Config map[string]any `json:"config,omitempty"`
-	// ParametersHidden says Config is shown without its PostgreSQL
-	// parameters (WithoutParameters).
-	ParametersHidden bool `json:"parameters_hidden,omitempty"`
-	// Invalid lists the keys of the layout whose value could not be read,
-	// sorted by key. A member here is missing from Members.
-	Invalid []InvalidRecord `json:"invalid"`
-}
-
-// Leader is the leader key as read.
-type Leader struct {
-	// Name is the key's value: the holder's member name.
-	Name string `json:"name"`
-	// Epoch is the key's create revision, the leadership epoch.
-	Epoch int64 `json:"epoch"`
-	// HasRecord says whether members/<Name> holds a valid record.
-	HasRecord bool `json:"has_record"`
-}
-
-// InvalidRecord is a key whose value does not parse or validate.
-type InvalidRecord struct {
-	Key         string `json:"key"`
-	ModRevision int64  `json:"mod_revision"`
-	Error       string `json:"error"`
-}
-
-// Paused reports whether the dynamic configuration pauses the cluster.
-func (s ClusterStatus) Paused() bool {
-	p, _ := s.Config["pause"].(bool)
-	return p
-}
-
-// WithoutParameters returns s with the dynamic configuration's PostgreSQL
-// parameters (postgresql.parameters) left out, for readers who may see the
-// topology but not the parameters' values, which often hold secrets (an
-// archive_command's credentials). s itself is not changed.
-func (s ClusterStatus) WithoutParameters() ClusterStatus {
-	pg, ok := s.Config["postgresql"].(map[string]any)
-	if !ok {
-		return s
-	}
-	if _, ok := pg["parameters"]; !ok {
-		return s
-	}
-	cfg := maps.Clone(s.Config)
-	pg = maps.Clone(pg)
-	delete(pg, "parameters")
-	if len(pg) == 0 {
-		delete(cfg, "postgresql")
-	} else {
-		cfg["postgresql"] = pg
-	}
-	s.Config, s.ParametersHidden = cfg, true
-	return s
-}
-
-// Member returns the record of the named member.
-func (s ClusterStatus) Member(name string) (cluster.Member, bool) {
-	i := slices.IndexFunc(s.Members, func(m cluster.Member) bool { return m.Name == name })
-	if i < 0 {
-		return cluster.Member{}, false
-	}
-	return s.Members[i], true
-}
-
-// empty reports whether nothing of the layout is under the prefix.
-func (s ClusterStatus) empty() bool {
-	return s.Leader == nil && len(s.Members) == 0 && s.Initialize == nil && len(s.History) == 0 && len(s.Invalid) == 0
-}
-
-// Status reads the cluster's keys with one Get on the prefix, so that the
-// leader, the member records and the history are from the same revision.
-// Keys outside the layout are ignored; keys of the layout that do not parse
-// are listed in Invalid.
-func Status(ctx context.Context, cli *clientv3.Client, keys cluster.Keys) (ClusterStatus, error) {
-	resp, err := cli.Get(ctx, keys.Prefix(), clientv3.WithPrefix())
-	if err != nil {
-		return ClusterStatus{}, fmt.Errorf("read %s: %w", keys.Prefix(), err)
-	}
-	st := ClusterStatus{
-		Prefix:   keys.Prefix(),
-		Revision: resp.Header.Revision,
-		Members:  []cluster.Member{},
-		History:  cluster.History{},
-		Invalid:  []InvalidRecord{},
-	}
-	invalid := func(key string, modRev int64, err error) {
-		st.Invalid = append(st.Invalid, InvalidRecord{Key: key, ModRevision: modRev, Error: err.Error()})
-	}
-	for _, kv := range resp.Kvs {
-		key := string(kv.Key)
-		kind, name := keys.Classify(key)
-		switch kind {
-		case cluster.KeyLeader:
-			v := string(kv.Value)
-			st.Leader = &Leader{Name: v, Epoch: kv.CreateRevision}
-			if !cluster.ValidName(v) {
-				invalid(key, kv.ModRevision, fmt.Errorf("leader key holds %q, not a member name", v))
-			}
-		case cluster.KeyMember:
-			m, err := cluster.ParseMember(kv.Value)
-			switch {
-			case err != nil:
-				invalid(key, kv.ModRevision, err)
-			case m.Name != name:
-				invalid(key, kv.ModRevision, fmt.Errorf("member record names member %q", m.Name))
-			default:
-				st.Members = append(st.Members, m)
-			}
-		case cluster.KeyInitialize:
-			in, err := cluster.ParseInitialize(kv.Value)
-			if err != nil {
-				invalid(key, kv.ModRevision, err)
+// WriteConfig prints the configuration as sorted key = value lines.
+func WriteConfig(w io.Writer, cfg map[string]any) error {
+	var lines []string
+	var walk func(prefix string, m map[string]any)
+	walk = func(prefix string, m map[string]any) {
+		for k, v := range m {
+			if sub, ok := v.(map[string]any); ok {
+				walk(prefix+k+".", sub)
 				continue
 			}
-			st.Initialize = &in
-		case cluster.KeyHistory:
-			h, err := cluster.ParseHistory(kv.Value)
-			if err != nil {
-				invalid(key, kv.ModRevision, err)
-				continue
-			}
-			if h != nil {
-				st.History = h
-			}
-		case cluster.KeySync:
-			ss, err := cluster.ParseSyncState(kv.Value)
-			if err != nil {
-				invalid(key, kv.ModRevision, err)
-				continue
-			}
-			st.Sync = &ss
-		case cluster.KeySwitchover:
-			sw, err := cluster.ParseSwitchover(kv.Value)
-			if err != nil {
-				invalid(key, kv.ModRevision, err)
-				continue
-			}
-			st.Switchover = &sw
-		case cluster.KeyConfig:
-			cfg, err := parseConfig(kv.Value)
-			if err != nil {
-				invalid(key, kv.ModRevision, err)
-				continue
-			}
-			st.Config = cfg
-		case cluster.KeyUnknown:
-			if strings.HasPrefix(key, keys.MembersPrefix()) {
-				invalid(key, kv.ModRevision, fmt.Errorf("%q is not a member name", strings.TrimPrefix(key, keys.MembersPrefix())))
-			}
+			b, _ := json.Marshal(v)
+			lines = append(lines, prefix+k+" = "+string(b))
 		}
 	}
-	// etcd's key order is already name order; sorting keeps Members' doc
-	// true whatever the read options.
-	slices.SortFunc(st.Members, func(a, b cluster.Member) int { return strings.Compare(a.Name, b.Name) })
-	if st.Leader != nil {
-		_, st.Leader.HasRecord = st.Member(st.Leader.Name)
+	walk("", cfg)
+	sort.Strings(lines)
+	if len(lines) == 0 {
+		lines = []string{"(empty: every agent uses its local settings)"}
 	}
-	return st, nil
+	_, err := w.Write([]byte(strings.Join(lines, "\n") + "\n"))
+	return err
 }
 
-// History reads the cluster's timeline history. A missing key is an empty
-// history; a value that does not parse is an error.
-func History(ctx context.Context, cli *clientv3.Client, keys cluster.Keys) (cluster.History, error) {
-	resp, err := cli.Get(ctx, keys.History())
+// ParseSchedule reads --at: RFC 3339, or a duration from now ("+10m").
+func ParseSchedule(s string, now time.Time) (time.Time, error) {
+	if d, ok := strings.CutPrefix(s, "+"); ok {
+		dur, err := time.ParseDuration(d)
+		if err != nil {
+			return time.Time{}, fmt.Errorf("%q: %w", s, err)
+		}
+		return now.Add(dur), nil
+	}
+	t, err := time.Parse(time.RFC3339, s)
 	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", keys.History(), err)
+		return time.Time{}, fmt.Errorf("%q is not a time like 2026-11-22T03:00:00Z or +10m", s)
 	}
-	if len(resp.Kvs) == 0 {
-		return cluster.History{}, nil
-	}
-	h, err := cluster.ParseHistory(resp.Kvs[0].Value)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", keys.History(), err)
-	}
-	if h == nil {
-		h = cluster.History{}
-	}
-	return h, nil
+	return t, nil
 }

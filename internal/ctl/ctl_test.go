@@ -13,6 +13,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/pharos-ha/pharos/internal/cluster"
+	"github.com/pharos-ha/pharos/internal/clusterstate"
 	"github.com/pharos-ha/pharos/internal/ctl"
 	"github.com/pharos-ha/pharos/internal/etcdlocal"
 )
@@ -70,18 +71,18 @@ func putMember(t *testing.T, cli *clientv3.Client, k cluster.Keys, m cluster.Mem
 	put(t, cli, k.Member(m.Name), string(rec))
 }
 
-func status(t *testing.T, cli *clientv3.Client, k cluster.Keys) ctl.ClusterStatus {
+func status(t *testing.T, cli *clientv3.Client, k cluster.Keys) clusterstate.ClusterStatus {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
 	defer cancel()
-	st, err := ctl.Status(ctx, cli, k)
+	st, err := clusterstate.Status(ctx, cli, k)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return st
 }
 
-func table(t *testing.T, st ctl.ClusterStatus) string {
+func table(t *testing.T, st clusterstate.ClusterStatus) string {
 	t.Helper()
 	var b bytes.Buffer
 	if err := ctl.WriteTable(&b, st); err != nil {
@@ -325,7 +326,7 @@ func TestHistory(t *testing.T) {
 	defer cancel()
 
 	t.Run("no key", func(t *testing.T) {
-		h, err := ctl.History(ctx, cli, k)
+		h, err := clusterstate.History(ctx, cli, k)
 		if err != nil || len(h) != 0 {
 			t.Fatalf("History = %v, %v; want empty", h, err)
 		}
@@ -353,7 +354,7 @@ func TestHistory(t *testing.T) {
 	put(t, cli, k.History(), string(data))
 
 	t.Run("table", func(t *testing.T) {
-		h, err := ctl.History(ctx, cli, k)
+		h, err := clusterstate.History(ctx, cli, k)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -378,7 +379,7 @@ func TestHistory(t *testing.T) {
 	})
 
 	t.Run("JSON", func(t *testing.T) {
-		h, err := ctl.History(ctx, cli, k)
+		h, err := clusterstate.History(ctx, cli, k)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -397,7 +398,7 @@ func TestHistory(t *testing.T) {
 
 	t.Run("malformed", func(t *testing.T) {
 		put(t, cli, k.History(), `[{"timeline":0}]`)
-		if _, err := ctl.History(ctx, cli, k); err == nil || !strings.Contains(err.Error(), k.History()) {
+		if _, err := clusterstate.History(ctx, cli, k); err == nil || !strings.Contains(err.Error(), k.History()) {
 			t.Errorf("History of a malformed key: %v, want an error naming the key", err)
 		}
 	})

@@ -11,13 +11,14 @@ import (
 	"time"
 
 	"github.com/pharos-ha/pharos/internal/cluster"
+	"github.com/pharos-ha/pharos/internal/clusterstate"
 )
 
 // WriteTable writes the status for a human: one row per member, a line
 // naming the leader, then anything an operator should look at (a primary
 // without the leader key, unreadable records).
-func WriteTable(w io.Writer, s ClusterStatus) error {
-	if s.empty() {
+func WriteTable(w io.Writer, s clusterstate.ClusterStatus) error {
+	if s.Empty() {
 		_, err := fmt.Fprintf(w, "nothing under %s: no member has joined this cluster (is the cluster name right?)\n", s.Prefix)
 		return err
 	}
@@ -80,7 +81,7 @@ func WriteTable(w io.Writer, s ClusterStatus) error {
 		}
 	}
 	if sw := s.Switchover; sw != nil {
-		b.WriteString(describeSwitchover(*sw) + "\n")
+		b.WriteString(sw.Describe() + "\n")
 	}
 	if in := s.Initialize; in != nil {
 		id := in.SystemID
@@ -105,7 +106,7 @@ func WriteTable(w io.Writer, s ClusterStatus) error {
 // leader n1 is not a running primary yet". Members named in expect that
 // have no valid record are listed as such rather than left out, so that a
 // member that has not published yet does not look absent.
-func Summary(s ClusterStatus, expect ...string) string {
+func Summary(s clusterstate.ClusterStatus, expect ...string) string {
 	names := slices.Clone(expect)
 	for _, m := range s.Members {
 		if !slices.Contains(names, m.Name) {
@@ -134,25 +135,8 @@ func Summary(s ClusterStatus, expect ...string) string {
 	return strings.Join(parts, " · ")
 }
 
-func describeSwitchover(sw cluster.Switchover) string {
-	kind, to := "switchover", sw.Candidate
-	if sw.Failover {
-		kind = "failover"
-	}
-	if to == "" {
-		to = "the healthiest replica"
-	}
-	switch {
-	case sw.Handover:
-		return fmt.Sprintf("%s: handed over to %s at %s, waiting for it to take the lead", kind, to, sw.HandoverAt.Format(time.RFC3339))
-	case sw.ScheduledAt != nil:
-		return fmt.Sprintf("%s to %s scheduled at %s (pharos ctl switchover --cancel)", kind, to, sw.ScheduledAt.Format(time.RFC3339))
-	}
-	return fmt.Sprintf("%s to %s requested", kind, to)
-}
-
 // WriteJSON writes the status as indented JSON.
-func WriteJSON(w io.Writer, s ClusterStatus) error {
+func WriteJSON(w io.Writer, s clusterstate.ClusterStatus) error {
 	return writeJSON(w, s)
 }
 

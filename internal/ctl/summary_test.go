@@ -4,6 +4,7 @@ import (
 	"testing"
 
 	"github.com/pharos-ha/pharos/internal/cluster"
+	"github.com/pharos-ha/pharos/internal/clusterstate"
 	"github.com/pharos-ha/pharos/internal/ctl"
 )
 
@@ -50,7 +51,7 @@ func TestSummary(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			st := ctl.ClusterStatus{Members: tt.members}
+			st := clusterstate.ClusterStatus{Members: tt.members}
 			if got := ctl.Summary(st, tt.expect...); got != tt.want {
 				t.Errorf("Summary = %q\nwant      %q", got, tt.want)
 			}

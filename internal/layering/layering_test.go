@@ -197,3 +197,34 @@ func TestProxyDoesNotKnowTheAgent(t *testing.T) {
 		}
 	}
 }
+
+// TestAgentDoesNotKnowTheCLI: the agent reads and writes the cluster's
+// operator state through internal/clusterstate, which ctl also uses; it
+// never builds on the CLI's rendering package or the command.
+func TestAgentDoesNotKnowTheCLI(t *testing.T) {
+	pkgs := modulePackages(t)
+	for _, path := range []string{"haagent", "haagent/core", "internal/clusterstate"} {
+		p := find(t, pkgs, path)
+		for _, banned := range []string{module + "/internal/ctl", module + "/cmd"} {
+			if hits := dependsOn(p, banned); len(hits) > 0 {
+				t.Errorf("%s depends on %s: %v", path, strings.TrimPrefix(banned, module+"/"), hits)
+			}
+		}
+	}
+}
+
+// TestRecordsArePure: internal/cluster, the records and the rules both
+// the agent's pure core and ctl apply to them (switchover eligibility, the
+// dynamic configuration's meaning), touches no etcd client, program or
+// socket, so that the core may import it.
+func TestRecordsArePure(t *testing.T) {
+	p := find(t, modulePackages(t), "internal/cluster")
+	for _, banned := range []string{"go.etcd.io", "os/exec", "net/http", "github.com/jackc/pgx"} {
+		if hits := dependsOn(p, banned); len(hits) > 0 {
+			t.Errorf("internal/cluster depends on %s: %v", banned, hits)
+		}
+	}
+	if slices.Contains(p.Deps, "net") {
+		t.Errorf("internal/cluster depends on net")
+	}
+}

@@ -24,6 +24,7 @@ import (
 
 	"github.com/pharos-ha/pharos/bench"
 	"github.com/pharos-ha/pharos/internal/cluster"
+	"github.com/pharos-ha/pharos/internal/clusterstate"
 	"github.com/pharos-ha/pharos/internal/ctl"
 	"github.com/pharos-ha/pharos/internal/etcdlocal"
 	"github.com/pharos-ha/pharos/internal/localha"
@@ -178,10 +179,10 @@ func lastBytes(s string, n int) string {
 	return s
 }
 
-func (e *haEnv) status(ctx context.Context) (ctl.ClusterStatus, error) {
+func (e *haEnv) status(ctx context.Context) (clusterstate.ClusterStatus, error) {
 	cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
-	return ctl.Status(cctx, e.cli, e.keys)
+	return clusterstate.Status(cctx, e.cli, e.keys)
 }
 
 // waitHealthy waits until a leader runs as primary and every one of the
@@ -321,7 +322,7 @@ func TestFailoverEndToEnd(t *testing.T) {
 
 	leader := e.waitHealthy(t, time.Time{}, 2*time.Minute)
 	e.checkTruth(t, ctx)
-	hist, err := ctl.History(ctx, e.cli, e.keys)
+	hist, err := clusterstate.History(ctx, e.cli, e.keys)
 	if err != nil || len(hist) != 1 || hist[0].Reason != "bootstrap" || hist[0].NewLeader != leader {
 		t.Fatalf("history after bootstrap: %+v, %v", hist, err)
 	}
@@ -387,7 +388,7 @@ func TestFailoverEndToEnd(t *testing.T) {
 			t.Fatalf("the old primary took the lead back: %s", got)
 		}
 		e.checkTruth(t, ctx)
-		hist, err := ctl.History(ctx, e.cli, e.keys)
+		hist, err := clusterstate.History(ctx, e.cli, e.keys)
 		if err != nil || len(hist) < 2 {
 			t.Fatalf("history: %+v, %v", hist, err)
 		}
@@ -624,7 +625,7 @@ func TestOperationsEndToEnd(t *testing.T) {
 			t.Fatalf("leader %s, want %s", got, target)
 		}
 		e.checkTruth(t, ctx)
-		hist, err := ctl.History(ctx, e.cli, e.keys)
+		hist, err := clusterstate.History(ctx, e.cli, e.keys)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -15,7 +15,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/pharos-ha/pharos/internal/ctl"
+	"github.com/pharos-ha/pharos/internal/clusterstate"
 	"github.com/pharos-ha/pharos/internal/localha"
 )
 
@@ -119,7 +119,7 @@ func TestSuccessPathsEndToEnd(t *testing.T) {
 		}
 		e.waitLeader(t, target, 30*time.Second)
 		e.waitHealthy(t, at, time.Minute)
-		hist, err := ctl.History(ctx, e.cli, e.keys)
+		hist, err := clusterstate.History(ctx, e.cli, e.keys)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -220,7 +220,7 @@ func (e *haEnv) waitLeader(t *testing.T, want string, timeout time.Duration) {
 // lastHistory checks the newest history entry.
 func (e *haEnv) lastHistory(t *testing.T, reason, from, to string) {
 	t.Helper()
-	hist, err := ctl.History(context.Background(), e.cli, e.keys)
+	hist, err := clusterstate.History(context.Background(), e.cli, e.keys)
 	if err != nil {
 		t.Fatal(err)
 	}

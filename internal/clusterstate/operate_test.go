@@ -1,13 +1,13 @@
-package ctl_test
+package clusterstate_test
 
 import (
 	"errors"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/pharos-ha/pharos/internal/cluster"
+	"github.com/pharos-ha/pharos/internal/clusterstate"
 	"github.com/pharos-ha/pharos/internal/ctl"
 )
 
@@ -23,16 +23,16 @@ func TestRequestSwitchoverLagLimit(t *testing.T) {
 	putMember(t, cli, k, cluster.Member{Name: "n2", Role: cluster.RoleReplica, State: "streaming from n1", Host: "127.0.0.1", Port: 5433, LagBytes: ptr(int64(2 << 20)), UpdatedAt: now})
 	put(t, cli, k.Leader(), "n1")
 	ask := func(maxLag int64) error {
-		err := ctl.RequestSwitchover(t.Context(), cli, k, ctl.SwitchoverRequest{Candidate: "n2", MaxLag: maxLag, DefaultMaxLag: 1 << 20}, now)
+		err := clusterstate.RequestSwitchover(t.Context(), cli, k, clusterstate.SwitchoverRequest{Candidate: "n2", MaxLag: maxLag, DefaultMaxLag: 1 << 20}, now)
 		if err == nil {
-			if err := ctl.CancelSwitchover(t.Context(), cli, k); err != nil {
+			if err := clusterstate.CancelSwitchover(t.Context(), cli, k); err != nil {
 				t.Fatal(err)
 			}
 		}
 		return err
 	}
 	refusedForLag := func(err error) bool {
-		return errors.Is(err, ctl.ErrRefused) && strings.Contains(err.Error(), "lags 2097152 bytes")
+		return errors.Is(err, clusterstate.ErrRefused) && strings.Contains(err.Error(), "lags 2097152 bytes")
 	}
 
 	if err := ask(-1); !refusedForLag(err) {
@@ -49,7 +49,7 @@ func TestRequestSwitchoverLagLimit(t *testing.T) {
 		t.Errorf("explicit no limit: err = %v", err)
 	}
 	put(t, cli, k.Config(), `{"maximum_lag_on_failover": "lots"}`)
-	if err := ask(-1); !errors.Is(err, ctl.ErrRefused) || !strings.Contains(err.Error(), "not a number of bytes") {
+	if err := ask(-1); !errors.Is(err, clusterstate.ErrRefused) || !strings.Contains(err.Error(), "not a number of bytes") {
 		t.Errorf("malformed cluster setting: err = %v, want a refusal naming it", err)
 	}
 }
@@ -78,31 +78,31 @@ func TestRequestsRefused(t *testing.T) {
 	}
 	refusedWith := func(t *testing.T, err error, want string) {
 		t.Helper()
-		if !errors.Is(err, ctl.ErrRefused) || !strings.Contains(err.Error(), want) {
+		if !errors.Is(err, clusterstate.ErrRefused) || !strings.Contains(err.Error(), want) {
 			t.Errorf("err = %v, want a refusal with %q", err, want)
 		}
 		noSwitchoverKey(t)
 	}
 
 	t.Run("switchover without a leader", func(t *testing.T) {
-		err := ctl.RequestSwitchover(t.Context(), cli, k, ctl.SwitchoverRequest{Candidate: "n2"}, now)
+		err := clusterstate.RequestSwitchover(t.Context(), cli, k, clusterstate.SwitchoverRequest{Candidate: "n2"}, now)
 		refusedWith(t, err, "no leader")
 	})
 	put(t, cli, k.Leader(), "n1")
 	for _, tc := range []struct {
 		name string
-		req  ctl.SwitchoverRequest
+		req  clusterstate.SwitchoverRequest
 		want string
 	}{
-		{"another leader named", ctl.SwitchoverRequest{Leader: "n2"}, "n2 is not the leader, n1 is"},
-		{"unknown candidate", ctl.SwitchoverRequest{Candidate: "n9"}, "n9 is not a member"},
-		{"the leader as candidate", ctl.SwitchoverRequest{Candidate: "n1"}, "n1 already leads"},
-		{"a stale candidate", ctl.SwitchoverRequest{Candidate: "n3"}, "n3's record is 1m0s old"},
-		{"a starting candidate", ctl.SwitchoverRequest{Candidate: "n4"}, "n4 is not a healthy replica of n1"},
-		{"a time in the past", ctl.SwitchoverRequest{Candidate: "n2", ScheduledAt: &past}, "in the past"},
+		{"another leader named", clusterstate.SwitchoverRequest{Leader: "n2"}, "n2 is not the leader, n1 is"},
+		{"unknown candidate", clusterstate.SwitchoverRequest{Candidate: "n9"}, "n9 is not a member"},
+		{"the leader as candidate", clusterstate.SwitchoverRequest{Candidate: "n1"}, "n1 already leads"},
+		{"a stale candidate", clusterstate.SwitchoverRequest{Candidate: "n3"}, "n3's record is 1m0s old"},
+		{"a starting candidate", clusterstate.SwitchoverRequest{Candidate: "n4"}, "n4 is not a healthy replica of n1"},
+		{"a time in the past", clusterstate.SwitchoverRequest{Candidate: "n2", ScheduledAt: &past}, "in the past"},
 	} {
 		t.Run("switchover: "+tc.name, func(t *testing.T) {
-			refusedWith(t, ctl.RequestSwitchover(t.Context(), cli, k, tc.req, now), tc.want)
+			refusedWith(t, clusterstate.RequestSwitchover(t.Context(), cli, k, tc.req, now), tc.want)
 		})
 	}
 	for _, tc := range []struct {
@@ -115,21 +115,21 @@ func TestRequestsRefused(t *testing.T) {
 		{"a starting candidate", "n4", "n4 is starting, not a running replica"},
 	} {
 		t.Run("failover: "+tc.name, func(t *testing.T) {
-			refusedWith(t, ctl.RequestFailover(t.Context(), cli, k, tc.candidate, now), tc.want)
+			refusedWith(t, clusterstate.RequestFailover(t.Context(), cli, k, tc.candidate, now), tc.want)
 		})
 	}
 	t.Run("cancel with nothing pending", func(t *testing.T) {
-		refusedWith(t, ctl.CancelSwitchover(t.Context(), cli, k), "no switchover is pending")
+		refusedWith(t, clusterstate.CancelSwitchover(t.Context(), cli, k), "no switchover is pending")
 	})
 	t.Run("a second request while one is pending", func(t *testing.T) {
-		if err := ctl.RequestSwitchover(t.Context(), cli, k, ctl.SwitchoverRequest{Candidate: "n2"}, now); err != nil {
+		if err := clusterstate.RequestSwitchover(t.Context(), cli, k, clusterstate.SwitchoverRequest{Candidate: "n2"}, now); err != nil {
 			t.Fatal(err)
 		}
-		err := ctl.RequestFailover(t.Context(), cli, k, "n2", now)
-		if !errors.Is(err, ctl.ErrRefused) || !strings.Contains(err.Error(), "another switchover is pending") {
+		err := clusterstate.RequestFailover(t.Context(), cli, k, "n2", now)
+		if !errors.Is(err, clusterstate.ErrRefused) || !strings.Contains(err.Error(), "another switchover is pending") {
 			t.Errorf("err = %v, want a refusal naming the pending request", err)
 		}
-		if err := ctl.CancelSwitchover(t.Context(), cli, k); err != nil {
+		if err := clusterstate.CancelSwitchover(t.Context(), cli, k); err != nil {
 			t.Fatal(err)
 		}
 		noSwitchoverKey(t)
@@ -143,7 +143,7 @@ func TestEditConfig(t *testing.T) {
 	cli := etcd(t)
 	k := keys(t, "edit")
 	edit := func(settings ...string) (string, error) {
-		cfg, err := ctl.EditConfig(t.Context(), cli, k, settings)
+		cfg, err := clusterstate.EditConfig(t.Context(), cli, k, settings)
 		if err != nil {
 			return "", err
 		}
@@ -199,7 +199,7 @@ func TestEditConfig(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := edit(tc.settings...)
-			if !errors.Is(err, ctl.ErrRefused) || !strings.Contains(err.Error(), tc.want) {
+			if !errors.Is(err, clusterstate.ErrRefused) || !strings.Contains(err.Error(), tc.want) {
 				t.Errorf("err = %v, want a refusal with %q", err, tc.want)
 			}
 			if after := stored(); after != before {
@@ -228,31 +228,11 @@ func TestEditConfig(t *testing.T) {
 
 	t.Run("a half-written config key", func(t *testing.T) {
 		put(t, cli, k.Config(), `{"pause": tr`)
-		if _, err := edit("pause=true"); err == nil || errors.Is(err, ctl.ErrRefused) || !strings.Contains(err.Error(), "config:") {
+		if _, err := edit("pause=true"); err == nil || errors.Is(err, clusterstate.ErrRefused) || !strings.Contains(err.Error(), "config:") {
 			t.Errorf("err = %v, want the config key reported as unreadable", err)
 		}
 		if after := stored(); after != `{"pause": tr` {
 			t.Errorf("the unreadable key was overwritten with %s", after)
 		}
 	})
-}
-
-func TestParseSchedule(t *testing.T) {
-	now := time.Date(2026, 3, 4, 5, 6, 7, 0, time.UTC)
-	for _, tc := range []struct {
-		in   string
-		want time.Time
-	}{
-		{"+10m", now.Add(10 * time.Minute)},
-		{"2026-11-22T03:00:00Z", time.Date(2026, 11, 22, 3, 0, 0, 0, time.UTC)},
-	} {
-		if got, err := ctl.ParseSchedule(tc.in, now); err != nil || !got.Equal(tc.want) {
-			t.Errorf("ParseSchedule(%q) = %v, %v; want %v", tc.in, got, err, tc.want)
-		}
-	}
-	for _, in := range []string{"+soon", "tomorrow", "2026-11-22 03:00", ""} {
-		if _, err := ctl.ParseSchedule(in, now); err == nil || !strings.Contains(err.Error(), strconv.Quote(in)) {
-			t.Errorf("ParseSchedule(%q): err = %v, want one quoting the input", in, err)
-		}
-	}
 }

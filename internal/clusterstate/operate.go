@@ -1,12 +1,10 @@
-package ctl
+package clusterstate
 
 import (
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"sort"
 	"strings"
 	"time"
 
@@ -187,7 +185,7 @@ func putSwitchover(ctx context.Context, cli *clientv3.Client, keys cluster.Keys,
 		pending := "a request"
 		if kvs := resp.Responses[0].GetResponseRange().Kvs; len(kvs) == 1 {
 			if old, err := cluster.ParseSwitchover(kvs[0].Value); err == nil {
-				pending = describeSwitchover(old)
+				pending = old.Describe()
 			}
 		}
 		return refused("another switchover is pending (%s); cancel it first with switchover --cancel", pending)
@@ -453,43 +451,4 @@ func setPath(m map[string]any, path []string, v any, del bool) {
 		return
 	}
 	m[last] = v
-}
-
-// WriteConfig prints the configuration as sorted key = value lines.
-func WriteConfig(w io.Writer, cfg map[string]any) error {
-	var lines []string
-	var walk func(prefix string, m map[string]any)
-	walk = func(prefix string, m map[string]any) {
-		for k, v := range m {
-			if sub, ok := v.(map[string]any); ok {
-				walk(prefix+k+".", sub)
-				continue
-			}
-			b, _ := json.Marshal(v)
-			lines = append(lines, prefix+k+" = "+string(b))
-		}
-	}
-	walk("", cfg)
-	sort.Strings(lines)
-	if len(lines) == 0 {
-		lines = []string{"(empty: every agent uses its local settings)"}
-	}
-	_, err := w.Write([]byte(strings.Join(lines, "\n") + "\n"))
-	return err
-}
-
-// ParseSchedule reads --at: RFC 3339, or a duration from now ("+10m").
-func ParseSchedule(s string, now time.Time) (time.Time, error) {
-	if d, ok := strings.CutPrefix(s, "+"); ok {
-		dur, err := time.ParseDuration(d)
-		if err != nil {
-			return time.Time{}, fmt.Errorf("%q: %w", s, err)
-		}
-		return now.Add(dur), nil
-	}
-	t, err := time.Parse(time.RFC3339, s)
-	if err != nil {
-		return time.Time{}, fmt.Errorf("%q is not a time like 2026-11-22T03:00:00Z or +10m", s)
-	}
-	return t, nil
 }

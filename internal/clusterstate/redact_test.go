@@ -1,11 +1,11 @@
-package ctl_test
+package clusterstate_test
 
 import (
 	"encoding/json"
 	"strings"
 	"testing"
 
-	"github.com/pharos-ha/pharos/internal/ctl"
+	"github.com/pharos-ha/pharos/internal/clusterstate"
 )
 
 // TestWithoutParameters: the view for readers without credentials keeps
@@ -14,7 +14,7 @@ import (
 // was.
 func TestWithoutParameters(t *testing.T) {
 	const secret = "aws s3 cp %p s3://bucket/%f --key AKIAEXAMPLESECRET"
-	full := ctl.ClusterStatus{Prefix: "/pharos/c1/", Config: map[string]any{
+	full := clusterstate.ClusterStatus{Prefix: "/pharos/c1/", Config: map[string]any{
 		"pause": true,
 		"postgresql": map[string]any{
 			"parameters": map[string]any{"archive_command": secret, "work_mem": "64MB"},
@@ -37,11 +37,11 @@ func TestWithoutParameters(t *testing.T) {
 		t.Errorf("the full view changed: %v", full.Config)
 	}
 
-	only := ctl.ClusterStatus{Config: map[string]any{"postgresql": map[string]any{"parameters": map[string]any{"x": "1"}}}}.WithoutParameters()
+	only := clusterstate.ClusterStatus{Config: map[string]any{"postgresql": map[string]any{"parameters": map[string]any{"x": "1"}}}}.WithoutParameters()
 	if _, ok := only.Config["postgresql"]; ok || !only.ParametersHidden {
 		t.Errorf("config with parameters only: %v, hidden %v", only.Config, only.ParametersHidden)
 	}
-	none := ctl.ClusterStatus{Config: map[string]any{"pause": false}}.WithoutParameters()
+	none := clusterstate.ClusterStatus{Config: map[string]any{"pause": false}}.WithoutParameters()
 	if none.ParametersHidden {
 		t.Error("a config without parameters reported as hidden")
 	}
