@@ -556,7 +556,7 @@ func syncTarget(o Observation, r Rules) ([]string, bool) {
 	if o.DCS.SyncMode.Enabled {
 		var healthy []cluster.Member
 		for name, m := range o.DCS.Members {
-			if name != r.Name && m.Role == cluster.RoleReplica && m.State == "streaming from "+r.Name &&
+			if name != r.Name && m.StreamsFrom(r.Name) &&
 				o.Now.Sub(o.DCS.MemberSeenAt[name]) <= r.Timing.StaleAfter() {
 				healthy = append(healthy, m)
 			}
@@ -647,54 +647,38 @@ func SortedNames(s []string) []string {
 }
 
 // switchoverTarget picks the member a switchover hands over to, or says why
-// none can take it: it must be a fresh replica streaming from this leader
-// (any running member for a forced failover), within
-// maximum_lag_on_failover, and, when the request names none, the most
-// advanced such replica not tagged nofailover.
+// none can take it, by the takeover rule ctl applies too
+// (cluster.CheckTakeover, PickTakeover): a fresh replica streaming from
+// this leader (any running replica for a forced failover), a synchronous
+// standby in synchronous mode, within maximum_lag_on_failover, and, when
+// the request names none, the most advanced such replica not tagged
+// nofailover.
 func switchoverTarget(o Observation, r Rules, sw cluster.Switchover) (string, string) {
-	check := func(name string) string {
-		m, ok := o.DCS.Members[name]
-		switch {
-		case name == r.Name:
-			return name + " already leads"
-		case !ok:
-			return name + " has no member record"
-		case o.Now.Sub(o.DCS.MemberSeenAt[name]) > r.Timing.StaleAfter():
-			return name + "'s record is stale"
-		case sw.Failover && m.Role != cluster.RoleReplica:
-			return name + " is " + string(m.Role) + ", not a running replica"
-		case sw.Failover:
-			return ""
-		case o.DCS.SyncMode.Enabled && (o.DCS.Sync == nil || !o.DCS.Sync.Has(name)):
-			return name + " is not a synchronous standby"
-		case m.Role != cluster.RoleReplica || m.State != "streaming from "+r.Name:
-			return fmt.Sprintf("%s is not streaming from %s (%s, %s)", name, r.Name, m.Role, m.State)
-		case r.MaximumLagOnFailover > 0 && m.Lag() > r.MaximumLagOnFailover:
-			return fmt.Sprintf("%s lags %d bytes (maximum_lag_on_failover %d)", name, m.Lag(), r.MaximumLagOnFailover)
-		case m.Lag() < 0:
-			return name + "'s lag is unknown"
+	rule := cluster.TakeoverRule{
+		Leader: r.Name, Failover: sw.Failover, StaleAfter: r.Timing.StaleAfter(), MaxLag: r.MaximumLagOnFailover,
+		SyncRequired: o.DCS.SyncMode.Enabled, Sync: o.DCS.Sync,
+	}
+	candidate := func(name string) cluster.Candidate {
+		c := cluster.Candidate{Name: name, Age: o.Now.Sub(o.DCS.MemberSeenAt[name])}
+		if m, ok := o.DCS.Members[name]; ok {
+			c.Record = &m
 		}
-		return ""
+		return c
 	}
 	if sw.Candidate != "" {
-		if why := check(sw.Candidate); why != "" {
-			return "", why
+		if v := cluster.CheckTakeover(candidate(sw.Candidate), rule); !v.OK() {
+			return "", v.String()
 		}
 		return sw.Candidate, ""
 	}
-	best, bestPos := "", cluster.LSN(0)
-	for name, m := range o.DCS.Members {
-		if m.Tags.NoFailover || check(name) != "" {
-			continue
-		}
-		if pos := max(m.LSN, m.ReceiveLSN); best == "" || pos > bestPos || pos == bestPos && name < best {
-			best, bestPos = name, pos
-		}
+	var cands []cluster.Candidate
+	for name := range o.DCS.Members {
+		cands = append(cands, candidate(name))
 	}
-	if best == "" {
-		return "", "no healthy replica to hand over to"
+	if best, _ := cluster.PickTakeover(cands, rule); best != "" {
+		return best, ""
 	}
-	return best, ""
+	return "", "no healthy replica to hand over to"
 }
 
 // handoverWait bounds how long the other members wait for a hand-over's

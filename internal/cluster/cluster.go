@@ -6,7 +6,10 @@
 //
 // The agent writes these records and the router reads them. This package
 // must not know the etcd client (keys and values are strings and bytes
-// here), the proxy, or HA decisions.
+// here), the proxy, or HA decisions, with one exception: who may take over
+// in a switchover (takeover.go) is checked both by ctl, before it writes a
+// request, and by the leader's Decide, before it hands over, so the rule
+// lives here, where both can import it.
 package cluster
 
 import (
@@ -80,6 +83,12 @@ func joinHostPort(host string, port int) string {
 		return "[" + host + "]:" + strconv.Itoa(port)
 	}
 	return host + ":" + strconv.Itoa(port)
+}
+
+// StreamsFrom reports whether the record shows a replica streaming WAL
+// from leader.
+func (m Member) StreamsFrom(leader string) bool {
+	return m.Role == RoleReplica && leader != "" && m.State == "streaming from "+leader
 }
 
 // Lag returns the replay lag in bytes, or -1 when unknown.

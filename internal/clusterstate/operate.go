@@ -67,47 +67,26 @@ func RequestSwitchover(ctx context.Context, cli *clientv3.Client, keys cluster.K
 			return err
 		}
 	}
-	check := func(m cluster.Member) string {
-		switch {
-		case m.Name == leader:
-			return m.Name + " already leads"
-		case now.Sub(m.UpdatedAt) > recordStale:
-			return fmt.Sprintf("%s's record is %v old: is its agent running?", m.Name, now.Sub(m.UpdatedAt).Round(time.Second))
-		case m.Role != cluster.RoleReplica || m.State != "streaming from "+leader:
-			return fmt.Sprintf("%s is not a healthy replica of %s (%s, %s)", m.Name, leader, m.Role, m.State)
-		case m.Lag() < 0:
-			return m.Name + "'s lag is unknown"
-		case r.MaxLag > 0 && m.Lag() > r.MaxLag:
-			return fmt.Sprintf("%s lags %d bytes behind %s (limit %d)", m.Name, m.Lag(), leader, r.MaxLag)
-		}
-		return ""
-	}
+	// The leader's own rule, less synchronous mode (the leader checks
+	// that when it acts), with ctl's words for the operator.
+	rule := cluster.TakeoverRule{Leader: leader, StaleAfter: recordStale, MaxLag: r.MaxLag}
 	if r.Candidate != "" {
-		m, ok := st.Member(r.Candidate)
-		if !ok {
+		if _, ok := st.Member(r.Candidate); !ok {
 			return refused("%s is not a member of the cluster", r.Candidate)
 		}
-		if why := check(m); why != "" {
-			return refused("%s", why)
+		if v := cluster.CheckTakeover(st.candidate(r.Candidate, now), rule); !v.OK() {
+			return refused("%s", unfit(v))
 		}
 	} else {
-		var reasons []string
-		found := false
+		cands := make([]cluster.Candidate, 0, len(st.Members))
 		for _, m := range st.Members {
-			if m.Name == leader {
-				continue
-			}
-			why := check(m)
-			if why == "" && m.Tags.NoFailover {
-				why = m.Name + " is tagged nofailover"
-			}
-			if why == "" {
-				found = true
-				break
-			}
-			reasons = append(reasons, why)
+			cands = append(cands, st.candidate(m.Name, now))
 		}
-		if !found {
+		if best, verdicts := cluster.PickTakeover(cands, rule); best == "" {
+			reasons := make([]string, 0, len(verdicts))
+			for _, v := range verdicts {
+				reasons = append(reasons, unfit(v))
+			}
 			if len(reasons) == 0 {
 				reasons = []string{"the cluster has no other member"}
 			}
@@ -116,6 +95,30 @@ func RequestSwitchover(ctx context.Context, cli *clientv3.Client, keys cluster.K
 	}
 	sw := cluster.Switchover{Leader: leader, Candidate: r.Candidate, ScheduledAt: r.ScheduledAt, RequestedAt: now.UTC()}
 	return putSwitchover(ctx, cli, keys, sw)
+}
+
+// candidate is the named member for the takeover rule; its record's age
+// is by its UpdatedAt, since ctl sees it once.
+func (s ClusterStatus) candidate(name string, now time.Time) cluster.Candidate {
+	c := cluster.Candidate{Name: name}
+	if m, ok := s.Member(name); ok {
+		c.Record, c.Age = &m, now.Sub(m.UpdatedAt)
+	}
+	return c
+}
+
+// unfit says why a member may not take over, in words for the operator
+// who asked.
+func unfit(v cluster.Verdict) string {
+	switch v.Reason {
+	case cluster.UnfitStale:
+		return fmt.Sprintf("%s's record is %v old: is its agent running?", v.Name, v.Age.Round(time.Second))
+	case cluster.UnfitNotStreaming:
+		return fmt.Sprintf("%s is not a healthy replica of %s (%s, %s)", v.Name, v.Leader, v.Role, v.State)
+	case cluster.UnfitLagging:
+		return fmt.Sprintf("%s lags %d bytes behind %s (limit %d)", v.Name, v.Lag, v.Leader, v.MaxLag)
+	}
+	return v.String()
 }
 
 // clusterMaxLag reads maximum_lag_on_failover from the config key, or
@@ -148,16 +151,15 @@ func RequestFailover(ctx context.Context, cli *clientv3.Client, keys cluster.Key
 	if err != nil {
 		return err
 	}
-	m, ok := st.Member(candidate)
-	switch {
-	case !ok:
+	if _, ok := st.Member(candidate); !ok {
 		return refused("%s is not a member of the cluster", candidate)
-	case st.Leader != nil && st.Leader.Name == candidate:
-		return refused("%s already leads", candidate)
-	case m.Role != cluster.RoleReplica:
-		return refused("%s is %s, not a running replica", candidate, m.Role)
-	case now.Sub(m.UpdatedAt) > recordStale:
-		return refused("%s's record is %v old: is its agent running?", candidate, now.Sub(m.UpdatedAt).Round(time.Second))
+	}
+	rule := cluster.TakeoverRule{Failover: true, StaleAfter: recordStale}
+	if st.Leader != nil {
+		rule.Leader = st.Leader.Name
+	}
+	if v := cluster.CheckTakeover(st.candidate(candidate, now), rule); !v.OK() {
+		return refused("%s", unfit(v))
 	}
 	sw := cluster.Switchover{Candidate: candidate, Failover: true, RequestedAt: now.UTC()}
 	if st.Leader == nil {
