@@ -3,6 +3,7 @@ package restapi
 import (
 	"errors"
 	"math"
+	"net/http"
 	"net/url"
 	"strconv"
 	"strings"
@@ -287,4 +288,37 @@ func postgresState(st NodeStatus) string {
 	default:
 		return "stopped"
 	}
+}
+
+func (s *Server) serveHealth(w http.ResponseWriter, r *http.Request, c check) {
+	st := s.backend.Status()
+	now := time.Now()
+	v := evaluate(c, st, r.URL.Query(), now, s.cfg.LoopStale)
+	if v.badLag != "" {
+		s.warnBadLag(r, v.badLag, now)
+	}
+	code := http.StatusServiceUnavailable
+	if v.ok {
+		code = http.StatusOK
+	}
+	w.Header().Set("Cache-Control", "no-store")
+	if r.Method != http.MethodGet {
+		// HEAD and OPTIONS: the status code is the answer (what HAProxy's
+		// option httpchk OPTIONS reads).
+		if r.Method == http.MethodOptions {
+			w.Header().Set("Content-Length", "0")
+		}
+		w.WriteHeader(code)
+		return
+	}
+	writeJSON(w, r, code, newStatusDoc(st))
+}
+
+func (s *Server) warnBadLag(r *http.Request, lag string, now time.Time) {
+	last := s.lastBadLagLog.Load()
+	if now.UnixNano()-last < int64(badLagLogEvery) || !s.lastBadLagLog.CompareAndSwap(last, now.UnixNano()) {
+		return
+	}
+	s.log.Warn("health check ignores an unparsable lag limit, as Patroni does",
+		"path", r.URL.Path, "lag", lag, "remote", r.RemoteAddr, "valid", "bytes, or a number with B, kB, MB, GB, TB")
 }
