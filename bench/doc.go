@@ -10,20 +10,28 @@
 //
 // Layout:
 //
+//   - target.go: targets, protocol modes, workloads and client counts, and
+//     their flag parsers.
 //   - histogram.go: a fixed-bucket log-linear latency histogram, allocation
 //     free on Record, mergeable across clients and rounds.
 //   - stats.go: median and the target rotation order; pure.
 //   - report.go: the result model, its summary (medians, ratios) and the text
 //     and JSON renderings; pure.
-//   - throughput.go: the engine that opens connections, holds the start
-//     barrier, runs the clients under an errgroup and collects results.
+//   - throughput.go: the throughput benchmark's configuration, its cases
+//     and the rounds that rotate the targets; engine.go: the engine that
+//     opens connections, holds the start barrier, runs the clients under an
+//     errgroup and collects results.
 //   - switch.go: the route-switch measurement (`pharos bench switch`).
 //   - failover.go: the write probe around a fault (`pharos bench failover`):
 //     numbered writes, reconnecting on error, read back from the final
-//     primary.
+//     primary; failoverreport.go: its report and the text and JSON
+//     renderings.
 //   - checker.go: the pure judge of a write history: acknowledged writes
 //     missing afterwards, outages, recovery; splitbrain.go: the pure judge
 //     of direct per-node writes: spans in which two nodes accepted writes.
+//   - summary.go: the Markdown report of a results directory (`make
+//     bench`), built from its JSON files alone; chart.go: its hand-written
+//     SVG charts.
 //
 // Method. Targets are measured in alternation, not one after the other: for
 // each round, for each protocol mode, every target gets one run of the same
