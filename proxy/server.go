@@ -13,6 +13,13 @@
 // and wakes both copiers with deadlines; backendToClient then writes the
 // FATAL error to the client when the stream is at a message boundary.
 //
+// Files: server.go holds the listeners, accepting and draining; session.go
+// a session's state, its end and its client-side startup (startup packet,
+// TLS); backend.go connecting it to a backend (route, dial, backend TLS)
+// and forwarding CancelRequests; relay.go the two copiers and their
+// per-message path; pump.go the socket reads and writes under them;
+// config.go the configuration.
+//
 // Its Go API carries no stability promise: pharos ships a binary, and
 // these packages change with it.
 package proxy
