@@ -4,11 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/pharos-ha/pharos/haagent/core"
 	"slices"
 	"strings"
 	"time"
 
+	"github.com/pharos-ha/pharos/haagent/core"
 	"github.com/pharos-ha/pharos/internal/cluster"
 	"github.com/pharos-ha/pharos/internal/clusterstate"
 	"github.com/pharos-ha/pharos/internal/restapi"

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"github.com/pharos-ha/pharos/haagent/core"
 	"io"
 	"os"
 	"strings"
@@ -15,6 +14,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"golang.org/x/sys/unix"
 
+	"github.com/pharos-ha/pharos/haagent/core"
 	"github.com/pharos-ha/pharos/internal/cluster"
 	"github.com/pharos-ha/pharos/internal/clusterstate"
 	"github.com/pharos-ha/pharos/internal/ctl"

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"github.com/pharos-ha/pharos/haagent/core"
 	"io"
 	"log/slog"
 	"net"
@@ -14,6 +13,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/pharos-ha/pharos/haagent/core"
 	"github.com/pharos-ha/pharos/internal/pglocal"
 	"github.com/pharos-ha/pharos/internal/pgproc"
 	"github.com/pharos-ha/pharos/internal/restapi"
