@@ -130,7 +130,7 @@ func (a *Agent) setStatus(o core.Observation, m cluster.Member) {
 		State:          m.State,
 		Running:        o.PG.Running,
 		Leader:         o.DCS.LeaderIsMine && m.Role == cluster.RolePrimary,
-		Streaming:      strings.HasPrefix(m.State, "streaming from "),
+		Streaming:      m.Streaming,
 		LagBytes:       m.Lag(),
 		Timeline:       o.PG.Timeline,
 		LSN:            o.PG.Position(),

@@ -50,6 +50,10 @@ func (a *Agent) record(o core.Observation, role cluster.Role, state string) clus
 
 		PendingRestart: o.PG.PendingRestart,
 	}
+	if role == cluster.RoleReplica {
+		// What core.PublishedRole's state says in words, for readers.
+		m.Upstream, m.Streaming = o.PG.Upstream, o.PG.Streaming && o.PG.Upstream != ""
+	}
 	if role == cluster.RoleReplica && a.mem.LastLeaderLSN != 0 {
 		lag := max(int64(a.mem.LastLeaderLSN)-int64(o.PG.LSN), 0)
 		m.LagBytes = &lag

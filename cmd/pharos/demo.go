@@ -235,7 +235,7 @@ func waitClusterUp(ctx context.Context, cli *clientv3.Client, keys cluster.Keys,
 			ready := st.Leader != nil
 			count := 0
 			for _, m := range st.Members {
-				if m.Role == cluster.RolePrimary || (m.Role == cluster.RoleReplica && strings.HasPrefix(m.State, "streaming")) {
+				if m.Role == cluster.RolePrimary || (m.Role == cluster.RoleReplica && m.Streaming) {
 					count++
 				}
 			}

@@ -238,7 +238,7 @@ func demoFailover(t *testing.T, ctx context.Context, dir string, env map[string]
 	for deadline := time.Now().Add(90 * time.Second); ; {
 		st := status()
 		m, ok := st.Member(old)
-		if ok && m.Role == cluster.RoleReplica && m.State == "streaming from "+newPrimary {
+		if ok && m.StreamsFrom(newPrimary) {
 			break
 		}
 		if time.Now().After(deadline) {

@@ -511,7 +511,7 @@ func parseObservation(a *args, sub []scenarioLine, r Rules, prev *Observation) (
 			m.Tags.NoFailover = a.flag("nofailover")
 			a.int("priority", &m.Tags.FailoverPriority)
 			if up, ok := a.get("streaming"); ok {
-				m.State = "streaming from " + up
+				m.State, m.Upstream, m.Streaming = "streaming from "+up, up, true
 			}
 			if _, ok := a.m["lag"]; ok {
 				var lag int64

@@ -205,7 +205,7 @@ func (e *env) waitHealthy(timeout time.Duration, needSync bool) (string, error) 
 			var parts []string
 			for _, m := range st.Members {
 				parts = append(parts, m.Name+"="+string(m.Role)+"/"+m.State)
-				if m.Name != st.Leader.Name && (m.Role != cluster.RoleReplica || m.State != "streaming from "+st.Leader.Name) {
+				if m.Name != st.Leader.Name && !m.StreamsFrom(st.Leader.Name) {
 					good = false
 				}
 			}

@@ -49,12 +49,21 @@ type Tags struct {
 
 // Member is the record at members/<name>, on the member's own lease.
 type Member struct {
-	Name   string `json:"name"`
-	Role   Role   `json:"role"`
-	State  string `json:"state,omitempty"` // free text for humans, e.g. "running", "streaming from n1", "creating replica 45%"
-	Host   string `json:"host"`
-	Port   int    `json:"port"`
-	APIURL string `json:"api_url,omitempty"`
+	Name  string `json:"name"`
+	Role  Role   `json:"role"`
+	State string `json:"state,omitempty"` // free text for humans, e.g. "running", "streaming from n1", "creating replica 45%": never parsed by readers (but see legacyStream)
+	// Upstream is the member a replica follows (its primary_conninfo), ""
+	// when it has none or is not a replica.
+	Upstream string `json:"upstream,omitempty"`
+	// Streaming says a replica's WAL receiver streams from Upstream; a
+	// replica that is still connecting, or replays only what it has, is
+	// not streaming. Neither field makes a record invalid: a reader that
+	// finds an odd pair (streaming from "", or from a name that is no
+	// member) simply sees no replica of its leader (StreamsFrom).
+	Streaming bool   `json:"streaming,omitempty"`
+	Host      string `json:"host"`
+	Port      int    `json:"port"`
+	APIURL    string `json:"api_url,omitempty"`
 
 	Timeline   int64 `json:"timeline,omitempty"`
 	LSN        LSN   `json:"lsn,omitempty"`         // write LSN on a primary, replay LSN on a replica
@@ -88,7 +97,26 @@ func joinHostPort(host string, port int) string {
 // StreamsFrom reports whether the record shows a replica streaming WAL
 // from leader.
 func (m Member) StreamsFrom(leader string) bool {
-	return m.Role == RoleReplica && leader != "" && m.State == "streaming from "+leader
+	return m.Role == RoleReplica && m.Streaming && leader != "" && m.Upstream == leader
+}
+
+// legacyStream fills Upstream and Streaming of a record written by an
+// agent that published them only in State, as "streaming from <name>" or
+// "connecting to <name>" (the only two states that named an upstream), so
+// that readers need look at the typed fields alone while a cluster is
+// upgraded one member at a time. It changes nothing when the record has
+// either typed field, is not a replica's, or its State is anything else
+// (the upstream stays unknown: "", not streaming). New agents still write
+// those states, for humans and for older readers.
+func (m *Member) legacyStream() {
+	if m.Role != RoleReplica || m.Upstream != "" || m.Streaming {
+		return
+	}
+	if up, ok := strings.CutPrefix(m.State, "streaming from "); ok && ValidName(up) {
+		m.Upstream, m.Streaming = up, true
+	} else if up, ok := strings.CutPrefix(m.State, "connecting to "); ok && ValidName(up) {
+		m.Upstream = up
+	}
 }
 
 // Lag returns the replay lag in bytes, or -1 when unknown.
@@ -142,12 +170,14 @@ func MarshalMember(m Member) ([]byte, error) {
 }
 
 // ParseMember decodes and validates a member record. Unknown fields are
-// ignored so that newer agents can add some.
+// ignored so that newer agents can add some; a record of an older agent,
+// without upstream and streaming, gets them from its state (legacyStream).
 func ParseMember(data []byte) (Member, error) {
 	var m Member
 	if err := json.Unmarshal(data, &m); err != nil {
 		return Member{}, fmt.Errorf("member record: %w", err)
 	}
+	m.legacyStream()
 	if err := m.Validate(); err != nil {
 		return Member{}, fmt.Errorf("member record: %w", err)
 	}

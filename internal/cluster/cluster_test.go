@@ -25,7 +25,7 @@ func TestMemberRoundTrip(t *testing.T) {
 		{
 			name: "every field",
 			m: Member{
-				Name: "pg-2.example.com", Role: RoleReplica, State: "streaming",
+				Name: "pg-2.example.com", Role: RoleReplica, State: "streaming from pg-1", Upstream: "pg-1", Streaming: true,
 				Host: "fd00::2", Port: 6432, APIURL: "https://[fd00::2]:8008",
 				Timeline: 7, LSN: 0x16B374D848, ReceiveLSN: 0x16B374F000, LagBytes: &lag, Epoch: 42,
 				Tags:      Tags{NoFailover: true, NoLoadBalance: true, FailoverPriority: 3},
@@ -35,6 +35,8 @@ func TestMemberRoundTrip(t *testing.T) {
 		{name: "unknown lag", m: Member{Name: "n3", Role: RoleStarting, Host: "h", Port: 1, LagBytes: &unknown}},
 		{name: "largest LSN", m: Member{Name: "n4", Role: RoleDemoted, Host: "h", Port: 65535, LSN: math.MaxUint64}},
 		{name: "stopped", m: Member{Name: "n5", Role: RoleStopped, Host: "h", Port: 5432, State: "stopped"}},
+		{name: "connecting", m: Member{Name: "n6", Role: RoleReplica, Host: "h", Port: 5432, State: "connecting to n1", Upstream: "n1"}},
+		{name: "typed fields win over the state", m: Member{Name: "n7", Role: RoleReplica, Host: "h", Port: 5432, State: "streaming from n1", Upstream: "n2"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -67,7 +69,7 @@ func TestMemberJSONShape(t *testing.T) {
 	if fields["lsn"] != "16/B374D848" {
 		t.Errorf("lsn = %#v, want the text form", fields["lsn"])
 	}
-	for _, absent := range []string{"receive_lsn", "lag_bytes", "epoch", "updated_at", "state", "api_url", "timeline"} {
+	for _, absent := range []string{"receive_lsn", "lag_bytes", "epoch", "updated_at", "state", "api_url", "timeline", "upstream", "streaming"} {
 		if _, ok := fields[absent]; ok {
 			t.Errorf("%s present in %s", absent, b)
 		}
@@ -332,8 +334,47 @@ func TestKeysClassify(t *testing.T) {
 	}
 }
 
+// TestParseMemberFromOlderAgent: an agent from before the typed upstream
+// and streaming fields said them only in its state; its records read as if
+// it had written them, so that a reader looking at the typed fields alone
+// still sees its replicas during a rolling upgrade. Nothing else in a state
+// is taken for an upstream.
+func TestParseMemberFromOlderAgent(t *testing.T) {
+	for _, tc := range []struct {
+		name, record string
+		upstream     string
+		streaming    bool
+	}{
+		{"streaming", `{"name":"n2","role":"replica","state":"streaming from n1","host":"h","port":5432}`, "n1", true},
+		{"connecting", `{"name":"n2","role":"replica","state":"connecting to n1","host":"h","port":5432}`, "n1", false},
+		{"no upstream", `{"name":"n2","role":"replica","state":"in recovery, no upstream","host":"h","port":5432}`, "", false},
+		{"a Patroni-style word", `{"name":"n2","role":"replica","state":"streaming","host":"h","port":5432}`, "", false},
+		{"not a member name", `{"name":"n2","role":"replica","state":"streaming from n1 host=evil","host":"h","port":5432}`, "", false},
+		{"not a replica", `{"name":"n2","role":"starting","state":"streaming from n1","host":"h","port":5432}`, "", false},
+		{"typed fields are taken as written", `{"name":"n2","role":"replica","state":"streaming from n1","upstream":"n3","host":"h","port":5432}`, "n3", false},
+		{"typed streaming without upstream stays so", `{"name":"n2","role":"replica","state":"streaming from n1","streaming":true,"host":"h","port":5432}`, "", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m, err := ParseMember([]byte(tc.record))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if m.Upstream != tc.upstream || m.Streaming != tc.streaming {
+				t.Errorf("upstream %q streaming %v, want %q %v", m.Upstream, m.Streaming, tc.upstream, tc.streaming)
+			}
+			if want := tc.streaming && tc.upstream == "n1"; m.StreamsFrom("n1") != want {
+				t.Errorf("StreamsFrom(n1) = %v, want %v", !want, want)
+			}
+		})
+	}
+}
+
 func FuzzParseMember(f *testing.F) {
 	for _, s := range []string{
+		`{"name":"n2","role":"replica","state":"streaming from n1","upstream":"n1","streaming":true,"host":"h","port":5432}`,
+		`{"name":"n2","role":"replica","state":"streaming from n1","host":"h","port":5432}`,
+		`{"name":"n2","role":"replica","state":"connecting to n1","host":"h","port":5432}`,
+		`{"name":"n2","role":"replica","state":"streaming from ","streaming":false,"host":"h","port":5432}`,
 		`{"name":"n1","role":"primary","host":"h","port":5432}`,
 		`{"name":"pg-2.example.com","role":"replica","state":"streaming","host":"fd00::2","port":6432,"api_url":"https://[fd00::2]:8008","timeline":7,"lsn":"16/B374D848","receive_lsn":"16/B374F000","lag_bytes":4096,"epoch":42,"tags":{"nofailover":true,"noloadbalance":true,"failover_priority":3},"updated_at":"2026-11-22T03:04:05.000006Z"}`,
 		`{"name":"n","role":"stopped","host":"h","port":1,"lag_bytes":-1,"updated_at":"2026-11-22T03:04:05+02:00"}`,
@@ -349,6 +390,25 @@ func FuzzParseMember(f *testing.F) {
 		}
 		if err := m.Validate(); err != nil {
 			t.Fatalf("parsed member does not validate: %v", err)
+		}
+		if m.StreamsFrom(m.Upstream) != (m.Role == RoleReplica && m.Streaming && m.Upstream != "") {
+			t.Fatalf("StreamsFrom(%q) disagrees with the typed fields: %+v", m.Upstream, m)
+		}
+		// The state fills the typed fields only when the record has
+		// neither, and only with a member name.
+		var raw map[string]json.RawMessage
+		if json.Unmarshal(data, &raw) == nil {
+			var hasUp, hasStreaming bool // encoding/json matches keys whatever their case
+			for k := range raw {
+				hasUp = hasUp || strings.EqualFold(k, "upstream")
+				hasStreaming = hasStreaming || strings.EqualFold(k, "streaming")
+			}
+			if m.Upstream != "" && !hasUp && !ValidName(m.Upstream) {
+				t.Fatalf("upstream %q taken from the state is not a member name", m.Upstream)
+			}
+			if m.Streaming && !hasStreaming && m.State != "streaming from "+m.Upstream {
+				t.Fatalf("streaming taken from state %q", m.State)
+			}
 		}
 		b, err := MarshalMember(m)
 		if err != nil {

@@ -10,7 +10,7 @@ func lagOf(n int64) *int64 { return &n }
 
 // replicaOf is a healthy replica of leader: streaming, no lag.
 func replicaOf(name, leader string) *Member {
-	return &Member{Name: name, Role: RoleReplica, State: "streaming from " + leader, Host: "127.0.0.1", Port: 5432, LagBytes: lagOf(0)}
+	return &Member{Name: name, Role: RoleReplica, State: "streaming from " + leader, Upstream: leader, Streaming: true, Host: "127.0.0.1", Port: 5432, LagBytes: lagOf(0)}
 }
 
 func TestCheckTakeover(t *testing.T) {
@@ -31,7 +31,7 @@ func TestCheckTakeover(t *testing.T) {
 		{"a stale record", Candidate{"n2", replicaOf("n2", "n1"), 4 * time.Second}, rule, UnfitStale, "n2's record is stale"},
 		{"exactly StaleAfter old still counts", Candidate{"n2", replicaOf("n2", "n1"), 3 * time.Second}, rule, Fit, ""},
 		{"streaming from another member", Candidate{"n2", replicaOf("n2", "n3"), fresh}, rule, UnfitNotStreaming, "n2 is not streaming from n1 (replica, streaming from n3)"},
-		{"connecting, not streaming", Candidate{"n2", edit(replicaOf("n2", "n1"), func(m *Member) { m.State = "connecting to n1" }), fresh}, rule, UnfitNotStreaming, "n2 is not streaming from n1 (replica, connecting to n1)"},
+		{"connecting, not streaming", Candidate{"n2", edit(replicaOf("n2", "n1"), func(m *Member) { m.State, m.Streaming = "connecting to n1", false }), fresh}, rule, UnfitNotStreaming, "n2 is not streaming from n1 (replica, connecting to n1)"},
 		{"starting", Candidate{"n2", edit(replicaOf("n2", "n1"), func(m *Member) { m.Role, m.State = RoleStarting, "cloning" }), fresh}, rule, UnfitNotStreaming, "n2 is not streaming from n1 (starting, cloning)"},
 		{"lagging beyond the limit", Candidate{"n2", edit(replicaOf("n2", "n1"), func(m *Member) { m.LagBytes = lagOf(2 << 20) }), fresh}, rule, UnfitLagging, "n2 lags 2097152 bytes (maximum_lag_on_failover 1048576)"},
 		{"lagging at the limit", Candidate{"n2", edit(replicaOf("n2", "n1"), func(m *Member) { m.LagBytes = lagOf(1 << 20) }), fresh}, rule, Fit, ""},
@@ -48,7 +48,9 @@ func TestCheckTakeover(t *testing.T) {
 			with(func(r *TakeoverRule) {
 				r.SyncRequired, r.Sync = true, &SyncState{Leader: "n1", Standbys: []string{"n2"}}
 			}), Fit, ""},
-		{"failover: a lagging replica of nobody", Candidate{"n2", edit(replicaOf("n2", "n1"), func(m *Member) { m.State, m.LagBytes = "in recovery, no upstream", lagOf(1<<30) }), fresh},
+		{"failover: a lagging replica of nobody", Candidate{"n2", edit(replicaOf("n2", "n1"), func(m *Member) {
+			m.State, m.Upstream, m.Streaming, m.LagBytes = "in recovery, no upstream", "", false, lagOf(1<<30)
+		}), fresh},
 			with(func(r *TakeoverRule) { r.Failover, r.Leader = true, "" }), Fit, ""},
 		{"failover: starting", Candidate{"n2", edit(replicaOf("n2", "n1"), func(m *Member) { m.Role = RoleStarting }), fresh},
 			with(func(r *TakeoverRule) { r.Failover = true }), UnfitNotRunning, "n2 is starting, not a running replica"},

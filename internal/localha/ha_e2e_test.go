@@ -215,7 +215,7 @@ func (e *haEnv) waitHealthy(t testing.TB, since time.Time, timeout time.Duration
 				if m.UpdatedAt.Before(since) {
 					good = false
 				}
-				if m.Name != st.Leader.Name && (m.Role != cluster.RoleReplica || m.State != "streaming from "+st.Leader.Name || m.Timeline != leader.Timeline) {
+				if m.Name != st.Leader.Name && (!m.StreamsFrom(st.Leader.Name) || m.Timeline != leader.Timeline) {
 					good = false
 				}
 			}
