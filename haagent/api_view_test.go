@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/pharos-ha/pharos/internal/cluster"
-	"github.com/pharos-ha/pharos/internal/etcdlocal"
 )
 
 // TestAPIClusterViewHidesParameters: the REST API's GET /cluster view,
@@ -17,16 +16,7 @@ import (
 func TestAPIClusterViewHidesParameters(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
-	etcd, err := etcdlocal.Start(ctx, etcdlocal.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { etcd.Close() })
-	cli, err := etcd.Client(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cli.Close() })
+	cli := testEtcd(t)
 	keys, _ := cluster.NewKeys("view")
 	const secret = "AKIAEXAMPLESECRET"
 	if _, err := cli.Put(ctx, keys.Config(), `{"pause":true,"postgresql":{"parameters":{"archive_command":"aws s3 cp %p s3://b/%f --key `+secret+`"}}}`); err != nil {

@@ -15,7 +15,6 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/pharos-ha/pharos/internal/cluster"
-	"github.com/pharos-ha/pharos/internal/etcdlocal"
 	"github.com/pharos-ha/pharos/internal/pgproc"
 )
 
@@ -212,16 +211,7 @@ func FuzzMemberConnString(f *testing.F) {
 func TestDCSReadSkipsForgedMemberHost(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
-	etcd, err := etcdlocal.Start(ctx, etcdlocal.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { etcd.Close() })
-	cli, err := etcd.Client(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cli.Close() })
+	cli := testEtcd(t)
 	keys, _ := cluster.NewKeys("forged")
 	lease, err := cli.Grant(ctx, 60)
 	if err != nil {
