@@ -81,32 +81,13 @@ func (d *dcs) read(ctx context.Context) (snapshot, error) {
 				s.Switchover, s.SwitchRev = &sw, kv.ModRevision
 			}
 		case cluster.KeyConfig:
-			var c struct {
-				Pause      bool   `json:"pause"`
-				MaxLag     *int64 `json:"maximum_lag_on_failover"`
-				SyncMode   bool   `json:"synchronous_mode"`
-				SyncStrict bool   `json:"synchronous_mode_strict"`
-				SyncCount  int    `json:"synchronous_node_count"`
-				PostgreSQL struct {
-					Parameters map[string]any `json:"parameters"`
-				} `json:"postgresql"`
-			}
-			if err := json.Unmarshal(kv.Value, &c); err != nil {
-				continue
+			c, err := cluster.ParseConfig(kv.Value)
+			if err != nil {
+				continue // ignored whole, as ctl reports it
 			}
 			s.Paused, s.MaxLag, s.ConfigRev = c.Pause, c.MaxLag, kv.ModRevision
 			s.SyncMode = core.SyncMode{Enabled: c.SyncMode, Strict: c.SyncStrict, Count: max(c.SyncCount, 1)}
-			s.Params = map[string]string{}
-			for k, v := range c.PostgreSQL.Parameters {
-				switch v := v.(type) {
-				case string:
-					s.Params[k] = v
-				case bool:
-					s.Params[k] = map[bool]string{true: "on", false: "off"}[v]
-				default:
-					s.Params[k] = fmt.Sprint(v)
-				}
-			}
+			s.Params = c.Parameters
 		}
 	}
 	return s, nil

@@ -124,19 +124,18 @@ func unfit(v cluster.Verdict) string {
 // clusterMaxLag reads maximum_lag_on_failover from the config key, or
 // returns def when it sets none.
 func clusterMaxLag(ctx context.Context, cli *clientv3.Client, keys cluster.Keys, def int64) (int64, error) {
-	cfg, _, err := Config(ctx, cli, keys)
-	if err != nil {
+	cfg, _, err := dynamicConfig(ctx, cli, keys)
+	switch {
+	case err != nil && cfg.Object == nil:
 		return 0, err
-	}
-	switch v := cfg["maximum_lag_on_failover"].(type) {
-	case nil:
+	case err != nil:
+		return 0, refused("%v (the agents ignore the whole key until it is fixed)", err)
+	case cfg.MaxLag == nil:
 		return def, nil
-	case float64:
-		if v >= 0 && v == float64(int64(v)) {
-			return int64(v), nil
-		}
+	case *cfg.MaxLag < 0:
+		return 0, refused("the config key's maximum_lag_on_failover %d is not a number of bytes", *cfg.MaxLag)
 	}
-	return 0, refused("the config key's maximum_lag_on_failover %v is not a number of bytes", cfg["maximum_lag_on_failover"])
+	return *cfg.MaxLag, nil
 }
 
 // RequestFailover names the member to lead. With a leader it is a
@@ -246,29 +245,32 @@ func WaitNewLeader(ctx context.Context, cli *clientv3.Client, keys cluster.Keys,
 	}
 }
 
-// parseConfig decodes the config key: a JSON object.
-func parseConfig(data []byte) (map[string]any, error) {
-	var m map[string]any
-	if err := json.Unmarshal(data, &m); err != nil {
-		return nil, fmt.Errorf("config: %w", err)
-	}
-	if m == nil {
-		m = map[string]any{}
-	}
-	return m, nil
-}
-
-// Config reads the dynamic configuration and its revision (0 when unset).
-func Config(ctx context.Context, cli *clientv3.Client, keys cluster.Keys) (map[string]any, int64, error) {
+// dynamicConfig reads and parses the config key (cluster.ParseConfig),
+// with its revision; an absent key is the empty configuration at revision
+// 0.
+func dynamicConfig(ctx context.Context, cli *clientv3.Client, keys cluster.Keys) (cluster.DynamicConfig, int64, error) {
 	resp, err := cli.Get(ctx, keys.Config())
 	if err != nil {
-		return nil, 0, err
+		return cluster.DynamicConfig{}, 0, err
 	}
 	if len(resp.Kvs) == 0 {
-		return map[string]any{}, 0, nil
+		cfg, err := cluster.ParseConfig([]byte("{}"))
+		return cfg, 0, err
 	}
-	m, err := parseConfig(resp.Kvs[0].Value)
-	return m, resp.Kvs[0].ModRevision, err
+	cfg, err := cluster.ParseConfig(resp.Kvs[0].Value)
+	return cfg, resp.Kvs[0].ModRevision, err
+}
+
+// Config reads the dynamic configuration as written and its revision (0
+// when unset). A key the agents ignore because a value has the wrong type
+// is still returned, so that it can be shown and repaired; one that is not
+// a JSON object is an error.
+func Config(ctx context.Context, cli *clientv3.Client, keys cluster.Keys) (map[string]any, int64, error) {
+	cfg, rev, err := dynamicConfig(ctx, cli, keys)
+	if cfg.Object == nil {
+		return nil, 0, err
+	}
+	return cfg.Object, rev, nil
 }
 
 // CheckSettings refuses (with ErrRefused) key=value settings that

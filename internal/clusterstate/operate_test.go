@@ -236,3 +236,26 @@ func TestEditConfig(t *testing.T) {
 		}
 	})
 }
+
+// TestStatusConfigAsTheAgentsReadIt: the status's typed view of the config
+// key is the agents' (cluster.ParseConfig): a key with a mistyped value is
+// shown as written, listed as invalid, and pauses nothing, since the
+// agents ignore it whole; Config can still read it for a repair.
+func TestStatusConfigAsTheAgentsReadIt(t *testing.T) {
+	cli := etcd(t)
+	k := keys(t, "cfg")
+	put(t, cli, k.Config(), `{"pause":true,"synchronous_mode":"yes"}`)
+	st := status(t, cli, k)
+	if st.Config["pause"] != true || st.Paused() || len(st.Invalid) != 1 || !strings.Contains(st.Invalid[0].Error, `synchronous_mode "yes"`) {
+		t.Errorf("config %v, paused %v, invalid %+v; want it shown, not paused, listed as invalid", st.Config, st.Paused(), st.Invalid)
+	}
+	if cfg, _, err := clusterstate.Config(t.Context(), cli, k); err != nil || cfg["synchronous_mode"] != "yes" {
+		t.Errorf("Config = %v, %v; want the key as written", cfg, err)
+	}
+	if _, err := clusterstate.EditConfig(t.Context(), cli, k, []string{"synchronous_mode=true"}); err != nil {
+		t.Fatal(err)
+	}
+	if st := status(t, cli, k); !st.Paused() || !st.Dynamic.SyncMode || len(st.Invalid) != 0 {
+		t.Errorf("after the repair: paused %v, %+v, invalid %+v", st.Paused(), st.Dynamic, st.Invalid)
+	}
+}

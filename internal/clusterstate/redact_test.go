@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/pharos-ha/pharos/internal/cluster"
 	"github.com/pharos-ha/pharos/internal/clusterstate"
 )
 
@@ -20,7 +21,7 @@ func TestWithoutParameters(t *testing.T) {
 			"parameters": map[string]any{"archive_command": secret, "work_mem": "64MB"},
 			"use_slots":  true,
 		},
-	}}
+	}, Dynamic: cluster.DynamicConfig{Pause: true}}
 	hidden := full.WithoutParameters()
 	b, err := json.Marshal(hidden)
 	if err != nil {

@@ -42,8 +42,14 @@ type ClusterStatus struct {
 	Sync *cluster.SyncState `json:"sync,omitempty"`
 	// Switchover is the pending switchover request, nil when none.
 	Switchover *cluster.Switchover `json:"switchover,omitempty"`
-	// Config is the dynamic configuration (the config key), nil when unset.
+	// Config is the dynamic configuration (the config key) as written, nil
+	// when unset or not a JSON object. A key whose values the agents
+	// cannot read is here too, and in Invalid.
 	Config map[string]any `json:"config,omitempty"`
+	// Dynamic is what the agents read from the config key
+	// (cluster.ParseConfig): zero when it is unset or they ignore it. Its
+	// Object and Parameters are left out: Config holds them.
+	Dynamic cluster.DynamicConfig `json:"-"`
 	// ParametersHidden says Config is shown without its PostgreSQL
 	// parameters (WithoutParameters).
 	ParametersHidden bool `json:"parameters_hidden,omitempty"`
@@ -71,8 +77,7 @@ type InvalidRecord struct {
 
 // Paused reports whether the dynamic configuration pauses the cluster.
 func (s ClusterStatus) Paused() bool {
-	p, _ := s.Config["pause"].(bool)
-	return p
+	return s.Dynamic.Pause
 }
 
 // WithoutParameters returns s with the dynamic configuration's PostgreSQL
@@ -183,12 +188,15 @@ func Status(ctx context.Context, cli *clientv3.Client, keys cluster.Keys) (Clust
 			}
 			st.Switchover = &sw
 		case cluster.KeyConfig:
-			cfg, err := parseConfig(kv.Value)
+			cfg, err := cluster.ParseConfig(kv.Value)
 			if err != nil {
 				invalid(key, kv.ModRevision, err)
-				continue
 			}
-			st.Config = cfg
+			st.Config = cfg.Object
+			if err == nil {
+				cfg.Object, cfg.Parameters = nil, nil
+				st.Dynamic = cfg
+			}
 		case cluster.KeyUnknown:
 			if strings.HasPrefix(key, keys.MembersPrefix()) {
 				invalid(key, kv.ModRevision, fmt.Errorf("%q is not a member name", strings.TrimPrefix(key, keys.MembersPrefix())))

@@ -57,10 +57,9 @@ func WriteTable(w io.Writer, s clusterstate.ClusterStatus) error {
 			fmt.Fprintf(&b, "warning: %s says primary but does not hold the leader key\n", m.Name)
 		}
 	}
-	if on, _ := s.Config["synchronous_mode"].(bool); on {
-		strict, _ := s.Config["synchronous_mode_strict"].(bool)
+	if s.Dynamic.SyncMode {
 		mode := "synchronous mode"
-		if strict {
+		if s.Dynamic.SyncStrict {
 			mode += " (strict)"
 		}
 		switch {
