@@ -10,6 +10,12 @@
 // become replication slots. Its scenario files in testdata/*.txt are the
 // executable design (see ../design.md).
 //
+// Files: observation.go (what a round sees), memory.go (what a member
+// remembers, and Memory.Apply), plan.go (actions and plans), decide.go
+// (Decide and the branch by situation), leader.go, follower.go and
+// election.go (the plan in each situation), config.go (Rules, Timing),
+// rewindfail.go and slots.go.
+//
 // It must not know etcd, processes, files, the network or the clock: the
 // driver (package haagent) observes, calls Decide and carries out the plan.
 // A test on `go list -deps` keeps the etcd client and os/exec out of its

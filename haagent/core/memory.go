@@ -6,6 +6,52 @@ import (
 	"github.com/pharos-ha/pharos/internal/cluster"
 )
 
+// Memory is what the agent carries from one loop to the next. It changes
+// only through Apply.
+type Memory struct {
+	// CrashedAt is when PostgreSQL was found dead while this member led;
+	// zero when it is not in that state.
+	CrashedAt time.Time
+	// RewindFailed names the member a pg_rewind from failed in a way no
+	// retry can fix, and RewindFailure says how (one of the permanent
+	// RewindFailure classes). A failure a retry may get past (the server
+	// still shutting down, the source not answering) is not remembered:
+	// the next round rewinds again.
+	RewindFailed  string
+	RewindFailure RewindFailure
+	// LastLeaderLSN is the leader's position as last seen in its record,
+	// the reference for maximum_lag_on_failover once it is gone.
+	LastLeaderLSN cluster.LSN
+	// LeaderGoneRev is the etcd revision of the read that first found the
+	// leader key gone, LeaderGoneAt when (local clock); zero while a
+	// leader is known. Candidates wait briefly for every peer to publish
+	// its position after that revision, so that they compare current
+	// positions, not a loop-old ones.
+	LeaderGoneRev int64
+	LeaderGoneAt  time.Time
+	// AppliedConfigRev is the dynamic configuration revision last applied
+	// to the running server.
+	AppliedConfigRev int64
+	// WatchdogFailedAt is when arming the watchdog last failed; with a
+	// required watchdog the member does not try to lead for
+	// watchdogRetry after that.
+	WatchdogFailedAt time.Time
+	// RewindNeeded: this standby was stopped because it could not follow
+	// the leader's timeline; it is rewound before it starts again.
+	RewindNeeded bool
+	// BehindSince is when this running standby was first seen following
+	// the leader from an older timeline; zero otherwise. A standby that
+	// stays there could not switch to the new timeline: its WAL diverged.
+	BehindSince time.Time
+	// RewindUnknown counts the unrecognised rewind failures in a row
+	// (RewindVerdict).
+	RewindUnknown int
+	// Promotion is why this member holds the key (PromotionReasons), from
+	// its last successful acquire-leader: a promotion retried in a later
+	// round is recorded and counted for the same reason.
+	Promotion string
+}
+
 // Event is what changes Memory: an Observation (a round's view) or a
 // Result (what an executed step did). Memory.Apply is the only place
 // Memory changes, so that every transition is a scenario away from a test.
