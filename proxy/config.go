@@ -25,6 +25,25 @@ const (
 	BackendTLSVerifyCA BackendTLSMode = "verify-ca" // TLS, chain checked against BackendCAFile
 )
 
+// AuthType says who authenticates clients.
+type AuthType string
+
+const (
+	// AuthPassthrough relays the server's authentication to the client
+	// untouched: the proxy never sees a credential.
+	AuthPassthrough AuthType = "passthrough"
+	// AuthSCRAM, AuthMD5 and AuthTrust make the proxy authenticate the
+	// client itself against the verifiers of AuthFile, as a server with
+	// that pg_hba.conf method would (md5 runs SCRAM for a user whose
+	// verifier is a SCRAM one, as PostgreSQL does), and then log in to the
+	// backend as that user with what the login left (the SCRAM ClientKey,
+	// or the md5 hash; nothing for trust, so the backend must trust the
+	// proxy for the user).
+	AuthSCRAM AuthType = "scram-sha-256"
+	AuthMD5   AuthType = "md5"
+	AuthTrust AuthType = "trust"
+)
+
 // Config is the proxy's static configuration.
 type Config struct {
 	RWListen string // "" disables the rw endpoint
@@ -36,6 +55,13 @@ type Config struct {
 
 	BackendTLS    BackendTLSMode
 	BackendCAFile string
+
+	// AuthType is who authenticates clients; "" means AuthPassthrough.
+	AuthType AuthType
+	// AuthFile holds the verifiers (PgBouncer's userlist.txt format) the
+	// proxy authenticates clients against; required unless AuthType is
+	// passthrough. Read once by New.
+	AuthFile string
 
 	// MaxClientsPerEndpoint bounds an endpoint's authenticated sessions:
 	// a client whose login the server accepts beyond it gets FATAL 53300
@@ -107,6 +133,9 @@ func (c *Config) Defaults() {
 	if c.BackendTLS == "" {
 		c.BackendTLS = BackendTLSDisable
 	}
+	if c.AuthType == "" {
+		c.AuthType = AuthPassthrough
+	}
 	if c.StartupTimeout == 0 {
 		c.StartupTimeout = 60 * time.Second // PostgreSQL's authentication_timeout
 	}
@@ -152,6 +181,18 @@ func (c *Config) Validate() error {
 		}
 	default:
 		return fmt.Errorf("backend_tls: %q is not one of disable, require, verify-ca", c.BackendTLS)
+	}
+	switch c.AuthType {
+	case AuthPassthrough:
+	case AuthSCRAM, AuthMD5, AuthTrust:
+		if c.AuthFile == "" {
+			return fmt.Errorf("auth_file: auth_type %s needs auth_file (the users' verifiers in PgBouncer's userlist.txt format; auth_query is not supported yet)", c.AuthType)
+		}
+		if _, err := loadAuthFile(c.AuthFile); err != nil {
+			return fmt.Errorf("auth_file: %w", err)
+		}
+	default:
+		return fmt.Errorf("auth_type: %q is not one of passthrough, scram-sha-256, md5, trust", c.AuthType)
 	}
 	for _, d := range []struct {
 		key string

@@ -44,6 +44,17 @@ func (sess *session) relay(pkt wire.StartupPacket, deadline time.Time) {
 		return
 	}
 
+	br := bufio.NewReaderSize(sess.backend, 8192)
+	if sess.creds != nil {
+		// The proxy authenticated the client: it logs in to the server
+		// itself before anything is relayed.
+		user, _ := pkt.Param("user")
+		if err := sess.loginBackend(br, user); err != nil {
+			sess.failStartup(metrics.OutcomeAuthFailed, err)
+			return
+		}
+	}
+
 	var wg sync.WaitGroup
 	done := make(chan struct{})
 	wg.Go((&clientToBackend{sess: sess}).run)
@@ -56,7 +67,7 @@ func (sess *session) relay(pkt wire.StartupPacket, deadline time.Time) {
 		case <-done:
 		}
 	})
-	(&backendToClient{sess: sess}).run()
+	(&backendToClient{sess: sess, br: br}).run()
 	close(done)
 	sess.end("", "", "")
 	wg.Wait()
@@ -135,6 +146,7 @@ func (c *clientToBackend) forward(p []byte) bool {
 // the client after the StartupMessage.
 type backendToClient struct {
 	sess         *session
+	br           *bufio.Reader // the backend connection, read whole messages at a time until ReadyForQuery
 	f            wire.Framer
 	client       io.Writer // the client connection, raw when it is plain TCP
 	clientBroken bool      // a write to the client failed: its stream position is unknown
@@ -143,7 +155,7 @@ type backendToClient struct {
 func (b *backendToClient) run() {
 	sess := b.sess
 	s := sess.srv
-	br := bufio.NewReaderSize(sess.backend, 8192)
+	br := b.br
 	if !b.startup(br) {
 		// The startup phase writes whole messages, so the client is at a
 		// boundary unless a write to it failed.

@@ -26,6 +26,7 @@ package proxy
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -40,6 +41,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/pharos-ha/pharos/internal/pgauth"
 	"github.com/pharos-ha/pharos/metrics"
 	"github.com/pharos-ha/pharos/router"
 	"github.com/pharos-ha/pharos/wire"
@@ -55,6 +57,8 @@ type Server struct {
 	backendTLS *tls.Config // nil when BackendTLS is disable
 	clientTLS  *tls.Config // nil when TLSMode is disable
 	cert       atomic.Pointer[tls.Certificate]
+	users      map[string]pgauth.Verifier // from AuthFile; nil in passthrough
+	mockSecret []byte                     // keys the mock verifiers of unknown users
 	// Sessions by router.Endpoint, counted apart so that connections that
 	// never log in cannot take the places of those that do: pending from
 	// accept to the server's AuthenticationOk, clients from then on.
@@ -107,6 +111,15 @@ func New(cfg Config, r *router.Router, log *slog.Logger, m *metrics.Proxy) (*Ser
 		cancels:   make(map[string]cancelTarget),
 		tooManyPending: wire.FatalError(wire.CodeTooManyConnections,
 			"pharos: too many clients are logging in at once, try again"),
+	}
+	if cfg.AuthType != AuthPassthrough {
+		users, err := loadAuthFile(cfg.AuthFile)
+		if err != nil {
+			return nil, fmt.Errorf("auth_file: %w", err)
+		}
+		s.users = users
+		s.mockSecret = make([]byte, 32)
+		_, _ = rand.Read(s.mockSecret)
 	}
 	s.buffers.New = func() any {
 		b := make([]byte, cfg.BufferSize)

@@ -39,6 +39,7 @@ type session struct {
 	slot      slot // which count of srv the session holds; owned by run
 	route     *router.Route
 	cancelKey string
+	creds     *backendCreds // the proxy's own login left these; nil in passthrough
 
 	// Shared between goroutines.
 	ended atomic.Pointer[endState]
@@ -222,6 +223,13 @@ func (sess *session) run() {
 		_ = sess.client.SetDeadline(deadline)
 	}
 	sess.connMu.Unlock()
+	if s.cfg.AuthType != AuthPassthrough {
+		user, _ := pkt.Param("user")
+		if outcome, err := sess.authenticateClient(user); err != nil {
+			sess.failStartup(outcome, err)
+			return
+		}
+	}
 	if outcome, err := sess.attach(deadline); err != nil {
 		sess.failStartup(outcome, err)
 		return

@@ -165,6 +165,10 @@ func TestProxyRejectsBadConfigBeforeServing(t *testing.T) {
 			key:  "max_clients",
 		},
 		{name: "max_clients of 0, once no limit", yaml: "max_clients: 0\n", key: "max_clients"},
+		{name: "unknown auth_type", yaml: "auth_type: password\n", key: "auth_type"},
+		{name: "auth_type without auth_file", args: []string{"--auth-type", "scram-sha-256"}, key: "auth_query is not supported yet"},
+		{name: "auth_file missing", yaml: "auth_type: md5\nauth_file: /nonexistent/userlist.txt\n", key: "auth_file"},
+		{name: "auth_file with a plaintext password", yaml: "auth_type: trust\nauth_file: " + writeTemp(t, "userlist.txt", `"bob" "secret"`) + "\n", key: "plaintext passwords are not accepted"},
 		{name: "negative max_pending_clients", args: []string{"--max-pending-clients", "-1"}, key: "max_pending_clients"},
 		{name: "bad startup_packet_timeout", yaml: "startup_packet_timeout: soon\n", key: "startup_packet_timeout"},
 		{name: "negative startup_packet_timeout", args: []string{"--startup-packet-timeout", "-1s"}, key: "startup_packet_timeout"},
@@ -306,4 +310,14 @@ func TestProxyBindFailures(t *testing.T) {
 		// must not find the endpoints still bound.
 		t.Fatalf("rw endpoint %s still bound after the failure: %v", rw, err)
 	})
+}
+
+// writeTemp writes content to a file named name in a fresh directory.
+func writeTemp(t *testing.T, name, content string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }

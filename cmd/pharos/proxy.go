@@ -69,6 +69,9 @@ type proxySettings struct {
 	BackendTLS    string `yaml:"backend_tls"`
 	BackendCAFile string `yaml:"backend_tls_ca_file"`
 
+	AuthType string `yaml:"auth_type"`
+	AuthFile string `yaml:"auth_file"`
+
 	MaxClients           int      `yaml:"max_clients"`
 	MaxPendingClients    int      `yaml:"max_pending_clients"` // 0: max_clients
 	StartupPacketTimeout duration `yaml:"startup_packet_timeout"`
@@ -95,6 +98,7 @@ func defaultProxySettings() proxySettings {
 		HealthRequireAuth:    router.DefaultRequireAuth,
 		TLSMode:              string(proxy.TLSDisable),
 		BackendTLS:           string(proxy.BackendTLSDisable),
+		AuthType:             string(proxy.AuthPassthrough),
 		MaxClients:           proxy.DefaultMaxClients,
 		StartupPacketTimeout: duration(proxy.DefaultStartupPacketTimeout),
 		StartupTimeout:       duration(60 * time.Second),
@@ -138,6 +142,8 @@ func parseProxyArgs(args []string, stderr io.Writer) (proxySettings, error) {
 	str("tls-key-file", "PEM key for client TLS (reloaded on SIGHUP)", func(s *proxySettings) *string { return &s.TLSKeyFile })
 	str("backend-tls", "backend TLS: disable, require or verify-ca", func(s *proxySettings) *string { return &s.BackendTLS })
 	str("backend-tls-ca-file", "CA bundle for backend-tls verify-ca", func(s *proxySettings) *string { return &s.BackendCAFile })
+	str("auth-type", "who authenticates clients: passthrough (the server, through the proxy), scram-sha-256, md5 or trust (the proxy, against --auth-file)", func(s *proxySettings) *string { return &s.AuthType })
+	str("auth-file", "users' verifiers in PgBouncer's userlist.txt format, for auth-type other than passthrough", func(s *proxySettings) *string { return &s.AuthFile })
 	bind(o, "max-clients", "authenticated sessions per endpoint", parseInt, func(s *proxySettings) *int { return &s.MaxClients })
 	bind(o, "max-pending-clients", "connections per endpoint still logging in (0 = max-clients); more are closed at once", parseInt, func(s *proxySettings) *int { return &s.MaxPendingClients })
 	dur("startup-packet-timeout", "time a new connection has to complete TLS and send its startup packet", func(s *proxySettings) *duration { return &s.StartupPacketTimeout })
@@ -160,6 +166,8 @@ func (ps proxySettings) proxyConfig() (proxy.Config, error) {
 		KeyFile:               ps.TLSKeyFile,
 		BackendTLS:            proxy.BackendTLSMode(ps.BackendTLS),
 		BackendCAFile:         ps.BackendCAFile,
+		AuthType:              proxy.AuthType(ps.AuthType),
+		AuthFile:              ps.AuthFile,
 		MaxClientsPerEndpoint: ps.MaxClients,
 		MaxPendingPerEndpoint: ps.MaxPendingClients,
 		StartupPacketTimeout:  time.Duration(ps.StartupPacketTimeout),

@@ -1,0 +1,276 @@
+package proxy
+
+import (
+	"bufio"
+	"crypto/rand"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pharos-ha/pharos/internal/pgauth"
+	"github.com/pharos-ha/pharos/metrics"
+	"github.com/pharos-ha/pharos/wire"
+)
+
+// SQLSTATE of a wrong password (PostgreSQL's invalid_password).
+const codeInvalidPassword = "28P01"
+
+// maxAuthMessageBody bounds a client's password or SASL message, as
+// PostgreSQL's PG_MAX_AUTH_TOKEN_LENGTH does.
+const maxAuthMessageBody = 65535
+
+// loadAuthFile reads and parses an auth_file.
+func loadAuthFile(path string) (map[string]pgauth.Verifier, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	users, err := pgauth.ParseUserlist(string(data))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return users, nil
+}
+
+// backendCreds is what a client's login with the proxy leaves for logging
+// in to the backend as that user. It lives in the session only.
+type backendCreds struct {
+	scram *pgauth.Keys // from a SCRAM login
+	md5   string       // from an md5 login: the stored hash, hex without "md5"
+}
+
+// nonce returns a fresh random SCRAM nonce (base32: printable, no comma).
+func nonce() string { return rand.Text() }
+
+// authenticateClient runs the proxy's own authentication of the client
+// (auth_type other than passthrough) and keeps in sess.creds what the
+// backend login needs. It is the only reader and writer of the client
+// until it returns.
+func (sess *session) authenticateClient(user string) (metrics.Outcome, error) {
+	s := sess.srv
+	v, known := s.users[user]
+	failed := &startupError{code: codeInvalidPassword, message: fmt.Sprintf("password authentication failed for user %q", user)}
+	switch {
+	case s.cfg.AuthType == AuthTrust:
+		if !known {
+			return metrics.OutcomeAuthFailed, &startupError{code: wire.CodeInvalidAuthSpec, message: fmt.Sprintf("role %q does not exist", user)}
+		}
+		sess.creds = &backendCreds{}
+		return "", nil
+	case s.cfg.AuthType == AuthMD5 && (!known || v.Kind == pgauth.KindMD5):
+		// An unknown user gets a challenge all the same and fails on the
+		// answer, against a hash no password has.
+		hash := v.MD5
+		if !known {
+			mock := pgauth.MockVerifier(s.mockSecret, user)
+			hash = fmt.Sprintf("%x", mock.StoredKey[:16])
+		}
+		if err := sess.clientMD5(hash, known); err != nil {
+			if errors.Is(err, pgauth.ErrAuthFailed) {
+				return metrics.OutcomeAuthFailed, failed
+			}
+			return metrics.OutcomeProtocolError, err
+		}
+		sess.creds = &backendCreds{md5: hash}
+		return "", nil
+	}
+	// SCRAM: auth_type scram-sha-256, or md5 for a user with a SCRAM
+	// verifier. A user without one runs the exchange against a mock
+	// verifier and fails at the proof, as in PostgreSQL, so an unknown
+	// user cannot be told from a wrong password, by the answer or by its
+	// timing.
+	mock := !known || v.Kind != pgauth.KindSCRAM
+	if mock {
+		v = pgauth.MockVerifier(s.mockSecret, user)
+	}
+	keys, err := sess.clientSCRAM(v, mock)
+	if err != nil {
+		if errors.Is(err, pgauth.ErrAuthFailed) {
+			return metrics.OutcomeAuthFailed, failed
+		}
+		return metrics.OutcomeProtocolError, err
+	}
+	sess.creds = &backendCreds{scram: &keys}
+	return "", nil
+}
+
+// writeClient encodes msg to the client.
+func (sess *session) writeClient(msg pgproto3.BackendMessage) error {
+	b, err := msg.Encode(nil)
+	if err != nil {
+		return err
+	}
+	_, err = sess.client.Write(b)
+	return err
+}
+
+// readPasswordMessage reads the client's next message, which must be a
+// 'p' (PasswordMessage, SASLInitialResponse or SASLResponse), and returns
+// its body.
+func (sess *session) readPasswordMessage(what string) ([]byte, error) {
+	typ, msg, err := wire.ReadMessage(sess.client, nil, maxAuthMessageBody)
+	if err != nil {
+		return nil, err
+	}
+	if typ != wire.MsgSASLInitialResponse {
+		return nil, &startupError{code: wire.CodeProtocolViolation, message: fmt.Sprintf("expected %s, got message type %q", what, typ)}
+	}
+	return msg[wire.HeaderLen:], nil
+}
+
+func malformedSCRAM(err error) error {
+	return &startupError{code: wire.CodeProtocolViolation, message: err.Error()}
+}
+
+// clientSCRAM runs the server side of SCRAM-SHA-256 with the client.
+func (sess *session) clientSCRAM(v pgauth.Verifier, mock bool) (pgauth.Keys, error) {
+	if err := sess.writeClient(&pgproto3.AuthenticationSASL{AuthMechanisms: []string{pgauth.Mechanism}}); err != nil {
+		return pgauth.Keys{}, err
+	}
+	body, err := sess.readPasswordMessage("SASL response")
+	if err != nil {
+		return pgauth.Keys{}, err
+	}
+	var initial pgproto3.SASLInitialResponse
+	if err := initial.Decode(body); err != nil {
+		return pgauth.Keys{}, &startupError{code: wire.CodeProtocolViolation, message: "invalid SASLInitialResponse", err: err}
+	}
+	if initial.AuthMechanism != pgauth.Mechanism {
+		return pgauth.Keys{}, &startupError{code: wire.CodeProtocolViolation, message: "client selected an invalid SASL authentication mechanism"}
+	}
+	ex := pgauth.NewServerExchange(v, mock, nonce())
+	serverFirst, err := ex.ClientFirst(initial.Data)
+	if err != nil {
+		return pgauth.Keys{}, malformedSCRAM(err)
+	}
+	if err := sess.writeClient(&pgproto3.AuthenticationSASLContinue{Data: serverFirst}); err != nil {
+		return pgauth.Keys{}, err
+	}
+	if body, err = sess.readPasswordMessage("SASL response"); err != nil {
+		return pgauth.Keys{}, err
+	}
+	serverFinal, keys, err := ex.ClientFinal(body)
+	if err != nil {
+		if errors.Is(err, pgauth.ErrAuthFailed) {
+			return pgauth.Keys{}, err
+		}
+		return pgauth.Keys{}, malformedSCRAM(err)
+	}
+	if err := sess.writeClient(&pgproto3.AuthenticationSASLFinal{Data: serverFinal}); err != nil {
+		return pgauth.Keys{}, err
+	}
+	return keys, nil
+}
+
+// clientMD5 runs an md5 challenge with the client against hash; known false
+// makes any answer fail.
+func (sess *session) clientMD5(hash string, known bool) error {
+	var salt [4]byte
+	_, _ = rand.Read(salt[:])
+	if err := sess.writeClient(&pgproto3.AuthenticationMD5Password{Salt: salt}); err != nil {
+		return err
+	}
+	body, err := sess.readPasswordMessage("password response")
+	if err != nil {
+		return err
+	}
+	var pm pgproto3.PasswordMessage
+	if err := pm.Decode(body); err != nil {
+		return &startupError{code: wire.CodeProtocolViolation, message: "invalid password packet", err: err}
+	}
+	want := pgauth.MD5Response(hash, salt)
+	if subtle.ConstantTimeCompare([]byte(pm.Password), []byte(want)) != 1 || !known {
+		return pgauth.ErrAuthFailed
+	}
+	return nil
+}
+
+// loginBackend answers the backend's authentication requests with
+// sess.creds, up to (not including) its AuthenticationOk or any other
+// message, which the relay's startup phase then reads from br as it does
+// in passthrough. Nothing is relayed to the client meanwhile.
+func (sess *session) loginBackend(br *bufio.Reader, user string) error {
+	fail := func(format string, args ...any) error {
+		return &startupError{code: wire.CodeInvalidAuthSpec, message: "pharos: " + fmt.Sprintf(format, args...)}
+	}
+	c := sess.creds
+	var ex *pgauth.ClientExchange
+	var buf []byte
+	for {
+		hdr, err := br.Peek(wire.HeaderLen + 4)
+		if err != nil && len(hdr) < wire.HeaderLen {
+			return &startupError{code: wire.CodeCannotConnectNow, message: "pharos: lost the server during startup", err: err}
+		}
+		if hdr[0] != wire.MsgAuthentication {
+			return nil
+		}
+		if code, err := wire.AuthCode(hdr); err == nil && code == wire.AuthOK {
+			return nil
+		}
+		_, msg, err := wire.ReadMessage(br, buf[:0], maxStartupPhaseBody)
+		if err != nil {
+			return &startupError{code: wire.CodeCannotConnectNow, message: "pharos: lost the server during startup", err: err}
+		}
+		buf = msg
+		code, err := wire.AuthCode(msg)
+		if err != nil {
+			return &startupError{code: wire.CodeConnectionFailure, message: "pharos: invalid authentication request from the server", err: err}
+		}
+		var out pgproto3.FrontendMessage
+		switch code {
+		case wire.AuthSASL:
+			mechs, err := wire.SASLMechanisms(msg)
+			if err != nil {
+				return &startupError{code: wire.CodeConnectionFailure, message: "pharos: invalid SASL request from the server", err: err}
+			}
+			if c.scram == nil || !slices.Contains(mechs, pgauth.Mechanism) {
+				return fail("the server asks user %q for SCRAM-SHA-256, which the proxy can only answer after a SCRAM login (auth_type %s, verifier kind in auth_file)", user, sess.srv.cfg.AuthType)
+			}
+			ex = pgauth.NewClientExchange(*c.scram, nonce())
+			out = &pgproto3.SASLInitialResponse{AuthMechanism: pgauth.Mechanism, Data: ex.First()}
+		case wire.AuthSASLContinue:
+			if ex == nil {
+				return fail("the server sent a SASL challenge out of order")
+			}
+			final, err := ex.ServerFirst(msg[wire.HeaderLen+4:])
+			if errors.Is(err, pgauth.ErrVerifierMismatch) {
+				return fail("%v (user %q: was the password changed? refresh auth_file)", err, user)
+			}
+			if err != nil {
+				return fail("SCRAM with the server: %v", err)
+			}
+			out = &pgproto3.SASLResponse{Data: final}
+		case wire.AuthSASLFinal:
+			if ex == nil {
+				return fail("the server sent a SASL final message out of order")
+			}
+			if err := ex.ServerFinal(msg[wire.HeaderLen+4:]); err != nil {
+				return fail("SCRAM with the server: %v", err)
+			}
+			continue
+		case wire.AuthMD5Password:
+			if c.md5 == "" || len(msg) < wire.HeaderLen+8 {
+				return fail("the server asks user %q for an md5 password, which the proxy can only answer after an md5 login", user)
+			}
+			var salt [4]byte
+			copy(salt[:], msg[wire.HeaderLen+4:])
+			out = &pgproto3.PasswordMessage{Password: pgauth.MD5Response(c.md5, salt)}
+		default:
+			if sess.srv.cfg.AuthType == AuthTrust {
+				return fail("the server asks user %q for a password (authentication request %d); with auth_type trust the proxy has none, so the server must trust the proxy for this user", user, code)
+			}
+			return fail("the server asks user %q for authentication request %d, which the proxy cannot answer", user, code)
+		}
+		b, err := out.Encode(nil)
+		if err != nil {
+			return err
+		}
+		if _, err := sess.backend.Write(b); err != nil {
+			return &startupError{code: wire.CodeCannotConnectNow, message: "pharos: lost the server during startup", err: err}
+		}
+	}
+}
