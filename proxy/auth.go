@@ -220,6 +220,9 @@ func (sess *session) loginBackend(br *bufio.Reader, user string) error {
 		if err != nil {
 			return &startupError{code: wire.CodeConnectionFailure, message: "pharos: invalid authentication request from the server", err: err}
 		}
+		if c.scram == nil && c.md5 == "" {
+			return fail("the server asks user %q for a password (authentication request %d); with auth_type trust the proxy has none, so the server must trust the proxy for this user", user, code)
+		}
 		var out pgproto3.FrontendMessage
 		switch code {
 		case wire.AuthSASL:
@@ -228,7 +231,7 @@ func (sess *session) loginBackend(br *bufio.Reader, user string) error {
 				return &startupError{code: wire.CodeConnectionFailure, message: "pharos: invalid SASL request from the server", err: err}
 			}
 			if c.scram == nil || !slices.Contains(mechs, pgauth.Mechanism) {
-				return fail("the server asks user %q for SCRAM-SHA-256, which the proxy can only answer after a SCRAM login (auth_type %s, verifier kind in auth_file)", user, sess.srv.cfg.AuthType)
+				return fail("the server asks user %q for SCRAM-SHA-256, which the proxy can only answer after a SCRAM login (the auth_file's verifier for the user is md5)", user)
 			}
 			ex = pgauth.NewClientExchange(*c.scram, nonce())
 			out = &pgproto3.SASLInitialResponse{AuthMechanism: pgauth.Mechanism, Data: ex.First()}
@@ -260,9 +263,6 @@ func (sess *session) loginBackend(br *bufio.Reader, user string) error {
 			copy(salt[:], msg[wire.HeaderLen+4:])
 			out = &pgproto3.PasswordMessage{Password: pgauth.MD5Response(c.md5, salt)}
 		default:
-			if sess.srv.cfg.AuthType == AuthTrust {
-				return fail("the server asks user %q for a password (authentication request %d); with auth_type trust the proxy has none, so the server must trust the proxy for this user", user, code)
-			}
 			return fail("the server asks user %q for authentication request %d, which the proxy cannot answer", user, code)
 		}
 		b, err := out.Encode(nil)
