@@ -41,15 +41,32 @@ func writeAuthFile(t *testing.T) string {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	super := superConnect(t, cluster.Primary(), "postgres")
+	// The query docs/proxy.md gives for writing an auth_file.
+	var lines []string
+	rows, err := super.Query(ctx, `SELECT format('"%s" "%s"', replace(rolname, '"', '""'), rolpassword)
+    FROM pg_authid WHERE rolcanlogin AND rolpassword IS NOT NULL`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var l string
+		if err := rows.Scan(&l); err != nil {
+			t.Fatal(err)
+		}
+		lines = append(lines, l)
+	}
+	if rows.Err() != nil {
+		t.Fatal(rows.Err())
+	}
+	users, err := pgauth.ParseUserlist(strings.Join(lines, "\n"))
+	if err != nil {
+		t.Fatalf("the documented query's output does not parse: %v", err)
+	}
 	var b strings.Builder
 	for _, u := range []string{pglocal.UserSCRAM, pglocal.UserMD5, pglocal.UserHealth} {
-		var secret string
-		if err := super.QueryRow(ctx, "SELECT rolpassword FROM pg_authid WHERE rolname = $1", u).Scan(&secret); err != nil {
-			t.Fatalf("read verifier of %s: %v", u, err)
-		}
-		v, err := pgauth.ParseVerifier(secret)
-		if err != nil {
-			t.Fatalf("verifier of %s: %v", u, err)
+		v, ok := users[u]
+		if !ok {
+			t.Fatalf("the documented query did not list %s", u)
 		}
 		b.WriteString(pgauth.FormatUserlistLine(u, v))
 	}
