@@ -199,6 +199,7 @@ func (sess *session) loginBackend(br *bufio.Reader, user string) error {
 	}
 	c := sess.creds
 	var ex *pgauth.ClientExchange
+	verified := false // the server's SCRAM signature checked
 	var buf []byte
 	for {
 		hdr, err := br.Peek(wire.HeaderLen + 4)
@@ -209,6 +210,11 @@ func (sess *session) loginBackend(br *bufio.Reader, user string) error {
 			return nil
 		}
 		if code, err := wire.AuthCode(hdr); err == nil && code == wire.AuthOK {
+			if ex != nil && !verified {
+				// A server that skips its signature has not shown that it
+				// holds the verifier.
+				return fail("the server accepted user %q before completing SCRAM authentication", user)
+			}
 			return nil
 		}
 		_, msg, err := wire.ReadMessage(br, buf[:0], maxStartupPhaseBody)
@@ -254,6 +260,7 @@ func (sess *session) loginBackend(br *bufio.Reader, user string) error {
 			if err := ex.ServerFinal(msg[wire.HeaderLen+4:]); err != nil {
 				return fail("SCRAM with the server: %v", err)
 			}
+			verified = true
 			continue
 		case wire.AuthMD5Password:
 			if c.md5 == "" || len(msg) < wire.HeaderLen+8 {

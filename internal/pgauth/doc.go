@@ -6,7 +6,7 @@
 // every step can be tested with fixed values. It must not know the proxy.
 //
 // No function here takes or returns a password except Verifier
-// construction for tests (NewSCRAMVerifier); what a login keeps is the
+// and key derivation for tests (NewSCRAMVerifier, NewSCRAMKeys); what a login keeps is the
 // ClientKey recovered from the client's proof, which the verifier's owner
 // could not compute without the password but which lets the proxy log in
 // to any server holding the same verifier.

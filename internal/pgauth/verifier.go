@@ -153,3 +153,18 @@ func MD5Response(hash string, salt [4]byte) string {
 func saltedPassword(password string, salt []byte, iterations int) ([]byte, error) {
 	return pbkdf2.Key(sha256.New, password, salt, iterations, KeyLen)
 }
+
+// NewSCRAMKeys derives from a password the Keys a SCRAM login with it
+// leaves (what a client's proof reveals). Tests use it.
+func NewSCRAMKeys(password string, salt []byte, iterations int) (Keys, error) {
+	salted, err := saltedPassword(password, salt, iterations)
+	if err != nil {
+		return Keys{}, err
+	}
+	return Keys{
+		ClientKey:  hmacSum(salted, "Client Key"),
+		ServerKey:  hmacSum(salted, "Server Key"),
+		Salt:       append([]byte(nil), salt...),
+		Iterations: iterations,
+	}, nil
+}
