@@ -104,16 +104,18 @@ func TestRunLinesStall(t *testing.T) {
 	p := testPostgres(t)
 	p.cfg.BinDir = t.TempDir()
 	script := filepath.Join(p.cfg.BinDir, "copier")
-	// Prints "progress" every 50 ms for 0.5 s, then goes quiet for 30 s
-	// unless told to keep talking.
-	body := "#!/bin/sh\ni=0\nwhile [ $i -lt 10 ]; do echo progress; sleep 0.05; i=$((i+1)); done\n[ \"$1\" = talk ] && exit 0\necho 'last words'\nexec sleep 30\n"
+	// Prints "progress" every 50 ms for 0.5 s, then goes quiet for 30 s;
+	// told to keep talking, it prints for 3 s (three stall bounds, each
+	// gap far shorter than one even on a loaded machine) and exits.
+	body := "#!/bin/sh\nn=10\n[ \"$1\" = talk ] && n=60\ni=0\nwhile [ $i -lt $n ]; do echo progress; sleep 0.05; i=$((i+1)); done\n[ \"$1\" = talk ] && exit 0\necho 'last words'\nexec sleep 30\n"
+	const stall = time.Second
 	if err := os.WriteFile(script, []byte(body), 0o755); err != nil {
 		t.Fatal(err)
 	}
 	progress := func(l string) bool { return l == "progress" }
 
 	began := time.Now()
-	_, err := p.runLines(t.Context(), time.Hour, 300*time.Millisecond, nil, progress, "copier", "quiet")
+	_, err := p.runLines(t.Context(), time.Hour, stall, nil, progress, "copier", "quiet")
 	if err == nil || !errors.Is(err, errStalled) || !strings.Contains(err.Error(), "last words") {
 		t.Fatalf("err = %v, want a kill for no output naming the last line", err)
 	}
@@ -121,7 +123,7 @@ func TestRunLinesStall(t *testing.T) {
 		t.Errorf("took %v: the stall bound did not stop it", took)
 	}
 
-	if _, err := p.runLines(t.Context(), time.Hour, 300*time.Millisecond, nil, progress, "copier", "talk"); err != nil {
+	if _, err := p.runLines(t.Context(), time.Hour, stall, nil, progress, "copier", "talk"); err != nil {
 		t.Errorf("a copy printing every 50 ms for longer than the stall bound failed: %v", err)
 	}
 }
