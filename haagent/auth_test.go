@@ -295,12 +295,13 @@ func TestRolesFromVerifiers(t *testing.T) {
 	p := newPostgres(PostgresConfig{Name: "n1", DataDir: in.DataDir, SocketDir: in.SocketDir(), Port: in.Port, BinDir: pg.BinDir(),
 		SuperUser: pglocal.SuperUser, ReplicationUser: "pharos_repl", ReplicationPassword: "repl-Pw'9",
 		MonitorUser: "pharos_monitor", MonitorPassword: "mon-Pw'9", Owner: pg.Owner(),
+		ProxyAuthUser: "pharos_auth", ProxyAuthPassword: "auth-Pw'9",
 		// pglocal trusts its superuser on the socket.
 		RequireAuth: "scram-sha-256,none"}, slog.New(slog.DiscardHandler))
 	if err := p.createRoles(ctx); err != nil {
 		t.Fatal(err)
 	}
-	for _, r := range []struct{ user, pw string }{{"pharos_repl", "repl-Pw'9"}, {"pharos_monitor", "mon-Pw'9"}} {
+	for _, r := range []struct{ user, pw string }{{"pharos_repl", "repl-Pw'9"}, {"pharos_monitor", "mon-Pw'9"}, {"pharos_auth", "auth-Pw'9"}} {
 		cc, err := pgx.ParseConfig("host=127.0.0.1 port=" + strconv.Itoa(in.Port) + " dbname=postgres sslmode=disable user=" + r.user)
 		if err != nil {
 			t.Fatal(err)
@@ -318,6 +319,17 @@ func TestRolesFromVerifiers(t *testing.T) {
 			} else if super || !monitor {
 				t.Errorf("monitor role: superuser %v, pg_monitor member %v", super, monitor)
 			}
+		}
+		switch r.user {
+		case "pharos_auth":
+			checkAuthFunction(ctx, t, conn, true)
+		case "pharos_monitor":
+			// A role without the grant cannot run it, even one that may use
+			// the schema: the function's own ACL refuses it.
+			if _, err := super.Exec(ctx, "GRANT USAGE ON SCHEMA pharos TO pharos_monitor"); err != nil {
+				t.Fatal(err)
+			}
+			checkAuthFunction(ctx, t, conn, false)
 		}
 		conn.Close(ctx)
 		cc.Password = r.pw + "x"
@@ -340,9 +352,43 @@ func TestRolesFromVerifiers(t *testing.T) {
 	if !strings.Contains(string(log), `statement: CREATE ROLE "pharos_repl" WITH REPLICATION LOGIN PASSWORD 'SCRAM-SHA-256$4096:`) {
 		t.Fatalf("the server log lacks the CREATE ROLE statement: is log_statement on?\n%s", log)
 	}
-	for _, pw := range []string{"repl-Pw", "mon-Pw"} {
+	var secdef bool
+	var owner string
+	if err := super.QueryRow(ctx, "SELECT prosecdef, pg_get_userbyid(proowner) FROM pg_proc WHERE oid = 'pharos.get_auth(text)'::regprocedure").Scan(&secdef, &owner); err != nil {
+		t.Errorf("pharos.get_auth(text): %v", err)
+	} else if !secdef || owner != pglocal.SuperUser {
+		t.Errorf("pharos.get_auth: SECURITY DEFINER %v, owner %s; want true, %s", secdef, owner, pglocal.SuperUser)
+	}
+	for _, pw := range []string{"repl-Pw", "mon-Pw", "auth-Pw"} {
 		if strings.Contains(string(log), pw) {
 			t.Errorf("the server log holds the password %s…", pw)
 		}
+	}
+}
+
+// checkAuthFunction runs the proxies' default auth_query as conn's role:
+// granted, it returns a login role's verifier and no row for an unknown
+// name, and the role still cannot read pg_authid itself; not granted, it
+// is refused (42501).
+func checkAuthFunction(ctx context.Context, t *testing.T, conn *pgx.Conn, granted bool) {
+	t.Helper()
+	const query = "SELECT usename, passwd FROM pharos.get_auth($1)"
+	var name, passwd string
+	err := conn.QueryRow(ctx, query, "pharos_repl").Scan(&name, &passwd)
+	var pgErr *pgconn.PgError
+	if !granted {
+		if !errors.As(err, &pgErr) || pgErr.Code != "42501" {
+			t.Errorf("pharos.get_auth without the grant: %v, want 42501 permission denied", err)
+		}
+		return
+	}
+	if err != nil || name != "pharos_repl" || !strings.HasPrefix(passwd, "SCRAM-SHA-256$4096:") {
+		t.Errorf("pharos.get_auth(pharos_repl): %q %q %v", name, passwd, err)
+	}
+	if err := conn.QueryRow(ctx, query, "nobody").Scan(&name, &passwd); !errors.Is(err, pgx.ErrNoRows) {
+		t.Errorf("pharos.get_auth(nobody): %v, want no row", err)
+	}
+	if _, err := conn.Exec(ctx, "SELECT rolpassword FROM pg_authid"); !errors.As(err, &pgErr) || pgErr.Code != "42501" {
+		t.Errorf("the auth role reads pg_authid itself: %v", err)
 	}
 }

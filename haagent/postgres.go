@@ -35,6 +35,11 @@ type PostgresConfig struct {
 	// proxies' health checks, a plain member of pg_monitor; none without a
 	// password.
 	MonitorUser, MonitorPassword string
+	// ProxyAuthUser and ProxyAuthPassword: the login bootstrap creates for
+	// the proxies' auth_user, the only role granted EXECUTE on the
+	// pharos.get_auth function it creates with it (see AuthFunctionSQL);
+	// neither without a password.
+	ProxyAuthUser, ProxyAuthPassword string
 	// RequireAuth is libpq's require_auth for every connection the agent
 	// makes and the PostgreSQL programs it runs make: the authentication
 	// methods a server may ask for before it gets anything. Empty:

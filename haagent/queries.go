@@ -338,6 +338,12 @@ func (p *postgres) createRoles(ctx context.Context) error {
 	} else {
 		p.log.Info("no monitor_password: no login created for the proxies' health checks", "monitor_user", p.cfg.MonitorUser)
 	}
+	withAuth := p.cfg.ProxyAuthUser != "" && p.cfg.ProxyAuthPassword != ""
+	if withAuth {
+		roles = append(roles, role{p.cfg.ProxyAuthUser, p.cfg.ProxyAuthPassword, "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION", ""})
+	} else {
+		p.log.Info("no proxy_auth_password: no login or function created for the proxies' auth_query", "proxy_auth_user", p.cfg.ProxyAuthUser)
+	}
 	stmts := make([]string, len(roles))
 	for i, r := range roles {
 		v, err := newSCRAMVerifier(r.password)
@@ -356,5 +362,37 @@ func (p *postgres) createRoles(ctx context.Context) error {
 			return fmt.Errorf("create role %s: %w", roles[i].name, err)
 		}
 	}
+	if withAuth {
+		if _, err := conn.Exec(ctx, AuthFunctionSQL(p.cfg.ProxyAuthUser)); err != nil {
+			return fmt.Errorf("create function pharos.get_auth: %w", err)
+		}
+	}
 	return nil
+}
+
+// AuthFunctionSQL creates, in the database it runs in, the function the
+// proxies' default auth_query calls: pharos.get_auth(user) returns the
+// login role's name and verifier (NULL once its VALID UNTIL has passed),
+// no row for any other name. It is SECURITY DEFINER, owned by the role
+// running this (the superuser), so authUser can read a verifier without
+// reading pg_authid; its search_path is fixed so no schema authUser can
+// write to changes what it calls; EXECUTE is revoked from PUBLIC and
+// granted to authUser alone. docs/proxy.md gives the same SQL to run by
+// hand on a Patroni cluster.
+func AuthFunctionSQL(authUser string) string {
+	who := pgx.Identifier{authUser}.Sanitize()
+	return `CREATE SCHEMA IF NOT EXISTS pharos;
+REVOKE ALL ON SCHEMA pharos FROM PUBLIC;
+CREATE OR REPLACE FUNCTION pharos.get_auth(p_usename text, OUT usename text, OUT passwd text)
+RETURNS SETOF record
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+  SELECT rolname::text, CASE WHEN rolvaliduntil < now() THEN NULL ELSE rolpassword END
+  FROM pg_catalog.pg_authid
+  WHERE rolname = p_usename AND rolcanlogin
+$$;
+REVOKE ALL ON FUNCTION pharos.get_auth(text) FROM PUBLIC;
+GRANT USAGE ON SCHEMA pharos TO ` + who + `;
+GRANT EXECUTE ON FUNCTION pharos.get_auth(text) TO ` + who + `;`
 }

@@ -46,6 +46,9 @@ type agentSettings struct {
 	MonitorUser             string `yaml:"monitor_user"`
 	MonitorPassword         string `yaml:"monitor_password"`
 	MonitorPasswordFile     string `yaml:"monitor_password_file"`
+	ProxyAuthUser           string `yaml:"proxy_auth_user"`
+	ProxyAuthPassword       string `yaml:"proxy_auth_password"`
+	ProxyAuthPasswordFile   string `yaml:"proxy_auth_password_file"`
 	RequireAuth             string `yaml:"require_auth"`
 
 	TTL                  duration          `yaml:"ttl"`
@@ -91,6 +94,7 @@ func defaultAgentSettings() agentSettings {
 		SuperUser:            "postgres",
 		ReplicationUser:      "replicator",
 		MonitorUser:          "pharos_monitor",
+		ProxyAuthUser:        "pharos_auth",
 		RequireAuth:          haagent.DefaultRequireAuth,
 		TTL:                  duration(t.TTL),
 		LoopWait:             duration(t.LoopWait),
@@ -126,6 +130,8 @@ func parseAgentArgs(args []string, stderr io.Writer) (agentSettings, error) {
 	str("replication-user", "replication account", func(s *agentSettings) *string { return &s.ReplicationUser })
 	str("replication-password-file", "file holding its password (or env PHAROS_REPLICATION_PASSWORD)", func(s *agentSettings) *string { return &s.ReplicationPasswordFile })
 	str("monitor-user", "non-superuser pg_monitor login bootstrap creates for the proxies' health checks", func(s *agentSettings) *string { return &s.MonitorUser })
+	str("proxy-auth-user", "login bootstrap creates for the proxies' auth_user, the only role that may run pharos.get_auth", func(s *agentSettings) *string { return &s.ProxyAuthUser })
+	str("proxy-auth-password-file", "file holding its password (or env PHAROS_PROXY_AUTH_PASSWORD; none: no such login)", func(s *agentSettings) *string { return &s.ProxyAuthPasswordFile })
 	str("monitor-password-file", "file holding its password (or env PHAROS_MONITOR_PASSWORD; none: no such login)", func(s *agentSettings) *string { return &s.MonitorPasswordFile })
 	str("require-auth", "authentication methods a server may ask the agent for (libpq require_auth, e.g. scram-sha-256,md5)", func(s *agentSettings) *string { return &s.RequireAuth })
 	dur("ttl", "lease of the leader key and member records (whole seconds)", func(s *agentSettings) *duration { return &s.TTL })
@@ -219,6 +225,18 @@ func (s agentSettings) agentConfig(ctx context.Context, log *slog.Logger) (haage
 			return zero, ecfg, keys, usageErrorf("monitor_user: %q must be a role of its own, neither the superuser nor the replication user", s.MonitorUser)
 		}
 	}
+	authPW, err := readSecret("proxy_auth_password", s.ProxyAuthPassword, s.ProxyAuthPasswordFile, "PHAROS_PROXY_AUTH_PASSWORD")
+	if err != nil {
+		return zero, ecfg, keys, err
+	}
+	if authPW != "" {
+		if err := haagent.CheckRolePassword(authPW); err != nil {
+			return zero, ecfg, keys, usageErrorf("proxy_auth_password: %v", err)
+		}
+		if s.ProxyAuthUser == "" || s.ProxyAuthUser == s.SuperUser || s.ProxyAuthUser == s.ReplicationUser || (monitorPW != "" && s.ProxyAuthUser == s.MonitorUser) {
+			return zero, ecfg, keys, usageErrorf("proxy_auth_user: %q must be a role of its own, neither the superuser, the replication user nor the monitor user", s.ProxyAuthUser)
+		}
+	}
 	if err := haagent.CheckRequireAuth(s.RequireAuth); err != nil {
 		return zero, ecfg, keys, usageErrorf("%v", err)
 	}
@@ -290,6 +308,7 @@ func (s agentSettings) agentConfig(ctx context.Context, log *slog.Logger) (haage
 			SuperUser: s.SuperUser, SuperPassword: superPW,
 			ReplicationUser: s.ReplicationUser, ReplicationPassword: replPW,
 			MonitorUser: s.MonitorUser, MonitorPassword: monitorPW,
+			ProxyAuthUser: s.ProxyAuthUser, ProxyAuthPassword: authPW,
 			RequireAuth:  s.RequireAuth,
 			CloneMaxRate: cloneMaxRate,
 			HBA:          s.PGHBA, Parameters: s.Parameters, Owner: owner,
