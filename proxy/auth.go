@@ -2,12 +2,14 @@ package proxy
 
 import (
 	"bufio"
+	"context"
 	"crypto/rand"
 	"crypto/subtle"
 	"errors"
 	"fmt"
 	"os"
 	"slices"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 
@@ -49,15 +51,46 @@ func nonce() string { return rand.Text() }
 // authenticateClient runs the proxy's own authentication of the client
 // (auth_type other than passthrough) and keeps in sess.creds what the
 // backend login needs. It is the only reader and writer of the client
-// until it returns.
-func (sess *session) authenticateClient(user string) (metrics.Outcome, error) {
+// until it returns. deadline bounds a lookup of the user in the cluster.
+//
+// With auth_query, a failed login whose verifier came from the cache asks
+// the cluster again, so that the next attempt uses the current verifier.
+// An md5 answer is checked again against the new hash at once (its
+// challenge does not depend on the verifier); a SCRAM proof cannot be: the
+// client derived it from the salt the proxy sent, and a new password has a
+// new salt, so that attempt fails and the next one succeeds.
+func (sess *session) authenticateClient(user string, deadline time.Time) (metrics.Outcome, error) {
 	s := sess.srv
-	v, known := s.users[user]
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	defer cancel()
+	lookupFailed := func(err error) (metrics.Outcome, error) {
+		s.log.Warn("auth_query: could not look the user up", "user", user, "err", err)
+		return metrics.OutcomeBackendError, &startupError{code: wire.CodeConnectionFailure,
+			message: fmt.Sprintf("pharos: could not look up user %q to authenticate it (auth_query failed; the proxy's log says why)", user), err: err}
+	}
+	v, known, fetched, err := s.users.lookup(ctx, user, false)
+	if err != nil {
+		return lookupFailed(err)
+	}
+	// refresh asks the cluster again after a failed login, once.
+	refresh := func() (pgauth.Verifier, bool, bool) {
+		if fetched {
+			return pgauth.Verifier{}, false, false
+		}
+		nv, nknown, _, err := s.users.lookup(ctx, user, true)
+		if err != nil {
+			s.log.Warn("auth_query: could not refresh the user after a failed login", "user", user, "err", err)
+			return pgauth.Verifier{}, false, false
+		}
+		return nv, nknown, true
+	}
 	failed := &startupError{code: codeInvalidPassword, message: fmt.Sprintf("password authentication failed for user %q", user)}
 	switch {
 	case s.cfg.AuthType == AuthTrust:
 		if !known {
-			return metrics.OutcomeAuthFailed, &startupError{code: wire.CodeInvalidAuthSpec, message: fmt.Sprintf("role %q does not exist", user)}
+			if _, nknown, ok := refresh(); !ok || !nknown {
+				return metrics.OutcomeAuthFailed, &startupError{code: wire.CodeInvalidAuthSpec, message: fmt.Sprintf("role %q does not exist", user)}
+			}
 		}
 		sess.creds = &backendCreds{}
 		return "", nil
@@ -69,11 +102,19 @@ func (sess *session) authenticateClient(user string) (metrics.Outcome, error) {
 			mock := pgauth.MockVerifier(s.mockSecret, user)
 			hash = fmt.Sprintf("%x", mock.StoredKey[:16])
 		}
-		if err := sess.clientMD5(hash, known); err != nil {
-			if errors.Is(err, pgauth.ErrAuthFailed) {
-				return metrics.OutcomeAuthFailed, failed
-			}
+		answer, salt, err := sess.clientMD5()
+		if err != nil {
 			return metrics.OutcomeProtocolError, err
+		}
+		ok := checkMD5(answer, hash, salt) && known
+		if !ok {
+			if nv, nknown, refreshed := refresh(); refreshed && nknown && nv.Kind == pgauth.KindMD5 {
+				hash = nv.MD5
+				ok = checkMD5(answer, hash, salt)
+			}
+		}
+		if !ok {
+			return metrics.OutcomeAuthFailed, failed
 		}
 		sess.creds = &backendCreds{md5: hash}
 		return "", nil
@@ -90,6 +131,9 @@ func (sess *session) authenticateClient(user string) (metrics.Outcome, error) {
 	keys, err := sess.clientSCRAM(v, mock)
 	if err != nil {
 		if errors.Is(err, pgauth.ErrAuthFailed) {
+			// The salt sent is spent: the refreshed verifier is for the
+			// client's next attempt.
+			refresh()
 			return metrics.OutcomeAuthFailed, failed
 		}
 		return metrics.OutcomeProtocolError, err
@@ -166,27 +210,30 @@ func (sess *session) clientSCRAM(v pgauth.Verifier, mock bool) (pgauth.Keys, err
 	return keys, nil
 }
 
-// clientMD5 runs an md5 challenge with the client against hash; known false
-// makes any answer fail.
-func (sess *session) clientMD5(hash string, known bool) error {
+// clientMD5 runs an md5 challenge with the client and returns its answer
+// and the salt it was given.
+func (sess *session) clientMD5() (string, [4]byte, error) {
 	var salt [4]byte
 	_, _ = rand.Read(salt[:])
 	if err := sess.writeClient(&pgproto3.AuthenticationMD5Password{Salt: salt}); err != nil {
-		return err
+		return "", salt, err
 	}
 	body, err := sess.readPasswordMessage("password response")
 	if err != nil {
-		return err
+		return "", salt, err
 	}
 	var pm pgproto3.PasswordMessage
 	if err := pm.Decode(body); err != nil {
-		return &startupError{code: wire.CodeProtocolViolation, message: "invalid password packet", err: err}
+		return "", salt, &startupError{code: wire.CodeProtocolViolation, message: "invalid password packet", err: err}
 	}
+	return pm.Password, salt, nil
+}
+
+// checkMD5 reports, in constant time, whether answer is hash's response to
+// salt.
+func checkMD5(answer, hash string, salt [4]byte) bool {
 	want := pgauth.MD5Response(hash, salt)
-	if subtle.ConstantTimeCompare([]byte(pm.Password), []byte(want)) != 1 || !known {
-		return pgauth.ErrAuthFailed
-	}
-	return nil
+	return subtle.ConstantTimeCompare([]byte(answer), []byte(want)) == 1
 }
 
 // loginBackend answers the backend's authentication requests with
@@ -247,6 +294,9 @@ func (sess *session) loginBackend(br *bufio.Reader, user string) error {
 			}
 			final, err := ex.ServerFirst(msg[wire.HeaderLen+4:])
 			if errors.Is(err, pgauth.ErrVerifierMismatch) {
+				if sess.srv.cfg.AuthUser != "" {
+					return fail("%v (user %q: was the password just changed, and this server has not replayed the change yet?)", err, user)
+				}
 				return fail("%v (user %q: was the password changed? refresh auth_file)", err, user)
 			}
 			if err != nil {

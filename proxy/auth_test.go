@@ -207,47 +207,7 @@ func TestProxyAuthStaleVerifier(t *testing.T) {
 // user's does), and fails only at the proof.
 func TestProxyAuthMockExchange(t *testing.T) {
 	p := startAuthProxy(t, proxy.AuthSCRAM)
-	first := func(user string) (salt string, iter string, final error) {
-		t.Helper()
-		conn, err := net.DialTimeout("tcp", p.Addr(router.RW).String(), 5*time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer conn.Close()
-		_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
-		fe := pgproto3.NewFrontend(conn, conn)
-		fe.Send(&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersionNumber, Parameters: map[string]string{"user": user, "database": pglocal.AppDB}})
-		if err := fe.Flush(); err != nil {
-			t.Fatal(err)
-		}
-		msg, err := fe.Receive()
-		if sasl, ok := msg.(*pgproto3.AuthenticationSASL); err != nil || !ok || strings.Join(sasl.AuthMechanisms, ",") != pgauth.Mechanism {
-			t.Fatalf("%s: first answer %#v, %v; want AuthenticationSASL offering SCRAM-SHA-256 only", user, msg, err)
-		}
-		fe.Send(&pgproto3.SASLInitialResponse{AuthMechanism: pgauth.Mechanism, Data: []byte("n,,n=,r=clientnonce")})
-		if err := fe.Flush(); err != nil {
-			t.Fatal(err)
-		}
-		msg, err = fe.Receive()
-		cont, ok := msg.(*pgproto3.AuthenticationSASLContinue)
-		if err != nil || !ok {
-			t.Fatalf("%s: second answer %#v, %v; want AuthenticationSASLContinue", user, msg, err)
-		}
-		attrs := strings.Split(string(cont.Data), ",")
-		if len(attrs) != 3 || !strings.HasPrefix(attrs[0], "r=clientnonce") {
-			t.Fatalf("%s: server-first %q", user, cont.Data)
-		}
-		fe.Send(&pgproto3.SASLResponse{Data: []byte("c=biws," + attrs[0] + ",p=" + strings.Repeat("A", 43) + "=")})
-		if err := fe.Flush(); err != nil {
-			t.Fatal(err)
-		}
-		msg, err = fe.Receive()
-		if er, ok := msg.(*pgproto3.ErrorResponse); ok {
-			return attrs[1], attrs[2], fmt.Errorf("%s %s", er.Code, er.Message)
-		}
-		t.Fatalf("%s: answer to a zero proof %#v, %v", user, msg, err)
-		return
-	}
+	first := func(user string) (string, string, error) { return mockAttempt(t, p, user) }
 	s1, i1, err := first("nobody")
 	if want := `28P01 password authentication failed for user "nobody"`; err.Error() != want {
 		t.Fatalf("unknown user: %v, want %s", err, want)
@@ -307,4 +267,48 @@ func TestProxyAuthTrust(t *testing.T) {
 			t.Fatalf("got %v, want FATAL 28000 explaining trust", err)
 		}
 	})
+}
+
+// mockAttempt runs a SCRAM login as user with a zero proof and returns the
+// salt and iteration count the proxy sent and its answer to the proof.
+func mockAttempt(t *testing.T, p *testProxy, user string) (salt string, iter string, final error) {
+	t.Helper()
+	conn, err := net.DialTimeout("tcp", p.Addr(router.RW).String(), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+	fe := pgproto3.NewFrontend(conn, conn)
+	fe.Send(&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersionNumber, Parameters: map[string]string{"user": user, "database": pglocal.AppDB}})
+	if err := fe.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	msg, err := fe.Receive()
+	if sasl, ok := msg.(*pgproto3.AuthenticationSASL); err != nil || !ok || strings.Join(sasl.AuthMechanisms, ",") != pgauth.Mechanism {
+		t.Fatalf("%s: first answer %#v, %v; want AuthenticationSASL offering SCRAM-SHA-256 only", user, msg, err)
+	}
+	fe.Send(&pgproto3.SASLInitialResponse{AuthMechanism: pgauth.Mechanism, Data: []byte("n,,n=,r=clientnonce")})
+	if err := fe.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	msg, err = fe.Receive()
+	cont, ok := msg.(*pgproto3.AuthenticationSASLContinue)
+	if err != nil || !ok {
+		t.Fatalf("%s: second answer %#v, %v; want AuthenticationSASLContinue", user, msg, err)
+	}
+	attrs := strings.Split(string(cont.Data), ",")
+	if len(attrs) != 3 || !strings.HasPrefix(attrs[0], "r=clientnonce") {
+		t.Fatalf("%s: server-first %q", user, cont.Data)
+	}
+	fe.Send(&pgproto3.SASLResponse{Data: []byte("c=biws," + attrs[0] + ",p=" + strings.Repeat("A", 43) + "=")})
+	if err := fe.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	msg, err = fe.Receive()
+	if er, ok := msg.(*pgproto3.ErrorResponse); ok {
+		return attrs[1], attrs[2], fmt.Errorf("%s %s", er.Code, er.Message)
+	}
+	t.Fatalf("%s: answer to a zero proof %#v, %v", user, msg, err)
+	return
 }

@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"os"
+	"strings"
 	"time"
 )
 
@@ -62,6 +63,18 @@ type Config struct {
 	// proxy authenticates clients against; required unless AuthType is
 	// passthrough. Read once by New.
 	AuthFile string
+	// AuthUser, instead of AuthFile, makes the proxy look users' verifiers
+	// up in the cluster: it logs in to the primary as AuthUser with
+	// AuthPassword (SCRAM required of the server) on AuthDatabase ("" means
+	// "postgres") and runs AuthQuery ("" means DefaultAuthQuery) with the
+	// user name as $1. Answers, unknown users included, are cached for
+	// AuthCacheTTL (0 means DefaultAuthCacheTTL) and asked again after a
+	// failed login.
+	AuthUser     string
+	AuthPassword string
+	AuthQuery    string
+	AuthDatabase string
+	AuthCacheTTL time.Duration
 
 	// MaxClientsPerEndpoint bounds an endpoint's authenticated sessions:
 	// a client whose login the server accepts beyond it gets FATAL 53300
@@ -136,6 +149,17 @@ func (c *Config) Defaults() {
 	if c.AuthType == "" {
 		c.AuthType = AuthPassthrough
 	}
+	if c.AuthUser != "" {
+		if c.AuthQuery == "" {
+			c.AuthQuery = DefaultAuthQuery
+		}
+		if c.AuthDatabase == "" {
+			c.AuthDatabase = "postgres"
+		}
+		if c.AuthCacheTTL == 0 {
+			c.AuthCacheTTL = DefaultAuthCacheTTL
+		}
+	}
 	if c.StartupTimeout == 0 {
 		c.StartupTimeout = 60 * time.Second // PostgreSQL's authentication_timeout
 	}
@@ -184,12 +208,29 @@ func (c *Config) Validate() error {
 	}
 	switch c.AuthType {
 	case AuthPassthrough:
-	case AuthSCRAM, AuthMD5, AuthTrust:
-		if c.AuthFile == "" {
-			return fmt.Errorf("auth_file: auth_type %s needs auth_file (the users' verifiers in PgBouncer's userlist.txt format; auth_query is not supported yet)", c.AuthType)
+		if c.AuthFile != "" || c.AuthUser != "" {
+			return fmt.Errorf("auth_type: auth_file and auth_user are for the proxy's own authentication; with auth_type passthrough the server authenticates clients")
 		}
-		if _, err := loadAuthFile(c.AuthFile); err != nil {
-			return fmt.Errorf("auth_file: %w", err)
+	case AuthSCRAM, AuthMD5, AuthTrust:
+		switch {
+		case c.AuthFile != "" && c.AuthUser != "":
+			return fmt.Errorf("auth_file: auth_file and auth_user (auth_query) are exclusive: the verifiers come from one or the other")
+		case c.AuthFile != "":
+			if _, err := loadAuthFile(c.AuthFile); err != nil {
+				return fmt.Errorf("auth_file: %w", err)
+			}
+		case c.AuthUser != "":
+			if c.AuthPassword == "" {
+				return fmt.Errorf("auth_password: auth_user %q needs its password (auth_password_file or env PHAROS_AUTH_PASSWORD)", c.AuthUser)
+			}
+			if !strings.Contains(c.AuthQuery, "$1") {
+				return fmt.Errorf("auth_query: %q does not take the user name as $1", c.AuthQuery)
+			}
+			if c.AuthCacheTTL < 0 {
+				return fmt.Errorf("auth_cache_ttl: must not be negative")
+			}
+		default:
+			return fmt.Errorf("auth_file: auth_type %s needs auth_file (the users' verifiers in PgBouncer's userlist.txt format) or auth_user (to look them up in the cluster with auth_query)", c.AuthType)
 		}
 	default:
 		return fmt.Errorf("auth_type: %q is not one of passthrough, scram-sha-256, md5, trust", c.AuthType)

@@ -41,7 +41,6 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
-	"github.com/pharos-ha/pharos/internal/pgauth"
 	"github.com/pharos-ha/pharos/metrics"
 	"github.com/pharos-ha/pharos/router"
 	"github.com/pharos-ha/pharos/wire"
@@ -57,8 +56,8 @@ type Server struct {
 	backendTLS *tls.Config // nil when BackendTLS is disable
 	clientTLS  *tls.Config // nil when TLSMode is disable
 	cert       atomic.Pointer[tls.Certificate]
-	users      map[string]pgauth.Verifier // from AuthFile; nil in passthrough
-	mockSecret []byte                     // keys the mock verifiers of unknown users
+	users      userSource // AuthFile's or AuthQuery's; nil in passthrough
+	mockSecret []byte     // keys the mock verifiers of unknown users
 	// Sessions by router.Endpoint, counted apart so that connections that
 	// never log in cannot take the places of those that do: pending from
 	// accept to the server's AuthenticationOk, clients from then on.
@@ -113,11 +112,15 @@ func New(cfg Config, r *router.Router, log *slog.Logger, m *metrics.Proxy) (*Ser
 			"pharos: too many clients are logging in at once, try again"),
 	}
 	if cfg.AuthType != AuthPassthrough {
-		users, err := loadAuthFile(cfg.AuthFile)
-		if err != nil {
-			return nil, fmt.Errorf("auth_file: %w", err)
+		if cfg.AuthFile != "" {
+			users, err := loadAuthFile(cfg.AuthFile)
+			if err != nil {
+				return nil, fmt.Errorf("auth_file: %w", err)
+			}
+			s.users = fileUsers(users)
+		} else {
+			s.users = newQueryUsers(s)
 		}
-		s.users = users
 		s.mockSecret = make([]byte, 32)
 		_, _ = rand.Read(s.mockSecret)
 	}

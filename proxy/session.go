@@ -225,7 +225,7 @@ func (sess *session) run() {
 	sess.connMu.Unlock()
 	if s.cfg.AuthType != AuthPassthrough {
 		user, _ := pkt.Param("user")
-		if outcome, err := sess.authenticateClient(user); err != nil {
+		if outcome, err := sess.authenticateClient(user, deadline); err != nil {
 			sess.failStartup(outcome, err)
 			return
 		}

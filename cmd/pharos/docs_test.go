@@ -14,6 +14,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/pharos-ha/pharos/haagent"
 	"github.com/pharos-ha/pharos/metrics"
 )
 
@@ -290,5 +291,17 @@ func TestDocFlags(t *testing.T) {
 				t.Errorf("%s names --%s, which no pharos command has", d.path, m[1])
 			}
 		}
+	}
+}
+
+// TestDocAuthFunctionSQL: the SQL docs/proxy.md gives to create the
+// auth_query function by hand is the one the agent runs at bootstrap.
+func TestDocAuthFunctionSQL(t *testing.T) {
+	doc, err := os.ReadFile("../../docs/proxy.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := haagent.AuthFunctionSQL("pharos_auth"); !strings.Contains(string(doc), "\n"+want+"\n```") {
+		t.Errorf("docs/proxy.md does not give the agent's function SQL verbatim:\n%s", want)
 	}
 }

@@ -71,6 +71,14 @@ type proxySettings struct {
 
 	AuthType string `yaml:"auth_type"`
 	AuthFile string `yaml:"auth_file"`
+	// auth_user and auth_query: the verifiers from the cluster instead of
+	// auth_file.
+	AuthUser         string   `yaml:"auth_user"`
+	AuthPassword     string   `yaml:"auth_password"`
+	AuthPasswordFile string   `yaml:"auth_password_file"`
+	AuthQuery        string   `yaml:"auth_query"`
+	AuthDatabase     string   `yaml:"auth_dbname"`
+	AuthCacheTTL     duration `yaml:"auth_cache_ttl"`
 
 	MaxClients           int      `yaml:"max_clients"`
 	MaxPendingClients    int      `yaml:"max_pending_clients"` // 0: max_clients
@@ -99,6 +107,9 @@ func defaultProxySettings() proxySettings {
 		TLSMode:              string(proxy.TLSDisable),
 		BackendTLS:           string(proxy.BackendTLSDisable),
 		AuthType:             string(proxy.AuthPassthrough),
+		AuthQuery:            proxy.DefaultAuthQuery,
+		AuthDatabase:         "postgres",
+		AuthCacheTTL:         duration(proxy.DefaultAuthCacheTTL),
 		MaxClients:           proxy.DefaultMaxClients,
 		StartupPacketTimeout: duration(proxy.DefaultStartupPacketTimeout),
 		StartupTimeout:       duration(60 * time.Second),
@@ -144,6 +155,11 @@ func parseProxyArgs(args []string, stderr io.Writer) (proxySettings, error) {
 	str("backend-tls-ca-file", "CA bundle for backend-tls verify-ca", func(s *proxySettings) *string { return &s.BackendCAFile })
 	str("auth-type", "who authenticates clients: passthrough (the server, through the proxy), scram-sha-256, md5 or trust (the proxy, against --auth-file)", func(s *proxySettings) *string { return &s.AuthType })
 	str("auth-file", "users' verifiers in PgBouncer's userlist.txt format, for auth-type other than passthrough", func(s *proxySettings) *string { return &s.AuthFile })
+	str("auth-user", "instead of --auth-file: the user the proxy logs in to the primary as to run --auth-query", func(s *proxySettings) *string { return &s.AuthUser })
+	str("auth-password-file", "file holding the auth user's password (or env PHAROS_AUTH_PASSWORD)", func(s *proxySettings) *string { return &s.AuthPasswordFile })
+	str("auth-query", "query returning a user's name and verifier, the user name as $1", func(s *proxySettings) *string { return &s.AuthQuery })
+	str("auth-dbname", "database the auth query runs in", func(s *proxySettings) *string { return &s.AuthDatabase })
+	dur("auth-cache-ttl", "how long a looked-up verifier (or an unknown user) is cached; a failed login asks again", func(s *proxySettings) *duration { return &s.AuthCacheTTL })
 	bind(o, "max-clients", "authenticated sessions per endpoint", parseInt, func(s *proxySettings) *int { return &s.MaxClients })
 	bind(o, "max-pending-clients", "connections per endpoint still logging in (0 = max-clients); more are closed at once", parseInt, func(s *proxySettings) *int { return &s.MaxPendingClients })
 	dur("startup-packet-timeout", "time a new connection has to complete TLS and send its startup packet", func(s *proxySettings) *duration { return &s.StartupPacketTimeout })
@@ -168,6 +184,10 @@ func (ps proxySettings) proxyConfig() (proxy.Config, error) {
 		BackendCAFile:         ps.BackendCAFile,
 		AuthType:              proxy.AuthType(ps.AuthType),
 		AuthFile:              ps.AuthFile,
+		AuthUser:              ps.AuthUser,
+		AuthQuery:             ps.AuthQuery,
+		AuthDatabase:          ps.AuthDatabase,
+		AuthCacheTTL:          time.Duration(ps.AuthCacheTTL),
 		MaxClientsPerEndpoint: ps.MaxClients,
 		MaxPendingPerEndpoint: ps.MaxPendingClients,
 		StartupPacketTimeout:  time.Duration(ps.StartupPacketTimeout),
@@ -176,6 +196,16 @@ func (ps proxySettings) proxyConfig() (proxy.Config, error) {
 		ConnectTimeout:        time.Duration(ps.ConnectTimeout),
 		MaxMessageSize:        int(ps.MaxMessageSize),
 		DrainTimeout:          time.Duration(ps.DrainTimeout),
+	}
+	if ps.AuthUser != "" {
+		pw, err := readSecret("auth_password", ps.AuthPassword, ps.AuthPasswordFile, "PHAROS_AUTH_PASSWORD")
+		if err != nil {
+			return cfg, err
+		}
+		cfg.AuthPassword = pw
+	}
+	if ps.AuthCacheTTL <= 0 && ps.AuthUser != "" {
+		return cfg, usageErrorf("auth_cache_ttl: must be positive")
 	}
 	if ps.MaxClients < 1 {
 		// 0 used to mean no limit; a limit is what keeps the proxy from

@@ -1,0 +1,183 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pharos-ha/pharos/internal/pgauth"
+	"github.com/pharos-ha/pharos/router"
+)
+
+// DefaultAuthQuery is AuthQuery's default: the function the pharos agent
+// creates at bootstrap (docs/proxy.md gives its SQL for other clusters).
+// Like PgBouncer's, the query takes the user name as $1 and returns at
+// most one row of the name and its verifier (rolpassword).
+const DefaultAuthQuery = "SELECT usename, passwd FROM pharos.get_auth($1)"
+
+// DefaultAuthCacheTTL is AuthCacheTTL's default.
+const DefaultAuthCacheTTL = 60 * time.Second
+
+// authCacheMax bounds the users the auth_query cache holds, unknown ones
+// included, so that a client trying names cannot grow it without bound.
+const authCacheMax = 10000
+
+// authRequireAuth is what the auth_user's connection lets a server ask for:
+// SCRAM only, so a server that cannot prove it holds the auth_user's
+// verifier gets nothing, as with the health checks.
+const authRequireAuth = router.DefaultRequireAuth
+
+// userSource gives the verifier the proxy authenticates a user against.
+type userSource interface {
+	// lookup returns user's verifier (known false: no such user, or one
+	// without a usable verifier). fresh asks for the cluster's current
+	// answer rather than a cached one; fetched says the answer was read
+	// from the cluster during this call, so asking again is pointless.
+	lookup(ctx context.Context, user string, fresh bool) (v pgauth.Verifier, known, fetched bool, err error)
+}
+
+// fileUsers is an auth_file: fixed, never refreshed.
+type fileUsers map[string]pgauth.Verifier
+
+func (f fileUsers) lookup(_ context.Context, user string, _ bool) (pgauth.Verifier, bool, bool, error) {
+	v, ok := f[user]
+	return v, ok, true, nil
+}
+
+// queryUsers looks verifiers up with auth_query as auth_user on the
+// primary, and caches the answers (unknown users too) for AuthCacheTTL.
+type queryUsers struct {
+	// Static after construction.
+	srv *Server
+	ttl time.Duration
+	now func() time.Time
+
+	mu sync.Mutex
+	// Guarded by mu.
+	cache map[string]cachedUser
+}
+
+type cachedUser struct {
+	v       pgauth.Verifier
+	known   bool
+	fetched time.Time
+}
+
+func newQueryUsers(s *Server) *queryUsers {
+	return &queryUsers{srv: s, ttl: s.cfg.AuthCacheTTL, now: time.Now, cache: make(map[string]cachedUser)}
+}
+
+func (q *queryUsers) lookup(ctx context.Context, user string, fresh bool) (pgauth.Verifier, bool, bool, error) {
+	now := q.now()
+	if !fresh {
+		q.mu.Lock()
+		c, ok := q.cache[user]
+		q.mu.Unlock()
+		if ok && now.Sub(c.fetched) < q.ttl {
+			return c.v, c.known, false, nil
+		}
+	}
+	v, known, err := q.query(ctx, user)
+	if err != nil {
+		return pgauth.Verifier{}, false, true, err
+	}
+	q.store(user, cachedUser{v: v, known: known, fetched: now})
+	return v, known, true, nil
+}
+
+// store caches c for user, making room when the cache is full: expired
+// entries go first, then arbitrary ones down to nine tenths of the bound,
+// so that a full cache is swept once per authCacheMax/10 new users, not
+// for each.
+func (q *queryUsers) store(user string, c cachedUser) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if _, ok := q.cache[user]; !ok && len(q.cache) >= authCacheMax {
+		for u, e := range q.cache {
+			if c.fetched.Sub(e.fetched) >= q.ttl {
+				delete(q.cache, u)
+			}
+		}
+		for u := range q.cache {
+			if len(q.cache) < authCacheMax-authCacheMax/10 {
+				break
+			}
+			delete(q.cache, u)
+		}
+	}
+	q.cache[user] = c
+}
+
+// query runs auth_query for user on the primary. A row whose verifier is
+// NULL or not a verifier (a plaintext password) is a user without one:
+// the client gets the mock exchange, as PostgreSQL does.
+func (q *queryUsers) query(ctx context.Context, user string) (pgauth.Verifier, bool, error) {
+	s := q.srv
+	waitCtx, cancel := context.WithTimeout(ctx, s.cfg.RouteWait)
+	route, err := s.router.Acquire(waitCtx, router.RW)
+	cancel()
+	if err != nil {
+		return pgauth.Verifier{}, false, fmt.Errorf("no primary to run auth_query on: %w", err)
+	}
+	defer route.Release()
+	conn, err := s.connectAuthUser(ctx, route.Backend.Addr)
+	if err != nil {
+		return pgauth.Verifier{}, false, fmt.Errorf("log in as auth_user %q to %s: %w", s.cfg.AuthUser, route.Backend.Name, err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	var name string
+	var passwd *string
+	err = conn.QueryRow(ctx, s.cfg.AuthQuery, user).Scan(&name, &passwd)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return pgauth.Verifier{}, false, nil
+	}
+	if err != nil {
+		return pgauth.Verifier{}, false, fmt.Errorf("auth_query on %s: %w", route.Backend.Name, err)
+	}
+	if passwd == nil {
+		return pgauth.Verifier{}, false, nil
+	}
+	v, err := pgauth.ParseVerifier(*passwd)
+	if err != nil {
+		s.log.Warn("auth_query: the user's password in the cluster is not a verifier, so the user cannot log in through the proxy", "user", user, "err", err)
+		return pgauth.Verifier{}, false, nil
+	}
+	return v, true, nil
+}
+
+// connectAuthUser logs in to addr as AuthUser, with the backends' TLS
+// setting and SCRAM required of the server.
+func (s *Server) connectAuthUser(ctx context.Context, addr string) (*pgx.Conn, error) {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, err
+	}
+	quote := strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace
+	cc, err := pgx.ParseConfig(fmt.Sprintf("host='%s' port='%s' user='%s' dbname='%s' sslmode=disable application_name=pharos-proxy-auth",
+		quote(host), quote(port), quote(s.cfg.AuthUser), quote(s.cfg.AuthDatabase)))
+	if err != nil {
+		return nil, err
+	}
+	cc.Password = s.cfg.AuthPassword
+	// After parsing, so that no PGREQUIREAUTH in the environment widens it.
+	cc.RequireAuth = authRequireAuth
+	cc.ConnectTimeout = s.cfg.ConnectTimeout
+	if s.backendTLS != nil {
+		tc := s.backendTLS.Clone()
+		tc.ServerName = host
+		cc.TLSConfig = tc
+	} else {
+		cc.TLSConfig = (*tls.Config)(nil)
+	}
+	cc.Fallbacks = nil
+	// One statement on a connection closed after it: no prepared statement.
+	cc.DefaultQueryExecMode = pgx.QueryExecModeExec
+	return pgx.ConnectConfig(ctx, cc)
+}
