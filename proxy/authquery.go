@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -173,8 +172,6 @@ func (s *Server) connectAuthUser(ctx context.Context, addr string) (*pgx.Conn, e
 		tc := s.backendTLS.Clone()
 		tc.ServerName = host
 		cc.TLSConfig = tc
-	} else {
-		cc.TLSConfig = (*tls.Config)(nil)
 	}
 	cc.Fallbacks = nil
 	// One statement on a connection closed after it: no prepared statement.
