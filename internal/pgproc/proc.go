@@ -79,8 +79,11 @@ func ServerProcesses(dataDir string) []int {
 		if cwd, err := os.Readlink(filepath.Join(dir, "cwd")); err != nil || cwd != dataDir {
 			continue
 		}
-		exe, err := os.Readlink(filepath.Join(dir, "exe"))
-		if err != nil || filepath.Base(strings.TrimSuffix(exe, " (deleted)")) != "postgres" {
+		// An unreadable exe is a process on its way out: the kernel drops
+		// the link before it has finished unmapping, so it may still hold
+		// the server's shared memory, and a start now would refuse. Only
+		// a readable exe tells another program from postgres.
+		if exe, err := os.Readlink(filepath.Join(dir, "exe")); err == nil && filepath.Base(strings.TrimSuffix(exe, " (deleted)")) != "postgres" {
 			continue
 		}
 		if stat, err := os.ReadFile(filepath.Join(dir, "stat")); err == nil && zombie(stat) {
