@@ -509,7 +509,9 @@ func TestEtcdExamples(t *testing.T) {
 // agents and proxies use the etcd members' client URLs and one cluster
 // name; the agent unit may write each agent's data directory; the proxy
 // unit's stop timeout covers the proxies' drain_timeout and their ports
-// need no capability; every secret is a *_file under /etc/pharos/secrets.
+// need no capability; the proxies authenticate with scram-sha-256 as the
+// auth user the agents create; every secret is a *_file under
+// /etc/pharos/secrets.
 func TestFilesFitTogether(t *testing.T) {
 	agents := loadExamples(t, "agent", "node*.yaml", 3)
 	proxies := loadExamples(t, "proxy", "proxy*.yaml", 2)
@@ -554,6 +556,21 @@ func TestFilesFitTogether(t *testing.T) {
 	}
 	if len(clusters) != 1 {
 		t.Errorf("the agents and proxies name several clusters: %v", clusters)
+	}
+	// The proxies authenticate clients themselves, as the login the agents
+	// create for them, with the same secret file.
+	for pname, p := range proxies {
+		if str(p, "auth_type") != "scram-sha-256" {
+			t.Errorf("%s: auth_type %q, want scram-sha-256", pname, str(p, "auth_type"))
+		}
+		for aname, a := range agents {
+			if str(p, "auth_user") == "" || str(p, "auth_user") != str(a, "proxy_auth_user") {
+				t.Errorf("%s: auth_user %q, but %s creates proxy_auth_user %q", pname, str(p, "auth_user"), aname, str(a, "proxy_auth_user"))
+			}
+			if str(p, "auth_password_file") == "" || str(p, "auth_password_file") != str(a, "proxy_auth_password_file") {
+				t.Errorf("%s: auth_password_file %q, but %s reads proxy_auth_password_file %q", pname, str(p, "auth_password_file"), aname, str(a, "proxy_auth_password_file"))
+			}
+		}
 	}
 	for job, want := range map[string][]string{"pharos-agent": agentAPIs, "pharos-proxy": proxyMetrics, "etcd": etcdMetrics} {
 		slices.Sort(want)

@@ -21,6 +21,7 @@ import (
 	"github.com/pharos-ha/pharos/internal/ctl"
 	"github.com/pharos-ha/pharos/internal/etcdlocal"
 	"github.com/pharos-ha/pharos/internal/localha"
+	"github.com/pharos-ha/pharos/proxy"
 	"github.com/pharos-ha/pharos/router"
 )
 
@@ -120,7 +121,8 @@ func demo(ctx context.Context, o demoOptions, log *slog.Logger, stdout io.Writer
 		Binary: self, Dir: nodesDir, Nodes: o.nodes, Cluster: clusterName, Etcd: etcd.Endpoints(),
 		AgentArgs: append([]string{"--log-level", o.logLevel, "--auto-reinit=true",
 			"--watchdog", "automatic", "--watchdog-driver", "software"}, o.agentArgs...),
-		Logger: log,
+		ProxyAuth: true,
+		Logger:    log,
 	})
 	if err != nil {
 		return err
@@ -153,6 +155,11 @@ func demo(ctx context.Context, o demoOptions, log *slog.Logger, stdout io.Writer
 	settings.MetricsListen = "127.0.0.1:" + strconv.Itoa(o.basePort+2)
 	settings.ROFallbackToPrimary = true
 	settings.DrainTimeout = duration(2 * time.Second)
+	// The proxy checks every login itself (SCRAM), against the verifiers
+	// it looks up on the primary as the agents' proxy auth user.
+	settings.AuthType = string(proxy.AuthSCRAM)
+	settings.AuthUser = hc.ProxyAuthUser
+	settings.AuthPasswordFile = hc.ProxyAuthPasswordFile
 	stack, err := newProxyStack(settings, log)
 	if err != nil {
 		return err

@@ -4,6 +4,9 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,6 +18,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/pharos-ha/pharos/internal/cluster"
@@ -123,6 +127,7 @@ func TestDemoRunsAndStops(t *testing.T) {
 	} else {
 		t.Logf("progress:\n%s", bytes.Join(lines, []byte("\n")))
 	}
+	demoProxyAuth(t, ctx, env)
 	demoFailover(t, ctx, dir, env)
 
 	if err := cmd.Process.Signal(syscall.SIGINT); err != nil {
@@ -245,5 +250,57 @@ func demoFailover(t *testing.T, ctx context.Context, dir string, env map[string]
 			t.Fatalf("%s did not come back as a replica of %s: %+v", old, newPrimary, m)
 		}
 		time.Sleep(250 * time.Millisecond)
+	}
+}
+
+// demoProxyAuth checks that the demo's proxy authenticates logins itself
+// (auth_type scram-sha-256, verifiers from pharos.get_auth): a wrong
+// password gets 28P01 on both endpoints without the proxy ever opening a
+// backend connection for it, which in passthrough it would, to let the
+// server refuse.
+func demoProxyAuth(t *testing.T, ctx context.Context, env map[string]string) {
+	t.Helper()
+	dials := func() float64 {
+		resp, err := http.Get(env["PHAROS_METRICS_URL"])
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var sum float64
+		for _, line := range strings.Split(string(body), "\n") {
+			if rest, ok := strings.CutPrefix(line, "pharos_proxy_backend_connect_seconds_count{"); ok {
+				_, v, _ := strings.Cut(rest, "} ")
+				f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+				if err != nil {
+					t.Fatalf("metrics line %q: %v", line, err)
+				}
+				sum += f
+			}
+		}
+		return sum
+	}
+	before := dials()
+	for _, key := range []string{"PHAROS_RW_DSN", "PHAROS_RO_DSN"} {
+		cc, err := pgx.ParseConfig(env[key])
+		if err != nil {
+			t.Fatal(err)
+		}
+		cc.Password = "not-" + cc.Password
+		conn, err := pgx.ConnectConfig(ctx, cc)
+		if err == nil {
+			conn.Close(ctx)
+			t.Fatalf("%s with a wrong password logged in", key)
+		}
+		var pe *pgconn.PgError
+		if !errors.As(err, &pe) || pe.Code != "28P01" {
+			t.Errorf("%s with a wrong password: %v, want 28P01", key, err)
+		}
+	}
+	if after := dials(); after != before {
+		t.Errorf("backend connections opened for logins with a wrong password: %v, then %v; the proxy should refuse them itself", before, after)
 	}
 }

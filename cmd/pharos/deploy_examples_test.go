@@ -98,6 +98,12 @@ func TestDeployExampleAgents(t *testing.T) {
 			if cfg.Postgres.SuperPassword == "" || cfg.Postgres.ReplicationPassword == "" {
 				t.Error("passwords not read from their files")
 			}
+			// The proxies' auth_user: bootstrap creates it and
+			// pharos.get_auth only when given its password.
+			if cfg.Postgres.ProxyAuthUser != "pharos_auth" || cfg.Postgres.ProxyAuthPassword == "" {
+				t.Errorf("proxy auth user %q, password set %v: want pharos_auth with its password from proxy_auth_password_file",
+					cfg.Postgres.ProxyAuthUser, cfg.Postgres.ProxyAuthPassword != "")
+			}
 			if len(cfg.Postgres.HBA) == 0 || !strings.Contains(strings.Join(cfg.Postgres.HBA, "\n"), "replication "+cfg.Postgres.ReplicationUser) {
 				t.Errorf("pg_hba %q lets no replication connection in", cfg.Postgres.HBA)
 			}
@@ -154,6 +160,10 @@ func TestDeployExampleProxies(t *testing.T) {
 			}
 			if hcfg.Password == "" {
 				t.Error("health_password not read from its file")
+			}
+			if pcfg.AuthType != proxy.AuthSCRAM || pcfg.AuthUser != "pharos_auth" || pcfg.AuthPassword == "" || pcfg.AuthFile != "" {
+				t.Errorf("auth_type %q, auth_user %q (password set %v), auth_file %q: want scram-sha-256 with the agents' pharos_auth and its password from auth_password_file",
+					pcfg.AuthType, pcfg.AuthUser, pcfg.AuthPassword != "", pcfg.AuthFile)
 			}
 			for key, a := range map[string]string{"rw_listen": ps.RWListen, "ro_listen": ps.ROListen, "metrics_listen": ps.MetricsListen} {
 				if host, _, err := net.SplitHostPort(a); err != nil || net.ParseIP(host) == nil {

@@ -53,6 +53,9 @@ type Options struct {
 	// NodeArgs more for one node, by name (n1, n2...).
 	AgentArgs []string
 	NodeArgs  map[string][]string
+	// ProxyAuth gives the agents a proxy_auth_password, so that bootstrap
+	// creates ProxyAuthUser and pharos.get_auth for a proxy's auth_user.
+	ProxyAuth bool
 	Logger    *slog.Logger
 }
 
@@ -66,6 +69,9 @@ type Cluster struct {
 	SuperUser, SuperPassword string
 	// APIUser and APIPassword authorize the REST API's mutating calls.
 	APIUser, APIPassword string
+	// ProxyAuthUser and ProxyAuthPassword (also in ProxyAuthPasswordFile)
+	// are a proxy's auth_user login, with Options.ProxyAuth; empty without.
+	ProxyAuthUser, ProxyAuthPassword, ProxyAuthPasswordFile string
 
 	wg sync.WaitGroup
 }
@@ -126,6 +132,15 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 	if err := os.WriteFile(replFile, []byte(randomSecret()+"\n"), 0o600); err != nil {
 		return nil, err
 	}
+	var authArgs []string
+	if opts.ProxyAuth {
+		c.ProxyAuthUser, c.ProxyAuthPassword = "pharos_auth", randomSecret()
+		c.ProxyAuthPasswordFile = filepath.Join(opts.Dir, "proxy_auth.password")
+		if err := os.WriteFile(c.ProxyAuthPasswordFile, []byte(c.ProxyAuthPassword+"\n"), 0o600); err != nil {
+			return nil, err
+		}
+		authArgs = []string{"--proxy-auth-user", c.ProxyAuthUser, "--proxy-auth-password-file", c.ProxyAuthPasswordFile}
+	}
 	for i := range opts.Nodes {
 		name := fmt.Sprintf("n%d", i+1)
 		dir := filepath.Join(opts.Dir, name)
@@ -148,7 +163,8 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 			"--data-dir", n.DataDir, "--pg-port", strconv.Itoa(ports[0]),
 			"--superuser-password-file", superFile, "--replication-password-file", replFile,
 			"--api-listen", apiAddr, "--api-username", c.APIUser, "--api-password-file", apiFile,
-		}, opts.AgentArgs...)
+		}, authArgs...)
+		n.args = append(n.args, opts.AgentArgs...)
 		n.args = append(n.args, opts.NodeArgs[name]...)
 		c.nodes = append(c.nodes, n)
 	}
