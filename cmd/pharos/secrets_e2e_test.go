@@ -79,6 +79,7 @@ func TestAgentKeepsSecretsToItself(t *testing.T) {
 		"PHAROS_REPLICATION_PASSWORD": random("repl-"),
 		"PHAROS_MONITOR_PASSWORD":     random("mon-"),
 		"PHAROS_API_PASSWORD":         random("api-"),
+		"PHAROS_PROXY_AUTH_PASSWORD":  random("pauth-"),
 		"PHAROS_API_TOKEN":            random("tok-"),
 	}
 	// leaks names the secrets found in b.
@@ -155,6 +156,13 @@ func TestAgentKeepsSecretsToItself(t *testing.T) {
 	}
 	if conn, err := monitorConn("replicator", secrets["PHAROS_REPLICATION_PASSWORD"]); err != nil {
 		t.Errorf("the replication role does not log in with its password: %v", err)
+	} else {
+		conn.Close(ctx)
+	}
+	// The proxies' lookup role was made from its secret too (so the
+	// leak checks below looked at a secret the agent used).
+	if conn, err := monitorConn("pharos_auth", secrets["PHAROS_PROXY_AUTH_PASSWORD"]); err != nil {
+		t.Errorf("the proxies' auth_user does not log in with its password: %v", err)
 	} else {
 		conn.Close(ctx)
 	}
