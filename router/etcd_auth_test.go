@@ -2,10 +2,6 @@ package router_test
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -16,7 +12,6 @@ import (
 	"github.com/pharos-ha/pharos/internal/cluster"
 	"github.com/pharos-ha/pharos/internal/etcdclient"
 	"github.com/pharos-ha/pharos/internal/etcdlocal"
-	"github.com/pharos-ha/pharos/internal/pglocal"
 	"github.com/pharos-ha/pharos/metrics"
 	"github.com/pharos-ha/pharos/router"
 )
@@ -33,21 +28,10 @@ const authDial = 15 * time.Second
 func TestEtcdSourceWithAuthentication(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	certPEM, keyPEM, err := pglocal.SelfSignedCert()
+	files, tc, err := etcdlocal.SelfSignedTLS(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir := t.TempDir()
-	files := &etcdlocal.TLSFiles{CertFile: filepath.Join(dir, "etcd.crt"), KeyFile: filepath.Join(dir, "etcd.key"), CAFile: filepath.Join(dir, "etcd.crt")}
-	if err := os.WriteFile(files.CertFile, certPEM, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(files.KeyFile, keyPEM, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	roots := x509.NewCertPool()
-	roots.AppendCertsFromPEM(certPEM)
-	tc := &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: roots}
 	etcd, err := etcdlocal.Start(ctx, etcdlocal.Options{ClientTLS: files})
 	if err != nil {
 		t.Fatal(err)

@@ -3,9 +3,6 @@ package etcdclient_test
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -14,7 +11,6 @@ import (
 
 	"github.com/pharos-ha/pharos/internal/etcdclient"
 	"github.com/pharos-ha/pharos/internal/etcdlocal"
-	"github.com/pharos-ha/pharos/internal/pglocal"
 )
 
 func TestMain(m *testing.M) {
@@ -59,21 +55,10 @@ func TestNewRefusesPlainHTTPWithSecrets(t *testing.T) {
 func TestNewWithAuthentication(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	certPEM, keyPEM, err := pglocal.SelfSignedCert()
+	files, tc, err := etcdlocal.SelfSignedTLS(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir := t.TempDir()
-	files := &etcdlocal.TLSFiles{CertFile: filepath.Join(dir, "etcd.crt"), KeyFile: filepath.Join(dir, "etcd.key"), CAFile: filepath.Join(dir, "etcd.crt")}
-	if err := os.WriteFile(files.CertFile, certPEM, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(files.KeyFile, keyPEM, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	roots := x509.NewCertPool()
-	roots.AppendCertsFromPEM(certPEM)
-	tc := &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: roots}
 	etcd, err := etcdlocal.Start(ctx, etcdlocal.Options{ClientTLS: files})
 	if err != nil {
 		t.Fatal(err)
