@@ -21,18 +21,7 @@ import (
 // testEtcd starts a one-member etcd for the test and returns a client.
 func testEtcd(t *testing.T) *clientv3.Client {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
-	defer cancel()
-	etcd, err := etcdlocal.Start(ctx, etcdlocal.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { etcd.Close() })
-	cli, err := etcd.Client(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cli.Close() })
+	_, cli := etcdlocal.StartForTest(t)
 	return cli
 }
 

@@ -25,22 +25,7 @@ func TestMain(m *testing.M) {
 // etcd starts an embedded etcd for one test and returns a client of it.
 func etcd(t *testing.T) *clientv3.Client {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
-	defer cancel()
-	c, err := etcdlocal.Start(ctx, etcdlocal.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := c.Close(); err != nil {
-			t.Error(err)
-		}
-	})
-	cli, err := c.Client(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cli.Close() })
+	_, cli := etcdlocal.StartForTest(t)
 	return cli
 }
 
