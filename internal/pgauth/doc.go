@@ -1,7 +1,8 @@
 // Package pgauth holds PostgreSQL password authentication as pure
 // functions: the verifiers PostgreSQL stores (SCRAM-SHA-256 and md5), the
 // userlist file PgBouncer reads them from, and both sides of the
-// SCRAM-SHA-256 exchange (RFC 5802, RFC 7677) and of md5. It owns no
+// SCRAM-SHA-256 exchange (RFC 5802, RFC 7677), with SCRAM-SHA-256-PLUS's
+// tls-server-end-point channel binding (RFC 5929), and of md5. It owns no
 // sockets, clock or randomness: nonces and salts come from the caller, so
 // every step can be tested with fixed values. It must not know the proxy.
 //

@@ -29,6 +29,14 @@ func malformed(format string, args ...any) error {
 	return &MalformedError{Msg: fmt.Sprintf(format, args...)}
 }
 
+// clip shortens a client-chosen string quoted in an error.
+func clip(s string) string {
+	if len(s) > 64 {
+		return s[:64] + "..."
+	}
+	return s
+}
+
 // Keys is what a successful SCRAM login leaves: the client's ClientKey,
 // recovered from its proof, and the verifier's ServerKey, salt and
 // iteration count. With them the proxy can run SCRAM as that client
@@ -91,6 +99,10 @@ type ServerExchange struct {
 	mock        bool // the verifier is a mock: the proof must fail
 	serverNonce string
 
+	// Set by SelectMechanism.
+	binding []byte // tls-server-end-point data: SCRAM-SHA-256-PLUS was offered
+	plus    bool   // the client selected SCRAM-SHA-256-PLUS
+
 	gs2Header       string
 	clientFirstBare string
 	nonce           string // client's nonce + serverNonce
@@ -105,9 +117,40 @@ func NewServerExchange(v Verifier, mock bool, serverNonce string) *ServerExchang
 	return &ServerExchange{v: v, mock: mock, serverNonce: serverNonce}
 }
 
+// ServerMechanisms returns the SASL mechanisms a server offers:
+// SCRAM-SHA-256-PLUS first when it has channel-binding data (a TLS
+// connection whose certificate has a tls-server-end-point hash), as
+// PostgreSQL lists them, then SCRAM-SHA-256.
+func ServerMechanisms(binding []byte) []string {
+	if binding != nil {
+		return []string{MechanismPlus, Mechanism}
+	}
+	return []string{Mechanism}
+}
+
+// SelectMechanism takes the mechanism the client's SASLInitialResponse
+// names. binding is the tls-server-end-point data of the server's
+// certificate when the server offered SCRAM-SHA-256-PLUS
+// (ServerMechanisms(binding)), nil when it did not. Without a call the
+// exchange is SCRAM-SHA-256 with no binding offered.
+func (e *ServerExchange) SelectMechanism(mechanism string, binding []byte) error {
+	switch {
+	case mechanism == Mechanism:
+	case mechanism == MechanismPlus && binding != nil:
+		e.plus = true
+	default:
+		return malformed("client selected an invalid SASL authentication mechanism")
+	}
+	e.binding = binding
+	return nil
+}
+
 // ClientFirst takes the client-first-message (the SASLInitialResponse's
-// data) and returns the server-first-message. Channel binding is not
-// offered, so the client may say "n" or "y" but not "p".
+// data) and returns the server-first-message. Its GS2 channel-binding
+// flag must agree with the mechanism: "p=tls-server-end-point" with
+// SCRAM-SHA-256-PLUS; "n" or "y" with SCRAM-SHA-256, and "y" (the client
+// could bind but thinks the server cannot) is ErrBindingDowngrade when
+// SCRAM-SHA-256-PLUS was offered.
 func (e *ServerExchange) ClientFirst(msg []byte) ([]byte, error) {
 	if !printableNonce(e.serverNonce) {
 		return nil, errors.New("pgauth: invalid server nonce")
@@ -116,9 +159,25 @@ func (e *ServerExchange) ClientFirst(msg []byte) ([]byte, error) {
 	var gs2 string
 	switch {
 	case strings.HasPrefix(s, "n,"), strings.HasPrefix(s, "y,"):
+		if e.plus {
+			return nil, malformed("the client selected SCRAM-SHA-256-PLUS, but the SCRAM message does not include channel binding data")
+		}
+		if s[0] == 'y' && e.binding != nil {
+			return nil, ErrBindingDowngrade
+		}
 		gs2, s = s[:2], s[2:]
 	case strings.HasPrefix(s, "p="):
-		return nil, malformed("channel binding was requested, but the server did not offer it")
+		if !e.plus {
+			return nil, malformed("the client selected SCRAM-SHA-256 without channel binding, but the SCRAM message includes channel binding data")
+		}
+		typ, _, ok := strings.Cut(s[2:], ",")
+		if !ok {
+			return nil, malformed("comma expected after the channel-binding type")
+		}
+		if typ != BindingType {
+			return nil, malformed("unsupported SCRAM channel-binding type %q", clip(typ))
+		}
+		gs2, s = s[:len("p=")+len(typ)+1], s[len("p=")+len(typ)+1:]
 	default:
 		return nil, malformed("unexpected channel-binding flag")
 	}
@@ -168,7 +227,15 @@ func (e *ServerExchange) ClientFinal(msg []byte) ([]byte, Keys, error) {
 		return nil, Keys{}, malformed("expected c= and r= attributes")
 	}
 	cbind, err := base64.StdEncoding.Strict().DecodeString(attrs[0][2:])
-	if err != nil || string(cbind) != e.gs2Header {
+	switch {
+	case e.plus:
+		// The GS2 header again, then the certificate hash the client saw:
+		// another one means its TLS channel ends elsewhere.
+		want := e.gs2Header + string(e.binding)
+		if err != nil || string(cbind) != want {
+			return nil, Keys{}, ErrBindingMismatch
+		}
+	case err != nil || string(cbind) != e.gs2Header:
 		return nil, Keys{}, malformed("unexpected SCRAM channel-binding attribute in client-final-message")
 	}
 	if attrs[1][2:] != e.nonce {
@@ -206,6 +273,8 @@ var ErrVerifierMismatch = errors.New("the server's SCRAM secret for this user di
 type ClientExchange struct {
 	keys            Keys
 	clientNonce     string
+	gs2Header       string // "n,,", "y,," or gs2Plus; set by First
+	cbindInput      string // gs2Header, then the binding data with -PLUS
 	clientFirstBare string
 	serverSignature [KeyLen]byte
 	sentFinal       bool
@@ -217,11 +286,32 @@ func NewClientExchange(keys Keys, clientNonce string) *ClientExchange {
 	return &ClientExchange{keys: keys, clientNonce: clientNonce}
 }
 
-// First returns the client-first-message: no channel binding, and an empty
-// user name (the server takes the startup packet's), as libpq sends.
+// BindChannel makes the exchange SCRAM-SHA-256-PLUS, bound to the TLS
+// channel whose server certificate has tls-server-end-point data binding
+// (TLSServerEndPoint). Call it before First, only when the server offered
+// MechanismPlus, and name MechanismPlus in the SASLInitialResponse.
+func (c *ClientExchange) BindChannel(binding []byte) {
+	c.cbindInput = gs2Plus + string(binding)
+	c.gs2Header = gs2Plus
+}
+
+// CouldBind tells the exchange, before First, that the connection is TLS
+// but the server did not offer SCRAM-SHA-256-PLUS: the client says "y",
+// so that a server which does support binding can see that an attacker
+// removed it from the offer.
+func (c *ClientExchange) CouldBind() {
+	c.gs2Header, c.cbindInput = "y,,", "y,,"
+}
+
+// First returns the client-first-message: the channel-binding flag ("n"
+// unless BindChannel or CouldBind said otherwise), and an empty user name
+// (the server takes the startup packet's), as libpq sends.
 func (c *ClientExchange) First() []byte {
+	if c.gs2Header == "" {
+		c.gs2Header, c.cbindInput = "n,,", "n,,"
+	}
 	c.clientFirstBare = "n=,r=" + c.clientNonce
-	return []byte("n,," + c.clientFirstBare)
+	return []byte(c.gs2Header + c.clientFirstBare)
 }
 
 // ServerFirst takes the server-first-message and returns the
@@ -249,7 +339,7 @@ func (c *ClientExchange) ServerFirst(msg []byte) ([]byte, error) {
 	if iter != c.keys.Iterations || subtle.ConstantTimeCompare(salt, c.keys.Salt) != 1 {
 		return nil, ErrVerifierMismatch
 	}
-	withoutProof := "c=biws,r=" + nonce // biws: base64 of "n,,"
+	withoutProof := "c=" + base64.StdEncoding.EncodeToString([]byte(c.cbindInput)) + ",r=" + nonce
 	authMessage := c.clientFirstBare + "," + string(msg) + "," + withoutProof
 	storedKey := sha256.Sum256(c.keys.ClientKey[:])
 	clientSignature := hmacSum(storedKey[:], authMessage)
