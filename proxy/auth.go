@@ -166,13 +166,22 @@ func (sess *session) readPasswordMessage(what string) ([]byte, error) {
 	return msg[wire.HeaderLen:], nil
 }
 
+// malformedSCRAM is the FATAL for a refused SCRAM message: 08P01 for a
+// malformed one, 28000 for a channel-binding downgrade or mismatch, as in
+// PostgreSQL.
 func malformedSCRAM(err error) error {
+	if errors.Is(err, pgauth.ErrBindingDowngrade) || errors.Is(err, pgauth.ErrBindingMismatch) {
+		return &startupError{code: wire.CodeInvalidAuthSpec, message: err.Error()}
+	}
 	return &startupError{code: wire.CodeProtocolViolation, message: err.Error()}
 }
 
-// clientSCRAM runs the server side of SCRAM-SHA-256 with the client.
+// clientSCRAM runs the server side of SCRAM-SHA-256 with the client:
+// SCRAM-SHA-256-PLUS is offered too when the client's connection is TLS
+// (bound to the proxy's certificate, which is the end of the client's
+// channel), so that channel_binding=require works through the proxy.
 func (sess *session) clientSCRAM(v pgauth.Verifier, mock bool) (pgauth.Keys, error) {
-	if err := sess.writeClient(&pgproto3.AuthenticationSASL{AuthMechanisms: []string{pgauth.Mechanism}}); err != nil {
+	if err := sess.writeClient(&pgproto3.AuthenticationSASL{AuthMechanisms: pgauth.ServerMechanisms(sess.binding)}); err != nil {
 		return pgauth.Keys{}, err
 	}
 	body, err := sess.readPasswordMessage("SASL response")
@@ -183,10 +192,10 @@ func (sess *session) clientSCRAM(v pgauth.Verifier, mock bool) (pgauth.Keys, err
 	if err := initial.Decode(body); err != nil {
 		return pgauth.Keys{}, &startupError{code: wire.CodeProtocolViolation, message: "invalid SASLInitialResponse", err: err}
 	}
-	if initial.AuthMechanism != pgauth.Mechanism {
+	ex := pgauth.NewServerExchange(v, mock, nonce())
+	if err := ex.SelectMechanism(initial.AuthMechanism, sess.binding); err != nil {
 		return pgauth.Keys{}, &startupError{code: wire.CodeProtocolViolation, message: "client selected an invalid SASL authentication mechanism"}
 	}
-	ex := pgauth.NewServerExchange(v, mock, nonce())
 	serverFirst, err := ex.ClientFirst(initial.Data)
 	if err != nil {
 		return pgauth.Keys{}, malformedSCRAM(err)

@@ -41,6 +41,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/pharos-ha/pharos/internal/pgauth"
 	"github.com/pharos-ha/pharos/metrics"
 	"github.com/pharos-ha/pharos/router"
 	"github.com/pharos-ha/pharos/wire"
@@ -55,7 +56,7 @@ type Server struct {
 	metrics    *metrics.Proxy
 	backendTLS *tls.Config // nil when BackendTLS is disable
 	clientTLS  *tls.Config // nil when TLSMode is disable
-	cert       atomic.Pointer[tls.Certificate]
+	cert       atomic.Pointer[serverCert]
 	users      userSource // AuthFile's or AuthQuery's; nil in passthrough
 	mockSecret []byte     // keys the mock verifiers of unknown users
 	// Sessions by router.Endpoint, counted apart so that connections that
@@ -135,9 +136,16 @@ func New(cfg Config, r *router.Router, log *slog.Logger, m *metrics.Proxy) (*Ser
 		s.clientTLS = &tls.Config{
 			MinVersion: tls.VersionTLS12,
 			NextProtos: []string{alpnPostgres},
-			GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
-				return s.cert.Load(), nil
+			GetCertificate: func(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+				c := s.cert.Load()
+				if bc, ok := hello.Conn.(*boundConn); ok {
+					bc.cert = c
+				}
+				return &c.cert, nil
 			},
+			// As PostgreSQL: no resumption, so every handshake sends (and
+			// records, for channel binding) the current certificate.
+			SessionTicketsDisabled: true,
 		}
 	}
 	switch cfg.BackendTLS {
@@ -194,9 +202,43 @@ func (s *Server) ReloadTLS() error {
 	if err != nil {
 		return fmt.Errorf("load TLS certificate: %w", err)
 	}
-	s.cert.Store(&cert)
+	leaf := cert.Leaf
+	if leaf == nil {
+		if leaf, err = x509.ParseCertificate(cert.Certificate[0]); err != nil {
+			return fmt.Errorf("load TLS certificate: %w", err)
+		}
+	}
+	sc := &serverCert{cert: cert}
+	if sc.binding, err = pgauth.TLSServerEndPoint(leaf); err != nil {
+		s.log.Warn("TLS certificate has no channel binding: SCRAM-SHA-256-PLUS is not offered, so clients with channel_binding=require cannot log in", "cert", s.cfg.CertFile, "err", err)
+	}
+	s.cert.Store(sc)
 	s.log.Info("TLS certificate loaded", "cert", s.cfg.CertFile)
 	return nil
+}
+
+// serverCert is the proxy's TLS certificate with its tls-server-end-point
+// channel-binding data (nil when RFC 5929 defines none for it).
+type serverCert struct {
+	cert    tls.Certificate
+	binding []byte
+}
+
+// boundConn is the connection under a client's TLS handshake; the
+// handshake records in it the certificate it sent, since a reload may
+// replace the current one before the SCRAM exchange that binds to it.
+type boundConn struct {
+	net.Conn
+	cert *serverCert // set by GetCertificate during the handshake
+}
+
+// binding returns the channel-binding data of the certificate the
+// handshake sent, nil when there is none.
+func (c *boundConn) binding() []byte {
+	if c.cert == nil {
+		return nil
+	}
+	return c.cert.binding
 }
 
 // Listen binds the configured endpoints.

@@ -40,6 +40,7 @@ type session struct {
 	route     *router.Route
 	cancelKey string
 	creds     *backendCreds // the proxy's own login left these; nil in passthrough
+	binding   []byte        // tls-server-end-point data of the certificate the client's TLS got; nil without
 
 	// Shared between goroutines.
 	ended atomic.Pointer[endState]
@@ -367,13 +368,15 @@ func (sess *session) readStartup() (wire.StartupPacket, metrics.Outcome, error) 
 // the "postgresql" ALPN protocol, as PostgreSQL 17 requires, so a TLS
 // client meant for another service is not taken for a database client.
 func (sess *session) startTLS(conn net.Conn, direct bool) error {
-	tc := tls.Server(conn, sess.srv.clientTLS)
+	bc := &boundConn{Conn: conn}
+	tc := tls.Server(bc, sess.srv.clientTLS)
 	if err := tc.Handshake(); err != nil {
 		return err
 	}
 	if direct && tc.ConnectionState().NegotiatedProtocol != alpnPostgres {
 		return errors.New("direct TLS without the postgresql ALPN protocol")
 	}
+	sess.binding = bc.binding()
 	sess.connMu.Lock()
 	sess.client = tc
 	sess.connMu.Unlock()
