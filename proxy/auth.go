@@ -5,8 +5,10 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/subtle"
+	"crypto/tls"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"slices"
 	"time"
@@ -245,6 +247,33 @@ func checkMD5(answer, hash string, salt [4]byte) bool {
 	return subtle.ConstantTimeCompare([]byte(answer), []byte(want)) == 1
 }
 
+// bindBackend chooses the SCRAM mechanism towards a server offering
+// mechs over conn, and sets ex's channel binding to match: over TLS,
+// SCRAM-SHA-256-PLUS bound to the server's certificate when it is offered
+// (the proxy's own connection to the server is the channel), "y" when it
+// is not (so a server that supports it sees the downgrade); "n" over
+// plaintext, or when the certificate has no tls-server-end-point hash.
+func bindBackend(ex *pgauth.ClientExchange, conn net.Conn, mechs []string) string {
+	tc, ok := conn.(*tls.Conn)
+	if !ok {
+		return pgauth.Mechanism
+	}
+	if !slices.Contains(mechs, pgauth.MechanismPlus) {
+		ex.CouldBind()
+		return pgauth.Mechanism
+	}
+	certs := tc.ConnectionState().PeerCertificates
+	if len(certs) == 0 {
+		return pgauth.Mechanism
+	}
+	binding, err := pgauth.TLSServerEndPoint(certs[0])
+	if err != nil {
+		return pgauth.Mechanism
+	}
+	ex.BindChannel(binding)
+	return pgauth.MechanismPlus
+}
+
 // loginBackend answers the backend's authentication requests with
 // sess.creds, up to (not including) its AuthenticationOk or any other
 // message, which the relay's startup phase then reads from br as it does
@@ -296,7 +325,7 @@ func (sess *session) loginBackend(br *bufio.Reader, user string) error {
 				return fail("the server asks user %q for SCRAM-SHA-256, which the proxy can only answer after a SCRAM login (the auth_file's verifier for the user is md5)", user)
 			}
 			ex = pgauth.NewClientExchange(*c.scram, nonce())
-			out = &pgproto3.SASLInitialResponse{AuthMechanism: pgauth.Mechanism, Data: ex.First()}
+			out = &pgproto3.SASLInitialResponse{AuthMechanism: bindBackend(ex, sess.backend, mechs), Data: ex.First()}
 		case wire.AuthSASLContinue:
 			if ex == nil {
 				return fail("the server sent a SASL challenge out of order")

@@ -2,8 +2,10 @@ package proxy
 
 import (
 	"bufio"
+	"crypto/tls"
 	"errors"
 	"net"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -11,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pharos-ha/pharos/internal/pgauth"
+	"github.com/pharos-ha/pharos/internal/pglocal"
 )
 
 // TestLoginBackendChecksTheServer runs the proxy's backend login against a
@@ -68,9 +71,16 @@ func TestLoginBackendChecksTheServer(t *testing.T) {
 // scriptedServer plays a SCRAM server holding v; final rewrites its
 // server-final-message (nil: skip it and say AuthenticationOk at once).
 func scriptedServer(conn net.Conn, v pgauth.Verifier, final func([]byte) []byte) {
+	scriptedServerMechs(conn, v, final, []string{pgauth.MechanismPlus, pgauth.Mechanism}, nil, nil)
+}
+
+// scriptedServerMechs is scriptedServer offering mechs, with binding its
+// certificate's tls-server-end-point data when it offers -PLUS; chosen
+// gets the mechanism and client-first-message the client sent.
+func scriptedServerMechs(conn net.Conn, v pgauth.Verifier, final func([]byte) []byte, mechs []string, binding []byte, chosen chan<- string) {
 	defer conn.Close()
 	be := pgproto3.NewBackend(conn, conn)
-	be.Send(&pgproto3.AuthenticationSASL{AuthMechanisms: []string{"SCRAM-SHA-256-PLUS", pgauth.Mechanism}})
+	be.Send(&pgproto3.AuthenticationSASL{AuthMechanisms: mechs})
 	if be.Flush() != nil {
 		return
 	}
@@ -80,9 +90,19 @@ func scriptedServer(conn net.Conn, v pgauth.Verifier, final func([]byte) []byte)
 	if err != nil || !ok {
 		return
 	}
+	if chosen != nil {
+		chosen <- initial.AuthMechanism + " " + string(initial.Data)
+	}
 	ex := pgauth.NewServerExchange(v, false, "servernonce")
+	if binding != nil {
+		if ex.SelectMechanism(initial.AuthMechanism, binding) != nil {
+			return
+		}
+	}
 	sf, err := ex.ClientFirst(initial.Data)
 	if err != nil {
+		be.Send(&pgproto3.ErrorResponse{Severity: "FATAL", Code: "28000", Message: err.Error()})
+		_ = be.Flush()
 		return
 	}
 	be.Send(&pgproto3.AuthenticationSASLContinue{Data: sf})
@@ -119,4 +139,75 @@ func loginKeys(t *testing.T, v pgauth.Verifier, password string) pgauth.Keys {
 		t.Fatal(err)
 	}
 	return keys
+}
+
+// TestLoginBackendChannelBinding: over backend TLS the proxy binds its
+// SCRAM login to the server's certificate when the server offers
+// SCRAM-SHA-256-PLUS, says "y" when it does not, and the scripted server
+// (a pgauth server exchange checking the binding as PostgreSQL does)
+// accepts both.
+func TestLoginBackendChannelBinding(t *testing.T) {
+	certPEM, keyPEM, err := pglocal.SelfSignedCert()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	binding, err := pgauth.TLSServerEndPoint(cert.Leaf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	verifier, err := pgauth.NewSCRAMVerifier("pw", []byte("salt-of-the-cluster"), 4096)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys := loginKeys(t, verifier, "pw")
+	for _, tc := range []struct {
+		name  string
+		mechs []string
+		want  string // mechanism and GS2 header the proxy must send
+	}{
+		{name: "-PLUS offered", mechs: []string{pgauth.MechanismPlus, pgauth.Mechanism}, want: "SCRAM-SHA-256-PLUS p=tls-server-end-point,,"},
+		{name: "-PLUS not offered", mechs: []string{pgauth.Mechanism}, want: "SCRAM-SHA-256 y,,"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			proxyRaw, serverRaw := net.Pipe()
+			deadline := time.Now().Add(5 * time.Second)
+			_ = proxyRaw.SetDeadline(deadline)
+			_ = serverRaw.SetDeadline(deadline)
+			chosen := make(chan string, 1)
+			done := make(chan struct{})
+			proxySide := tls.Client(proxyRaw, &tls.Config{InsecureSkipVerify: true})
+			defer func() { _ = proxySide.Close(); <-done }()
+			go func() {
+				defer close(done)
+				serverSide := tls.Server(serverRaw, &tls.Config{Certificates: []tls.Certificate{cert}})
+				if serverSide.Handshake() != nil {
+					_ = serverRaw.Close()
+					return
+				}
+				var b []byte
+				if slices.Contains(tc.mechs, pgauth.MechanismPlus) {
+					b = binding
+				}
+				scriptedServerMechs(serverSide, verifier, func(b []byte) []byte { return b }, tc.mechs, b, chosen)
+			}()
+			if err := proxySide.Handshake(); err != nil {
+				t.Fatal(err)
+			}
+			sess := &session{backend: proxySide, creds: &backendCreds{scram: &keys}}
+			br := bufio.NewReader(proxySide)
+			if err := sess.loginBackend(br, "alice"); err != nil {
+				t.Fatalf("login: %v", err)
+			}
+			if got := <-chosen; !strings.HasPrefix(got, tc.want) {
+				t.Fatalf("proxy sent %q, want %q...", got, tc.want)
+			}
+			if b, err := br.Peek(1); err != nil || b[0] != 'R' {
+				t.Fatalf("left %q (%v) for the relay, want AuthenticationOk", b, err)
+			}
+		})
+	}
 }
