@@ -64,9 +64,11 @@ const (
 
 // CancelResult label values.
 const (
-	CancelForwarded = "forwarded"
-	CancelUnknown   = "unknown_key"
-	CancelFailed    = "failed"
+	CancelForwarded = "forwarded"          // sent to the server connection the key's session uses
+	CancelToProxy   = "forwarded_to_proxy" // the key is another proxy's: sent to it
+	CancelNoServer  = "no_server"          // the key's session has no server connection now
+	CancelUnknown   = "unknown_key"        // no session has the key (or the secret is wrong)
+	CancelFailed    = "failed"             // the server or proxy could not be reached
 )
 
 // Proxy holds the proxy's and router's metrics.

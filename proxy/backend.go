@@ -106,32 +106,3 @@ func (s *Server) startBackendTLS(ctx context.Context, conn net.Conn, addr string
 	}
 	return tc, nil
 }
-
-// forwardCancel passes a CancelRequest to the backend that issued the key,
-// whichever endpoint it arrived on, and waits until the backend has taken
-// it (closed the connection) so the client's wait means what it does
-// against PostgreSQL itself.
-func (sess *session) forwardCancel(pkt wire.StartupPacket) {
-	s := sess.srv
-	t, ok := s.lookupCancel(string(pkt.Raw[8:]))
-	if !ok {
-		s.metrics.Cancels.WithLabelValues(metrics.CancelUnknown).Inc()
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.ConnectTimeout)
-	defer cancel()
-	conn, err := s.dialBackend(ctx, sess.ep, t.addr)
-	if err != nil {
-		s.metrics.Cancels.WithLabelValues(metrics.CancelFailed).Inc()
-		s.log.Warn("cancel forward failed", "backend", t.addr, "err", err)
-		return
-	}
-	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(s.cfg.ConnectTimeout))
-	if _, err := conn.Write(pkt.Raw); err != nil {
-		s.metrics.Cancels.WithLabelValues(metrics.CancelFailed).Inc()
-		return
-	}
-	_, _ = io.Copy(io.Discard, conn)
-	s.metrics.Cancels.WithLabelValues(metrics.CancelForwarded).Inc()
-}

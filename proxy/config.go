@@ -112,6 +112,18 @@ type Config struct {
 	// BufferSize is the relay buffer a copier borrows while it reads; an
 	// idle plain-TCP session holds none.
 	BufferSize int
+
+	// CancelID (1..MaxCancelID) is carried by the cancel keys the proxy
+	// issues when it authenticates clients itself (pid = CancelID<<22 |
+	// seq); 0 means New picks one at random. The registry keeps it unique
+	// among the cluster's live proxies (Server.SetCancelID).
+	CancelID uint16
+	// ForeignCancel, when not nil, gives the listener address of the live
+	// proxy whose cancel ID is owner, so that a CancelRequest with a key it
+	// issued is passed on to it; ok false drops the request as an unknown
+	// key. It is called once per such CancelRequest and must not block
+	// (read a cache). It is never asked about the proxy's own ID.
+	ForeignCancel func(owner uint16) (addr string, ok bool)
 }
 
 // DefaultMaxClients is MaxClientsPerEndpoint's default. Every session is a
@@ -255,6 +267,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxMessageSize < 0 || (c.MaxMessageSize > 0 && c.MaxMessageSize < 1024) {
 		return fmt.Errorf("max_message_size: must be 0 (no limit) or at least 1024 bytes")
+	}
+	if c.CancelID > MaxCancelID {
+		return fmt.Errorf("cancel_id: %d is not in 1..%d (0 picks one)", c.CancelID, MaxCancelID)
 	}
 	if c.BufferSize < 4096 {
 		return fmt.Errorf("buffer_size: must be at least 4096 bytes")

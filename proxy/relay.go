@@ -229,7 +229,6 @@ func (b *backendToClient) forward(p []byte) bool {
 // whether the session is established.
 func (b *backendToClient) startup(br *bufio.Reader) bool {
 	sess := b.sess
-	s := sess.srv
 	var out, msgBuf []byte
 	flush := func() error {
 		if len(out) == 0 {
@@ -279,11 +278,7 @@ func (b *backendToClient) startup(br *bufio.Reader) bool {
 				}
 			}
 		case wire.MsgBackendKeyData:
-			if _, _, err := wire.ParseBackendKeyData(msg); err == nil {
-				// Keyed like a CancelRequest's body: pid and secret.
-				sess.cancelKey = string(msg[wire.HeaderLen:])
-				s.registerCancel(sess.cancelKey, cancelTarget{addr: sess.route.Backend.Addr})
-			}
+			msg = sess.backendKeyData(msg)
 		case wire.MsgErrorResponse:
 			out = append(out, msg...)
 			_ = flush()

@@ -15,9 +15,9 @@
 //
 // Files: server.go holds the listeners, accepting and draining; session.go
 // a session's state, its end and its client-side startup (startup packet,
-// TLS); backend.go connecting it to a backend (route, dial, backend TLS)
-// and forwarding CancelRequests; relay.go the two copiers and their
-// per-message path; pump.go the socket reads and writes under them;
+// TLS); backend.go connecting it to a backend (route, dial, backend TLS);
+// relay.go the two copiers and their per-message path; pump.go the socket
+// reads and writes under them; cancel.go cancel keys and CancelRequests;
 // config.go the configuration.
 //
 // Its Go API carries no stability promise: pharos ships a binary, and
@@ -75,20 +75,16 @@ type Server struct {
 	mu sync.Mutex
 	// Guarded by mu.
 	sessions map[*session]struct{}
-	cancels  map[string]cancelTarget // by pid+key bytes
+	keys     cancelKeys
 	draining bool
 
-	drainFlag atomic.Bool // mirrors draining for the copiers' per-chunk check
+	drainFlag atomic.Bool   // mirrors draining for the copiers' per-chunk check
+	cancelID  atomic.Uint32 // what keys issued now carry (cancel.go)
 }
 
 // prometheusCounter is the one method of prometheus.Counter the hot path
 // uses, resolved once so no label lookup happens per chunk.
 type prometheusCounter interface{ Add(float64) }
-
-// cancelTarget is where a session's CancelRequest must go.
-type cancelTarget struct {
-	addr string
-}
 
 // New validates cfg and returns a server that routes with r.
 func New(cfg Config, r *router.Router, log *slog.Logger, m *metrics.Proxy) (*Server, error) {
@@ -108,10 +104,15 @@ func New(cfg Config, r *router.Router, log *slog.Logger, m *metrics.Proxy) (*Ser
 		bytesB2C:  m.Bytes.WithLabelValues(metrics.DirBackendToClient),
 		listeners: make(map[router.Endpoint]net.Listener),
 		sessions:  make(map[*session]struct{}),
-		cancels:   make(map[string]cancelTarget),
+		keys:      cancelKeys{own: make(map[uint32]ownCancel), server: make(map[string]*cancelTarget)},
 		tooManyPending: wire.FatalError(wire.CodeTooManyConnections,
 			"pharos: too many clients are logging in at once, try again"),
 	}
+	id := cfg.CancelID
+	if id == 0 {
+		id = pickCancelID()
+	}
+	s.cancelID.Store(uint32(id))
 	if cfg.AuthType != AuthPassthrough {
 		if cfg.AuthFile != "" {
 			users, err := loadAuthFile(cfg.AuthFile)
@@ -403,23 +404,4 @@ func (s *Server) removeSession(sess *session) {
 	s.mu.Lock()
 	delete(s.sessions, sess)
 	s.mu.Unlock()
-}
-
-func (s *Server) registerCancel(key string, t cancelTarget) {
-	s.mu.Lock()
-	s.cancels[key] = t
-	s.mu.Unlock()
-}
-
-func (s *Server) unregisterCancel(key string) {
-	s.mu.Lock()
-	delete(s.cancels, key)
-	s.mu.Unlock()
-}
-
-func (s *Server) lookupCancel(key string) (cancelTarget, bool) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	t, ok := s.cancels[key]
-	return t, ok
 }

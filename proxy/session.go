@@ -38,7 +38,7 @@ type session struct {
 	accepted  time.Time
 	slot      slot // which count of srv the session holds; owned by run
 	route     *router.Route
-	cancelKey string
+	cancelKey sessionCancel
 	creds     *backendCreds // the proxy's own login left these; nil in passthrough
 	binding   []byte        // tls-server-end-point data of the certificate the client's TLS got; nil without
 
@@ -190,9 +190,7 @@ func (sess *session) run() {
 		if sess.route != nil {
 			sess.route.Release()
 		}
-		if sess.cancelKey != "" {
-			s.unregisterCancel(sess.cancelKey)
-		}
+		s.dropCancel(&sess.cancelKey)
 		s.removeSession(sess)
 		sess.releaseSlot()
 	}()
@@ -213,7 +211,7 @@ func (sess *session) run() {
 		return
 	}
 	if pkt.Kind == wire.KindCancelRequest {
-		sess.forwardCancel(pkt)
+		sess.handleCancel(pkt)
 		s.metrics.Sessions.WithLabelValues(sess.ep.String(), string(metrics.OutcomeCancelRequest)).Inc()
 		return
 	}

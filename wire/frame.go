@@ -281,6 +281,15 @@ func ParseBackendKeyData(msg []byte) (pid uint32, key []byte, err error) {
 	return binary.BigEndian.Uint32(body), body[4:], nil
 }
 
+// AppendBackendKeyData appends a BackendKeyData message with pid and key
+// to dst.
+func AppendBackendKeyData(dst []byte, pid uint32, key []byte) []byte {
+	dst = append(dst, MsgBackendKeyData)
+	dst = binary.BigEndian.AppendUint32(dst, uint32(8+len(key)))
+	dst = binary.BigEndian.AppendUint32(dst, pid)
+	return append(dst, key...)
+}
+
 // ErrorFields returns the severity (non-localized when present), SQLSTATE
 // and message of an ErrorResponse or NoticeResponse (whole message).
 func ErrorFields(msg []byte) (severity, code, message string, err error) {
