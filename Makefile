@@ -28,7 +28,7 @@ test: deps
 
 # fuzz runs every fuzz target (wire parsers, record parsers) for FUZZTIME.
 FUZZTIME ?= 20s
-FUZZPKGS := ./wire ./internal/pgauth ./internal/cluster ./haagent ./haagent/core
+FUZZPKGS := ./wire ./internal/pgauth ./internal/consolecmd ./internal/cluster ./haagent ./haagent/core
 fuzz:
 	for p in $(FUZZPKGS); do \
 		for t in $$($(GO) test -list '^Fuzz' $$p | grep ^Fuzz); do \

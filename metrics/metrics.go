@@ -54,6 +54,7 @@ const (
 	ReasonProtocolViolation TerminateReason = "protocol_violation" // malformed message from the client
 	ReasonMessageTooLarge   TerminateReason = "message_too_large"  // client message over the limit
 	ReasonBackendLost       TerminateReason = "backend_lost"       // backend connection failed mid-session
+	ReasonAdmin             TerminateReason = "admin"              // KILL on the admin console
 )
 
 // Direction label values for byte counters.

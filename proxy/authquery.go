@@ -7,6 +7,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -40,14 +41,40 @@ type userSource interface {
 	// answer rather than a cached one; fetched says the answer was read
 	// from the cluster during this call, so asking again is pointless.
 	lookup(ctx context.Context, user string, fresh bool) (v pgauth.Verifier, known, fetched bool, err error)
+	// reload drops what the source holds for what it reads now (RELOAD,
+	// SIGHUP). On error the source keeps what it had.
+	reload() error
 }
 
-// fileUsers is an auth_file: fixed, never refreshed.
-type fileUsers map[string]pgauth.Verifier
+// fileUsers is an auth_file, read at start and again by reload; a login
+// never refreshes it.
+type fileUsers struct {
+	path  string
+	users atomic.Pointer[map[string]pgauth.Verifier]
+}
 
-func (f fileUsers) lookup(_ context.Context, user string, _ bool) (pgauth.Verifier, bool, bool, error) {
-	v, ok := f[user]
+func newFileUsers(path string) (*fileUsers, error) {
+	f := &fileUsers{path: path}
+	if err := f.reload(); err != nil {
+		return nil, err
+	}
+	return f, nil
+}
+
+func (f *fileUsers) lookup(_ context.Context, user string, _ bool) (pgauth.Verifier, bool, bool, error) {
+	v, ok := (*f.users.Load())[user]
 	return v, ok, true, nil
+}
+
+// reload reads the file again; a file that does not parse (one being
+// written, say) leaves the users read before in place.
+func (f *fileUsers) reload() error {
+	users, err := loadAuthFile(f.path)
+	if err != nil {
+		return fmt.Errorf("auth_file: %w", err)
+	}
+	f.users.Store(&users)
+	return nil
 }
 
 // queryUsers looks verifiers up with auth_query as auth_user on the
@@ -71,6 +98,15 @@ type cachedUser struct {
 
 func newQueryUsers(s *Server) *queryUsers {
 	return &queryUsers{srv: s, ttl: s.cfg.AuthCacheTTL, now: time.Now, cache: make(map[string]cachedUser)}
+}
+
+// reload forgets every cached answer, so that each user is looked up
+// again at its next login.
+func (q *queryUsers) reload() error {
+	q.mu.Lock()
+	clear(q.cache)
+	q.mu.Unlock()
+	return nil
 }
 
 func (q *queryUsers) lookup(ctx context.Context, user string, fresh bool) (pgauth.Verifier, bool, bool, error) {

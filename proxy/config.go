@@ -76,6 +76,13 @@ type Config struct {
 	AuthDatabase string
 	AuthCacheTTL time.Duration
 
+	// AdminUsers may open the admin console: database AdminDatabase on
+	// either listener, authenticated by the proxy (so not with
+	// AuthPassthrough).
+	AdminUsers []string
+	// Version is what the console's SHOW VERSION reports.
+	Version string
+
 	// MaxClientsPerEndpoint bounds an endpoint's authenticated sessions:
 	// a client whose login the server accepts beyond it gets FATAL 53300
 	// instead of its AuthenticationOk. 0 means DefaultMaxClients.
@@ -223,6 +230,9 @@ func (c *Config) Validate() error {
 		if c.AuthFile != "" || c.AuthUser != "" {
 			return fmt.Errorf("auth_type: auth_file and auth_user are for the proxy's own authentication; with auth_type passthrough the server authenticates clients")
 		}
+		if len(c.AdminUsers) > 0 {
+			return fmt.Errorf("admin_users: the admin console needs the proxy's own authentication (auth_type)")
+		}
 	case AuthSCRAM, AuthMD5, AuthTrust:
 		switch {
 		case c.AuthFile != "" && c.AuthUser != "":
@@ -246,6 +256,11 @@ func (c *Config) Validate() error {
 		}
 	default:
 		return fmt.Errorf("auth_type: %q is not one of passthrough, scram-sha-256, md5, trust", c.AuthType)
+	}
+	for _, u := range c.AdminUsers {
+		if u == "" {
+			return fmt.Errorf("admin_users: an empty user name")
+		}
 	}
 	for _, d := range []struct {
 		key string

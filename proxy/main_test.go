@@ -3,6 +3,7 @@ package proxy_test
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"strings"
@@ -73,6 +74,8 @@ type proxyOptions struct {
 	Cluster  *pglocal.Cluster    // default: the shared cluster
 	// Ready says when the proxy may be used; default: rw has a target.
 	Ready func(rw string, ro []string) bool
+	// Log also gets the proxy's log lines (the test's log always does).
+	Log io.Writer
 }
 
 // startProxy starts a proxy on free loopback ports in front of the shared
@@ -100,6 +103,9 @@ func startProxy(t *testing.T, opts proxyOptions) *testProxy {
 		cfg.RouteWait = time.Second
 	}
 	log := testLogger(t)
+	if opts.Log != nil {
+		log = slog.New(slog.NewTextHandler(io.MultiWriter(tWriter{t}, opts.Log), &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
 	reg := prometheus.NewRegistry()
 	m := metrics.NewProxy(reg)
 	r := router.New(opts.Router, log, m)

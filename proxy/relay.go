@@ -150,6 +150,7 @@ type backendToClient struct {
 	f            wire.Framer
 	client       io.Writer // the client connection, raw when it is plain TCP
 	clientBroken bool      // a write to the client failed: its stream position is unknown
+	xacts        uint64    // transactions already published to the session
 }
 
 func (b *backendToClient) run() {
@@ -219,6 +220,11 @@ func (b *backendToClient) forward(p []byte) bool {
 	s.bytesB2C.Add(float64(len(p)))
 	idle := b.f.AtBoundary() && b.f.TxStatus() == wire.TxIdle
 	sess.setAnswered(b.f.SyncPoints(), idle)
+	if n := b.f.IdleReadies(); n != b.xacts {
+		// Once per transaction, not per chunk: for SHOW STATS.
+		b.xacts = n
+		sess.xacts.Store(n)
+	}
 	if idle && s.drainFlag.Load() {
 		sess.drainIfIdle()
 	}
@@ -339,6 +345,7 @@ func (b *backendToClient) refuseOverLimit(flush func() error) {
 // ending (end's deadlines must win).
 func (sess *session) established() {
 	sess.countOutcome(metrics.OutcomeOK)
+	sess.markAssigned()
 	sess.attached.Store(true)
 	sess.setAnswered(0, true)
 	sess.connMu.Lock()

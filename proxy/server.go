@@ -72,11 +72,21 @@ type Server struct {
 	// Set by Listen.
 	listeners map[router.Endpoint]net.Listener
 
+	// The admin console's (admin.go, adminstats.go).
+	nextID atomic.Uint64 // session ids
+	admin  adminState
+	stats  struct {
+		mu sync.Mutex
+		statsBook
+	}
+
 	mu sync.Mutex
 	// Guarded by mu.
 	sessions map[*session]struct{}
 	keys     cancelKeys
 	draining bool
+	// retiredTotals are the SHOW STATS counts of the sessions that ended.
+	retiredTotals map[string]*dbTotals
 
 	drainFlag atomic.Bool   // mirrors draining for the copiers' per-chunk check
 	cancelID  atomic.Uint32 // what keys issued now carry (cancel.go)
@@ -105,6 +115,8 @@ func New(cfg Config, r *router.Router, log *slog.Logger, m *metrics.Proxy) (*Ser
 		listeners: make(map[router.Endpoint]net.Listener),
 		sessions:  make(map[*session]struct{}),
 		keys:      cancelKeys{own: make(map[uint32]ownCancel), server: make(map[string]*cancelTarget)},
+
+		retiredTotals: make(map[string]*dbTotals),
 		tooManyPending: wire.FatalError(wire.CodeTooManyConnections,
 			"pharos: too many clients are logging in at once, try again"),
 	}
@@ -113,13 +125,15 @@ func New(cfg Config, r *router.Router, log *slog.Logger, m *metrics.Proxy) (*Ser
 		id = pickCancelID()
 	}
 	s.cancelID.Store(uint32(id))
+	s.admin.init()
+	s.stats.times = make(map[string]*dbTotals)
 	if cfg.AuthType != AuthPassthrough {
 		if cfg.AuthFile != "" {
-			users, err := loadAuthFile(cfg.AuthFile)
+			users, err := newFileUsers(cfg.AuthFile)
 			if err != nil {
-				return nil, fmt.Errorf("auth_file: %w", err)
+				return nil, err
 			}
-			s.users = fileUsers(users)
+			s.users = users
 		} else {
 			s.users = newQueryUsers(s)
 		}
@@ -293,6 +307,10 @@ func (s *Server) Serve(ctx context.Context) error {
 	g.Go(func() error {
 		<-gctx.Done()
 		s.closeListeners()
+		return nil
+	})
+	g.Go(func() error {
+		s.runSampler(gctx)
 		return nil
 	})
 	err := g.Wait()

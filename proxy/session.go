@@ -55,6 +55,15 @@ type session struct {
 	answered   atomic.Uint64
 	clientQuit atomic.Bool // the client sent Terminate
 	attached   atomic.Bool // the first ReadyForQuery reached the client
+
+	// For the admin console (adminstats.go).
+	id           uint64                     // unique in the process; static
+	info         atomic.Pointer[clientInfo] // set once the startup packet is read
+	xacts        atomic.Uint64              // ReadyForQuery 'I' forwarded: transactions ended
+	waitingSince atomic.Int64               // unix ns when it began to wait for a server; 0 before
+	waited       atomic.Int64               // ns it waited for its server, +1; 0 until it has one
+	retired      bool                       // guarded by srv.mu: its counts moved to the totals
+	sample       sessionSample              // guarded by srv.stats.mu
 }
 
 // endState is why a session ends. An empty message means no FATAL is owed
@@ -81,7 +90,7 @@ const (
 // pending slot.
 func (s *Server) newSession(ep router.Endpoint, conn net.Conn) *session {
 	s.metrics.PendingClients.WithLabelValues(ep.String()).Inc()
-	return &session{srv: s, ep: ep, client: conn, accepted: time.Now(), slot: slotPending}
+	return &session{srv: s, ep: ep, client: conn, accepted: time.Now(), slot: slotPending, id: s.nextID.Add(1)}
 }
 
 // authenticated moves the session from the pending count to the client
@@ -181,6 +190,7 @@ func (sess *session) setAnswered(readyForQuery uint64, idle bool) {
 func (sess *session) run() {
 	s := sess.srv
 	defer func() {
+		s.retire(sess)
 		sess.connMu.Lock()
 		_ = sess.client.Close()
 		if sess.backend != nil {
@@ -222,12 +232,22 @@ func (sess *session) run() {
 		_ = sess.client.SetDeadline(deadline)
 	}
 	sess.connMu.Unlock()
+	info := startupInfo(pkt)
+	sess.info.Store(info)
+	if info.console {
+		sess.console(deadline)
+		return
+	}
 	if s.cfg.AuthType != AuthPassthrough {
-		user, _ := pkt.Param("user")
-		if outcome, err := sess.authenticateClient(user, deadline); err != nil {
+		if outcome, err := sess.authenticateClient(info.user, deadline); err != nil {
 			sess.failStartup(outcome, err)
 			return
 		}
+	}
+	sess.waitingSince.Store(time.Now().UnixNano())
+	if outcome, err := sess.waitResumed(info.database, deadline); err != nil {
+		sess.failStartup(outcome, err)
+		return
 	}
 	if outcome, err := sess.attach(deadline); err != nil {
 		sess.failStartup(outcome, err)

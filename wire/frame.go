@@ -63,6 +63,7 @@ type Framer struct {
 	txStatus   byte
 	messages   uint64
 	syncPoints uint64
+	idleReady  uint64 // ReadyForQuery messages whose status is TxIdle
 }
 
 // ErrMessageTooLarge is wrapped by the ProtocolError returned for a message
@@ -83,8 +84,7 @@ func (f *Framer) Feed(p []byte) error {
 	for len(p) > 0 {
 		if f.rem > 0 {
 			if f.wantStatus {
-				f.txStatus = p[0]
-				f.wantStatus = false
+				f.setStatus(p[0])
 			}
 			n := min(f.rem, len(p))
 			f.rem -= n
@@ -99,8 +99,7 @@ func (f *Framer) Feed(p []byte) error {
 			}
 			p = p[HeaderLen:]
 			if f.wantStatus && len(p) > 0 && bodyLen > 0 {
-				f.txStatus = p[0]
-				f.wantStatus = false
+				f.setStatus(p[0])
 			}
 			if bodyLen <= len(p) {
 				p = p[bodyLen:]
@@ -151,6 +150,15 @@ func (f *Framer) startMessage(typ byte, length uint32) (int, error) {
 	return bodyLen, nil
 }
 
+// setStatus records a ReadyForQuery's status byte.
+func (f *Framer) setStatus(b byte) {
+	f.txStatus = b
+	f.wantStatus = false
+	if b == TxIdle {
+		f.idleReady++
+	}
+}
+
 // AtBoundary reports whether everything fed so far ends with a complete
 // message, so the proxy may insert a message of its own here.
 func (f *Framer) AtBoundary() bool { return f.hdrN == 0 && f.rem == 0 }
@@ -167,6 +175,11 @@ func (f *Framer) LastType() byte { return f.typ }
 // stream, the ReadyForQuery messages. A session whose two counts are equal
 // has no request in flight.
 func (f *Framer) SyncPoints() uint64 { return f.syncPoints }
+
+// IdleReadies counts, in a server stream, the ReadyForQuery messages that
+// said TxIdle: each ends a transaction (an implicit one for a statement
+// outside BEGIN), the way PgBouncer counts transactions.
+func (f *Framer) IdleReadies() uint64 { return f.idleReady }
 
 // Messages counts the message headers seen.
 func (f *Framer) Messages() uint64 { return f.messages }

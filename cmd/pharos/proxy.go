@@ -79,6 +79,8 @@ type proxySettings struct {
 	AuthQuery        string   `yaml:"auth_query"`
 	AuthDatabase     string   `yaml:"auth_dbname"`
 	AuthCacheTTL     duration `yaml:"auth_cache_ttl"`
+	// AdminUsers may open the admin console (database pharos).
+	AdminUsers []string `yaml:"admin_users"`
 
 	MaxClients           int      `yaml:"max_clients"`
 	MaxPendingClients    int      `yaml:"max_pending_clients"` // 0: max_clients
@@ -159,6 +161,7 @@ func parseProxyArgs(args []string, stderr io.Writer) (proxySettings, error) {
 	str("auth-password-file", "file holding the auth user's password (or env PHAROS_AUTH_PASSWORD)", func(s *proxySettings) *string { return &s.AuthPasswordFile })
 	str("auth-query", "query returning a user's name and verifier, the user name as $1", func(s *proxySettings) *string { return &s.AuthQuery })
 	str("auth-dbname", "database the auth query runs in", func(s *proxySettings) *string { return &s.AuthDatabase })
+	bind(o, "admin-users", "comma-separated users who may open the admin console (database pharos; needs auth-type other than passthrough)", parseList, func(s *proxySettings) *[]string { return &s.AdminUsers })
 	dur("auth-cache-ttl", "how long a looked-up verifier (or an unknown user) is cached; a failed login asks again", func(s *proxySettings) *duration { return &s.AuthCacheTTL })
 	bind(o, "max-clients", "authenticated sessions per endpoint", parseInt, func(s *proxySettings) *int { return &s.MaxClients })
 	bind(o, "max-pending-clients", "connections per endpoint still logging in (0 = max-clients); more are closed at once", parseInt, func(s *proxySettings) *int { return &s.MaxPendingClients })
@@ -188,6 +191,8 @@ func (ps proxySettings) proxyConfig() (proxy.Config, error) {
 		AuthQuery:             ps.AuthQuery,
 		AuthDatabase:          ps.AuthDatabase,
 		AuthCacheTTL:          time.Duration(ps.AuthCacheTTL),
+		AdminUsers:            ps.AdminUsers,
+		Version:               version,
 		MaxClientsPerEndpoint: ps.MaxClients,
 		MaxPendingPerEndpoint: ps.MaxPendingClients,
 		StartupPacketTimeout:  time.Duration(ps.StartupPacketTimeout),
@@ -437,7 +442,7 @@ func newMetricsServer(h http.Handler, t httpTimeouts) *http.Server {
 	}
 }
 
-// run serves until ctx ends, then drains; hup reloads TLS material.
+// run serves until ctx ends, then drains; hup reloads what RELOAD does.
 func (p *proxyStack) run(ctx context.Context, hup <-chan os.Signal) error {
 	log := p.log
 	log.Info("proxy listening", "rw", p.server.Addr(router.RW), "ro", p.server.Addr(router.RO))
@@ -479,8 +484,11 @@ func (p *proxyStack) run(ctx context.Context, hup <-chan os.Signal) error {
 			case <-gctx.Done():
 				return nil
 			case <-hup:
-				if err := p.server.ReloadTLS(); err != nil {
-					log.Error("TLS reload failed, keeping the old certificate", "err", err)
+				// As the console's RELOAD: the TLS certificate, auth_file and
+				// the auth_query cache; what fails keeps its old state.
+				log.Info("SIGHUP: reloading")
+				if err := p.server.Reload(); err != nil {
+					log.Error("reload incomplete", "err", err)
 				}
 			}
 		}
