@@ -151,6 +151,11 @@ func New(cfg Config, r *router.Router, log *slog.Logger, m *metrics.Proxy) (*Ser
 		s.clientTLS = &tls.Config{
 			MinVersion: tls.VersionTLS12,
 			NextProtos: []string{alpnPostgres},
+			// Full-size records from a session's first byte: dynamic sizing
+			// (records growing from ~1.2 KB over a connection's first 128 KB)
+			// is for a browser's first paint; for a driver it is only more
+			// records to read and open (tlsrecord_test.go).
+			DynamicRecordSizingDisabled: true,
 			GetCertificate: func(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
 				c := s.cert.Load()
 				if bc, ok := hello.Conn.(*boundConn); ok {
