@@ -6,9 +6,11 @@
 // sockets, clock or randomness: nonces and salts come from the caller, so
 // every step can be tested with fixed values. It must not know the proxy.
 //
-// No function here takes or returns a password except Verifier
-// and key derivation for tests (NewSCRAMVerifier, NewSCRAMKeys); what a login keeps is the
-// ClientKey recovered from the client's proof, which the verifier's owner
-// could not compute without the password but which lets the proxy log in
-// to any server holding the same verifier.
+// No function here takes or returns a password except key derivation
+// (NewSCRAMVerifier and NewSCRAMKeys, for tests and for the proxy's login
+// as a certificate user whose password an auth_file gives) and
+// ReadUserlist, which returns secrets as written; what a password login
+// keeps is the ClientKey recovered from the client's proof, which the
+// verifier's owner could not compute without the password but which lets
+// the proxy log in to any server holding the same verifier.
 package pgauth

@@ -272,6 +272,7 @@ var ErrVerifierMismatch = errors.New("the server's SCRAM secret for this user di
 // with a ClientKey instead of a password.
 type ClientExchange struct {
 	keys            Keys
+	keysFor         func(salt []byte, iterations int) (Keys, error) // nil: keys is set
 	clientNonce     string
 	gs2Header       string // "n,,", "y,," or gs2Plus; set by First
 	cbindInput      string // gs2Header, then the binding data with -PLUS
@@ -284,6 +285,13 @@ type ClientExchange struct {
 // fresh random printable nonce.
 func NewClientExchange(keys Keys, clientNonce string) *ClientExchange {
 	return &ClientExchange{keys: keys, clientNonce: clientNonce}
+}
+
+// NewClientExchangeFunc starts an exchange whose keys are derived when
+// the server-first-message gives the salt and iteration count: keysFor
+// gets them and returns the Keys (from a password, say: NewSCRAMKeys).
+func NewClientExchangeFunc(keysFor func(salt []byte, iterations int) (Keys, error), clientNonce string) *ClientExchange {
+	return &ClientExchange{keysFor: keysFor, clientNonce: clientNonce}
 }
 
 // BindChannel makes the exchange SCRAM-SHA-256-PLUS, bound to the TLS
@@ -333,8 +341,13 @@ func (c *ClientExchange) ServerFirst(msg []byte) ([]byte, error) {
 		return nil, malformed("server-first-message: invalid salt")
 	}
 	iter, err := strconv.Atoi(attrs[2][2:])
-	if err != nil {
+	if err != nil || iter < 1 {
 		return nil, malformed("server-first-message: invalid iteration count")
+	}
+	if c.keysFor != nil {
+		if c.keys, err = c.keysFor(salt, iter); err != nil {
+			return nil, err
+		}
 	}
 	if iter != c.keys.Iterations || subtle.ConstantTimeCompare(salt, c.keys.Salt) != 1 {
 		return nil, ErrVerifierMismatch

@@ -211,3 +211,41 @@ func mustSalted(t *testing.T, pw string, salt []byte, iter int) []byte {
 	}
 	return k
 }
+
+// TestClientExchangeFromPassword: keys derived from a password once the
+// server names salt and iterations log in like the recovered ones.
+func TestClientExchangeFromPassword(t *testing.T) {
+	v := rfcVerifier(t)
+	var asked []int
+	c := NewClientExchangeFunc(func(salt []byte, iter int) (Keys, error) {
+		asked = append(asked, iter)
+		return NewSCRAMKeys("pencil", salt, iter)
+	}, rfcClientNonce)
+	s := NewServerExchange(v, false, rfcServerNonce)
+	sf, err := s.ClientFirst(c.First())
+	if err != nil {
+		t.Fatal(err)
+	}
+	fin, err := c.ServerFirst(sf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sfin, _, err := s.ClientFinal(fin)
+	if err != nil {
+		t.Fatalf("server refused the password's proof: %v", err)
+	}
+	if err := c.ServerFinal(sfin); err != nil {
+		t.Fatal(err)
+	}
+	if len(asked) != 1 || asked[0] != 4096 {
+		t.Errorf("keys derived for %v, want once for 4096", asked)
+	}
+	c = NewClientExchangeFunc(func(salt []byte, iter int) (Keys, error) { return NewSCRAMKeys("pencil", salt, iter) }, rfcClientNonce)
+	c.First()
+	if _, err := c.ServerFirst([]byte(strings.Replace(rfcServerFirst, "i=4096", "i=2000000000", 1))); err == nil {
+		t.Errorf("a server asking for 2e9 iterations was obliged")
+	}
+	if _, err := NewSCRAMKeys("pässword", []byte("s"), 4096); !errors.Is(err, ErrPasswordNotASCII) {
+		t.Errorf("non-ASCII password: %v, want ErrPasswordNotASCII", err)
+	}
+}

@@ -5,16 +5,23 @@ import (
 	"strings"
 )
 
-// ParseUserlist reads an auth_file in PgBouncer's userlist.txt format:
-// one role a line, `"user" "verifier"`, each field in double quotes with a
+// UserlistEntry is one line of a userlist file as written: the user and
+// its secret, not interpreted.
+type UserlistEntry struct {
+	Line   int
+	User   string
+	Secret string
+}
+
+// ReadUserlist reads an auth_file in PgBouncer's userlist.txt format:
+// one role a line, `"user" "secret"`, each field in double quotes with a
 // double quote inside written twice; anything after the second field is
 // ignored, as PgBouncer does. Empty lines and lines starting with ";" or
-// "#" are comments. The verifier must be a SCRAM-SHA-256 or md5 one
-// (ParseVerifier); PgBouncer's plaintext passwords are refused, so no
-// password is ever held. A user listed twice is an error rather than a
-// silent choice between two secrets.
-func ParseUserlist(data string) (map[string]Verifier, error) {
-	users := make(map[string]Verifier)
+// "#" are comments. A user listed twice is an error rather than a silent
+// choice between two secrets. The secrets are returned as written.
+func ReadUserlist(data string) ([]UserlistEntry, error) {
+	var entries []UserlistEntry
+	seen := make(map[string]bool)
 	for i, line := range strings.Split(data, "\n") {
 		lineNo := i + 1
 		line = strings.TrimSuffix(line, "\r")
@@ -34,14 +41,30 @@ func ParseUserlist(data string) (map[string]Verifier, error) {
 		if user == "" {
 			return nil, fmt.Errorf("line %d: empty user name", lineNo)
 		}
-		if _, dup := users[user]; dup {
+		if seen[user] {
 			return nil, fmt.Errorf("line %d: user %q is listed twice", lineNo, user)
 		}
-		v, err := ParseVerifier(secret)
+		seen[user] = true
+		entries = append(entries, UserlistEntry{Line: lineNo, User: user, Secret: secret})
+	}
+	return entries, nil
+}
+
+// ParseUserlist reads a userlist file (ReadUserlist) whose secrets must
+// be SCRAM-SHA-256 or md5 verifiers (ParseVerifier); PgBouncer's
+// plaintext passwords are refused, so no password is ever held.
+func ParseUserlist(data string) (map[string]Verifier, error) {
+	entries, err := ReadUserlist(data)
+	if err != nil {
+		return nil, err
+	}
+	users := make(map[string]Verifier, len(entries))
+	for _, e := range entries {
+		v, err := ParseVerifier(e.Secret)
 		if err != nil {
-			return nil, fmt.Errorf("line %d: user %q: %w", lineNo, user, err)
+			return nil, fmt.Errorf("line %d: user %q: %w", e.Line, e.User, err)
 		}
-		users[user] = v
+		users[e.User] = v
 	}
 	return users, nil
 }

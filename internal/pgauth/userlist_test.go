@@ -115,3 +115,17 @@ func FuzzServerExchange(f *testing.F) {
 		}
 	})
 }
+
+func TestReadUserlistKeepsSecrets(t *testing.T) {
+	got, err := ReadUserlist("\"alice\" \"plain pw\"\n; comment\n\"bo\"\"b\" \"md5" + strings.Repeat("a", 32) + "\" trailing\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []UserlistEntry{{1, "alice", "plain pw"}, {3, `bo"b`, "md5" + strings.Repeat("a", 32)}}
+	if len(got) != 2 || got[0] != want[0] || got[1] != want[1] {
+		t.Fatalf("got %+v, want %+v", got, want)
+	}
+	if _, err := ParseUserlist("\"alice\" \"plain pw\"\n"); err == nil {
+		t.Errorf("ParseUserlist accepted a plaintext password")
+	}
+}

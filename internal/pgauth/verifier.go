@@ -154,9 +154,36 @@ func saltedPassword(password string, salt []byte, iterations int) ([]byte, error
 	return pbkdf2.Key(sha256.New, password, salt, iterations, KeyLen)
 }
 
+// MaxPasswordIterations bounds the iteration count NewSCRAMKeys accepts,
+// so that a server asking for a huge one cannot make a login hash a
+// password for minutes (PostgreSQL's default is 4096).
+const MaxPasswordIterations = 1 << 20
+
+// ErrPasswordNotASCII is a password SCRAM would first normalise with
+// SASLprep, which this package does not do.
+var ErrPasswordNotASCII = errors.New("a SCRAM password must be printable ASCII here (others need SASLprep, which pharos does not implement)")
+
+// CheckSCRAMPassword reports whether NewSCRAMKeys derives from password
+// what PostgreSQL does: printable ASCII, which SASLprep leaves unchanged.
+func CheckSCRAMPassword(password string) error {
+	for i := 0; i < len(password); i++ {
+		if c := password[i]; c < 0x20 || c > 0x7e {
+			return ErrPasswordNotASCII
+		}
+	}
+	return nil
+}
+
 // NewSCRAMKeys derives from a password the Keys a SCRAM login with it
-// leaves (what a client's proof reveals). Tests use it.
+// leaves (what a client's proof reveals): tests, and the proxy's login to
+// a server for a user whose password it was given (a certificate user).
 func NewSCRAMKeys(password string, salt []byte, iterations int) (Keys, error) {
+	if iterations < 1 || iterations > MaxPasswordIterations {
+		return Keys{}, fmt.Errorf("SCRAM iteration count %d is out of range (1 to %d)", iterations, MaxPasswordIterations)
+	}
+	if err := CheckSCRAMPassword(password); err != nil {
+		return Keys{}, err
+	}
 	salted, err := saltedPassword(password, salt, iterations)
 	if err != nil {
 		return Keys{}, err
