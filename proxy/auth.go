@@ -43,8 +43,9 @@ func loadAuthFile(path string) (map[string]pgauth.Verifier, error) {
 // backendCreds is what a client's login with the proxy leaves for logging
 // in to the backend as that user. It lives in the session only.
 type backendCreds struct {
-	scram *pgauth.Keys // from a SCRAM login
-	md5   string       // from an md5 login: the stored hash, hex without "md5"
+	scram *pgauth.Keys  // from a SCRAM login
+	md5   string        // from an md5 login (or a cert user's auth_file): the stored hash, hex without "md5"
+	pw    *passwordCred // a cert user's auth_file password: SCRAM keys derived for the server's salt
 }
 
 // nonce returns a fresh random SCRAM nonce (base32: printable, no comma).
@@ -63,6 +64,9 @@ func nonce() string { return rand.Text() }
 // new salt, so that attempt fails and the next one succeeds.
 func (sess *session) authenticateClient(user string, deadline time.Time) (metrics.Outcome, error) {
 	s := sess.srv
+	if s.cfg.AuthType == AuthCert {
+		return sess.authenticateCert(user)
+	}
 	ctx, cancel := context.WithDeadline(context.Background(), deadline)
 	defer cancel()
 	lookupFailed := func(err error) (metrics.Outcome, error) {
@@ -311,7 +315,10 @@ func (sess *session) loginBackend(br *bufio.Reader, user string) error {
 		if err != nil {
 			return &startupError{code: wire.CodeConnectionFailure, message: "pharos: invalid authentication request from the server", err: err}
 		}
-		if c.scram == nil && c.md5 == "" {
+		if c.scram == nil && c.md5 == "" && c.pw == nil {
+			if sess.srv.cfg.AuthType == AuthCert {
+				return fail("the server asks user %q for a password (authentication request %d); with auth_type cert the proxy has none for this user: give its password in auth_file, or have the servers accept the proxy's certificate (backend_tls_cert_file) or trust the proxy for the user", user, code)
+			}
 			return fail("the server asks user %q for a password (authentication request %d); with auth_type trust the proxy has none, so the server must trust the proxy for this user", user, code)
 		}
 		var out pgproto3.FrontendMessage
@@ -321,10 +328,18 @@ func (sess *session) loginBackend(br *bufio.Reader, user string) error {
 			if err != nil {
 				return &startupError{code: wire.CodeConnectionFailure, message: "pharos: invalid SASL request from the server", err: err}
 			}
-			if c.scram == nil || !slices.Contains(mechs, pgauth.Mechanism) {
+			switch {
+			case !slices.Contains(mechs, pgauth.Mechanism):
+				return fail("the server asks user %q for SASL mechanisms %v, none of which is SCRAM-SHA-256", user, mechs)
+			case c.scram != nil:
+				ex = pgauth.NewClientExchange(*c.scram, nonce())
+			case c.pw != nil && c.pw.password != "":
+				ex = pgauth.NewClientExchangeFunc(c.pw.scramKeys, nonce())
+			case c.pw != nil:
+				return fail("the server asks user %q for SCRAM-SHA-256, and the auth_file gives the proxy only an md5 hash for the user: give its password", user)
+			default:
 				return fail("the server asks user %q for SCRAM-SHA-256, which the proxy can only answer after a SCRAM login (the auth_file's verifier for the user is md5)", user)
 			}
-			ex = pgauth.NewClientExchange(*c.scram, nonce())
 			out = &pgproto3.SASLInitialResponse{AuthMechanism: bindBackend(ex, sess.backend, mechs), Data: ex.First()}
 		case wire.AuthSASLContinue:
 			if ex == nil {

@@ -43,6 +43,13 @@ const (
 	AuthSCRAM AuthType = "scram-sha-256"
 	AuthMD5   AuthType = "md5"
 	AuthTrust AuthType = "trust"
+	// AuthCert makes the proxy authenticate the client by its TLS
+	// certificate (PgBouncer's client_tls_sslmode verify-full): it must
+	// verify against ClientTLSCAFile and its common name is the user, as
+	// PostgreSQL's cert method. Towards the servers the proxy logs in with
+	// the AuthFile's password (or md5 hash) for the user, or with nothing
+	// but its own BackendCertFile certificate or the servers' trust.
+	AuthCert AuthType = "cert"
 )
 
 // Config is the proxy's static configuration.
@@ -54,8 +61,19 @@ type Config struct {
 	CertFile string // PEM; reloaded by ReloadTLS (SIGHUP)
 	KeyFile  string
 
+	// ClientTLSCAFile, when set, makes the client TLS handshake ask for a
+	// certificate and verify one that is given against this CA bundle
+	// (a client with an unverifiable one fails the handshake); AuthCert
+	// requires one. Read once by New.
+	ClientTLSCAFile string
+
 	BackendTLS    BackendTLSMode
 	BackendCAFile string
+	// BackendCertFile and BackendKeyFile are the certificate the proxy
+	// presents to the servers when they ask (PostgreSQL's cert method, or
+	// clientcert=verify-full). Read once by New.
+	BackendCertFile string
+	BackendKeyFile  string
 
 	// AuthType is who authenticates clients; "" means AuthPassthrough.
 	AuthType AuthType
@@ -225,6 +243,22 @@ func (c *Config) Validate() error {
 	default:
 		return fmt.Errorf("backend_tls: %q is not one of disable, require, verify-ca", c.BackendTLS)
 	}
+	if c.BackendCertFile != "" || c.BackendKeyFile != "" {
+		if c.BackendTLS == BackendTLSDisable {
+			return fmt.Errorf("backend_tls_cert_file: a certificate for the servers needs backend_tls require or verify-ca")
+		}
+		if _, err := tls.LoadX509KeyPair(c.BackendCertFile, c.BackendKeyFile); err != nil {
+			return fmt.Errorf("backend_tls_cert_file: %w", err)
+		}
+	}
+	if c.ClientTLSCAFile != "" {
+		if c.TLSMode == TLSDisable {
+			return fmt.Errorf("client_tls_ca_file: client certificates need tls_mode allow or require")
+		}
+		if _, err := loadCertPool(c.ClientTLSCAFile); err != nil {
+			return fmt.Errorf("client_tls_ca_file: %w", err)
+		}
+	}
 	switch c.AuthType {
 	case AuthPassthrough:
 		if c.AuthFile != "" || c.AuthUser != "" {
@@ -254,8 +288,19 @@ func (c *Config) Validate() error {
 		default:
 			return fmt.Errorf("auth_file: auth_type %s needs auth_file (the users' verifiers in PgBouncer's userlist.txt format) or auth_user (to look them up in the cluster with auth_query)", c.AuthType)
 		}
+	case AuthCert:
+		switch {
+		case c.ClientTLSCAFile == "":
+			return fmt.Errorf("client_tls_ca_file: auth_type cert needs the CA bundle that client certificates must verify against")
+		case c.AuthUser != "":
+			return fmt.Errorf("auth_user: auth_type cert checks no password, so there is nothing to look up; the servers' credentials for certificate users come from auth_file (or backend_tls_cert_file)")
+		case c.AuthFile != "":
+			if _, err := loadCertAuthFile(c.AuthFile); err != nil {
+				return fmt.Errorf("auth_file: %w", err)
+			}
+		}
 	default:
-		return fmt.Errorf("auth_type: %q is not one of passthrough, scram-sha-256, md5, trust", c.AuthType)
+		return fmt.Errorf("auth_type: %q is not one of passthrough, scram-sha-256, md5, trust, cert", c.AuthType)
 	}
 	for _, u := range c.AdminUsers {
 		if u == "" {

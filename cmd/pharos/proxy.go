@@ -68,6 +68,11 @@ type proxySettings struct {
 	TLSKeyFile    string `yaml:"tls_key_file"`
 	BackendTLS    string `yaml:"backend_tls"`
 	BackendCAFile string `yaml:"backend_tls_ca_file"`
+	// The proxy's client certificate towards the servers, and the CA
+	// that clients' certificates must verify against.
+	BackendCertFile string `yaml:"backend_tls_cert_file"`
+	BackendKeyFile  string `yaml:"backend_tls_key_file"`
+	ClientTLSCAFile string `yaml:"client_tls_ca_file"`
 
 	AuthType string `yaml:"auth_type"`
 	AuthFile string `yaml:"auth_file"`
@@ -155,7 +160,10 @@ func parseProxyArgs(args []string, stderr io.Writer) (proxySettings, error) {
 	str("tls-key-file", "PEM key for client TLS (reloaded on SIGHUP)", func(s *proxySettings) *string { return &s.TLSKeyFile })
 	str("backend-tls", "backend TLS: disable, require or verify-ca", func(s *proxySettings) *string { return &s.BackendTLS })
 	str("backend-tls-ca-file", "CA bundle for backend-tls verify-ca", func(s *proxySettings) *string { return &s.BackendCAFile })
-	str("auth-type", "who authenticates clients: passthrough (the server, through the proxy), scram-sha-256, md5 or trust (the proxy, against --auth-file)", func(s *proxySettings) *string { return &s.AuthType })
+	str("backend-tls-cert-file", "PEM certificate the proxy presents to servers that ask for one (with --backend-tls-key-file)", func(s *proxySettings) *string { return &s.BackendCertFile })
+	str("backend-tls-key-file", "PEM key of --backend-tls-cert-file", func(s *proxySettings) *string { return &s.BackendKeyFile })
+	str("client-tls-ca-file", "CA bundle client certificates must verify against (asked for when set; required by auth-type cert)", func(s *proxySettings) *string { return &s.ClientTLSCAFile })
+	str("auth-type", "who authenticates clients: passthrough (the server, through the proxy), scram-sha-256, md5 or trust (the proxy, against --auth-file), cert (the proxy, by client certificate)", func(s *proxySettings) *string { return &s.AuthType })
 	str("auth-file", "users' verifiers in PgBouncer's userlist.txt format, for auth-type other than passthrough", func(s *proxySettings) *string { return &s.AuthFile })
 	str("auth-user", "instead of --auth-file: the user the proxy logs in to the primary as to run --auth-query", func(s *proxySettings) *string { return &s.AuthUser })
 	str("auth-password-file", "file holding the auth user's password (or env PHAROS_AUTH_PASSWORD)", func(s *proxySettings) *string { return &s.AuthPasswordFile })
@@ -185,6 +193,9 @@ func (ps proxySettings) proxyConfig() (proxy.Config, error) {
 		KeyFile:               ps.TLSKeyFile,
 		BackendTLS:            proxy.BackendTLSMode(ps.BackendTLS),
 		BackendCAFile:         ps.BackendCAFile,
+		BackendCertFile:       ps.BackendCertFile,
+		BackendKeyFile:        ps.BackendKeyFile,
+		ClientTLSCAFile:       ps.ClientTLSCAFile,
 		AuthType:              proxy.AuthType(ps.AuthType),
 		AuthFile:              ps.AuthFile,
 		AuthUser:              ps.AuthUser,
