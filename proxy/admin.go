@@ -500,6 +500,12 @@ func (s *Server) Reload() error {
 			errs = append(errs, err)
 		}
 	}
+	if s.certUsers != nil {
+		if err := s.certUsers.reload(); err != nil {
+			s.log.Error("auth_file reload failed, keeping the previous users", "err", err)
+			errs = append(errs, err)
+		}
+	}
 	return errors.Join(errs...)
 }
 

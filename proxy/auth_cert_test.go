@@ -111,17 +111,18 @@ func certAuthFile(t *testing.T) string {
 	return path
 }
 
-func certProxy(t *testing.T, mode proxy.TLSMode, ca *testCA) *testProxy {
+func certProxy(t *testing.T, mode proxy.TLSMode, ca *testCA) (*testProxy, string) {
 	t.Helper()
 	certFile, keyFile := clientTLSFiles(t)
+	authFile := certAuthFile(t)
 	return startProxy(t, proxyOptions{
 		Config: proxy.Config{
 			TLSMode: mode, CertFile: certFile, KeyFile: keyFile,
 			ClientTLSCAFile: ca.File,
-			AuthType:        proxy.AuthCert, AuthFile: certAuthFile(t),
+			AuthType:        proxy.AuthCert, AuthFile: authFile,
 		},
 		Ready: func(rw string, ro []string) bool { return rw != "" && len(ro) > 0 },
-	})
+	}), authFile
 }
 
 // TestProxyAuthCert: auth_type cert lets in a client whose certificate
@@ -129,7 +130,7 @@ func certProxy(t *testing.T, mode proxy.TLSMode, ca *testCA) *testProxy {
 // the servers with what the auth_file gives for the user.
 func TestProxyAuthCert(t *testing.T) {
 	ca := newTestCA(t, "pharos test client CA")
-	p := certProxy(t, proxy.TLSRequire, ca)
+	p, authFile := certProxy(t, proxy.TLSRequire, ca)
 	certOpts := func(cn string) string {
 		c, k := ca.issue(t, cn)
 		return fmt.Sprintf("sslmode=require sslcert=%s sslkey=%s password=", c, k)
@@ -183,12 +184,25 @@ func TestProxyAuthCert(t *testing.T) {
 			t.Fatalf("got %v, want FATAL 28000 saying the proxy has no credentials for the user", err)
 		}
 	})
+	t.Run("RELOAD reads the auth_file again", func(t *testing.T) {
+		f, err := os.OpenFile(authFile, os.O_APPEND|os.O_WRONLY, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = fmt.Fprintf(f, "%q %q\n", pglocal.UserHealth, pglocal.PasswordHealth)
+		_ = f.Close()
+		if err := p.Reload(); err != nil {
+			t.Fatal(err)
+		}
+		whoami(t, p.connect(t, router.RW, pglocal.UserHealth, certOpts(pglocal.UserHealth)), pglocal.UserHealth, false)
+		whoami(t, p.connect(t, router.RW, pglocal.UserSCRAM, certOpts(pglocal.UserSCRAM)), pglocal.UserSCRAM, false)
+	})
 }
 
 // TestProxyAuthCertPlaintext: with tls_mode allow, a plaintext client of
 // auth_type cert has no certificate to show.
 func TestProxyAuthCertPlaintext(t *testing.T) {
-	p := certProxy(t, proxy.TLSAllow, newTestCA(t, "pharos test client CA"))
+	p, _ := certProxy(t, proxy.TLSAllow, newTestCA(t, "pharos test client CA"))
 	err := tryConnect(t, p.DSN(router.RW, pglocal.UserTrust, "sslmode=disable"))
 	wantPgError(t, err, "28000", "connection requires a valid client certificate")
 }

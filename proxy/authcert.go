@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"sync"
+	"sync/atomic"
 
 	"github.com/pharos-ha/pharos/internal/pgauth"
 	"github.com/pharos-ha/pharos/metrics"
@@ -77,6 +78,48 @@ func loadCertAuthFile(path string) (map[string]*passwordCred, error) {
 	return users, nil
 }
 
+// certFile is auth_type cert's auth_file, read at start and again by
+// reload (RELOAD, SIGHUP).
+type certFile struct {
+	path  string
+	users atomic.Pointer[map[string]*passwordCred]
+}
+
+func newCertFile(path string) (*certFile, error) {
+	f := &certFile{path: path}
+	if err := f.reload(); err != nil {
+		return nil, err
+	}
+	return f, nil
+}
+
+// reload reads the file again; one that does not load leaves the users
+// read before in place. A user whose line is unchanged keeps its
+// credential, and with it the SCRAM keys already derived.
+func (f *certFile) reload() error {
+	users, err := loadCertAuthFile(f.path)
+	if err != nil {
+		return fmt.Errorf("auth_file: %w", err)
+	}
+	if old := f.users.Load(); old != nil {
+		for u, c := range users {
+			if o := (*old)[u]; o != nil && o.password == c.password && o.md5 == c.md5 {
+				users[u] = o
+			}
+		}
+	}
+	f.users.Store(&users)
+	return nil
+}
+
+// lookup returns user's credential, nil when the file has none.
+func (f *certFile) lookup(user string) *passwordCred {
+	if f == nil {
+		return nil
+	}
+	return (*f.users.Load())[user]
+}
+
 // authenticateCert authenticates the client by its TLS certificate, as
 // PostgreSQL's cert method: verified against client_tls_ca_file during
 // the handshake, its common name must be the startup packet's user. The
@@ -92,7 +135,7 @@ func (sess *session) authenticateCert(user string) (metrics.Outcome, error) {
 		return metrics.OutcomeAuthFailed, &startupError{code: wire.CodeInvalidAuthSpec, message: fmt.Sprintf("certificate authentication failed for user %q", user)}
 	}
 	c := &backendCreds{}
-	if pw := sess.srv.certUsers[user]; pw != nil {
+	if pw := sess.srv.certUsers.lookup(user); pw != nil {
 		c.md5, c.pw = pw.md5, pw
 	}
 	sess.creds = c

@@ -57,9 +57,9 @@ type Server struct {
 	backendTLS *tls.Config // nil when BackendTLS is disable
 	clientTLS  *tls.Config // nil when TLSMode is disable
 	cert       atomic.Pointer[serverCert]
-	users      userSource               // AuthFile's or AuthQuery's; nil in passthrough and cert
-	certUsers  map[string]*passwordCred // AuthCert: the AuthFile's credentials for the servers
-	mockSecret []byte                   // keys the mock verifiers of unknown users
+	users      userSource // AuthFile's or AuthQuery's; nil in passthrough and cert
+	certUsers  *certFile  // AuthCert: the AuthFile's credentials for the servers; nil without
+	mockSecret []byte     // keys the mock verifiers of unknown users
 	// Sessions by router.Endpoint, counted apart so that connections that
 	// never log in cannot take the places of those that do: pending from
 	// accept to the server's AuthenticationOk, clients from then on.
@@ -131,9 +131,9 @@ func New(cfg Config, r *router.Router, log *slog.Logger, m *metrics.Proxy) (*Ser
 	switch {
 	case cfg.AuthType == AuthCert:
 		if cfg.AuthFile != "" {
-			users, err := loadCertAuthFile(cfg.AuthFile)
+			users, err := newCertFile(cfg.AuthFile)
 			if err != nil {
-				return nil, fmt.Errorf("auth_file: %w", err)
+				return nil, err
 			}
 			s.certUsers = users
 		}
