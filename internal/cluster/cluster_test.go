@@ -323,6 +323,14 @@ func TestKeysClassify(t *testing.T) {
 		{name: "unknown key", key: "/pharos/main/leaderx", wantKind: KeyUnknown},
 		{name: "case matters", key: "/pharos/main/Leader", wantKind: KeyUnknown},
 		{name: "empty", key: "", wantKind: KeyUnknown},
+		{name: "proxy", key: k.Proxy("px1:6432"), wantKind: KeyProxy, wantName: "px1:6432"},
+		{name: "proxies dir", key: k.ProxiesPrefix(), wantKind: KeyUnknown},
+		{name: "proxy name with slash", key: "/pharos/main/proxies/a/b", wantKind: KeyUnknown},
+		{name: "cancel id", key: k.CancelID(17), wantKind: KeyProxyCancelID, wantName: "17"},
+		{name: "cancel id zero", key: "/pharos/main/proxy-cancel-ids/0", wantKind: KeyUnknown},
+		{name: "cancel id out of range", key: "/pharos/main/proxy-cancel-ids/512", wantKind: KeyUnknown},
+		{name: "cancel id with leading zero", key: "/pharos/main/proxy-cancel-ids/017", wantKind: KeyUnknown},
+		{name: "cancel id not a number", key: "/pharos/main/proxy-cancel-ids/x", wantKind: KeyUnknown},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
 )
 
@@ -50,6 +51,22 @@ func (k Keys) Sync() string { return k.prefix + "sync" }
 // History holds the timeline history.
 func (k Keys) History() string { return k.prefix + "history" }
 
+// ProxiesPrefix is the directory of proxy records.
+func (k Keys) ProxiesPrefix() string { return k.prefix + "proxies/" }
+
+// Proxy is the record of one proxy, on that proxy's own lease.
+func (k Keys) Proxy(name string) string { return k.prefix + "proxies/" + name }
+
+// CancelIDsPrefix is the directory of the proxies' cancel ID claims.
+func (k Keys) CancelIDsPrefix() string { return k.prefix + "proxy-cancel-ids/" }
+
+// CancelID is the claim of cancel ID id: the holder's proxy name, on its
+// lease, created only where it did not exist (CreateRevision == 0), so no
+// two live proxies hold one ID.
+func (k Keys) CancelID(id uint16) string {
+	return k.prefix + "proxy-cancel-ids/" + strconv.Itoa(int(id))
+}
+
 // KeyKind classifies a key under the cluster prefix.
 type KeyKind uint8
 
@@ -62,6 +79,8 @@ const (
 	KeySwitchover
 	KeySync
 	KeyHistory
+	KeyProxy         // proxies/<name>
+	KeyProxyCancelID // proxy-cancel-ids/<id>; the name Classify returns is the id
 )
 
 // Classify says what key is and, for a member record, whose.
@@ -73,6 +92,18 @@ func (k Keys) Classify(key string) (KeyKind, string) {
 	if name, ok := strings.CutPrefix(rest, "members/"); ok {
 		if ValidName(name) {
 			return KeyMember, name
+		}
+		return KeyUnknown, ""
+	}
+	if name, ok := strings.CutPrefix(rest, "proxies/"); ok {
+		if ValidProxyName(name) {
+			return KeyProxy, name
+		}
+		return KeyUnknown, ""
+	}
+	if id, ok := strings.CutPrefix(rest, "proxy-cancel-ids/"); ok {
+		if _, ok := ParseCancelIDKey(id); ok {
+			return KeyProxyCancelID, id
 		}
 		return KeyUnknown, ""
 	}

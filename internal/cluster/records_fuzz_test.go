@@ -93,3 +93,38 @@ func FuzzParseSyncState(f *testing.F) {
 		}
 	})
 }
+
+// Proxy records are read by every proxy (cancel forwarding), ctl and the
+// agents: whatever a key holds, parsing returns an error or a record that
+// validates, re-encodes and parses to itself.
+func FuzzParseProxy(f *testing.F) {
+	for _, s := range []string{
+		`{"name":"px1:6432","version":"v1","listeners":{"rw":"10.0.0.5:6432","ro":"[::1]:6433"},"started_at":"2026-12-02T18:00:00Z","cancel_id":3}`,
+		`{"name":"px1","listeners":{"ro":"h:1"},"drain_ack":7}`, `{"name":"px1","listeners":{"rw":"h:1"},"cancel_id":511}`,
+		`{"name":"px1","listeners":{"rw":"h:1"},"cancel_id":512}`, `{"name":"px1","listeners":{"rw":"h"}}`,
+		`{"name":"px1","listeners":{"rw":"10.0.0.5:64`, `null`, `[]`, ``,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		p, err := ParseProxy(data)
+		if err != nil {
+			return
+		}
+		if p.CancelID > MaxCancelID || !ValidProxyName(p.Name) || p.Listeners.CancelAddr() == "" {
+			t.Fatalf("accepted %+v", p)
+		}
+		b, err := MarshalProxy(p)
+		if err != nil {
+			t.Fatalf("re-encoding an accepted record: %v", err)
+		}
+		back, err := ParseProxy(b)
+		if err != nil || !back.StartedAt.Equal(p.StartedAt) {
+			t.Fatalf("round trip of %s: %v", b, err)
+		}
+		back.StartedAt = p.StartedAt
+		if back != p {
+			t.Fatalf("round trip of %s: %+v, want %+v", b, back, p)
+		}
+	})
+}
