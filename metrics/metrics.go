@@ -94,6 +94,8 @@ type Proxy struct {
 	LeaderEpoch      prometheus.Gauge
 	RouteSwitch      prometheus.Histogram
 	EtcdIgnored      *prometheus.GaugeVec // reason: IgnoredUnleased, IgnoredInvalid
+	Registered       prometheus.Gauge     // the proxy's record is in etcd (registry)
+	CancelID         prometheus.Gauge     // the cancel ID the proxy's keys carry
 }
 
 // Reasons the etcd source ignores a record (pharos_router_etcd_records_ignored).
@@ -175,6 +177,15 @@ func NewProxy(reg prometheus.Registerer) *Proxy {
 			Help: "Keys of the cluster's layout the etcd source ignores now, by reason: unleased (a leader or member record " +
 				"not attached to a lease, so not written by an agent: forged or restored) or invalid (does not parse).",
 		}, []string{"reason"}),
+		Registered: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "pharos_proxy_registered",
+			Help: "1 while the proxy's record is in etcd (proxies/<name> on its lease, renewed); 0 while it retries, " +
+				"when other proxies cannot pass cancel requests on to it.",
+		}),
+		CancelID: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "pharos_proxy_cancel_id",
+			Help: "The cancel ID the cancel keys this proxy issues carry (pid >> 22), unique among the cluster's live proxies while registered.",
+		}),
 	}
 	reg.MustRegister(m.Clients, m.PendingClients, m.Sessions, m.Terminated, m.BackendConnect, m.Bytes, m.Cancels,
 		m.BackendUp, m.BackendRole, m.BackendLag, m.BackendSessions, m.HealthCheckError,
@@ -187,6 +198,12 @@ func NewProxy(reg prometheus.Registerer) *Proxy {
 // pharos_proxy_etcd_up 0 and trip an "etcd down" alert.
 func (m *Proxy) RegisterEtcd(reg prometheus.Registerer) {
 	reg.MustRegister(m.EtcdUp, m.LeaderEpoch, m.RouteSwitch, m.EtcdIgnored)
+}
+
+// RegisterRegistry adds the proxy registry's metrics to reg: only a proxy
+// that registers itself (source pharos) exports them.
+func (m *Proxy) RegisterRegistry(reg prometheus.Registerer) {
+	reg.MustRegister(m.Registered, m.CancelID)
 }
 
 // NewRegistry returns a registry with the Go runtime and process collectors,
