@@ -488,10 +488,12 @@ func (s *Server) closeIdleServers(string) {}
 // Reload applies what can change while the proxy runs: the TLS
 // certificate is read again, auth_file is read again, and the auth_query
 // cache is dropped. What fails keeps its previous state (a half-written
-// auth_file must not lock everyone out); the error says what failed.
+// auth_file must not lock everyone out); each failure is logged, and the
+// error says what failed.
 func (s *Server) Reload() error {
 	var errs []error
 	if err := s.ReloadTLS(); err != nil {
+		s.log.Error("TLS reload failed, keeping the old certificate", "err", err)
 		errs = append(errs, fmt.Errorf("%w (the previous certificate stays in use)", err))
 	}
 	if s.users != nil {

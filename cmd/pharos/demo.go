@@ -160,6 +160,8 @@ func demo(ctx context.Context, o demoOptions, log *slog.Logger, stdout io.Writer
 	settings.AuthType = string(proxy.AuthSCRAM)
 	settings.AuthUser = hc.ProxyAuthUser
 	settings.AuthPasswordFile = hc.ProxyAuthPasswordFile
+	// The superuser may open the proxy's admin console.
+	settings.AdminUsers = []string{hc.SuperUser}
 	stack, err := newProxyStack(settings, log)
 	if err != nil {
 		return err
@@ -178,6 +180,7 @@ func demo(ctx context.Context, o demoOptions, log *slog.Logger, stdout io.Writer
 
 	rwDSN := fmt.Sprintf("postgres://%s:%s@%s/%s?sslmode=disable", demoUser, demoPassword, rwAddr, demoDB)
 	roDSN := fmt.Sprintf("postgres://%s:%s@%s/%s?sslmode=disable", demoUser, demoPassword, roAddr, demoDB)
+	adminDSN := fmt.Sprintf("postgres://%s:%s@%s/%s?sslmode=disable", hc.SuperUser, hc.SuperPassword, rwAddr, proxy.AdminDatabase)
 	metricsURL := "http://" + settings.MetricsListen + "/metrics"
 	env := strings.Join([]string{
 		"PHAROS_RW_DSN=" + rwDSN,
@@ -186,6 +189,7 @@ func demo(ctx context.Context, o demoOptions, log *slog.Logger, stdout io.Writer
 		"PHAROS_ETCD=" + strings.Join(etcd.Endpoints(), ","),
 		"PHAROS_CLUSTER=" + clusterName,
 		"PHAROS_SUPERUSER_DSN=" + superDSN,
+		"PHAROS_ADMIN_DSN=" + adminDSN,
 		"",
 	}, "\n")
 	envPath := filepath.Join(o.dir, "demo.env")
@@ -196,6 +200,7 @@ func demo(ctx context.Context, o demoOptions, log *slog.Logger, stdout io.Writer
 	fmt.Fprintf(stdout, "\npharos demo is running (Ctrl-C stops it)\n\n")
 	fmt.Fprintf(stdout, "  read-write:  psql '%s'\n", rwDSN)
 	fmt.Fprintf(stdout, "  read-only:   psql '%s'\n", roDSN)
+	fmt.Fprintf(stdout, "  console:     psql '%s' -c 'SHOW CLIENTS'   (SHOW HELP lists the commands)\n", adminDSN)
 	fmt.Fprintf(stdout, "  metrics:     %s\n", metricsURL)
 	fmt.Fprintf(stdout, "  settings:    %s   (source it: set -a; . %s)\n", envPath, envPath)
 	fmt.Fprintf(stdout, "  status:      %s ctl --etcd %s --cluster %s list\n", self, strings.Join(etcd.Endpoints(), ","), clusterName)

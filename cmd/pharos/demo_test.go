@@ -128,6 +128,7 @@ func TestDemoRunsAndStops(t *testing.T) {
 		t.Logf("progress:\n%s", bytes.Join(lines, []byte("\n")))
 	}
 	demoProxyAuth(t, ctx, env)
+	demoConsole(t, ctx, env, logs)
 	demoFailover(t, ctx, dir, env)
 
 	if err := cmd.Process.Signal(syscall.SIGINT); err != nil {
@@ -302,5 +303,35 @@ func demoProxyAuth(t *testing.T, ctx context.Context, env map[string]string) {
 	}
 	if after := dials(); after != before {
 		t.Errorf("backend connections opened for logins with a wrong password: %v, then %v; the proxy should refuse them itself", before, after)
+	}
+}
+
+// demoConsole checks that the banner shows the admin console's command and
+// that its superuser gets the console with it.
+func demoConsole(t *testing.T, ctx context.Context, env map[string]string, banner []byte) {
+	t.Helper()
+	dsn := env["PHAROS_ADMIN_DSN"]
+	if dsn == "" {
+		t.Fatal("demo.env lacks PHAROS_ADMIN_DSN")
+	}
+	if line := "  console:     psql '" + dsn + "' -c 'SHOW CLIENTS'"; !bytes.Contains(banner, []byte(line)) {
+		t.Errorf("the banner lacks %q:\n%s", line, banner)
+	}
+	cc, err := pgx.ParseConfig(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cc.Database != "pharos" {
+		t.Fatalf("PHAROS_ADMIN_DSN is for database %q", cc.Database)
+	}
+	cc.DefaultQueryExecMode = pgx.QueryExecModeSimpleProtocol
+	conn, err := pgx.ConnectConfig(ctx, cc)
+	if err != nil {
+		t.Fatalf("console: %v", err)
+	}
+	defer conn.Close(ctx)
+	var v string
+	if err := conn.QueryRow(ctx, "SHOW VERSION").Scan(&v); err != nil || !strings.HasPrefix(v, "pharos ") {
+		t.Fatalf("SHOW VERSION on the demo's console: %q, %v", v, err)
 	}
 }

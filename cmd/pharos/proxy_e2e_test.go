@@ -25,6 +25,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/pharos-ha/pharos/internal/pgauth"
 	"github.com/pharos-ha/pharos/internal/pglocal"
 	"github.com/pharos-ha/pharos/wire"
 )
@@ -430,5 +431,92 @@ func (s *rawSession) waitEnd(t *testing.T, d time.Duration) (code string, closed
 		if typ == wire.MsgErrorResponse && code == "" {
 			_, code, _, _ = wire.ErrorFields(msg)
 		}
+	}
+}
+
+// TestBinaryReloadsAuthFileOnSIGHUP runs the binary with the proxy's own
+// SCRAM and an auth_file that lists only app_scram (its real verifier, for
+// the readiness check): app_trust (whom the servers trust, so any verifier
+// of the file's does for the proxy) is refused until the file lists it and
+// the proxy gets SIGHUP. It is also an admin user, whose console answers
+// with the binary's version.
+func TestBinaryReloadsAuthFileOnSIGHUP(t *testing.T) {
+	const trustPassword = "trust-pw"
+	ctx, cancel := context.WithTimeout(context.Background(), e2eWait)
+	defer cancel()
+	super, err := pgCluster.Primary().Connect(ctx, pglocal.SuperUser, "", "postgres")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var verifier string
+	err = super.QueryRow(ctx, "SELECT rolpassword FROM pg_authid WHERE rolname = $1", pglocal.UserSCRAM).Scan(&verifier)
+	super.Close(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	scram, err := pgauth.ParseVerifier(verifier)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := pgauth.NewSCRAMVerifier(trustPassword, []byte("salt-of-the-test"), 4096)
+	if err != nil {
+		t.Fatal(err)
+	}
+	authFile := filepath.Join(t.TempDir(), "userlist.txt")
+	writeFile(t, authFile, []byte(pgauth.FormatUserlistLine(pglocal.UserSCRAM, scram)))
+	p := startPharos(t, "--auth-type", "scram-sha-256", "--auth-file", authFile, "--admin-users", pglocal.UserTrust)
+	ctx, cancel = context.WithTimeout(context.Background(), 3*e2eWait)
+	defer cancel()
+	dsn := func(db string) string {
+		host, port, _ := net.SplitHostPort(p.rw)
+		return fmt.Sprintf("host=%s port=%s user=%s password=%s dbname=%s sslmode=disable connect_timeout=5", host, port, pglocal.UserTrust, trustPassword, db)
+	}
+	login := func(db string) (*pgx.Conn, error) {
+		cc, err := pgx.ParseConfig(dsn(db))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cc.DefaultQueryExecMode = pgx.QueryExecModeSimpleProtocol
+		return pgx.ConnectConfig(ctx, cc)
+	}
+	if _, err := login(pglocal.AppDB); err == nil || !strings.Contains(err.Error(), `password authentication failed for user "app_trust"`) {
+		t.Fatalf("app_trust before the file lists it: %v", err)
+	}
+	writeFile(t, authFile, []byte(pgauth.FormatUserlistLine(pglocal.UserSCRAM, scram)+pgauth.FormatUserlistLine(pglocal.UserTrust, v)))
+	if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	p.waitLog(t, "SIGHUP: reloading")
+	deadline := time.Now().Add(e2eWait)
+	for {
+		conn, err := login(pglocal.AppDB)
+		if err == nil {
+			conn.Close(ctx)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("app_trust after SIGHUP: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	console, err := login("pharos")
+	if err != nil {
+		t.Fatalf("console: %v", err)
+	}
+	defer console.Close(ctx)
+	var got string
+	if err := console.QueryRow(ctx, "SHOW VERSION").Scan(&got); err != nil || got != "pharos "+version {
+		t.Fatalf("SHOW VERSION: %q, %v; want %q", got, err, "pharos "+version)
+	}
+	// A file that does not parse: logged, and the users stay.
+	writeFile(t, authFile, []byte(`"app_trust" "SCRAM-SHA`))
+	if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	p.waitLog(t, "auth_file reload failed, keeping the previous users")
+	if conn, err := login(pglocal.AppDB); err != nil {
+		t.Fatalf("app_trust after a failed reload: %v", err)
+	} else {
+		conn.Close(ctx)
 	}
 }
