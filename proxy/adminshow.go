@@ -300,7 +300,10 @@ func (s *Server) configRows() [][]cell {
 		{"tls_cert_file", c.CertFile, "", true},
 		{"tls_key_file", c.KeyFile, "", true},
 		{"backend_tls", string(c.BackendTLS), string(def.BackendTLS), false},
+		{"client_tls_ca_file", c.ClientTLSCAFile, "", false},
 		{"backend_tls_ca_file", c.BackendCAFile, "", false},
+		{"backend_tls_cert_file", c.BackendCertFile, "", false},
+		{"backend_tls_key_file", c.BackendKeyFile, "", false},
 		{"auth_type", string(c.AuthType), string(def.AuthType), false},
 		{"auth_file", c.AuthFile, "", true},
 		{"auth_user", c.AuthUser, "", false},
@@ -317,6 +320,7 @@ func (s *Server) configRows() [][]cell {
 		{"connect_timeout", configDuration(c.ConnectTimeout), configDuration(def.ConnectTimeout), false},
 		{"max_message_size", strconv.Itoa(c.MaxMessageSize), strconv.Itoa(def.MaxMessageSize), false},
 		{"drain_timeout", configDuration(c.DrainTimeout), configDuration(def.DrainTimeout), false},
+		{"cancel_id", strconv.Itoa(int(s.CancelID())), "", false},
 		{"stats_period", configDuration(statsPeriod), configDuration(statsPeriod), false},
 	}
 	out := make([][]cell, len(rows))

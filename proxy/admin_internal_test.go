@@ -1,0 +1,62 @@
+package proxy
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestShowConfigMasksSecrets: SHOW CONFIG never shows auth_password, and
+// says which keys RELOAD applies.
+func TestShowConfigMasksSecrets(t *testing.T) {
+	s := &Server{cfg: Config{RWListen: "127.0.0.1:1", AuthType: AuthSCRAM, AuthUser: "pharos_auth",
+		AuthPassword: "very-secret-password", AdminUsers: []string{"a", "b"}}}
+	s.cfg.Defaults()
+	rows := map[string][]cell{}
+	for _, r := range s.configRows() {
+		for _, c := range r {
+			if strings.Contains(c.s, "very-secret") {
+				t.Fatalf("SHOW CONFIG row %v shows the password", r)
+			}
+		}
+		rows[r[0].s] = r
+	}
+	if r := rows["auth_password"]; r[1].s != "********" {
+		t.Fatalf("auth_password row %v", r)
+	}
+	if r := rows["admin_users"]; r[1].s != "a,b" {
+		t.Fatalf("admin_users row %v", r)
+	}
+	if r := rows["route_wait"]; r[1].s != "5s" || r[2].s != "5s" || r[3].s != "no" {
+		t.Fatalf("route_wait row %v", r)
+	}
+	for key, r := range rows {
+		want := key == "tls_cert_file" || key == "tls_key_file" || key == "auth_file"
+		if (r[3].s == "yes") != want {
+			t.Errorf("%s changeable %s", key, r[3].s)
+		}
+	}
+	s.cfg.AuthPassword = ""
+	for _, r := range s.configRows() {
+		if r[0].s == "auth_password" && r[1].s != "" {
+			t.Fatalf("an empty auth_password shows as %q", r[1].s)
+		}
+	}
+}
+
+func TestStatsAverages(t *testing.T) {
+	prev := dbTotals{assigned: 10, xacts: 100, queries: 200, received: 1000, sent: 5000,
+		xactTime: time.Second, queryTime: time.Second, waitTime: 10 * time.Millisecond}
+	now := dbTotals{assigned: 70, xacts: 700, queries: 1400, received: 61000, sent: 125000,
+		xactTime: 4 * time.Second, queryTime: 2200 * time.Millisecond, waitTime: 130 * time.Millisecond}
+	got := averages(now, prev, time.Minute)
+	want := dbAverages{assigned: 1, xacts: 10, queries: 20, received: 1000, sent: 2000,
+		xactTime: 5000, queryTime: 1000, waitTime: 2000}
+	if got != want {
+		t.Fatalf("averages = %+v, want %+v", got, want)
+	}
+	// Nothing happened: zeros, not a division by zero.
+	if got := averages(prev, prev, time.Minute); got != (dbAverages{}) {
+		t.Fatalf("idle period: %+v", got)
+	}
+}
