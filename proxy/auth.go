@@ -71,6 +71,14 @@ func (sess *session) authenticateClient(user string, deadline time.Time) (metric
 	defer cancel()
 	lookupFailed := func(err error) (metrics.Outcome, error) {
 		s.log.Warn("auth_query: could not look the user up", "user", user, "err", err)
+		switch {
+		case errors.Is(err, errNoAuthBackend):
+			return metrics.OutcomeNoBackend, &startupError{code: wire.CodeConnectionFailure,
+				message: fmt.Sprintf("pharos: could not look up user %q to authenticate it: %v", user, err), err: err}
+		case errors.Is(err, errAuthQueryBusy):
+			return metrics.OutcomeBackendError, &startupError{code: wire.CodeTooManyConnections,
+				message: fmt.Sprintf("pharos: could not look up user %q to authenticate it: %v; try again", user, errAuthQueryBusy), err: err}
+		}
 		return metrics.OutcomeBackendError, &startupError{code: wire.CodeConnectionFailure,
 			message: fmt.Sprintf("pharos: could not look up user %q to authenticate it (auth_query failed; the proxy's log says why)", user), err: err}
 	}
@@ -84,6 +92,12 @@ func (sess *session) authenticateClient(user string, deadline time.Time) (metric
 			return pgauth.Verifier{}, false, false
 		}
 		nv, nknown, _, err := s.users.lookup(ctx, user, true)
+		if errors.Is(err, errAuthQueryBusy) {
+			// Failed logins coming faster than lookups may run: the
+			// cached answer stands until its TTL.
+			s.log.Debug("auth_query: no refresh after a failed login, lookups are at their rate limit", "user", user)
+			return pgauth.Verifier{}, false, false
+		}
 		if err != nil {
 			s.log.Warn("auth_query: could not refresh the user after a failed login", "user", user, "err", err)
 			return pgauth.Verifier{}, false, false
@@ -100,19 +114,17 @@ func (sess *session) authenticateClient(user string, deadline time.Time) (metric
 		}
 		sess.creds = &backendCreds{}
 		return "", nil
-	case s.cfg.AuthType == AuthMD5 && (!known || v.Kind == pgauth.KindMD5):
-		// An unknown user gets a challenge all the same and fails on the
-		// answer, against a hash no password has.
+	case s.cfg.AuthType == AuthMD5 && known && v.Kind == pgauth.KindMD5:
+		// An unknown user gets the mock SCRAM exchange below, as from
+		// PostgreSQL's md5 method with password_encryption scram-sha-256
+		// (its default): the same as a user with a SCRAM verifier, so the
+		// kind of challenge does not tell who exists.
 		hash := v.MD5
-		if !known {
-			mock := pgauth.MockVerifier(s.mockSecret, user)
-			hash = fmt.Sprintf("%x", mock.StoredKey[:16])
-		}
 		answer, salt, err := sess.clientMD5()
 		if err != nil {
 			return metrics.OutcomeProtocolError, err
 		}
-		ok := checkMD5(answer, hash, salt) && known
+		ok := checkMD5(answer, hash, salt)
 		if !ok {
 			if nv, nknown, refreshed := refresh(); refreshed && nknown && nv.Kind == pgauth.KindMD5 {
 				hash = nv.MD5

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"golang.org/x/sync/singleflight"
+	"golang.org/x/time/rate"
 
 	"github.com/pharos-ha/pharos/internal/pgauth"
 	"github.com/pharos-ha/pharos/router"
@@ -77,13 +79,37 @@ func (f *fileUsers) reload() error {
 	return nil
 }
 
+// Lookups in the cluster are bounded to authQueryRate a second, with
+// bursts of authQueryBurst: each opens a connection to the primary as
+// auth_user (a backend fork and a SCRAM login there), and a client trying
+// random user names, or failing logins of a real one, would otherwise
+// make one per attempt. A lookup for a user the cache does not hold waits
+// its turn (first come, first served) within its login's deadline; a
+// refresh after a failed login is skipped when there is no token left.
+// Concurrent lookups of one user are merged into one query.
+const (
+	authQueryRate  = 50
+	authQueryBurst = 100
+)
+
+// errAuthQueryBusy is a lookup that could not get its turn within its
+// login's deadline.
+var errAuthQueryBusy = errors.New("too many user lookups in the cluster (auth_query runs at most 50 a second)")
+
+// errNoAuthBackend is a lookup with no server to run on.
+var errNoAuthBackend = errors.New("no primary or replica is available to run auth_query on")
+
 // queryUsers looks verifiers up with auth_query as auth_user on the
-// primary, and caches the answers (unknown users too) for AuthCacheTTL.
+// primary (a replica when there is none), and caches the answers (unknown
+// users too) for AuthCacheTTL.
 type queryUsers struct {
 	// Static after construction.
-	srv *Server
-	ttl time.Duration
-	now func() time.Time
+	srv     *Server
+	ttl     time.Duration
+	now     func() time.Time
+	fetch   func(ctx context.Context, user string) (pgauth.Verifier, bool, error) // q.query; tests replace it
+	limit   *rate.Limiter
+	flights singleflight.Group
 
 	mu sync.Mutex
 	// Guarded by mu.
@@ -97,7 +123,10 @@ type cachedUser struct {
 }
 
 func newQueryUsers(s *Server) *queryUsers {
-	return &queryUsers{srv: s, ttl: s.cfg.AuthCacheTTL, now: time.Now, cache: make(map[string]cachedUser)}
+	q := &queryUsers{srv: s, ttl: s.cfg.AuthCacheTTL, now: time.Now, cache: make(map[string]cachedUser),
+		limit: rate.NewLimiter(authQueryRate, authQueryBurst)}
+	q.fetch = q.query
+	return q
 }
 
 // reload forgets every cached answer, so that each user is looked up
@@ -119,12 +148,33 @@ func (q *queryUsers) lookup(ctx context.Context, user string, fresh bool) (pgaut
 			return c.v, c.known, false, nil
 		}
 	}
-	v, known, err := q.query(ctx, user)
+	// Logins of one user at the same time share one query (run in the
+	// goroutine of the first, under its deadline: every login's is
+	// startup_timeout from its accept, so the others' are close).
+	type answer struct {
+		v     pgauth.Verifier
+		known bool
+	}
+	res, err, _ := q.flights.Do(user, func() (any, error) {
+		if fresh {
+			if !q.limit.Allow() {
+				return nil, errAuthQueryBusy
+			}
+		} else if err := q.limit.Wait(ctx); err != nil {
+			return nil, fmt.Errorf("%w: %v", errAuthQueryBusy, err)
+		}
+		v, known, err := q.fetch(ctx, user)
+		if err != nil {
+			return nil, err
+		}
+		q.store(user, cachedUser{v: v, known: known, fetched: now})
+		return answer{v, known}, nil
+	})
 	if err != nil {
 		return pgauth.Verifier{}, false, true, err
 	}
-	q.store(user, cachedUser{v: v, known: known, fetched: now})
-	return v, known, true, nil
+	a := res.(answer)
+	return a.v, a.known, true, nil
 }
 
 // store caches c for user, making room when the cache is full: expired
@@ -150,18 +200,45 @@ func (q *queryUsers) store(user string, c cachedUser) {
 	q.cache[user] = c
 }
 
-// query runs auth_query for user on the primary. A row whose verifier is
-// NULL or not a verifier (a plaintext password) is a user without one:
-// the client gets the mock exchange, as PostgreSQL does.
+// authRoute picks the server auth_query runs on: the primary, where
+// ALTER ROLE lands; when there is none (a failover under way), a replica,
+// since the verifier replicates and a login should not fail for want of a
+// primary it does not need; with neither, whichever comes first within
+// route_wait.
+func (s *Server) authRoute(ctx context.Context) (*router.Route, error) {
+	waitCtx, cancel := context.WithTimeout(ctx, s.cfg.RouteWait)
+	defer cancel()
+	now, nowCancel := context.WithCancel(ctx)
+	nowCancel() // Acquire with a done context takes what is there, or fails at once
+	for {
+		changed := s.router.Changed()
+		if route, err := s.router.Acquire(now, router.RW); err == nil {
+			return route, nil
+		}
+		if route, err := s.router.Acquire(now, router.RO); err == nil {
+			return route, nil
+		}
+		select {
+		case <-changed:
+		case <-waitCtx.Done():
+			return nil, fmt.Errorf("%w (waited route_wait, %v)", errNoAuthBackend, s.cfg.RouteWait)
+		}
+	}
+}
+
+// query runs auth_query for user (see authRoute for where). A row whose
+// verifier is NULL or not a verifier (a plaintext password) is a user
+// without one: the client gets the mock exchange, as PostgreSQL does.
 func (q *queryUsers) query(ctx context.Context, user string) (pgauth.Verifier, bool, error) {
 	s := q.srv
-	waitCtx, cancel := context.WithTimeout(ctx, s.cfg.RouteWait)
-	route, err := s.router.Acquire(waitCtx, router.RW)
-	cancel()
+	route, err := s.authRoute(ctx)
 	if err != nil {
-		return pgauth.Verifier{}, false, fmt.Errorf("no primary to run auth_query on: %w", err)
+		return pgauth.Verifier{}, false, err
 	}
 	defer route.Release()
+	if route.Endpoint == router.RO {
+		s.log.Info("auth_query: no primary, looking the user up on a replica", "user", user, "backend", route.Backend.Name)
+	}
 	conn, err := s.connectAuthUser(ctx, route.Backend.Addr)
 	if err != nil {
 		return pgauth.Verifier{}, false, fmt.Errorf("log in as auth_user %q to %s: %w", s.cfg.AuthUser, route.Backend.Name, err)
