@@ -37,6 +37,11 @@ const (
 	MsgQuery            byte = 'Q'
 	MsgSync             byte = 'S' // from a client; from a server 'S' is ParameterStatus
 	MsgFunctionCall     byte = 'F'
+	MsgParameterStatus  byte = 'S' // from a server
+	MsgNoticeResponse   byte = 'N'
+	MsgCommandComplete  byte = 'C'
+	MsgEmptyQuery       byte = 'I' // EmptyQueryResponse
+	MsgNotification     byte = 'A'
 	// MsgSASLInitialResponse shares 'p' with the other authentication
 	// responses; it is the first one after AuthenticationSASL.
 	MsgSASLInitialResponse byte = 'p'
@@ -54,6 +59,14 @@ type Framer struct {
 	// Frontend says the stream comes from a client. It decides which
 	// messages SyncPoints counts.
 	Frontend bool
+	// Capture, when non-zero, is a message type whose messages Feed hands
+	// whole (header included) to Captured as each one completes, however
+	// the chunks split it. The bytes are valid only during the call. A
+	// message whose body is over MaxCaptureBody is passed as nil: its
+	// content was not kept. Captured runs on the Feed caller's goroutine;
+	// the copy buffer is reused, so capturing allocates only while it grows.
+	Capture  byte
+	Captured func(msg []byte)
 
 	hdr        [HeaderLen]byte
 	hdrN       int // header bytes seen of the message in progress
@@ -64,7 +77,13 @@ type Framer struct {
 	messages   uint64
 	syncPoints uint64
 	idleReady  uint64 // ReadyForQuery messages whose status is TxIdle
+	capturing  bool   // the message in progress is one of Capture's
+	capTooBig  bool   // ... and over MaxCaptureBody: not copied
+	capBuf     []byte // the captured message so far
 }
+
+// MaxCaptureBody bounds the body of a message Framer.Capture copies.
+const MaxCaptureBody = 64 << 10
 
 // ErrMessageTooLarge is wrapped by the ProtocolError returned for a message
 // longer than the configured limit.
@@ -87,6 +106,9 @@ func (f *Framer) Feed(p []byte) error {
 				f.setStatus(p[0])
 			}
 			n := min(f.rem, len(p))
+			if f.capturing {
+				f.capture(p[:n], f.rem == n)
+			}
 			f.rem -= n
 			p = p[n:]
 			continue
@@ -97,13 +119,22 @@ func (f *Framer) Feed(p []byte) error {
 			if err != nil {
 				return err
 			}
+			if f.capturing {
+				f.capture(p[:HeaderLen], false)
+			}
 			p = p[HeaderLen:]
 			if f.wantStatus && len(p) > 0 && bodyLen > 0 {
 				f.setStatus(p[0])
 			}
 			if bodyLen <= len(p) {
+				if f.capturing {
+					f.capture(p[:bodyLen], true)
+				}
 				p = p[bodyLen:]
 				continue
+			}
+			if f.capturing {
+				f.capture(p, false)
 			}
 			f.rem = bodyLen - len(p)
 			return nil
@@ -119,9 +150,30 @@ func (f *Framer) Feed(p []byte) error {
 		if err != nil {
 			return err
 		}
+		if f.capturing {
+			f.capture(f.hdr[:], bodyLen == 0)
+		}
 		f.rem = bodyLen
 	}
 	return nil
+}
+
+// capture adds part of the captured message in progress and hands it on
+// when last says the message is complete.
+func (f *Framer) capture(part []byte, last bool) {
+	if !f.capTooBig {
+		f.capBuf = append(f.capBuf, part...)
+	}
+	if !last {
+		return
+	}
+	f.capturing = false
+	if f.capTooBig {
+		f.Captured(nil)
+	} else {
+		f.Captured(f.capBuf)
+	}
+	f.capBuf = f.capBuf[:0]
 }
 
 func (f *Framer) startMessage(typ byte, length uint32) (int, error) {
@@ -139,6 +191,10 @@ func (f *Framer) startMessage(typ byte, length uint32) (int, error) {
 	}
 	f.typ = typ
 	f.wantStatus = typ == MsgReadyForQuery && bodyLen > 0
+	if f.Capture != 0 && typ == f.Capture && f.Captured != nil {
+		f.capturing, f.capTooBig = true, bodyLen > MaxCaptureBody
+		f.capBuf = f.capBuf[:0]
+	}
 	f.messages++
 	if f.Frontend {
 		if typ == MsgQuery || typ == MsgSync || typ == MsgFunctionCall {
@@ -361,4 +417,21 @@ func ParseSASLInitialResponse(p []byte) (mech string, data []byte, ok bool) {
 		return "", nil, false
 	}
 	return mech, rest, true
+}
+
+// ParseParameterStatus returns the name and value of a ParameterStatus
+// message (whole message).
+func ParseParameterStatus(msg []byte) (name, value string, err error) {
+	if len(msg) < HeaderLen || msg[0] != MsgParameterStatus {
+		return "", "", protocolErrorf("malformed ParameterStatus")
+	}
+	name, rest, ok := cutString(msg[HeaderLen:])
+	if !ok {
+		return "", "", protocolErrorf("malformed ParameterStatus")
+	}
+	value, rest, ok = cutString(rest)
+	if !ok || len(rest) != 0 {
+		return "", "", protocolErrorf("malformed ParameterStatus %q", name)
+	}
+	return name, value, nil
 }

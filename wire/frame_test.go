@@ -3,6 +3,7 @@ package wire_test
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"slices"
@@ -422,5 +423,66 @@ func BenchmarkFramerFeed(b *testing.B) {
 		if err := f.Feed(s.data); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// TestFramerCapture: every ParameterStatus reaches Captured whole, however
+// the stream is cut into chunks, and nothing else does; one over
+// MaxCaptureBody arrives as nil.
+func TestFramerCapture(t *testing.T) {
+	big := strings.Repeat("x", wire.MaxCaptureBody)
+	stream := encodeAll(t,
+		&pgproto3.ParameterStatus{Name: "TimeZone", Value: "UTC"},
+		&pgproto3.DataRow{Values: [][]byte{[]byte("S not a status")}},
+		&pgproto3.ParameterStatus{Name: "application_name", Value: ""},
+		&pgproto3.CommandComplete{CommandTag: []byte("SET")},
+		&pgproto3.ParameterStatus{Name: "search_path", Value: big},
+		&pgproto3.ReadyForQuery{TxStatus: 'I'},
+		&pgproto3.ParameterStatus{Name: "DateStyle", Value: "ISO, MDY"},
+	)
+	want := []string{"TimeZone=UTC", "application_name=", "<nil>", "DateStyle=ISO, MDY"}
+	for _, size := range []int{1, 2, 3, 5, 7, 64, 4096, len(stream)} {
+		t.Run(fmt.Sprintf("chunks of %d", size), func(t *testing.T) {
+			var got []string
+			f := wire.Framer{Capture: wire.MsgParameterStatus, Captured: func(msg []byte) {
+				if msg == nil {
+					got = append(got, "<nil>")
+					return
+				}
+				name, value, err := wire.ParseParameterStatus(msg)
+				if err != nil {
+					t.Fatalf("captured %q: %v", msg, err)
+				}
+				got = append(got, name+"="+value)
+			}}
+			for i := 0; i < len(stream); i += size {
+				if err := f.Feed(stream[i:min(i+size, len(stream))]); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if !slices.Equal(got, want) {
+				t.Fatalf("captured %q, want %q", got, want)
+			}
+		})
+	}
+}
+
+// TestFramerCaptureDoesNotAllocate: once its buffer has grown, capturing
+// allocates nothing.
+func TestFramerCaptureDoesNotAllocate(t *testing.T) {
+	stream := encodeAll(t, &pgproto3.ParameterStatus{Name: "TimeZone", Value: "Europe/Paris"},
+		&pgproto3.ReadyForQuery{TxStatus: 'I'})
+	n := 0
+	f := wire.Framer{Capture: wire.MsgParameterStatus, Captured: func([]byte) { n++ }}
+	allocs := testing.AllocsPerRun(100, func() {
+		if err := f.Feed(stream[:3]); err != nil {
+			panic(err)
+		}
+		if err := f.Feed(stream[3:]); err != nil {
+			panic(err)
+		}
+	})
+	if allocs != 0 || n == 0 {
+		t.Errorf("capture allocates %v times (captured %d)", allocs, n)
 	}
 }

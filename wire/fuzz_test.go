@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -172,16 +173,24 @@ type framerState struct {
 	atBoundary bool
 	txStatus   byte
 	lastType   byte
+	captured   string // the complete ParameterStatus messages, each followed by "|" ("<nil>" for one too large)
 }
 
 func feedChunks(limit int, chunks ...[]byte) framerState {
-	f := wire.Framer{MaxBodyLen: limit}
+	var captured strings.Builder
+	f := wire.Framer{MaxBodyLen: limit, Capture: wire.MsgParameterStatus, Captured: func(msg []byte) {
+		if msg == nil {
+			captured.WriteString("<nil>")
+		}
+		captured.Write(msg)
+		captured.WriteByte('|')
+	}}
 	for _, c := range chunks {
 		if err := f.Feed(c); err != nil {
 			return framerState{err: true, tooLarge: errors.Is(err, wire.ErrMessageTooLarge)}
 		}
 	}
-	return framerState{messages: f.Messages(), atBoundary: f.AtBoundary(), txStatus: f.TxStatus(), lastType: f.LastType()}
+	return framerState{messages: f.Messages(), atBoundary: f.AtBoundary(), txStatus: f.TxStatus(), lastType: f.LastType(), captured: captured.String()}
 }
 
 // refFrame is a straightforward model of the Framer over one buffer.
@@ -211,8 +220,36 @@ func refFrame(data []byte, limit int) framerState {
 		if len(body) < n-4 {
 			return s // mid-body
 		}
+		if data[off] == wire.MsgParameterStatus {
+			if n-4 > wire.MaxCaptureBody {
+				s.captured += "<nil>|"
+			} else {
+				s.captured += string(data[off:off+wire.HeaderLen+n-4]) + "|"
+			}
+		}
 		off += wire.HeaderLen + n - 4
 	}
+}
+
+func FuzzParseParameterStatus(f *testing.F) {
+	f.Add([]byte("S\x00\x00\x00\x0eTimeZone\x00UTC\x00"))
+	f.Add([]byte("S\x00\x00\x00\x06\x00\x00"))
+	f.Add([]byte("S\x00\x00\x00\x05a"))
+	f.Fuzz(func(t *testing.T, msg []byte) {
+		name, value, err := wire.ParseParameterStatus(msg)
+		if err != nil {
+			return
+		}
+		again, err := (&pgproto3.ParameterStatus{Name: name, Value: value}).Encode(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The length word is not checked (the Framer did that): the rest
+		// must read back the same.
+		if !bytes.Equal(again[wire.HeaderLen:], msg[wire.HeaderLen:]) || again[0] != msg[0] {
+			t.Fatalf("%q parsed as %q=%q, which encodes as %q", msg, name, value, again)
+		}
+	})
 }
 
 func FuzzFramer(f *testing.F) {
