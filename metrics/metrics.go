@@ -72,6 +72,28 @@ const (
 	CancelFailed    = "failed"             // the server or proxy could not be reached
 )
 
+// Pool states (label state of pharos_proxy_pool_clients and
+// pharos_proxy_pool_servers).
+const (
+	PoolActive  = "active"  // clients: logged in and not waiting; servers: in use by a client
+	PoolWaiting = "waiting" // clients waiting for a server connection
+	PoolIdle    = "idle"    // servers in the pool, ready for reuse
+)
+
+// PoolOutcome says what happened to a pooled server connection (label of
+// pharos_proxy_pool_server_connections_total).
+type PoolOutcome string
+
+const (
+	PoolOpened      PoolOutcome = "opened"       // a new server connection logged in
+	PoolReused      PoolOutcome = "reused"       // an idle one was handed to a client
+	PoolResetFailed PoolOutcome = "reset_failed" // server_reset_query failed or timed out: closed
+	PoolExpired     PoolOutcome = "expired"      // past server_lifetime or server_idle_timeout: closed
+	PoolCheckFailed PoolOutcome = "check_failed" // found closed, or failed its health check, before reuse: closed
+	PoolDiscarded   PoolOutcome = "discarded"    // its client left mid-transaction or mid-request: closed, not reused
+	PoolFenced      PoolOutcome = "fenced"       // its backend stopped being a valid target: closed
+)
+
 // Proxy holds the proxy's and router's metrics.
 type Proxy struct {
 	Clients          *prometheus.GaugeVec     // endpoint
@@ -96,6 +118,11 @@ type Proxy struct {
 	EtcdIgnored      *prometheus.GaugeVec // reason: IgnoredUnleased, IgnoredInvalid
 	Registered       prometheus.Gauge     // the proxy's record is in etcd (registry)
 	CancelID         prometheus.Gauge     // the cancel ID the proxy's keys carry
+
+	PoolClients     *prometheus.GaugeVec   // endpoint, state: PoolActive, PoolWaiting
+	PoolServers     *prometheus.GaugeVec   // endpoint, state: PoolActive, PoolIdle
+	PoolWait        prometheus.Histogram   // time a client waited for a server connection
+	PoolServerConns *prometheus.CounterVec // endpoint, outcome
 }
 
 // Reasons the etcd source ignores a record (pharos_router_etcd_records_ignored).
@@ -186,10 +213,28 @@ func NewProxy(reg prometheus.Registerer) *Proxy {
 			Name: "pharos_proxy_cancel_id",
 			Help: "The cancel ID the cancel keys this proxy issues carry (pid >> 22), unique among the cluster's live proxies while registered.",
 		}),
+		PoolClients: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "pharos_proxy_pool_clients",
+			Help: "Clients of pooled sessions, by endpoint and state: active (logged in, with or without a server connection) or waiting (for a server connection, at pool_size or max_db_connections).",
+		}, []string{"endpoint", "state"}),
+		PoolServers: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "pharos_proxy_pool_servers",
+			Help: "Pooled server connections, by endpoint and state: active (used by a client, or logging in, being reset or checked) or idle (in the pool).",
+		}, []string{"endpoint", "state"}),
+		PoolWait: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "pharos_proxy_pool_wait_seconds",
+			Help:    "Time a client waited for a pooled server connection to be free (or allowed to open), every checkout counted; the dial and login are not included.",
+			Buckets: []float64{.0001, .001, .01, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120},
+		}),
+		PoolServerConns: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pharos_proxy_pool_server_connections_total",
+			Help: "Pooled server connection events, by endpoint and outcome: opened, reused, reset_failed, expired, check_failed, discarded, fenced.",
+		}, []string{"endpoint", "outcome"}),
 	}
 	reg.MustRegister(m.Clients, m.PendingClients, m.Sessions, m.Terminated, m.BackendConnect, m.Bytes, m.Cancels,
 		m.BackendUp, m.BackendRole, m.BackendLag, m.BackendSessions, m.HealthCheckError,
-		m.SplitBrain, m.RWAvailable, m.ROBackends, m.TopologyChanges)
+		m.SplitBrain, m.RWAvailable, m.ROBackends, m.TopologyChanges,
+		m.PoolClients, m.PoolServers, m.PoolWait, m.PoolServerConns)
 	return m
 }
 

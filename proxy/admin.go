@@ -480,10 +480,6 @@ func (s *Server) serversInUse(db string) int {
 	return n
 }
 
-// closeIdleServers closes the idle server connections of db ("" for all).
-// Without pooling a server connection is never idle: it lives and dies
-// with its client.
-func (s *Server) closeIdleServers(string) {}
 
 // Reload applies what can change while the proxy runs: the TLS
 // certificate is read again, auth_file is read again, and the auth_query

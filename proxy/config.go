@@ -52,6 +52,31 @@ const (
 	AuthCert AuthType = "cert"
 )
 
+// PoolMode says whether server connections are pooled.
+type PoolMode string
+
+const (
+	// PoolNone gives every client a server connection of its own, opened
+	// at its login and closed when it leaves.
+	PoolNone PoolMode = "none"
+	// PoolSession lends a client a pooled server connection opened with
+	// exactly its startup parameters for as long as it stays connected;
+	// when it leaves the connection is reset (ServerResetQuery) and kept
+	// for the next client with the same parameters. It needs the proxy's
+	// own authentication, which is what lets the proxy log in on a
+	// client's behalf.
+	PoolSession PoolMode = "session"
+)
+
+// Pool defaults (PgBouncer's where it has the setting).
+const (
+	DefaultServerIdleTimeout = 600 * time.Second
+	DefaultServerLifetime    = 3600 * time.Second
+	DefaultServerCheckDelay  = 30 * time.Second
+	DefaultQueryWaitTimeout  = 120 * time.Second
+	DefaultServerResetQuery  = "DISCARD ALL"
+)
+
 // Config is the proxy's static configuration.
 type Config struct {
 	RWListen string // "" disables the rw endpoint
@@ -100,6 +125,32 @@ type Config struct {
 	AdminUsers []string
 	// Version is what the console's SHOW VERSION reports.
 	Version string
+	// PoolMode is PoolNone or PoolSession; "" means PoolSession when the
+	// proxy authenticates clients itself and PoolNone in passthrough.
+	PoolMode PoolMode
+	// PoolSize bounds the server connections of one pool (endpoint,
+	// backend, user, database); 0 means no limit.
+	PoolSize int
+	// MaxDBConnections bounds the server connections to one database of
+	// one backend, all users and endpoints together; 0 means no limit.
+	MaxDBConnections int
+	// ServerIdleTimeout closes a pooled connection idle that long (0 means
+	// DefaultServerIdleTimeout).
+	ServerIdleTimeout time.Duration
+	// ServerLifetime closes a pooled connection that old when its client
+	// leaves, instead of keeping it (0 means DefaultServerLifetime).
+	ServerLifetime time.Duration
+	// ServerResetQuery runs on a connection going back to the pool (""
+	// means DefaultServerResetQuery).
+	ServerResetQuery string
+	// ServerCheckDelay: a pooled connection idle longer than this is
+	// checked with an empty query before it is reused (0 means
+	// DefaultServerCheckDelay).
+	ServerCheckDelay time.Duration
+	// QueryWaitTimeout bounds a client's wait for a pooled connection when
+	// PoolSize or MaxDBConnections is reached (0 means
+	// DefaultQueryWaitTimeout).
+	QueryWaitTimeout time.Duration
 
 	// MaxClientsPerEndpoint bounds an endpoint's authenticated sessions:
 	// a client whose login the server accepts beyond it gets FATAL 53300
@@ -196,6 +247,27 @@ func (c *Config) Defaults() {
 		if c.AuthCacheTTL == 0 {
 			c.AuthCacheTTL = DefaultAuthCacheTTL
 		}
+	}
+	if c.PoolMode == "" {
+		c.PoolMode = PoolNone
+		if c.AuthType != AuthPassthrough {
+			c.PoolMode = PoolSession
+		}
+	}
+	if c.ServerIdleTimeout == 0 {
+		c.ServerIdleTimeout = DefaultServerIdleTimeout
+	}
+	if c.ServerLifetime == 0 {
+		c.ServerLifetime = DefaultServerLifetime
+	}
+	if c.ServerResetQuery == "" {
+		c.ServerResetQuery = DefaultServerResetQuery
+	}
+	if c.ServerCheckDelay == 0 {
+		c.ServerCheckDelay = DefaultServerCheckDelay
+	}
+	if c.QueryWaitTimeout == 0 {
+		c.QueryWaitTimeout = DefaultQueryWaitTimeout
 	}
 	if c.StartupTimeout == 0 {
 		c.StartupTimeout = 60 * time.Second // PostgreSQL's authentication_timeout
@@ -307,10 +379,30 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("admin_users: an empty user name")
 		}
 	}
+	switch c.PoolMode {
+	case PoolNone:
+	case PoolSession:
+		if c.AuthType == AuthPassthrough {
+			return fmt.Errorf("pool_mode: session needs the proxy's own authentication (auth_type)")
+		}
+	default:
+		return fmt.Errorf("pool_mode: %q is not one of none, session", c.PoolMode)
+	}
+	if c.PoolSize < 0 {
+		return fmt.Errorf("pool_size: must not be negative (0 = no limit)")
+	}
+	if c.MaxDBConnections < 0 {
+		return fmt.Errorf("max_db_connections: must not be negative (0 = no limit)")
+	}
+	if strings.ContainsRune(c.ServerResetQuery, 0) {
+		return fmt.Errorf("server_reset_query: must not contain a NUL byte")
+	}
 	for _, d := range []struct {
 		key string
 		d   time.Duration
 	}{
+		{"server_idle_timeout", c.ServerIdleTimeout}, {"server_lifetime", c.ServerLifetime},
+		{"server_check_delay", c.ServerCheckDelay}, {"query_wait_timeout", c.QueryWaitTimeout},
 		{"startup_timeout", c.StartupTimeout}, {"startup_packet_timeout", c.StartupPacketTimeout},
 		{"route_wait", c.RouteWait},
 		{"connect_timeout", c.ConnectTimeout}, {"drain_timeout", c.DrainTimeout},

@@ -81,6 +81,12 @@ type clientToBackend struct {
 	f        wire.Framer
 	backend  io.Writer // the backend connection, raw when it is plain TCP
 	requests uint64    // sync points already reported to the session
+	// Pooled sessions: the client's Terminate is kept from the server, and
+	// whether the server connection may be reused depends on how the
+	// client's stream ended.
+	pooled   bool
+	cleanEnd bool // what was forwarded ends with a sync point (or nothing was)
+	quitSent bool // a Terminate went to the server with other messages
 }
 
 func (c *clientToBackend) run() {
@@ -95,6 +101,11 @@ func (c *clientToBackend) run() {
 		// The startup deadline passed with authentication unfinished.
 		c.sess.finish(&endState{code: wire.CodeProtocolViolation, message: "pharos: timeout expired during startup", outcome: metrics.OutcomeTimeout})
 	}
+	if c.pooled && c.sess.ended.Load() == nil {
+		// The client left: the server connection may outlive it.
+		c.sess.release()
+		return
+	}
 	// The client left, or end woke us: nobody to tell.
 	c.sess.end("", "", "")
 }
@@ -108,6 +119,7 @@ func (c *clientToBackend) forward(p []byte) bool {
 			"(the server would reject it as a downgrade); connect with channel_binding=disable, or run the proxy with backend_tls disable"})
 		return false
 	}
+	atBoundary := c.f.AtBoundary()
 	if err := c.f.Feed(p); err != nil {
 		reason := metrics.ReasonProtocolViolation
 		if errors.Is(err, wire.ErrMessageTooLarge) {
@@ -128,13 +140,23 @@ func (c *clientToBackend) forward(p []byte) bool {
 		c.requests = n
 	}
 	if c.f.LastType() == wire.MsgTerminate && c.f.AtBoundary() {
+		if c.pooled && atBoundary && len(p) == wire.HeaderLen {
+			// A Terminate alone: the client leaves, the server stays.
+			sess.clientQuit.Store(true)
+			return false
+		}
 		// Before the write: the server closes as soon as it reads
 		// Terminate, and the backend side must already know why.
 		sess.clientQuit.Store(true)
+		c.quitSent = true
 	}
 	if _, err := c.backend.Write(p); err != nil {
 		sess.end(metrics.ReasonBackendLost, wire.CodeConnectionFailure, "pharos: lost the connection to the server")
 		return false
+	}
+	if c.pooled {
+		t := c.f.LastType()
+		c.cleanEnd = c.f.AtBoundary() && (t == wire.MsgQuery || t == wire.MsgSync || t == wire.MsgFunctionCall)
 	}
 	sess.srv.bytesC2B.Add(float64(len(p)))
 	return true
@@ -146,6 +168,7 @@ func (c *clientToBackend) forward(p []byte) bool {
 // the client after the StartupMessage.
 type backendToClient struct {
 	sess         *session
+	sc           *serverConn   // pooled sessions: the server connection relayed
 	br           *bufio.Reader // the backend connection, read whole messages at a time until ReadyForQuery
 	f            wire.Framer
 	client       io.Writer // the client connection, raw when it is plain TCP
@@ -176,6 +199,34 @@ func (b *backendToClient) run() {
 	if ok {
 		_ = pump(sess.backend, &s.buffers, b.forward)
 	}
+	b.finish()
+}
+
+// runPooled is run for a pooled session: no startup phase (the session
+// greeted its client itself), and a wake by release (the client left)
+// ends it quietly, leaving the server connection as it is.
+func (b *backendToClient) runPooled() {
+	sess := b.sess
+	b.client = newWriter(sess.client)
+	ok := true
+	if p := b.sc.pending; len(p) > 0 {
+		b.sc.pending = nil
+		ok = b.forward(p)
+	}
+	var err error
+	if ok {
+		err = pump(sess.backend, &sess.srv.buffers, b.forward)
+	}
+	if sess.releasing.Load() && sess.ended.Load() == nil && errors.Is(err, os.ErrDeadlineExceeded) {
+		return
+	}
+	b.finish()
+}
+
+// finish ends the session once the server side stopped, telling the
+// client why when it is owed a reason and can be told.
+func (b *backendToClient) finish() {
+	sess := b.sess
 	if sess.ended.Load() == nil {
 		// The server closed on its own: after Terminate, or after a FATAL
 		// it sent itself (which the client has), nothing more is owed.

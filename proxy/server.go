@@ -1,7 +1,9 @@
 // Package proxy owns the client side of pharos: the rw and ro listeners,
 // client sessions from the startup packet to the last byte, TLS towards
-// clients and backends, CancelRequest forwarding, fencing of sessions whose
-// backend lost its role, and draining on shutdown.
+// clients and backends, the proxy's own authentication, pools of server
+// connections (pool_mode session), CancelRequest forwarding, fencing of
+// sessions and pooled connections whose backend lost its role, and
+// draining on shutdown.
 //
 // It asks a router.Router for a backend and obeys the route's revocation;
 // it must not know how the topology was learned (static checks, etcd).
@@ -18,7 +20,19 @@
 // TLS); backend.go connecting it to a backend (route, dial, backend TLS);
 // relay.go the two copiers and their per-message path; pump.go the socket
 // reads and writes under them; cancel.go cancel keys and CancelRequests;
-// config.go the configuration.
+// config.go the configuration; auth.go and authquery.go the proxy's own
+// authentication; pool.go the pools (limits, waiting, fencing, expiry,
+// snapshots), pool_conn.go a pooled server connection (login, reset,
+// checks) and pool_session.go a pooled session (greeting, lazy attach,
+// release).
+//
+// A pooled session is one goroutine while it has no server connection
+// (waiting, without a buffer, for its client's first message) and the two
+// copiers once it has one; its fencing is the pool's fence for its route,
+// not a goroutine of its own. When the client leaves, the client side
+// wakes the server side without closing the socket (an expired read
+// deadline), and the session's goroutine, once both copiers returned,
+// clears it and decides whether the connection is reset and reused.
 //
 // Its Go API carries no stability promise: pharos ships a binary, and
 // these packages change with it.
@@ -69,6 +83,9 @@ type Server struct {
 	bytesC2B       prometheusCounter
 	bytesB2C       prometheusCounter
 	buffers        sync.Pool // *[]byte of cfg.BufferSize, lent to copiers while they read
+	pools          *pools
+	resetQuery     []byte // cfg.ServerResetQuery as a Query message
+	emptyQuery     []byte // the health check of a pooled connection
 
 	// Set by Listen.
 	listeners map[router.Endpoint]net.Listener
@@ -120,6 +137,9 @@ func New(cfg Config, r *router.Router, log *slog.Logger, m *metrics.Proxy) (*Ser
 		retiredTotals: make(map[string]*dbTotals),
 		tooManyPending: wire.FatalError(wire.CodeTooManyConnections,
 			"pharos: too many clients are logging in at once, try again"),
+		pools:      newPools(),
+		resetQuery: encodeQuery(cfg.ServerResetQuery),
+		emptyQuery: encodeQuery(""),
 	}
 	id := cfg.CancelID
 	if id == 0 {
@@ -354,8 +374,13 @@ func (s *Server) Serve(ctx context.Context) error {
 		s.runSampler(gctx)
 		return nil
 	})
+	g.Go(func() error {
+		s.janitor(gctx)
+		return nil
+	})
 	err := g.Wait()
 	s.drain(&sessions)
+	s.stopPools()
 	if ctx.Err() != nil {
 		return nil
 	}

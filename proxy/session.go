@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bytes"
+	"context"
 	"crypto/tls"
 	"errors"
 	"io"
@@ -64,6 +65,13 @@ type session struct {
 	waited       atomic.Int64               // ns it waited for its server, +1; 0 until it has one
 	retired      bool                       // guarded by srv.mu: its counts moved to the totals
 	sample       sessionSample              // guarded by srv.stats.mu
+
+	// Pooled sessions (pool_mode session).
+	pool       *pool              // owned by run: the pool it counts in
+	sc         *serverConn        // guarded by connMu: the server connection it holds
+	cancelWait context.CancelFunc // guarded by connMu: ends a wait for a server connection
+	fence      <-chan struct{}    // guarded by srv.mu: the revocation its fence ends it at
+	releasing  atomic.Bool        // the client left: the server side stops without closing
 }
 
 // endState is why a session ends. An empty message means no FATAL is owed
@@ -148,6 +156,9 @@ func (sess *session) finish(st *endState) {
 	if sess.backend != nil {
 		_ = sess.backend.SetDeadline(now)
 	}
+	if sess.cancelWait != nil {
+		sess.cancelWait()
+	}
 }
 
 // drainIfIdle ends the session now when no transaction is open; a busy
@@ -197,6 +208,9 @@ func (sess *session) run() {
 			_ = sess.backend.Close()
 		}
 		sess.connMu.Unlock()
+		if sess.pool != nil {
+			s.leavePool(sess.pool)
+		}
 		if sess.route != nil {
 			sess.route.Release()
 		}
@@ -247,6 +261,10 @@ func (sess *session) run() {
 	sess.waitingSince.Store(time.Now().UnixNano())
 	if outcome, err := sess.waitResumed(info.database, deadline); err != nil {
 		sess.failStartup(outcome, err)
+		return
+	}
+	if s.cfg.PoolMode == PoolSession && poolable(pkt.Params) {
+		sess.runPooled(pkt, deadline)
 		return
 	}
 	if outcome, err := sess.attach(deadline); err != nil {

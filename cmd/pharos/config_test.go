@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/pharos-ha/pharos/internal/pglocal"
+	"github.com/pharos-ha/pharos/proxy"
 )
 
 // runCmd runs a command line in-process and returns its exit code and
@@ -56,6 +57,8 @@ ro_fallback_to_primary: true
 max_lag: 16MB
 etcd: [127.0.0.1:2379]
 etcd_username: pharos
+pool_size: 20
+server_lifetime: 30m
 `)
 	overridden := func(s *proxySettings) {
 		s.RWListen = "127.0.0.1:8001"
@@ -65,6 +68,7 @@ etcd_username: pharos
 		s.ROFallbackToPrimary = false
 		s.ROListen = ""
 		s.Etcd = []string{"127.0.0.1:2380"}
+		s.PoolSize = 5
 	}
 	fromFile := defaultProxySettings()
 	fromFile.RWListen = "127.0.0.1:7001"
@@ -80,6 +84,8 @@ etcd_username: pharos
 	fromFile.MaxLag = 16 << 20
 	fromFile.Etcd = []string{"127.0.0.1:2379"}
 	fromFile.EtcdUsername = "pharos"
+	fromFile.PoolSize = 20
+	fromFile.ServerLifetime = duration(30 * time.Minute)
 	want := fromFile
 	overridden(&want)
 
@@ -91,6 +97,7 @@ etcd_username: pharos
 		"--ro-fallback-to-primary=false",
 		"--ro-listen=", // an empty flag disables the endpoint
 		"--etcd", "127.0.0.1:2380",
+		"--pool-size", "5",
 	}
 	for _, tc := range []struct {
 		name string
@@ -113,6 +120,44 @@ etcd_username: pharos
 			}
 			if !reflect.DeepEqual(got, tc.want) {
 				t.Errorf("settings\n got %+v\nwant %+v", got, tc.want)
+			}
+		})
+	}
+}
+
+// TestProxyPoolSettings: the pool keys reach proxy.Config, and pool_mode
+// defaults to session exactly when the proxy authenticates clients.
+func TestProxyPoolSettings(t *testing.T) {
+	userlist := writeTemp(t, "pool-userlist.txt", `"bob" "md5d41d8cd98f00b204e9800998ecf8427e"`)
+	for _, tc := range []struct {
+		name string
+		yaml string
+		want func(c proxy.Config) bool
+	}{
+		{"passthrough: none", "rw_listen: 127.0.0.1:0\n", func(c proxy.Config) bool { return c.PoolMode == proxy.PoolNone }},
+		{"own authentication: session, PgBouncer's defaults", "auth_type: md5\nauth_file: " + userlist + "\n", func(c proxy.Config) bool {
+			return c.PoolMode == proxy.PoolSession && c.PoolSize == 0 && c.ServerResetQuery == "DISCARD ALL" &&
+				c.ServerIdleTimeout == 600*time.Second && c.ServerLifetime == time.Hour &&
+				c.ServerCheckDelay == 30*time.Second && c.QueryWaitTimeout == 120*time.Second
+		}},
+		{"own authentication, pooling off", "auth_type: md5\npool_mode: none\nauth_file: " + userlist + "\n", func(c proxy.Config) bool { return c.PoolMode == proxy.PoolNone }},
+		{"every key", "auth_type: md5\nauth_file: " + userlist + "\npool_size: 7\nmax_db_connections: 30\nserver_idle_timeout: 1m\n" +
+			"server_lifetime: 2m\nserver_reset_query: RESET ALL\nserver_check_delay: 3s\nquery_wait_timeout: 4s\n", func(c proxy.Config) bool {
+			return c.PoolSize == 7 && c.MaxDBConnections == 30 && c.ServerIdleTimeout == time.Minute && c.ServerLifetime == 2*time.Minute &&
+				c.ServerResetQuery == "RESET ALL" && c.ServerCheckDelay == 3*time.Second && c.QueryWaitTimeout == 4*time.Second
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ps, err := parseProxyArgs([]string{"--config", writeConfig(t, tc.yaml)}, io.Discard)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cfg, err := ps.proxyConfig()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !tc.want(cfg) {
+				t.Errorf("config %+v", cfg)
 			}
 		})
 	}
@@ -177,6 +222,15 @@ func TestProxyRejectsBadConfigBeforeServing(t *testing.T) {
 		{name: "client_tls_ca_file without client TLS", args: []string{"--client-tls-ca-file", "/nonexistent/ca.pem"}, key: "client_tls_ca_file: client certificates need tls_mode"},
 		{name: "backend_tls_cert_file without backend TLS", args: []string{"--backend-tls-cert-file", "/nonexistent/c.pem", "--backend-tls-key-file", "/nonexistent/k.pem"}, key: "backend_tls_cert_file: a certificate for the servers needs backend_tls"},
 		{name: "backend_tls_cert_file missing", args: []string{"--backend-tls", "require", "--backend-tls-cert-file", "/nonexistent/c.pem", "--backend-tls-key-file", "/nonexistent/k.pem"}, key: "backend_tls_cert_file"},
+		{name: "pool_mode session in passthrough", args: []string{"--pool-mode", "session"}, key: "pool_mode: session needs the proxy's own authentication (auth_type)"},
+		{name: "unknown pool_mode", yaml: "pool_mode: transaction\n", key: "pool_mode"},
+		{name: "negative pool_size", args: []string{"--pool-size", "-1"}, key: "pool_size"},
+		{name: "negative max_db_connections", yaml: "max_db_connections: -5\n", key: "max_db_connections"},
+		{name: "zero server_idle_timeout", yaml: "server_idle_timeout: 0s\n", key: "server_idle_timeout"},
+		{name: "negative server_lifetime", args: []string{"--server-lifetime", "-1s"}, key: "server_lifetime"},
+		{name: "zero server_check_delay", args: []string{"--server-check-delay", "0s"}, key: "server_check_delay"},
+		{name: "bad query_wait_timeout", yaml: "query_wait_timeout: a while\n", key: "query_wait_timeout"},
+		{name: "empty server_reset_query", yaml: "server_reset_query: ' '\n", key: "server_reset_query"},
 		{name: "negative max_pending_clients", args: []string{"--max-pending-clients", "-1"}, key: "max_pending_clients"},
 		{name: "bad startup_packet_timeout", yaml: "startup_packet_timeout: soon\n", key: "startup_packet_timeout"},
 		{name: "negative startup_packet_timeout", args: []string{"--startup-packet-timeout", "-1s"}, key: "startup_packet_timeout"},

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"strings"
 	"syscall"
 	"time"
 
@@ -87,6 +88,15 @@ type proxySettings struct {
 	// AdminUsers may open the admin console (database pharos).
 	AdminUsers []string `yaml:"admin_users"`
 
+	PoolMode          string   `yaml:"pool_mode"` // "": session with the proxy's own authentication, none in passthrough
+	PoolSize          int      `yaml:"pool_size"`
+	MaxDBConnections  int      `yaml:"max_db_connections"`
+	ServerIdleTimeout duration `yaml:"server_idle_timeout"`
+	ServerLifetime    duration `yaml:"server_lifetime"`
+	ServerResetQuery  string   `yaml:"server_reset_query"`
+	ServerCheckDelay  duration `yaml:"server_check_delay"`
+	QueryWaitTimeout  duration `yaml:"query_wait_timeout"`
+
 	MaxClients           int      `yaml:"max_clients"`
 	MaxPendingClients    int      `yaml:"max_pending_clients"` // 0: max_clients
 	StartupPacketTimeout duration `yaml:"startup_packet_timeout"`
@@ -117,6 +127,11 @@ func defaultProxySettings() proxySettings {
 		AuthQuery:            proxy.DefaultAuthQuery,
 		AuthDatabase:         "postgres",
 		AuthCacheTTL:         duration(proxy.DefaultAuthCacheTTL),
+		ServerIdleTimeout:    duration(proxy.DefaultServerIdleTimeout),
+		ServerLifetime:       duration(proxy.DefaultServerLifetime),
+		ServerResetQuery:     proxy.DefaultServerResetQuery,
+		ServerCheckDelay:     duration(proxy.DefaultServerCheckDelay),
+		QueryWaitTimeout:     duration(proxy.DefaultQueryWaitTimeout),
 		MaxClients:           proxy.DefaultMaxClients,
 		StartupPacketTimeout: duration(proxy.DefaultStartupPacketTimeout),
 		StartupTimeout:       duration(60 * time.Second),
@@ -171,6 +186,14 @@ func parseProxyArgs(args []string, stderr io.Writer) (proxySettings, error) {
 	str("auth-dbname", "database the auth query runs in", func(s *proxySettings) *string { return &s.AuthDatabase })
 	bind(o, "admin-users", "comma-separated users who may open the admin console (database pharos; needs auth-type other than passthrough)", parseList, func(s *proxySettings) *[]string { return &s.AdminUsers })
 	dur("auth-cache-ttl", "how long a looked-up verifier (or an unknown user) is cached; a failed login asks again", func(s *proxySettings) *duration { return &s.AuthCacheTTL })
+	str("pool-mode", "none (a server connection per client) or session (pooled; the default with the proxy's own authentication)", func(s *proxySettings) *string { return &s.PoolMode })
+	bind(o, "pool-size", "server connections per pool (endpoint, backend, user, database); 0 = no limit", parseInt, func(s *proxySettings) *int { return &s.PoolSize })
+	bind(o, "max-db-connections", "server connections per database and backend, all pools together; 0 = no limit", parseInt, func(s *proxySettings) *int { return &s.MaxDBConnections })
+	dur("server-idle-timeout", "close a pooled server connection idle this long", func(s *proxySettings) *duration { return &s.ServerIdleTimeout })
+	dur("server-lifetime", "close a pooled server connection this old when its client leaves", func(s *proxySettings) *duration { return &s.ServerLifetime })
+	str("server-reset-query", "query run on a server connection going back to the pool", func(s *proxySettings) *string { return &s.ServerResetQuery })
+	dur("server-check-delay", "check a pooled server connection idle longer than this (empty query) before reuse", func(s *proxySettings) *duration { return &s.ServerCheckDelay })
+	dur("query-wait-timeout", "time a client waits for a pooled server connection at pool-size or max-db-connections", func(s *proxySettings) *duration { return &s.QueryWaitTimeout })
 	bind(o, "max-clients", "authenticated sessions per endpoint", parseInt, func(s *proxySettings) *int { return &s.MaxClients })
 	bind(o, "max-pending-clients", "connections per endpoint still logging in (0 = max-clients); more are closed at once", parseInt, func(s *proxySettings) *int { return &s.MaxPendingClients })
 	dur("startup-packet-timeout", "time a new connection has to complete TLS and send its startup packet", func(s *proxySettings) *duration { return &s.StartupPacketTimeout })
@@ -212,6 +235,14 @@ func (ps proxySettings) proxyConfig() (proxy.Config, error) {
 		ConnectTimeout:        time.Duration(ps.ConnectTimeout),
 		MaxMessageSize:        int(ps.MaxMessageSize),
 		DrainTimeout:          time.Duration(ps.DrainTimeout),
+		PoolMode:              proxy.PoolMode(ps.PoolMode),
+		PoolSize:              ps.PoolSize,
+		MaxDBConnections:      ps.MaxDBConnections,
+		ServerIdleTimeout:     time.Duration(ps.ServerIdleTimeout),
+		ServerLifetime:        time.Duration(ps.ServerLifetime),
+		ServerResetQuery:      ps.ServerResetQuery,
+		ServerCheckDelay:      time.Duration(ps.ServerCheckDelay),
+		QueryWaitTimeout:      time.Duration(ps.QueryWaitTimeout),
 	}
 	if ps.AuthUser != "" {
 		pw, err := readSecret("auth_password", ps.AuthPassword, ps.AuthPasswordFile, "PHAROS_AUTH_PASSWORD")
@@ -222,6 +253,18 @@ func (ps proxySettings) proxyConfig() (proxy.Config, error) {
 	}
 	if ps.AuthCacheTTL <= 0 && ps.AuthUser != "" {
 		return cfg, usageErrorf("auth_cache_ttl: must be positive")
+	}
+	for _, d := range []struct {
+		key string
+		v   duration
+	}{{"server_idle_timeout", ps.ServerIdleTimeout}, {"server_lifetime", ps.ServerLifetime},
+		{"server_check_delay", ps.ServerCheckDelay}, {"query_wait_timeout", ps.QueryWaitTimeout}} {
+		if d.v <= 0 {
+			return cfg, usageErrorf("%s: must be positive", d.key)
+		}
+	}
+	if strings.TrimSpace(ps.ServerResetQuery) == "" {
+		return cfg, usageErrorf("server_reset_query: must not be empty (a pooled connection is reset before the next client gets it)")
 	}
 	if ps.MaxClients < 1 {
 		// 0 used to mean no limit; a limit is what keeps the proxy from

@@ -1,0 +1,163 @@
+package proxy
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/pharos-ha/pharos/wire"
+)
+
+// tcpPair returns both ends of a loopback TCP connection.
+func tcpPair(t *testing.T) (near, far net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	far, err = net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	near, err = ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { near.Close(); far.Close() })
+	return near, far
+}
+
+// TestAlive: the liveness check tells an open, quiet server connection
+// from one whose server closed it or sent something unasked (a FATAL
+// before closing), and never consumes a byte.
+func TestAlive(t *testing.T) {
+	near, far := tcpPair(t)
+	if !alive(near) {
+		t.Fatal("an open, quiet connection is not alive")
+	}
+	if _, err := far.Write([]byte("E")); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(20 * time.Millisecond)
+	if alive(near) {
+		t.Fatal("a connection with unrequested data is alive")
+	}
+	var b [1]byte
+	if _, err := io.ReadFull(near, b[:]); err != nil || b[0] != 'E' {
+		t.Fatalf("the peek consumed the byte: %q %v", b, err)
+	}
+	if !alive(near) {
+		t.Fatal("quiet again, but not alive")
+	}
+	_ = far.Close()
+	time.Sleep(20 * time.Millisecond)
+	if alive(near) {
+		t.Fatal("a connection the other side closed is alive")
+	}
+}
+
+// TestWakeWithoutClosing is the release path's wake, many times over with
+// data racing it: a pump blocked on a server socket is woken by an expired
+// read deadline (set from another goroutine, as release does), returns
+// ErrDeadlineExceeded, and once it has returned the deadline is cleared;
+// the connection then reads on with no byte lost or duplicated. Run it
+// under -race.
+func TestWakeWithoutClosing(t *testing.T) {
+	near, far := tcpPair(t)
+	buffers := &sync.Pool{New: func() any { b := make([]byte, 64); return &b }}
+	var got bytes.Buffer
+	var want bytes.Buffer
+	const rounds = 300
+	for i := range rounds {
+		msg := []byte{byte(i), byte(i >> 8), 'x'}
+		want.Write(msg)
+		done := make(chan error, 1)
+		go func() {
+			done <- pump(near, buffers, func(p []byte) bool { got.Write(p); return true })
+		}()
+		// Data before, during or after the wake: the pump reads it now or
+		// the next one does.
+		switch i % 3 {
+		case 0:
+			_, _ = far.Write(msg)
+			_ = near.SetReadDeadline(time.Now())
+		case 1:
+			_ = near.SetReadDeadline(time.Now())
+			_, _ = far.Write(msg)
+		case 2:
+			wrote := make(chan struct{})
+			go func() { _, _ = far.Write(msg); close(wrote) }()
+			_ = near.SetReadDeadline(time.Now())
+			<-wrote
+		}
+		select {
+		case err := <-done:
+			if !errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Fatalf("round %d: pump returned %v, want a deadline", i, err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("round %d: the wake was lost", i)
+		}
+		_ = near.SetReadDeadline(time.Time{})
+	}
+	// Whatever the last rounds left in the socket arrives now.
+	if got.Len() < want.Len() {
+		done := make(chan error, 1)
+		n := want.Len()
+		go func() {
+			done <- pump(near, buffers, func(p []byte) bool { got.Write(p); return got.Len() < n })
+		}()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			t.Fatal("the bytes left after the wakes never arrived")
+		}
+	}
+	if !bytes.Equal(got.Bytes(), want.Bytes()) {
+		t.Fatalf("bytes lost or reordered across wakes: got %d, want %d", got.Len(), want.Len())
+	}
+}
+
+func TestPoolSignature(t *testing.T) {
+	p := func(kv ...string) []wire.Param {
+		var out []wire.Param
+		for i := 0; i < len(kv); i += 2 {
+			out = append(out, wire.Param{Name: kv[i], Value: kv[i+1]})
+		}
+		return out
+	}
+	base := poolSignature(196608, p("user", "u", "database", "d", "application_name", "a", "DateStyle", "ISO"))
+	for _, tc := range []struct {
+		name   string
+		params []wire.Param
+		same   bool
+	}{
+		{"other order", p("DateStyle", "ISO", "application_name", "a", "database", "d", "user", "u"), true},
+		{"setting name in another case", p("user", "u", "database", "d", "APPLICATION_NAME", "a", "datestyle", "ISO"), true},
+		{"repeated name, last wins", p("user", "u", "database", "d", "application_name", "b", "application_name", "a", "DateStyle", "ISO"), true},
+		{"other value", p("user", "u", "database", "d", "application_name", "b", "DateStyle", "ISO"), false},
+		{"value case matters", p("user", "u", "database", "d", "application_name", "A", "DateStyle", "ISO"), false},
+		{"one more setting", p("user", "u", "database", "d", "application_name", "a", "DateStyle", "ISO", "TimeZone", "UTC"), false},
+		{"one setting less", p("user", "u", "database", "d", "application_name", "a"), false},
+		{"other user", p("user", "v", "database", "d", "application_name", "a", "DateStyle", "ISO"), false},
+		{"options", p("user", "u", "database", "d", "application_name", "a", "DateStyle", "ISO", "options", "-c x=1"), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := poolSignature(196608, tc.params) == base; got != tc.same {
+				t.Fatalf("same signature: %v, want %v", got, tc.same)
+			}
+		})
+	}
+	if poolSignature(196608, p("user", "u")) != poolSignature(196608, p("user", "u", "database", "u")) {
+		t.Error("the database defaults to the user, as in the server")
+	}
+	if poolSignature(196608, p("user", "u")) == poolSignature(196610, p("user", "u")) {
+		t.Error("protocol 3.0 and 3.2 share a signature")
+	}
+}
