@@ -480,7 +480,6 @@ func (s *Server) serversInUse(db string) int {
 	return n
 }
 
-
 // Reload applies what can change while the proxy runs: the TLS
 // certificate is read again, auth_file is read again, and the auth_query
 // cache is dropped. What fails keeps its previous state (a half-written

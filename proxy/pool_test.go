@@ -431,9 +431,8 @@ func TestPoolExpiry(t *testing.T) {
 	t.Run("server_lifetime", func(t *testing.T) {
 		p := startPoolProxy(t, proxy.Config{ServerLifetime: 500 * time.Millisecond})
 		pid := p.session(t, router.RW, "", func(*pgx.Conn) { time.Sleep(600 * time.Millisecond) })
-		if n := p.poolCount(router.RW, metrics.PoolExpired); n != 1 {
-			t.Errorf("expired %v, want 1", n)
-		}
+		// Counted once the proxy has seen the client go.
+		waitCount(t, func() float64 { return p.poolCount(router.RW, metrics.PoolExpired) }, 1)
 		if again := p.session(t, router.RW, "", nil); again == pid {
 			t.Fatal("a connection past server_lifetime was reused")
 		}
@@ -507,4 +506,15 @@ func TestPoolCancel(t *testing.T) {
 	case <-time.After(15 * time.Second):
 		t.Fatal("the cancel did not reach the server")
 	}
+}
+
+// TestPoolConsoleKill: the console's KILL also closes the database's idle
+// pooled connections, and only that database's.
+func TestPoolConsoleKill(t *testing.T) {
+	p := startConsoleProxy(t, proxy.Config{}, nil)
+	p.session(t, router.RW, "", nil)
+	p.session(t, router.RW, "dbname=postgres", nil)
+	p.waitIdle(t, router.RW, 2)
+	mustExec(t, consoleConnect(t, p, router.RW, consoleAdmin), "KILL "+pglocal.AppDB)
+	p.waitIdle(t, router.RW, 1)
 }
