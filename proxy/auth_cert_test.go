@@ -1,6 +1,7 @@
 package proxy_test
 
 import (
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -204,5 +205,74 @@ func TestProxyAuthCert(t *testing.T) {
 func TestProxyAuthCertPlaintext(t *testing.T) {
 	p, _ := certProxy(t, proxy.TLSAllow, newTestCA(t, "pharos test client CA"))
 	err := tryConnect(t, p.DSN(router.RW, pglocal.UserTrust, "sslmode=disable"))
+	wantPgError(t, err, "28000", "connection requires a valid client certificate")
+}
+
+// TestProxyAuthCertBackendCertificate: a certificate user whose server
+// uses PostgreSQL's own cert method (hostssl ... cert): the proxy logs in
+// with its backend_tls_cert_file certificate, and without one the
+// server's refusal reaches the client.
+func TestProxyAuthCertBackendCertificate(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	private, err := pglocal.NewCluster(ctx, pglocal.Options{SSL: true, Fast: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cctx, ccancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer ccancel()
+		if err := private.Close(cctx); err != nil {
+			t.Errorf("close private cluster: %v", err)
+		}
+	})
+	const certUser = "app_cert" // no password: only a certificate lets it in
+	ca := newTestCA(t, "pharos test CA")
+	pg := private.Primary()
+	// The server trusts the CA and wants a certificate of certUser.
+	caData, err := os.ReadFile(ca.File)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caPath := filepath.Join(pg.DataDir, "client-ca.crt")
+	if err := os.WriteFile(caPath, caData, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	owner := private.Owner()
+	if err := os.Chown(caPath, int(owner.UID), int(owner.GID)); err != nil {
+		t.Fatal(err)
+	}
+	hbaPath := filepath.Join(pg.DataDir, "pg_hba.conf")
+	hba, err := os.ReadFile(hbaPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(hbaPath, append([]byte("hostssl all "+certUser+" 127.0.0.1/32 cert\n"), hba...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	super := superConnect(t, pg, "postgres")
+	for _, q := range []string{"CREATE ROLE " + certUser + " LOGIN", "ALTER SYSTEM SET ssl_ca_file = '" + caPath + "'", "SELECT pg_reload_conf()"} {
+		if _, err := super.Exec(ctx, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+
+	start := func(backendCert bool) *testProxy {
+		certFile, keyFile := clientTLSFiles(t)
+		cfg := proxy.Config{
+			TLSMode: proxy.TLSRequire, CertFile: certFile, KeyFile: keyFile,
+			ClientTLSCAFile: ca.File, AuthType: proxy.AuthCert,
+			BackendTLS: proxy.BackendTLSRequire,
+		}
+		if backendCert {
+			cfg.BackendCertFile, cfg.BackendKeyFile = ca.issue(t, certUser)
+		}
+		return startProxy(t, proxyOptions{Cluster: private, Config: cfg})
+	}
+	c, k := ca.issue(t, certUser)
+	opts := "dbname=postgres sslmode=require sslcert=" + c + " sslkey=" + k
+	whoami(t, start(true).connect(t, router.RW, certUser, opts), certUser, false)
+	// Without the proxy's certificate the server refuses, and says so.
+	err = tryConnect(t, start(false).DSN(router.RW, certUser, opts))
 	wantPgError(t, err, "28000", "connection requires a valid client certificate")
 }
