@@ -1,10 +1,17 @@
 package proxy_test
 
 import (
+	"crypto/ed25519"
+	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"fmt"
+	"math/big"
 	"net"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -252,4 +259,38 @@ func (c *tlsAuthConn) scram(mech string, ex *pgauth.ClientExchange) ([]byte, err
 		return nil, fmt.Errorf("got %#v, want AuthenticationOk", msg)
 	}
 	return fin.Data, nil
+}
+
+// TestProxyAuthChannelBindingEd25519: a certificate without a
+// tls-server-end-point hash (Ed25519) gets no -PLUS offer: a TLS client
+// says "y" and logs in, one that requires binding is told by its driver.
+func TestProxyAuthChannelBindingEd25519(t *testing.T) {
+	_, key, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		Subject:      pkix.Name{CommonName: "pharos ed25519 test"},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(24 * time.Hour),
+		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pkcs8, _ := x509.MarshalPKCS8PrivateKey(key)
+	dir := t.TempDir()
+	certFile, keyFile := filepath.Join(dir, "ed.crt"), filepath.Join(dir, "ed.key")
+	_ = os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
+	_ = os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: pkcs8}), 0o600)
+	p := startProxy(t, proxyOptions{
+		Config: proxy.Config{TLSMode: proxy.TLSRequire, CertFile: certFile, KeyFile: keyFile, AuthType: proxy.AuthSCRAM, AuthFile: writeAuthFile(t)},
+	})
+	whoami(t, p.connect(t, router.RW, pglocal.UserSCRAM, "sslmode=require channel_binding=prefer"), pglocal.UserSCRAM, false)
+	err = tryConnect(t, p.DSN(router.RW, pglocal.UserSCRAM, "sslmode=require channel_binding=require"))
+	if err == nil || !strings.Contains(err.Error(), "SCRAM-SHA-256-PLUS") {
+		t.Fatalf("channel_binding=require against a certificate without a binding: %v", err)
+	}
 }
