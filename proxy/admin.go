@@ -127,6 +127,11 @@ func (a *adminState) pausedList() (all bool, dbs []string) {
 // session's end, or its startup deadline (startup_timeout from accept: the
 // client is still logging in, it has not had its AuthenticationOk).
 func (sess *session) waitResumed(db string, deadline time.Time) (metrics.Outcome, error) {
+	return sess.waitResumedFor(db, deadline, "startup_timeout")
+}
+
+// waitResumedFor is waitResumed with the deadline named by bound.
+func (sess *session) waitResumedFor(db string, deadline time.Time, bound string) (metrics.Outcome, error) {
 	s := sess.srv
 	paused, resumed := s.admin.pausedFor(db)
 	if !paused {
@@ -141,12 +146,12 @@ func (sess *session) waitResumed(db string, deadline time.Time) (metrics.Outcome
 		case <-resumed:
 		case <-tick.C:
 			if sess.ended.Load() != nil {
-				return metrics.OutcomeShuttingDown, errors.New("session ended while its database was paused")
+				return metrics.OutcomeShuttingDown, fmt.Errorf("while its database was paused: %w", errSessionEnded)
 			}
 			continue
 		case <-timer.C:
 			return metrics.OutcomeTimeout, &startupError{code: wire.CodeCannotConnectNow, message: fmt.Sprintf(
-				"pharos: database %q is paused (PAUSE on the admin console) and was not resumed within startup_timeout", db)}
+				"pharos: database %q is paused (PAUSE on the admin console) and was not resumed within %s", db, bound)}
 		}
 		paused, resumed = s.admin.pausedFor(db)
 	}
@@ -397,6 +402,8 @@ func (c *consoleConn) run(cmd consolecmd.Command) error {
 		if err := c.waitIdle(cmd.DB); err != nil {
 			return err
 		}
+		// The connections its clients gave back meanwhile.
+		s.closeIdleServers(cmd.DB)
 		c.complete("PAUSE")
 	case consolecmd.Resume:
 		if err := s.admin.resume(cmd.DB); err != nil {
@@ -461,9 +468,14 @@ func (s *Server) kill(db string) int {
 }
 
 // serversInUse counts the server connections of db ("" for all) that a
-// client holds.
+// client holds, or that a pool is opening or resetting.
 func (s *Server) serversInUse(db string) int {
 	n := 0
+	for _, p := range s.poolStats() {
+		if db == "" || p.Database == db {
+			n += p.SvLogin + p.SvTested
+		}
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for sess := range s.sessions {

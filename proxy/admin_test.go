@@ -571,3 +571,181 @@ func TestConsoleReload(t *testing.T) {
 		t.Fatalf("console after a failed RELOAD: %+v", r)
 	}
 }
+
+func TestConsolePoolsAndServers(t *testing.T) {
+	p := startConsoleProxy(t, proxy.Config{}, nil)
+	admin := consoleConnect(t, p, router.RW, consoleAdmin)
+	app := appConnect(t, p, router.RW, "application_name=pooled-one")
+	mustExec(t, app, "SELECT 1")
+	pair := func() map[string]string {
+		rows := show(t, admin, "SHOW POOLS").where("database", pglocal.AppDB)
+		if len(rows) != 1 {
+			t.Fatalf("SHOW POOLS has %d rows for app: %v", len(rows), rows)
+		}
+		return rows[0]
+	}
+	if r := pair(); r["user"] != pglocal.UserSCRAM || r["cl_active"] != "1" || r["sv_active"] != "1" || r["pool_mode"] != "session" {
+		t.Fatalf("SHOW POOLS with one client: %v", r)
+	}
+	clients := show(t, admin, "SHOW CLIENTS").where("application_name", "pooled-one")
+	servers := show(t, admin, "SHOW SERVERS").where("database", pglocal.AppDB)
+	if len(clients) != 1 || len(servers) != 1 {
+		t.Fatalf("clients %v, servers %v", clients, servers)
+	}
+	c, sv := clients[0], servers[0]
+	if sv["state"] != "active" || sv["link"] != c["ptr"] || c["link"] != sv["ptr"] || sv["application_name"] != "pooled-one" ||
+		sv["endpoint"] != "rw" || sv["backend"] == "" || sv["remote_pid"] == "0" || sv["port"] != strconv.Itoa(addrPort(t, cluster.Primary().Addr())) {
+		t.Fatalf("client %v and its server %v", c, sv)
+	}
+	var pid string
+	if err := app.QueryRow(context.Background(), "SELECT pg_backend_pid()::text").Scan(&pid); err != nil || pid != sv["remote_pid"] {
+		t.Fatalf("backend pid %q (%v), SHOW SERVERS remote_pid %s", pid, err, sv["remote_pid"])
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = app.Close(ctx)
+	waitFor(t, 5*time.Second, "the server connection idle in the pool", func() bool {
+		r := pair()
+		return r["sv_idle"] == "1" && r["cl_active"] == "0" && r["sv_active"] == "0"
+	})
+	if s := show(t, admin, "SHOW SERVERS").where("database", pglocal.AppDB); len(s) != 1 || s[0]["state"] != "idle" || s[0]["link"] != "" {
+		t.Fatalf("the idle server: %v", s)
+	}
+	db := show(t, admin, "SHOW DATABASES").where("name", pglocal.AppDB)
+	if len(db) != 1 || db[0]["current_connections"] != "1" || db[0]["pool_mode"] != "session" || db[0]["paused"] != "0" {
+		t.Fatalf("SHOW DATABASES: %v", db)
+	}
+	// PAUSE closes the idle connections of the database.
+	mustExec(t, admin, "PAUSE app")
+	if s := show(t, admin, "SHOW SERVERS").where("database", pglocal.AppDB); len(s) != 0 {
+		t.Fatalf("servers of app after PAUSE: %v", s)
+	}
+	if db := show(t, admin, "SHOW DATABASES").where("name", pglocal.AppDB); db[0]["paused"] != "1" {
+		t.Fatalf("SHOW DATABASES while paused: %v", db)
+	}
+	mustExec(t, admin, "RESUME app")
+}
+
+func addrPort(t *testing.T, addr string) int {
+	t.Helper()
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := strconv.Atoi(port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// TestConsolePauseHoldsAGreetedClient: a pooled client greeted from the
+// pool's memory of its login holds no server connection until its first
+// message; a PAUSE since then holds that message until RESUME.
+func TestConsolePauseHoldsAGreetedClient(t *testing.T) {
+	p := startConsoleProxy(t, proxy.Config{}, nil)
+	admin := consoleConnect(t, p, router.RW, consoleAdmin)
+	first := appConnect(t, p, router.RW, "")
+	mustExec(t, first, "SELECT 1")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = first.Close(ctx)
+	waitFor(t, 5*time.Second, "the first client's connection back in the pool", func() bool {
+		s := show(t, admin, "SHOW SERVERS").where("database", pglocal.AppDB)
+		return len(s) == 1 && s[0]["state"] == "idle"
+	})
+	greeted := appConnect(t, p, router.RW, "")
+	paused := background(func() error {
+		_, err := admin.Exec(context.Background(), "PAUSE app")
+		return err
+	})
+	if waiting, err := pending(paused, 3*time.Second); waiting || err != nil {
+		t.Fatalf("PAUSE with only a greeted client: still waiting %v, err %v", waiting, err)
+	}
+	query := background(func() error {
+		_, err := greeted.Exec(context.Background(), "SELECT 1")
+		return err
+	})
+	if waiting, err := pending(query, 500*time.Millisecond); !waiting {
+		t.Fatalf("the greeted client's first query ran during PAUSE: %v", err)
+	}
+	other := consoleConnect(t, p, router.RO, consoleAdmin)
+	mustExec(t, other, "RESUME app")
+	if waiting, err := pending(query, 5*time.Second); waiting || err != nil {
+		t.Fatalf("the greeted client's query after RESUME: still waiting %v, err %v", waiting, err)
+	}
+}
+
+// TestConsolePgBouncerExporter runs the queries of
+// prometheus-community/pgbouncer_exporter (collector.go) and checks what it
+// needs of the answers: the columns it maps, numbers where it makes
+// gauges and counters, and label sets that do not repeat (a repeated one
+// fails its whole scrape).
+func TestConsolePgBouncerExporter(t *testing.T) {
+	p := startConsoleProxy(t, proxy.Config{}, nil)
+	app := appConnect(t, p, router.RW, "")
+	mustExec(t, app, "SELECT 1")
+	other := appConnect(t, p, router.RO, "dbname=postgres")
+	mustExec(t, other, "SELECT 1")
+	admin := consoleConnect(t, p, router.RW, consoleAdmin)
+	mustExec(t, admin, "SHOW STATS") // its ping
+	if r := show(t, admin, "SHOW VERSION;"); !slices.Equal(r.cols, []string{"version"}) || len(r.rows) != 1 {
+		t.Fatalf("SHOW VERSION: %+v", r)
+	}
+	lists := show(t, admin, "SHOW LISTS;")
+	if len(lists.cols) != 2 {
+		t.Fatalf("SHOW LISTS: %+v", lists)
+	}
+	for _, row := range lists.rows {
+		if _, err := strconv.ParseFloat(row[1], 64); err != nil {
+			t.Fatalf("SHOW LISTS %s = %q", row[0], row[1])
+		}
+	}
+	if r := show(t, admin, "SHOW CONFIG;"); len(r.cols) != 4 {
+		t.Fatalf("SHOW CONFIG has %d columns", len(r.cols))
+	}
+	for _, ns := range []struct {
+		query   string
+		labels  []string
+		numbers []string
+	}{
+		{"SHOW DATABASES;", []string{"name", "host", "port", "database", "force_user", "pool_mode"},
+			[]string{"pool_size", "max_connections", "current_connections", "paused", "disabled"}},
+		{"SHOW STATS_TOTALS;", []string{"database"},
+			[]string{"query_count", "query_time", "bytes_received", "bytes_sent", "wait_time", "xact_count", "xact_time"}},
+		{"SHOW POOLS;", []string{"database", "user"},
+			[]string{"cl_active", "cl_waiting", "sv_active", "sv_idle", "sv_used", "sv_tested", "sv_login", "maxwait"}},
+	} {
+		r := show(t, admin, ns.query)
+		seen := map[string]bool{}
+		for _, row := range r.rows {
+			var key []string
+			for _, l := range ns.labels {
+				i := r.col(l)
+				if i < 0 {
+					t.Fatalf("%s lacks label column %s: %v", ns.query, l, r.cols)
+				}
+				key = append(key, row[i])
+			}
+			k := strings.Join(key, "\x00")
+			if seen[k] {
+				t.Fatalf("%s repeats the labels %q", ns.query, key)
+			}
+			seen[k] = true
+			for _, n := range ns.numbers {
+				i := r.col(n)
+				if i < 0 {
+					t.Fatalf("%s lacks %s: %v", ns.query, n, r.cols)
+				}
+				if _, err := strconv.ParseFloat(row[i], 64); err != nil {
+					t.Fatalf("%s %s = %q", ns.query, n, row[i])
+				}
+			}
+		}
+		for _, db := range []string{pglocal.AppDB, "postgres"} {
+			if !slices.ContainsFunc(r.rows, func(row []string) bool { return row[0] == db }) {
+				t.Fatalf("%s has no row for %s: %+v", ns.query, db, r)
+			}
+		}
+	}
+}

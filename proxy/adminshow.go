@@ -51,7 +51,9 @@ var (
 	versionColumns       = []string{"version"}
 	stateColumns         = []string{"key", "value"}
 	intCols              = []string{"port", "local_port", "wait", "wait_us", "close_needed", "remote_pid",
-		"prepared_statements", "id"}
+		"prepared_statements", "id", "items", "pool_size", "min_pool_size", "reserve_pool_size", "server_lifetime",
+		"max_connections", "current_connections", "max_client_connections", "current_client_connections",
+		"paused", "disabled", "maxwait", "maxwait_us"}
 )
 
 // columns types a column list: counts and times are int8.
@@ -60,7 +62,8 @@ func columns(names []string) []column {
 	for i := range cols {
 		n := cols[i].name
 		if slices.Contains(intCols, n) || strings.HasPrefix(n, "total_") || strings.HasPrefix(n, "avg_") ||
-			strings.HasSuffix(n, "_count") || strings.HasSuffix(n, "_time") || strings.HasPrefix(n, "bytes_") {
+			strings.HasSuffix(n, "_count") || strings.HasSuffix(n, "_time") || strings.HasPrefix(n, "bytes_") ||
+			strings.HasPrefix(n, "cl_") || strings.HasPrefix(n, "sv_") {
 			cols[i].oid = oidInt8
 		}
 	}
@@ -129,6 +132,14 @@ func (c *consoleConn) show(what string) error {
 		c.table(columns(statsTotalsColumns), s.statsRows(true, false))
 	case "STATS_AVERAGES":
 		c.table(columns(statsAveragesColumns), s.statsRows(false, true))
+	case "POOLS":
+		c.table(columns(poolsColumns), s.poolsTable())
+	case "SERVERS":
+		c.table(columns(serversColumns), s.serversTable())
+	case "DATABASES":
+		c.table(columns(databasesColumns), s.databasesTable())
+	case "LISTS":
+		c.table(columns(listsColumns), s.listsTable())
 	case "STATE":
 		all, dbs := s.admin.pausedList()
 		c.table(columns(stateColumns), [][]cell{
@@ -137,13 +148,11 @@ func (c *consoleConn) show(what string) error {
 			{str("suspended"), str("no")},
 			{str("paused_databases"), str(strings.Join(dbs, ","))},
 		})
-	default:
-		return &consoleError{Code: codeNotSupported, Message: fmt.Sprintf("pharos console: SHOW %s is not available yet", what)}
 	}
 	return nil
 }
 
-const consoleHelp = `  SHOW HELP|CONFIG|CLIENTS|STATS|STATS_TOTALS|STATS_AVERAGES|STATE|VERSION
+const consoleHelp = `  SHOW HELP|POOLS|CLIENTS|SERVERS|STATS|STATS_TOTALS|STATS_AVERAGES|DATABASES|LISTS|CONFIG|STATE|VERSION
   PAUSE [<db>]     new sessions of <db> (of every database) wait; returns once its server connections are free
   RESUME [<db>]    ends PAUSE and KILL
   KILL [<db>]      cuts every session of <db> (57P01) and pauses it
@@ -206,7 +215,7 @@ func (s *Server) clientRows(now time.Time) [][]cell {
 		info := sess.info.Load()
 		sess.connMu.Lock()
 		client := sess.client
-		hasServer := sess.backend != nil
+		backend := sess.backend
 		sess.connMu.Unlock()
 		state, wait := "login", time.Duration(0)
 		switch w := sess.waitingSince.Load(); {
@@ -216,8 +225,8 @@ func (s *Server) clientRows(now time.Time) [][]cell {
 			state, wait = "waiting", now.Sub(time.Unix(0, w))
 		}
 		link := null
-		if hasServer && !info.console {
-			link = str(ptr(sess.id))
+		if backend != nil && !info.console {
+			link = str(connPtr(backend))
 		}
 		addr, port := hostPort(client.RemoteAddr())
 		laddr, lport := hostPort(client.LocalAddr())
@@ -284,7 +293,9 @@ type configRow struct {
 // are masked; "changeable" marks what RELOAD (or SIGHUP) applies: the
 // files named are read again, the keys themselves keep their values.
 func (s *Server) configRows() [][]cell {
-	var def Config
+	// The defaults of a config with this auth_type (pool_mode's depends
+	// on it).
+	def := Config{AuthType: s.cfg.AuthType}
 	def.Defaults()
 	c := s.cfg
 	secret := func(v string) string {
@@ -304,7 +315,7 @@ func (s *Server) configRows() [][]cell {
 		{"backend_tls_ca_file", c.BackendCAFile, "", false},
 		{"backend_tls_cert_file", c.BackendCertFile, "", false},
 		{"backend_tls_key_file", c.BackendKeyFile, "", false},
-		{"auth_type", string(c.AuthType), string(def.AuthType), false},
+		{"auth_type", string(c.AuthType), string(AuthPassthrough), false},
 		{"auth_file", c.AuthFile, "", true},
 		{"auth_user", c.AuthUser, "", false},
 		{"auth_password", secret(c.AuthPassword), "", false},
@@ -320,6 +331,14 @@ func (s *Server) configRows() [][]cell {
 		{"connect_timeout", configDuration(c.ConnectTimeout), configDuration(def.ConnectTimeout), false},
 		{"max_message_size", strconv.Itoa(c.MaxMessageSize), strconv.Itoa(def.MaxMessageSize), false},
 		{"drain_timeout", configDuration(c.DrainTimeout), configDuration(def.DrainTimeout), false},
+		{"pool_mode", string(c.PoolMode), string(def.PoolMode), false},
+		{"pool_size", strconv.Itoa(c.PoolSize), strconv.Itoa(def.PoolSize), false},
+		{"max_db_connections", strconv.Itoa(c.MaxDBConnections), strconv.Itoa(def.MaxDBConnections), false},
+		{"server_idle_timeout", configDuration(c.ServerIdleTimeout), configDuration(def.ServerIdleTimeout), false},
+		{"server_lifetime", configDuration(c.ServerLifetime), configDuration(def.ServerLifetime), false},
+		{"server_reset_query", c.ServerResetQuery, def.ServerResetQuery, false},
+		{"server_check_delay", configDuration(c.ServerCheckDelay), configDuration(def.ServerCheckDelay), false},
+		{"query_wait_timeout", configDuration(c.QueryWaitTimeout), configDuration(def.QueryWaitTimeout), false},
 		{"cancel_id", strconv.Itoa(int(s.CancelID())), "", false},
 		{"stats_period", configDuration(statsPeriod), configDuration(statsPeriod), false},
 	}

@@ -714,6 +714,7 @@ type ServerConnInfo struct {
 	ConnectTime time.Time
 	RequestTime time.Time
 	RemotePID   int
+	conn        *serverConn // for the console to find its client and socket
 }
 
 // poolStats returns a snapshot of the pools, sorted by database, user,
@@ -770,7 +771,7 @@ func (s *Server) serverConns() []ServerConnInfo {
 			host, port, _ := net.SplitHostPort(k.backend.Addr)
 			out = append(out, ServerConnInfo{Type: "S", User: k.user, Database: k.database, Endpoint: k.ep.String(),
 				Backend: k.backend.Name, State: state, Addr: host, Port: port, ConnectTime: c.created,
-				RequestTime: c.requestTime, RemotePID: int(c.pid)})
+				RequestTime: c.requestTime, RemotePID: int(c.pid), conn: c})
 		}
 	}
 	ps.mu.Unlock()

@@ -127,6 +127,12 @@ func (sess *session) runLazy(p *pool, sig string, startup []byte, told *loginSta
 		return
 	}
 	sess.waitingSince.Store(time.Now().UnixNano())
+	// A PAUSE since the greeting holds its first message, as PgBouncer
+	// holds a query.
+	if _, err := sess.waitResumedFor(p.key.database, time.Now().Add(s.cfg.QueryWaitTimeout), "query_wait_timeout"); err != nil {
+		sess.failAttached(err)
+		return
+	}
 	sc, err := sess.getServer(p, sig, startup, time.Now().Add(s.cfg.StartupTimeout))
 	if err != nil {
 		sess.failAttached(err)

@@ -200,7 +200,7 @@ func demo(ctx context.Context, o demoOptions, log *slog.Logger, stdout io.Writer
 	fmt.Fprintf(stdout, "\npharos demo is running (Ctrl-C stops it)\n\n")
 	fmt.Fprintf(stdout, "  read-write:  psql '%s'\n", rwDSN)
 	fmt.Fprintf(stdout, "  read-only:   psql '%s'\n", roDSN)
-	fmt.Fprintf(stdout, "  console:     psql '%s' -c 'SHOW CLIENTS'   (SHOW HELP lists the commands)\n", adminDSN)
+	fmt.Fprintf(stdout, "  console:     psql '%s' -c 'SHOW POOLS'   (SHOW HELP lists the commands)\n", adminDSN)
 	fmt.Fprintf(stdout, "  metrics:     %s\n", metricsURL)
 	fmt.Fprintf(stdout, "  settings:    %s   (source it: set -a; . %s)\n", envPath, envPath)
 	fmt.Fprintf(stdout, "  status:      %s ctl --etcd %s --cluster %s list\n", self, strings.Join(etcd.Endpoints(), ","), clusterName)

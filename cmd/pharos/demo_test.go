@@ -314,7 +314,7 @@ func demoConsole(t *testing.T, ctx context.Context, env map[string]string, banne
 	if dsn == "" {
 		t.Fatal("demo.env lacks PHAROS_ADMIN_DSN")
 	}
-	if line := "  console:     psql '" + dsn + "' -c 'SHOW CLIENTS'"; !bytes.Contains(banner, []byte(line)) {
+	if line := "  console:     psql '" + dsn + "' -c 'SHOW POOLS'"; !bytes.Contains(banner, []byte(line)) {
 		t.Errorf("the banner lacks %q:\n%s", line, banner)
 	}
 	cc, err := pgx.ParseConfig(dsn)
