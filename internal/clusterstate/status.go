@@ -34,6 +34,9 @@ type ClusterStatus struct {
 	Leader *Leader `json:"leader"`
 	// Members are the valid member records, sorted by name.
 	Members []cluster.Member `json:"members"`
+	// Proxies are the valid records of live proxies (on a lease), sorted
+	// by name.
+	Proxies []cluster.Proxy `json:"proxies"`
 	// Initialize is the bootstrap record; nil before the first bootstrap.
 	Initialize *cluster.Initialize `json:"initialize,omitempty"`
 	// History is the timeline history, oldest first.
@@ -115,7 +118,8 @@ func (s ClusterStatus) Member(name string) (cluster.Member, bool) {
 
 // Empty reports whether nothing of the layout is under the prefix.
 func (s ClusterStatus) Empty() bool {
-	return s.Leader == nil && len(s.Members) == 0 && s.Initialize == nil && len(s.History) == 0 && len(s.Invalid) == 0
+	return s.Leader == nil && len(s.Members) == 0 && s.Initialize == nil && len(s.History) == 0 && len(s.Invalid) == 0 &&
+		len(s.Proxies) == 0
 }
 
 // Status reads the cluster's keys with one Get on the prefix, so that the
@@ -131,6 +135,7 @@ func Status(ctx context.Context, cli *clientv3.Client, keys cluster.Keys) (Clust
 		Prefix:   keys.Prefix(),
 		Revision: resp.Header.Revision,
 		Members:  []cluster.Member{},
+		Proxies:  []cluster.Proxy{},
 		History:  cluster.History{},
 		Invalid:  []InvalidRecord{},
 	}
@@ -156,6 +161,18 @@ func Status(ctx context.Context, cli *clientv3.Client, keys cluster.Keys) (Clust
 				invalid(key, kv.ModRevision, fmt.Errorf("member record names member %q", m.Name))
 			default:
 				st.Members = append(st.Members, m)
+			}
+		case cluster.KeyProxy:
+			p, err := cluster.ParseProxy(kv.Value)
+			switch {
+			case err != nil:
+				invalid(key, kv.ModRevision, err)
+			case p.Name != name:
+				invalid(key, kv.ModRevision, fmt.Errorf("proxy record names proxy %q", p.Name))
+			case kv.Lease == 0:
+				invalid(key, kv.ModRevision, fmt.Errorf("proxy record on no lease: not a live proxy's"))
+			default:
+				st.Proxies = append(st.Proxies, p)
 			}
 		case cluster.KeyInitialize:
 			in, err := cluster.ParseInitialize(kv.Value)
@@ -206,6 +223,7 @@ func Status(ctx context.Context, cli *clientv3.Client, keys cluster.Keys) (Clust
 	// etcd's key order is already name order; sorting keeps Members' doc
 	// true whatever the read options.
 	slices.SortFunc(st.Members, func(a, b cluster.Member) int { return strings.Compare(a.Name, b.Name) })
+	slices.SortFunc(st.Proxies, func(a, b cluster.Proxy) int { return strings.Compare(a.Name, b.Name) })
 	if st.Leader != nil {
 		_, st.Leader.HasRecord = st.Member(st.Leader.Name)
 	}

@@ -163,6 +163,7 @@ func TestStatusJSON(t *testing.T) {
 			HasRecord bool   `json:"has_record"`
 		} `json:"leader"`
 		Members []map[string]any `json:"members"`
+		Proxies []any            `json:"proxies"`
 		Init    struct {
 			SystemID string `json:"system_id"`
 			By       string `json:"by"`
@@ -292,6 +293,113 @@ func TestStatusReportsInvalidRecords(t *testing.T) {
 	got := table(t, st)
 	if !strings.Contains(got, "invalid records:\n") || !strings.Contains(got, "  "+k.Member("n2")+" (mod revision "+itoa(badRev)+"): member record") {
 		t.Errorf("invalid records not shown:\n%s", got)
+	}
+}
+
+// TestStatusListsProxies: live proxies are listed under the members, in
+// the table and in JSON; a half-written record, one on no lease and one
+// naming another proxy are invalid records instead.
+func TestStatusListsProxies(t *testing.T) {
+	cli := etcd(t)
+	k := keys(t, "c1")
+	threeMembers(t, cli, k)
+	lease, err := cli.Grant(t.Context(), 60)
+	if err != nil {
+		t.Fatal(err)
+	}
+	putProxy := func(key string, p cluster.Proxy, leased bool) {
+		t.Helper()
+		b, err := cluster.MarshalProxy(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var opts []clientv3.OpOption
+		if leased {
+			opts = append(opts, clientv3.WithLease(lease.ID))
+		}
+		if _, err := cli.Put(t.Context(), key, string(b), opts...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	started := time.Date(2026, 12, 2, 18, 0, 0, 0, time.UTC)
+	pa := cluster.Proxy{Name: "pa:6432", Version: "v1.2", StartedAt: started, CancelID: 1,
+		Listeners: cluster.ProxyListeners{RW: "10.0.0.9:6432", RO: "10.0.0.9:6433", Metrics: "10.0.0.9:6434"}}
+	pb := cluster.Proxy{Name: "pb", Version: "v1.2", StartedAt: started, Listeners: cluster.ProxyListeners{RO: "10.0.0.8:6433"}}
+	putProxy(k.Proxy("pb"), pb, true)
+	putProxy(k.Proxy("pa:6432"), pa, true)
+	putProxy(k.Proxy("unleased"), cluster.Proxy{Name: "unleased", Listeners: pb.Listeners}, false)
+	putProxy(k.Proxy("liar"), pa, true)
+	if _, err := cli.Put(t.Context(), k.Proxy("half"), `{"name":"half","listeners":{"rw":"10.`, clientv3.WithLease(lease.ID)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.Put(t.Context(), k.CancelID(1), "pa:6432", clientv3.WithLease(lease.ID)); err != nil {
+		t.Fatal(err)
+	}
+
+	st := status(t, cli, k)
+	if len(st.Proxies) != 2 || st.Proxies[0] != pa || st.Proxies[1] != pb {
+		t.Fatalf("proxies %+v, want pa:6432 and pb", st.Proxies)
+	}
+	bad := map[string]string{k.Proxy("unleased"): "no lease", k.Proxy("liar"): `names proxy "pa:6432"`, k.Proxy("half"): "proxy record"}
+	if len(st.Invalid) != len(bad) {
+		t.Fatalf("invalid %+v, want %d", st.Invalid, len(bad))
+	}
+	for _, r := range st.Invalid {
+		if w := bad[r.Key]; w == "" || !strings.Contains(r.Error, w) {
+			t.Errorf("invalid %s: %q, want it to mention %q", r.Key, r.Error, w)
+		}
+	}
+	got := table(t, st)
+	blocks := strings.Split(got, "\n\n")
+	last := strings.Split(strings.TrimRight(blocks[len(blocks)-1], "\n"), "\n")
+	want := [][]string{
+		{"PROXY", "RW", "RO", "METRICS", "VERSION", "STARTED", "CANCEL", "ID"},
+		{"pa:6432", "10.0.0.9:6432", "10.0.0.9:6433", "10.0.0.9:6434", "v1.2", "2026-12-02T18:00:00Z", "1"},
+		{"pb", "-", "10.0.0.8:6433", "-", "v1.2", "2026-12-02T18:00:00Z", "-"},
+	}
+	if len(last) != len(want) {
+		t.Fatalf("last block of the table:\n%s\nwant the proxies", got)
+	}
+	for i, w := range want {
+		if g := strings.Fields(last[i]); strings.Join(g, " ") != strings.Join(w, " ") {
+			t.Errorf("proxy line %d = %q, want fields %q", i, last[i], w)
+		}
+	}
+	if !strings.HasPrefix(got, "MEMBER") {
+		t.Errorf("the members table no longer comes first:\n%s", got)
+	}
+	var js bytes.Buffer
+	if err := ctl.WriteJSON(&js, st); err != nil {
+		t.Fatal(err)
+	}
+	var doc struct {
+		Proxies []map[string]any `json:"proxies"`
+	}
+	if err := json.Unmarshal(js.Bytes(), &doc); err != nil {
+		t.Fatal(err)
+	}
+	if len(doc.Proxies) != 2 || doc.Proxies[0]["name"] != "pa:6432" || doc.Proxies[0]["cancel_id"] != float64(1) ||
+		doc.Proxies[0]["listeners"].(map[string]any)["metrics"] != "10.0.0.9:6434" || doc.Proxies[0]["started_at"] != "2026-12-02T18:00:00Z" {
+		t.Errorf("JSON proxies: %v", doc.Proxies)
+	}
+}
+
+// TestStatusNoProxiesJSON: with no proxy the JSON has an empty list, and
+// the table no proxy block.
+func TestStatusNoProxiesJSON(t *testing.T) {
+	cli := etcd(t)
+	k := keys(t, "c1")
+	threeMembers(t, cli, k)
+	st := status(t, cli, k)
+	var js bytes.Buffer
+	if err := ctl.WriteJSON(&js, st); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(js.String(), `"proxies": []`) {
+		t.Errorf("JSON without proxies:\n%s", js.String())
+	}
+	if strings.Contains(table(t, st), "PROXY") {
+		t.Error("a proxy table without proxies")
 	}
 }
 

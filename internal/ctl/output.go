@@ -95,8 +95,34 @@ func WriteTable(w io.Writer, s clusterstate.ClusterStatus) error {
 			fmt.Fprintf(&b, "  %s (mod revision %d): %s\n", r.Key, r.ModRevision, r.Error)
 		}
 	}
-	_, err := io.WriteString(w, b.String())
-	return err
+	if _, err := io.WriteString(w, b.String()); err != nil {
+		return err
+	}
+	return writeProxies(w, s.Proxies)
+}
+
+// writeProxies lists the live proxies under the members, after a blank
+// line; nothing when there is none.
+func writeProxies(w io.Writer, ps []cluster.Proxy) error {
+	if len(ps) == 0 {
+		return nil
+	}
+	fmt.Fprintln(w)
+	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
+	fmt.Fprintln(tw, "PROXY\tRW\tRO\tMETRICS\tVERSION\tSTARTED\tCANCEL ID")
+	for _, p := range ps {
+		id := "-"
+		if p.CancelID != 0 {
+			id = strconv.Itoa(int(p.CancelID))
+		}
+		started := "-"
+		if !p.StartedAt.IsZero() {
+			started = p.StartedAt.UTC().Format(time.RFC3339)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.Name, dash(p.Listeners.RW), dash(p.Listeners.RO),
+			dash(p.Listeners.Metrics), dash(p.Version), started, id)
+	}
+	return tw.Flush()
 }
 
 // Summary is the cluster on one line, for a human watching it change (the
