@@ -217,7 +217,9 @@ func (n descNames) Unregister(prometheus.Collector) bool { return false }
 // the metrics package defines (proxy, etcd source, agent, build info).
 func TestDocMetricNames(t *testing.T) {
 	defined := descNames{}
-	metrics.NewProxy(defined).RegisterEtcd(defined)
+	pm := metrics.NewProxy(defined)
+	pm.RegisterEtcd(defined)
+	pm.RegisterRegistry(defined)
 	metrics.NewAgent(defined)
 	metrics.RegisterBuildInfo(defined, "test", "test")
 	if len(defined) < 30 {

@@ -18,10 +18,12 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/pharos-ha/pharos/internal/cluster"
 	"github.com/pharos-ha/pharos/internal/etcdclient"
+	"github.com/pharos-ha/pharos/internal/proxyreg"
 	"github.com/pharos-ha/pharos/metrics"
 	"github.com/pharos-ha/pharos/proxy"
 	"github.com/pharos-ha/pharos/router"
@@ -42,6 +44,9 @@ type proxySettings struct {
 
 	Source   string   `yaml:"source"`
 	Backends []string `yaml:"backends"`
+	// Name is the proxy's name in the registry (source pharos only);
+	// "" means the host name and the rw listener's port.
+	Name string `yaml:"name"`
 
 	// The etcd-driven sources (pharos, patroni).
 	EtcdSettings     `yaml:",inline"`
@@ -156,6 +161,7 @@ func parseProxyArgs(args []string, stderr io.Writer) (proxySettings, error) {
 	str("log-level", "debug, info, warn or error", func(s *proxySettings) *string { return &s.LogLevel })
 	str("source", "topology source: static (health checks on --backends), pharos or patroni (etcd)", func(s *proxySettings) *string { return &s.Source })
 	bind(o, "backends", "comma-separated host:port list for --source static", parseList, func(s *proxySettings) *[]string { return &s.Backends })
+	str("name", "with --source pharos, the proxy's name in etcd (proxies/<name>; default host name:rw port)", func(s *proxySettings) *string { return &s.Name })
 	bindEtcdFlags(o, func(s *proxySettings) *EtcdSettings { return &s.EtcdSettings })
 	str("cluster", "cluster name in etcd (pharos: /pharos/<cluster>/; patroni: the scope)", func(s *proxySettings) *string { return &s.Cluster })
 	str("patroni-namespace", "Patroni's namespace (its default is /service)", func(s *proxySettings) *string { return &s.PatroniNamespace })
@@ -360,6 +366,9 @@ type proxyStack struct {
 	metrics     net.Listener // nil when disabled
 	handler     http.Handler
 	pprof       bool
+	// The registry (source pharos only; nil otherwise).
+	registrar *proxyreg.Registrar
+	directory *proxyreg.Directory
 }
 
 func newProxyStack(settings proxySettings, log *slog.Logger) (*proxyStack, error) {
@@ -370,9 +379,15 @@ func newProxyStack(settings proxySettings, log *slog.Logger) (*proxyStack, error
 	reg := metrics.NewRegistry()
 	metrics.RegisterBuildInfo(reg, "proxy", version)
 	m := metrics.NewProxy(reg)
-	src, closeSource, err := settings.newSource(log, m, reg)
+	src, etcdCli, closeSource, err := settings.newSource(log, m, reg)
 	if err != nil {
 		return nil, err
+	}
+	// Set before Serve starts; the closure lets New take it before the
+	// listeners (and so the default name) are known.
+	var directory *proxyreg.Directory
+	if etcdCli != nil && settings.Source == "pharos" {
+		pcfg.ForeignCancel = func(owner uint16) (string, bool) { return directory.CancelAddr(owner) }
 	}
 	r := router.New(router.Config{MaxLagBytes: int64(settings.MaxLag), ROFallbackToPrimary: settings.ROFallbackToPrimary}, log, m)
 	srv, err := proxy.New(pcfg, r, log, m)
@@ -394,7 +409,84 @@ func newProxyStack(settings proxySettings, log *slog.Logger) (*proxyStack, error
 		}
 		st.metrics = ln
 	}
+	if pcfg.ForeignCancel != nil {
+		registrar, dir, err := settings.newRegistry(etcdCli, st, m, log)
+		if err != nil {
+			srv.CloseListeners()
+			if st.metrics != nil {
+				_ = st.metrics.Close()
+			}
+			closeSource()
+			return nil, err
+		}
+		m.RegisterRegistry(reg)
+		st.registrar, st.directory, directory = registrar, dir, dir
+	}
 	return st, nil
+}
+
+// registryStartWait bounds how long a starting proxy waits for its first
+// registration before it accepts clients, so that the keys it issues carry
+// the cancel ID it claimed; with etcd unreachable it serves without (the
+// registrar keeps trying, the ID may then change, keys already issued keep
+// working on this proxy).
+const registryStartWait = 2 * time.Second
+
+// newRegistry builds the proxy's registrar and its directory of the other
+// proxies, for source pharos.
+func (ps proxySettings) newRegistry(cli *clientv3.Client, st *proxyStack, m *metrics.Proxy, log *slog.Logger) (*proxyreg.Registrar, *proxyreg.Directory, error) {
+	keys, err := cluster.NewKeys(ps.Cluster)
+	if err != nil {
+		return nil, nil, usageErrorf("cluster: %v", err)
+	}
+	host, err := os.Hostname()
+	if err != nil {
+		host = "localhost"
+	}
+	var lst cluster.ProxyListeners
+	if a := st.server.Addr(router.RW); a != nil {
+		lst.RW = advertised(a.String(), host)
+	}
+	if a := st.server.Addr(router.RO); a != nil {
+		lst.RO = advertised(a.String(), host)
+	}
+	if st.metrics != nil {
+		lst.Metrics = advertised(st.metrics.Addr().String(), host)
+	}
+	name := ps.Name
+	if name == "" {
+		port := "0"
+		if a := lst.CancelAddr(); a != "" {
+			_, port, _ = net.SplitHostPort(a)
+		}
+		name = host + ":" + port
+	}
+	if !cluster.ValidProxyName(name) {
+		return nil, nil, usageErrorf("name: %q is not a proxy name: at most 128 letters, digits, '-', '_', '.' and ':'", name)
+	}
+	rec := cluster.Proxy{Name: name, Version: version, Listeners: lst, StartedAt: time.Now().UTC().Truncate(time.Second)}
+	registrar, err := proxyreg.NewRegistrar(proxyreg.Config{
+		Client: cli, Keys: keys, Record: rec,
+		CancelID: st.server.CancelID, SetCancelID: st.server.SetCancelID,
+		Log: log, Metrics: m,
+	})
+	if err != nil {
+		return nil, nil, usageErrorf("%v", err)
+	}
+	return registrar, proxyreg.NewDirectory(cli, keys, name, log), nil
+}
+
+// advertised is a bound address as other proxies can dial it: an
+// unspecified host (0.0.0.0, ::) becomes the host name.
+func advertised(addr, hostname string) string {
+	h, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr
+	}
+	if ip := net.ParseIP(h); h == "" || (ip != nil && ip.IsUnspecified()) {
+		h = hostname
+	}
+	return net.JoinHostPort(h, port)
 }
 
 // topologySource feeds the router until its context ends.
@@ -402,33 +494,33 @@ type topologySource interface {
 	Run(ctx context.Context, r *router.Router) error
 }
 
-// newSource builds the configured topology source and a function that
-// releases what it holds (the etcd client).
-func (ps proxySettings) newSource(log *slog.Logger, m *metrics.Proxy, reg prometheus.Registerer) (topologySource, func(), error) {
+// newSource builds the configured topology source, its etcd client (nil
+// for static) and a function that releases what it holds (the client).
+func (ps proxySettings) newSource(log *slog.Logger, m *metrics.Proxy, reg prometheus.Registerer) (topologySource, *clientv3.Client, func(), error) {
 	nothing := func() {}
 	switch ps.Source {
 	case "static":
 		scfg, err := ps.staticConfig()
 		if err != nil {
-			return nil, nothing, err
+			return nil, nil, nothing, err
 		}
 		src, err := router.NewStatic(scfg, log, m)
 		if err != nil {
-			return nil, nothing, usageErrorf("%v", err)
+			return nil, nil, nothing, usageErrorf("%v", err)
 		}
-		return src, nothing, nil
+		return src, nil, nothing, nil
 	case "pharos", "patroni":
 	default:
-		return nil, nothing, usageErrorf("source: %q is not one of static, pharos, patroni", ps.Source)
+		return nil, nil, nothing, usageErrorf("source: %q is not one of static, pharos, patroni", ps.Source)
 	}
 	if len(ps.Etcd) == 0 {
-		return nil, nothing, usageErrorf("etcd: source %s needs at least one etcd endpoint", ps.Source)
+		return nil, nil, nothing, usageErrorf("etcd: source %s needs at least one etcd endpoint", ps.Source)
 	}
 	var format router.Format
 	if ps.Source == "pharos" {
 		keys, err := cluster.NewKeys(ps.Cluster)
 		if err != nil {
-			return nil, nothing, usageErrorf("cluster: %v", err)
+			return nil, nil, nothing, usageErrorf("cluster: %v", err)
 		}
 		format = router.NewPharosFormat(keys, log)
 	} else {
@@ -438,17 +530,17 @@ func (ps proxySettings) newSource(log *slog.Logger, m *metrics.Proxy, reg promet
 		}
 		keys, err := cluster.NewPatroniKeys(ps.PatroniNamespace, scope)
 		if err != nil {
-			return nil, nothing, usageErrorf("patroni_scope: %v", err)
+			return nil, nil, nothing, usageErrorf("patroni_scope: %v", err)
 		}
 		format = router.NewPatroniFormat(keys, log)
 	}
 	ecfg, err := ps.etcdConfig()
 	if err != nil {
-		return nil, nothing, err
+		return nil, nil, nothing, err
 	}
 	client, err := etcdclient.New(ecfg)
 	if err != nil {
-		return nil, nothing, usageErrorf("etcd: %v", err)
+		return nil, nil, nothing, usageErrorf("etcd: %v", err)
 	}
 	m.RegisterEtcd(reg)
 	src := router.NewEtcd(client, format, 0, log, m)
@@ -456,16 +548,16 @@ func (ps proxySettings) newSource(log *slog.Logger, m *metrics.Proxy, reg promet
 		hcfg, err := ps.healthConfig()
 		if err != nil {
 			_ = client.Close()
-			return nil, nothing, err
+			return nil, nil, nothing, err
 		}
 		checker, err := router.NewHealthChecker(hcfg, log, m)
 		if err != nil {
 			_ = client.Close()
-			return nil, nothing, usageErrorf("%v", err)
+			return nil, nil, nothing, usageErrorf("%v", err)
 		}
 		src.WithHealthChecks(checker)
 	}
-	return src, func() { _ = client.Close() }, nil
+	return src, client, func() { _ = client.Close() }, nil
 }
 
 // httpTimeouts bound how long a client of an HTTP listener can hold a
@@ -506,6 +598,21 @@ func (p *proxyStack) run(ctx context.Context, hup <-chan os.Signal) error {
 	g, gctx := errgroup.WithContext(ctx)
 	// The source outlives ctx: draining sessions still need fencing.
 	g.Go(func() error { return p.source.Run(srcCtx, p.router) })
+	if p.registrar != nil {
+		// So does the registration: other proxies pass cancel requests for
+		// the draining sessions on until Serve returns; then the lease is
+		// revoked.
+		g.Go(func() error { return p.registrar.Run(srcCtx) })
+		g.Go(func() error { return p.directory.Run(srcCtx) })
+		t := time.NewTimer(registryStartWait)
+		select {
+		case <-p.registrar.Ready():
+		case <-t.C:
+			log.Warn("not registered in etcd yet; serving, the registration goes on trying", "waited", registryStartWait)
+		case <-gctx.Done():
+		}
+		t.Stop()
+	}
 	g.Go(func() error {
 		defer stopSource()
 		return p.server.Serve(gctx)

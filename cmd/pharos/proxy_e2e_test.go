@@ -148,6 +148,7 @@ func TestBinaryReloadsTLSOnSIGHUP(t *testing.T) {
 type pharosProc struct {
 	cmd        *exec.Cmd
 	rw, ro     string
+	metrics    string
 	logPath    string
 	exited     chan struct{} // closed once cmd.Wait returned
 	exitStatus int
@@ -218,7 +219,7 @@ func launchPharosOnce(t *testing.T, bin string, extra []string) *pharosProc {
 		"--health-check-interval", "500ms", "--health-check-timeout", "400ms",
 		"--log-level", "debug",
 	}, extra...)
-	p := &pharosProc{rw: addrs[0], ro: addrs[1], logPath: filepath.Join(t.TempDir(), "pharos.log"), exited: make(chan struct{})}
+	p := &pharosProc{rw: addrs[0], ro: addrs[1], metrics: addrs[2], logPath: filepath.Join(t.TempDir(), "pharos.log"), exited: make(chan struct{})}
 	logf, err := os.Create(p.logPath)
 	if err != nil {
 		t.Fatal(err)
