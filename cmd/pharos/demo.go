@@ -150,6 +150,7 @@ func demo(ctx context.Context, o demoOptions, log *slog.Logger, stdout io.Writer
 	settings.Source = "pharos"
 	settings.Etcd = etcd.Endpoints()
 	settings.Cluster = clusterName
+	settings.Name = "demo-proxy"
 	settings.RWListen = "127.0.0.1:" + strconv.Itoa(o.basePort)
 	settings.ROListen = "127.0.0.1:" + strconv.Itoa(o.basePort+1)
 	settings.MetricsListen = "127.0.0.1:" + strconv.Itoa(o.basePort+2)

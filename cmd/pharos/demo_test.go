@@ -200,6 +200,9 @@ func demoFailover(t *testing.T, ctx context.Context, dir string, env map[string]
 	if st.Leader == nil {
 		t.Fatal("no leader in the running demo")
 	}
+	if len(st.Proxies) != 1 || st.Proxies[0].Name != "demo-proxy" || st.Proxies[0].CancelID == 0 {
+		t.Errorf("proxies registered by the demo: %+v, want demo-proxy with a cancel ID", st.Proxies)
+	}
 	old := st.Leader.Name
 	nodeDir := filepath.Join(dir, "nodes", old)
 	// The agent is the process whose command line names its data dir.
