@@ -420,6 +420,7 @@ func newProxyStack(settings proxySettings, log *slog.Logger) (*proxyStack, error
 			return nil, err
 		}
 		m.RegisterRegistry(reg)
+		m.CancelID.Set(float64(srv.CancelID())) // until the registration claims one
 		st.registrar, st.directory, directory = registrar, dir, dir
 	}
 	return st, nil
