@@ -645,7 +645,7 @@ func addrPort(t *testing.T, addr string) int {
 func TestConsolePauseHoldsAGreetedClient(t *testing.T) {
 	p := startConsoleProxy(t, proxy.Config{}, nil)
 	admin := consoleConnect(t, p, router.RW, consoleAdmin)
-	first := appConnect(t, p, router.RW, "")
+	first := appConnect(t, p, router.RW, "application_name=greeted") // the same parameters: the same pool signature
 	mustExec(t, first, "SELECT 1")
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -654,7 +654,17 @@ func TestConsolePauseHoldsAGreetedClient(t *testing.T) {
 		s := show(t, admin, "SHOW SERVERS").where("database", pglocal.AppDB)
 		return len(s) == 1 && s[0]["state"] == "idle"
 	})
-	greeted := appConnect(t, p, router.RW, "")
+	greeted := appConnect(t, p, router.RW, "application_name=greeted")
+	states := func() string {
+		rows := show(t, admin, "SHOW CLIENTS").where("application_name", "greeted")
+		if len(rows) != 1 {
+			t.Fatalf("SHOW CLIENTS rows of the greeted client: %v", rows)
+		}
+		return rows[0]["state"]
+	}
+	if st := states(); st != "idle" {
+		t.Fatalf("the greeted client before its first message is %q, want idle", st)
+	}
 	paused := background(func() error {
 		_, err := admin.Exec(context.Background(), "PAUSE app")
 		return err
@@ -668,6 +678,9 @@ func TestConsolePauseHoldsAGreetedClient(t *testing.T) {
 	})
 	if waiting, err := pending(query, 500*time.Millisecond); !waiting {
 		t.Fatalf("the greeted client's first query ran during PAUSE: %v", err)
+	}
+	if st := states(); st != "waiting" {
+		t.Fatalf("the greeted client held by PAUSE is %q, want waiting", st)
 	}
 	other := consoleConnect(t, p, router.RO, consoleAdmin)
 	mustExec(t, other, "RESUME app")

@@ -219,10 +219,12 @@ func (s *Server) clientRows(now time.Time) [][]cell {
 		sess.connMu.Unlock()
 		state, wait := "login", time.Duration(0)
 		switch w := sess.waitingSince.Load(); {
-		case sess.attached.Load():
+		case backend != nil || info.console:
 			state = "active"
 		case w != 0:
 			state, wait = "waiting", now.Sub(time.Unix(0, w))
+		case sess.attached.Load():
+			state = "idle" // greeted by the pool, no server connection until its first message
 		}
 		link := null
 		if backend != nil && !info.console {

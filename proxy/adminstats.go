@@ -98,9 +98,9 @@ type statsBook struct {
 }
 
 // markAssigned records how long the session waited for its server
-// connection; called once, when it is established.
+// connection, when it gets one; it is then no longer waiting.
 func (sess *session) markAssigned() {
-	if w := sess.waitingSince.Load(); w != 0 {
+	if w := sess.waitingSince.Swap(0); w != 0 {
 		sess.waited.Store(max(time.Now().UnixNano()-w, 0) + 1)
 	}
 }

@@ -116,6 +116,7 @@ func (sess *session) runLazy(p *pool, sig string, startup []byte, told *loginSta
 	if !sess.greet(told.negotiate, told.params) {
 		return
 	}
+	sess.waitingSince.Store(0) // idle, not waiting, until its first message
 	more, err := sess.awaitFirstMessage()
 	if !more {
 		if st := sess.ended.Load(); st != nil && st.message != "" {
