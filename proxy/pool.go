@@ -86,8 +86,9 @@ type pool struct {
 	// logins holds, per signature, what the server said at the last
 	// successful login: a client with that signature is answered from it
 	// at once and gets its server connection at its first message.
-	logins   map[string]*loginState
-	lastUsed time.Time
+	logins    map[string]*loginState
+	loggingIn map[string]chan struct{} // signatures with a first login under way, closed when it ends
+	lastUsed  time.Time
 	// For SHOW POOLS: the oldest current wait started at.
 	waitSince []time.Time
 }
@@ -140,7 +141,8 @@ func (s *Server) joinPool(key poolKey) *pool {
 			g = &dbGroup{key: dk}
 			ps.dbs[dk] = g
 		}
-		p = &pool{key: key, db: g, servers: make(map[*serverConn]struct{}), logins: make(map[string]*loginState)}
+		p = &pool{key: key, db: g, servers: make(map[*serverConn]struct{}), logins: make(map[string]*loginState),
+			loggingIn: make(map[string]chan struct{})}
 		g.pools = append(g.pools, p)
 		ps.byKey[key] = p
 	}
@@ -167,6 +169,25 @@ func (s *Server) login(p *pool, sig string) *loginState {
 	s.pools.mu.Lock()
 	defer s.pools.mu.Unlock()
 	return p.logins[sig]
+}
+
+// claimLogin makes the caller the one client of p logging in with sig,
+// or, when another one is, returns what closes when it is done. done
+// must be called once the caller's login ended, whatever its outcome.
+func (s *Server) claimLogin(p *pool, sig string) (wait <-chan struct{}, done func()) {
+	s.pools.mu.Lock()
+	defer s.pools.mu.Unlock()
+	if ch, ok := p.loggingIn[sig]; ok {
+		return ch, nil
+	}
+	ch := make(chan struct{})
+	p.loggingIn[sig] = ch
+	return nil, func() {
+		s.pools.mu.Lock()
+		delete(p.loggingIn, sig)
+		s.pools.mu.Unlock()
+		close(ch)
+	}
 }
 
 // publishLocked sets the gauges of ep.

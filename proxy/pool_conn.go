@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -70,14 +71,29 @@ func (sc *serverConn) setParam(name, value string) {
 }
 
 // captured is the ParameterStatus hook of the session's server-side
-// Framer.
+// Framer. A value the connection already had costs no allocation.
 func (sc *serverConn) captured(msg []byte) {
-	name, value, err := wire.ParseParameterStatus(msg)
-	if err != nil {
+	if msg == nil {
 		sc.lostParam = true
 		return
 	}
-	sc.setParam(name, value)
+	body := msg[wire.HeaderLen:]
+	i := bytes.IndexByte(body, 0)
+	j := -1
+	if i >= 0 {
+		j = bytes.IndexByte(body[i+1:], 0)
+	}
+	if i < 0 || j < 0 || i+1+j+1 != len(body) {
+		sc.lostParam = true
+		return
+	}
+	name, value := body[:i], body[i+1:i+1+j]
+	for k := range sc.params {
+		if sc.params[k].Name == string(name) && sc.params[k].Value == string(value) {
+			return
+		}
+	}
+	sc.setParam(string(name), string(value))
 }
 
 // openServer dials the route's backend and logs in as the client, with

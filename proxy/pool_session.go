@@ -56,11 +56,32 @@ func (sess *session) runPooled(pkt wire.StartupPacket, deadline time.Time) {
 		}
 		p := s.joinPool(poolKey{ep: sess.ep, backend: route.Backend, user: user, database: database})
 		sess.pool = p
-		if ls := s.login(p, sig); ls != nil {
+		ls := s.login(p, sig)
+		var loggedIn func()
+		if ls == nil {
+			// One login per key at a time: the others wait for what it
+			// learns and are answered from it, so a storm of new clients
+			// of one key does not fork a backend each at once.
+			var wait <-chan struct{}
+			wait, loggedIn = s.claimLogin(p, sig)
+			if wait != nil {
+				ctx, done := sess.waitContext(deadline)
+				select {
+				case <-wait:
+				case <-ctx.Done():
+				}
+				done()
+				ls = s.login(p, sig)
+			}
+		}
+		if ls != nil {
 			sess.runLazy(p, sig, startup, ls)
 			return
 		}
 		sc, err := sess.getServer(p, sig, startup, deadline)
+		if loggedIn != nil {
+			loggedIn()
+		}
 		var de *dialError
 		if errors.As(err, &de) && sess.ep == router.RO && attempt == 0 && sess.ended.Load() == nil {
 			s.log.Warn("backend connect failed", "endpoint", sess.ep, "backend", route.Backend.Name, "err", err)
@@ -170,18 +191,9 @@ func paramValue(ps []wire.Param, name string) (string, bool) {
 // one if the pool has none to give, and makes it the session's backend.
 func (sess *session) getServer(p *pool, sig string, startup []byte, deadline time.Time) (*serverConn, error) {
 	s := sess.srv
-	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.QueryWaitTimeout)
-	defer cancel()
-	sess.connMu.Lock()
-	sess.cancelWait = cancel
-	ended := sess.ended.Load() != nil
-	sess.connMu.Unlock()
-	defer func() {
-		sess.connMu.Lock()
-		sess.cancelWait = nil
-		sess.connMu.Unlock()
-	}()
-	if ended {
+	ctx, done := sess.waitContext(time.Now().Add(s.cfg.QueryWaitTimeout))
+	defer done()
+	if sess.ended.Load() != nil {
 		return nil, errSessionEnded
 	}
 	sc, err := s.checkout(ctx, p, sig, sess.route.Revoked())
@@ -207,7 +219,7 @@ func (sess *session) getServer(p *pool, sig string, startup []byte, deadline tim
 	}
 	sess.connMu.Lock()
 	sess.backend, sess.sc = sc.conn, sc
-	ended = sess.ended.Load() != nil
+	ended := sess.ended.Load() != nil
 	if ended {
 		sess.backend, sess.sc = nil, nil
 	}
@@ -222,6 +234,24 @@ func (sess *session) getServer(p *pool, sig string, startup []byte, deadline tim
 }
 
 var errSessionEnded = errors.New("session ended")
+
+// waitContext is a context for a wait of the session's, ending at
+// deadline or when the session ends; done releases it.
+func (sess *session) waitContext(deadline time.Time) (context.Context, func()) {
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	sess.connMu.Lock()
+	sess.cancelWait = cancel
+	if sess.ended.Load() != nil {
+		cancel()
+	}
+	sess.connMu.Unlock()
+	return ctx, func() {
+		sess.connMu.Lock()
+		sess.cancelWait = nil
+		sess.connMu.Unlock()
+		cancel()
+	}
+}
 
 // detach lets go of the session's server connection: end no longer
 // touches it and a CancelRequest finds nothing to cancel. It reports

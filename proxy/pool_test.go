@@ -518,3 +518,31 @@ func TestPoolConsoleKill(t *testing.T) {
 	mustExec(t, consoleConnect(t, p, router.RW, consoleAdmin), "KILL "+pglocal.AppDB)
 	p.waitIdle(t, router.RW, 1)
 }
+
+// TestPoolLoginStorm: many new clients of one key at once cost one
+// server login; the rest are answered from what it learnt.
+func TestPoolLoginStorm(t *testing.T) {
+	p := startPoolProxy(t, proxy.Config{})
+	const clients = 40
+	errs := make(chan error, clients)
+	conns := make(chan *pgx.Conn, clients)
+	for range clients {
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			c, err := pgx.Connect(ctx, p.DSN(router.RW, pglocal.UserSCRAM, "application_name=pool_storm"))
+			errs <- err
+			conns <- c
+		}()
+	}
+	for range clients {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+		c := <-conns
+		t.Cleanup(func() { _ = c.Close(context.Background()) })
+	}
+	if n := p.poolCount(router.RW, metrics.PoolOpened); n != 1 {
+		t.Fatalf("%v server logins for %d clients of one key connecting at once, want 1", n, clients)
+	}
+}
