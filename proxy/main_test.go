@@ -32,6 +32,10 @@ func TestMain(m *testing.M) {
 }
 
 func runMain(m *testing.M) int {
+	if primary := os.Getenv(idleChildEnv); primary != "" {
+		// The proxy process of TestIdleClientMemory, not a test run.
+		return runIdleChild(primary, os.Getenv(idleAuthFileEnv))
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	c, err := pglocal.NewCluster(ctx, pglocal.Options{Replicas: 1, SSL: true, Fast: true})

@@ -131,13 +131,31 @@ func (sess *session) acquireRoute(deadline time.Time, tried []*router.Backend) (
 
 // runLazy answers the client from the pool's memory of this signature's
 // login, then waits for its first message holding nothing but the
-// session, and only then takes a server connection.
+// session, and only then takes a server connection. The wait runs on a
+// new goroutine, which carries the session on and cleans it up: the
+// login grew this one's stack, which would stay that size while the
+// client idles (a stack only shrinks to a size it uses a quarter of),
+// and an idle client should cost little more than its socket.
 func (sess *session) runLazy(p *pool, sig string, startup []byte, told *loginState) {
-	s := sess.srv
 	if !sess.greet(told.negotiate, told.params) {
 		return
 	}
 	sess.waitingSince.Store(0) // idle, not waiting, until its first message
+	if sess.group == nil {
+		sess.serveLazy(p, sig, startup, told)
+		return
+	}
+	sess.parked = true
+	sess.group.Go(func() {
+		defer sess.cleanup()
+		sess.serveLazy(p, sig, startup, told)
+	})
+}
+
+// serveLazy is a lazily attached session from the wait for its client's
+// first message on.
+func (sess *session) serveLazy(p *pool, sig string, startup []byte, told *loginState) {
+	s := sess.srv
 	more, err := sess.awaitFirstMessage()
 	if !more {
 		if st := sess.ended.Load(); st != nil && st.message != "" {

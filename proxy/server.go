@@ -414,7 +414,9 @@ func (s *Server) acceptLoop(ctx context.Context, ep router.Endpoint, ln net.List
 			s.refusePending(ep, conn)
 			continue
 		}
-		sessions.Go(s.newSession(ep, conn).run)
+		sess := s.newSession(ep, conn)
+		sess.group = sessions
+		sessions.Go(sess.run)
 	}
 }
 

@@ -72,6 +72,8 @@ type session struct {
 	cancelWait context.CancelFunc // guarded by connMu: ends a wait for a server connection
 	fence      <-chan struct{}    // guarded by srv.mu: the revocation its fence ends it at
 	releasing  atomic.Bool        // the client left: the server side stops without closing
+	group      *sync.WaitGroup    // static: the server's sessions, which a parked session's goroutine joins
+	parked     bool               // owned by run: a new goroutine carries the session on and cleans up
 }
 
 // endState is why a session ends. An empty message means no FATAL is owed
@@ -201,22 +203,9 @@ func (sess *session) setAnswered(readyForQuery uint64, idle bool) {
 func (sess *session) run() {
 	s := sess.srv
 	defer func() {
-		s.retire(sess)
-		sess.connMu.Lock()
-		_ = sess.client.Close()
-		if sess.backend != nil {
-			_ = sess.backend.Close()
+		if !sess.parked {
+			sess.cleanup()
 		}
-		sess.connMu.Unlock()
-		if sess.pool != nil {
-			s.leavePool(sess.pool)
-		}
-		if sess.route != nil {
-			sess.route.Release()
-		}
-		s.dropCancel(&sess.cancelKey)
-		s.removeSession(sess)
-		sess.releaseSlot()
 	}()
 	if !s.addSession(sess) {
 		sess.refuse(metrics.OutcomeShuttingDown, wire.CodeAdminShutdown, "the proxy is shutting down")
@@ -272,6 +261,27 @@ func (sess *session) run() {
 		return
 	}
 	sess.relay(pkt, deadline)
+}
+
+// cleanup releases what the session holds, once it is over.
+func (sess *session) cleanup() {
+	s := sess.srv
+	s.retire(sess)
+	sess.connMu.Lock()
+	_ = sess.client.Close()
+	if sess.backend != nil {
+		_ = sess.backend.Close()
+	}
+	sess.connMu.Unlock()
+	if sess.pool != nil {
+		s.leavePool(sess.pool)
+	}
+	if sess.route != nil {
+		sess.route.Release()
+	}
+	s.dropCancel(&sess.cancelKey)
+	s.removeSession(sess)
+	sess.releaseSlot()
 }
 
 // startupError carries the SQLSTATE and text a client is told when its
