@@ -408,3 +408,28 @@ func TestConcurrentRegistrationsGetDistinctIDs(t *testing.T) {
 		}
 	}
 }
+
+// TestDuplicateNameIsLoud: a second proxy registering under a live
+// proxy's name says so; a proxy re-registering its own record does not.
+func TestDuplicateNameIsLoud(t *testing.T) {
+	_, cli := etcdlocal.StartForTest(t)
+	a := start(t, cli, record("px", "127.0.0.1:16432"), 0)
+	<-a.reg.Ready()
+	_, lease, _ := readRecord(t, cli, "px")
+	// Its own lease lost: its earlier record is no one else's.
+	if _, err := cli.Revoke(t.Context(), clientv3.LeaseID(lease)); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "registered again", func() bool {
+		_, l, ok := readRecord(t, cli, "px")
+		return ok && l != lease
+	})
+	b := start(t, cli, record("px", "127.0.0.1:26432"), 0)
+	<-b.reg.Ready()
+	if !strings.Contains(b.log.String(), "another live proxy is registered under this name") {
+		t.Fatal("the second proxy with the name did not say so")
+	}
+	if strings.Contains(a.log.String(), "another live proxy") {
+		t.Fatal("the proxy took its own record for another's")
+	}
+}

@@ -229,6 +229,7 @@ func (r *Registrar) session(ctx context.Context, registered func()) error {
 // transaction's revision.
 func (r *Registrar) claim(ctx context.Context, lease clientv3.LeaseID) (uint16, int64, error) {
 	cli, keys, name := r.cfg.Client, r.cfg.Keys, r.cfg.Record.Name
+	r.checkNameTaken(ctx)
 	// Each lost race means another proxy took an ID, so this ends.
 	for attempt := 0; attempt <= cluster.MaxCancelID; attempt++ {
 		octx, cancel := context.WithTimeout(ctx, r.cfg.OpTimeout)
@@ -270,6 +271,26 @@ func (r *Registrar) claim(ctx context.Context, lease clientv3.LeaseID) (uint16, 
 		// Another proxy took the ID between the read and the write.
 	}
 	return 0, 0, errors.New("lost every race for a cancel ID")
+}
+
+// checkNameTaken logs an error when a record under the proxy's name is on
+// a live lease and is not this proxy's own (another start time or
+// listeners): two proxies with one name overwrite each other's record, and
+// only the last writer's cancel ID is reachable from other proxies.
+func (r *Registrar) checkNameTaken(ctx context.Context) {
+	octx, cancel := context.WithTimeout(ctx, r.cfg.OpTimeout)
+	defer cancel()
+	resp, err := r.cfg.Client.Get(octx, r.cfg.Keys.Proxy(r.cfg.Record.Name))
+	if err != nil || len(resp.Kvs) == 0 || resp.Kvs[0].Lease == 0 {
+		return
+	}
+	p, err := cluster.ParseProxy(resp.Kvs[0].Value)
+	mine := r.cfg.Record
+	if err == nil && p.StartedAt.Equal(mine.StartedAt) && p.Listeners == mine.Listeners {
+		return
+	}
+	r.log.Error("another live proxy is registered under this name; proxy names must be unique in a cluster (set name)",
+		"key", r.cfg.Keys.Proxy(mine.Name), "other_listeners", p.Listeners, "other_started_at", p.StartedAt)
 }
 
 type claimKV struct {
