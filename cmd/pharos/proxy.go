@@ -600,9 +600,10 @@ func (p *proxyStack) run(ctx context.Context, hup <-chan os.Signal) error {
 	// The source outlives ctx: draining sessions still need fencing.
 	g.Go(func() error { return p.source.Run(srcCtx, p.router) })
 	if p.registrar != nil {
-		// So does the registration: other proxies pass cancel requests for
-		// the draining sessions on until Serve returns; then the lease is
-		// revoked.
+		// So does the registration: the record stays while sessions drain
+		// (the listeners are closed by then, so cancel requests other
+		// proxies pass on fail and are counted) and the lease is revoked
+		// once Serve returns.
 		g.Go(func() error { return p.registrar.Run(srcCtx) })
 		g.Go(func() error { return p.directory.Run(srcCtx) })
 		t := time.NewTimer(registryStartWait)
