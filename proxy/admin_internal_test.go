@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"log/slog"
 	"strings"
 	"testing"
 	"time"
@@ -78,5 +79,22 @@ func BenchmarkSample10kIdle(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		s.sample(time.Now(), sampleEvery)
+	}
+}
+
+// TestReloadDropsAuthQueryCache: RELOAD (and SIGHUP) forget every cached
+// auth_query answer, so each user is looked up again at its next login.
+func TestReloadDropsAuthQueryCache(t *testing.T) {
+	s := &Server{cfg: Config{TLSMode: TLSDisable}}
+	q := &queryUsers{srv: s, ttl: time.Hour, now: time.Now, cache: make(map[string]cachedUser)}
+	s.users = q
+	s.log = slog.New(slog.DiscardHandler)
+	q.store("alice", cachedUser{known: true, fetched: time.Now()})
+	q.store("nobody", cachedUser{fetched: time.Now()})
+	if err := s.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	if len(q.cache) != 0 {
+		t.Fatalf("cache after RELOAD: %v", q.cache)
 	}
 }
