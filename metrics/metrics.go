@@ -68,6 +68,7 @@ const (
 	CancelForwarded = "forwarded"          // sent to the server connection the key's session uses
 	CancelToProxy   = "forwarded_to_proxy" // the key is another proxy's: sent to it
 	CancelNoServer  = "no_server"          // the key's session has no server connection now
+	CancelConsole   = "console"            // the key is an admin console's: its waiting command stops
 	CancelUnknown   = "unknown_key"        // no session has the key (or the secret is wrong)
 	CancelFailed    = "failed"             // the server or proxy could not be reached
 )

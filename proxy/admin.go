@@ -30,7 +30,16 @@ const (
 	codeInsufficientPrivilege  = "42501"
 	codeNotInPrerequisiteState = "55000"
 	codeNotSupported           = consolecmd.CodeNotSupported
+	codeQueryCanceled          = "57014"
 )
+
+// pausedWhat names what a PAUSE of db pauses.
+func pausedWhat(db string) string {
+	if db == "" {
+		return "every database"
+	}
+	return fmt.Sprintf("database %q", db)
+}
 
 // maxConsoleMessage bounds a message from a console client.
 const maxConsoleMessage = 64 << 10
@@ -208,6 +217,12 @@ func (sess *session) console(deadline time.Time) {
 	} {
 		out = appendMsg(out, &pgproto3.ParameterStatus{Name: p[0], Value: p[1]})
 	}
+	// A CancelRequest with the console's key stops a waiting PAUSE (psql's
+	// Ctrl-C).
+	ck := &sess.cancelKey
+	ck.target.interrupt = make(chan struct{}, 1)
+	ck.ownPID, ck.ownSecret = s.issueCancelKey(&ck.target)
+	out = wire.AppendBackendKeyData(out, ck.ownPID, ck.ownSecret[:])
 	out = appendMsg(out, &pgproto3.ReadyForQuery{TxStatus: wire.TxIdle})
 	sess.countOutcome(metrics.OutcomeOK)
 	sess.setAnswered(0, true)
@@ -231,7 +246,7 @@ func (sess *session) console(deadline time.Time) {
 		sess.end("", "", "")
 		reader.Wait()
 	}()
-	c := &consoleConn{sess: sess, msgs: msgs}
+	c := &consoleConn{sess: sess, msgs: msgs, interrupt: ck.target.interrupt}
 	c.serve()
 	if st := sess.ended.Load(); st != nil && st.message != "" {
 		_ = sess.client.SetWriteDeadline(time.Now().Add(fatalWriteGrace))
@@ -265,7 +280,9 @@ type consoleConn struct {
 	sess *session
 	msgs <-chan consoleMsg
 	held *consoleMsg // read while a PAUSE waited, handled next
-	out  []byte
+	// interrupt gets the CancelRequests of the session's key.
+	interrupt <-chan struct{}
+	out       []byte
 	// skipping discards extended-protocol messages after the error that
 	// refused the first of them, up to Sync, as PostgreSQL does.
 	skipping bool
@@ -426,19 +443,27 @@ func (c *consoleConn) complete(tag string) {
 
 // waitIdle returns once no server connection of db ("" for all) is in use,
 // as PAUSE does in PgBouncer: in session mode, once their clients have
-// left. A client that leaves meanwhile stops the wait (the pause stays).
+// left. A CancelRequest, or the client leaving, stops the wait (the pause
+// stays).
 func (c *consoleConn) waitIdle(db string) error {
 	s := c.sess.srv
+	select {
+	case <-c.interrupt: // sent while nothing waited: it cancels nothing
+	default:
+	}
 	tick := time.NewTicker(consolePoll)
 	defer tick.Stop()
 	for s.serversInUse(db) > 0 {
+		msgs := c.msgs
 		if c.held != nil {
-			<-tick.C
-			continue
+			msgs = nil
 		}
 		select {
 		case <-tick.C:
-		case m := <-c.msgs:
+		case <-c.interrupt:
+			return &consoleError{Code: codeQueryCanceled, Message: fmt.Sprintf(
+				"canceling statement due to user request (PAUSE stopped waiting; %s stays paused until RESUME)", pausedWhat(db))}
+		case m := <-msgs:
 			if m.err != nil {
 				return errConsoleGone
 			}

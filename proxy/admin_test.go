@@ -762,3 +762,38 @@ func TestConsolePgBouncerExporter(t *testing.T) {
 		}
 	}
 }
+
+// TestConsolePauseCanceled: a CancelRequest with the console's key (psql's
+// Ctrl-C) stops a waiting PAUSE; the database stays paused.
+func TestConsolePauseCanceled(t *testing.T) {
+	p := startConsoleProxy(t, proxy.Config{}, nil)
+	held := appConnect(t, p, router.RW, "")
+	mustExec(t, held, "SELECT 1")
+	admin := consoleConnect(t, p, router.RW, consoleAdmin)
+	paused := background(func() error {
+		_, err := admin.Exec(context.Background(), "PAUSE app")
+		return err
+	})
+	if waiting, err := pending(paused, 500*time.Millisecond); !waiting {
+		t.Fatalf("PAUSE returned (%v) while a client of app held its server connection", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := admin.PgConn().CancelRequest(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waiting, err := pending(paused, 5*time.Second)
+	var pe *pgconn.PgError
+	if waiting || !errors.As(err, &pe) || pe.Code != "57014" ||
+		pe.Message != `canceling statement due to user request (PAUSE stopped waiting; database "app" stays paused until RESUME)` {
+		t.Fatalf("PAUSE after a CancelRequest: waiting %v, err %v", waiting, err)
+	}
+	if n := counter(p.Metrics.Cancels, metrics.CancelConsole); n != 1 {
+		t.Fatalf("console cancels counted: %v", n)
+	}
+	if st := show(t, admin, "SHOW STATE").where("key", "paused_databases"); len(st) != 1 || st[0]["value"] != "app" {
+		t.Fatalf("SHOW STATE after the canceled PAUSE: %v", st)
+	}
+	mustExec(t, held, "SELECT 1")
+	mustExec(t, admin, "RESUME app")
+}

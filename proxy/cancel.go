@@ -56,6 +56,10 @@ func CancelOwner(pid uint32) uint16 { return uint16(pid >> cancelSeqBits) }
 // server connection and clears it when it lets go of one; CancelRequests
 // read it from other goroutines. The zero value has no connection.
 type cancelTarget struct {
+	// interrupt, for an admin console's key, takes its CancelRequests
+	// instead of a server; set before the key is issued.
+	interrupt chan struct{}
+
 	mu   sync.Mutex
 	addr string // the server's address; "" while there is no connection
 	pid  uint32 // the server's own key
@@ -217,6 +221,14 @@ func (s *Server) lookupCancel(pid uint32, key []byte) (*cancelTarget, bool) {
 func (sess *session) handleCancel(pkt wire.StartupPacket) {
 	s := sess.srv
 	if t, ok := s.lookupCancel(pkt.CancelPID, pkt.CancelKey); ok {
+		if t.interrupt != nil {
+			select {
+			case t.interrupt <- struct{}{}:
+			default:
+			}
+			s.metrics.Cancels.WithLabelValues(metrics.CancelConsole).Inc()
+			return
+		}
 		addr, req := t.request()
 		if addr == "" {
 			s.metrics.Cancels.WithLabelValues(metrics.CancelNoServer).Inc()
