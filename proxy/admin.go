@@ -185,7 +185,7 @@ func (sess *session) console(deadline time.Time) {
 	s := sess.srv
 	info := sess.info.Load()
 	if s.cfg.AuthType == AuthPassthrough {
-		sess.refuse(metrics.OutcomeServerRefused, wire.CodeInvalidAuthSpec, fmt.Sprintf(
+		sess.refuse(metrics.OutcomeAuthFailed, wire.CodeInvalidAuthSpec, fmt.Sprintf(
 			"pharos: the admin console (database %q) needs the proxy's own authentication, and auth_type is passthrough", AdminDatabase))
 		return
 	}
@@ -232,6 +232,9 @@ func (sess *session) console(deadline time.Time) {
 	}
 	sess.connMu.Unlock()
 	sess.attached.Store(true)
+	if s.drainFlag.Load() {
+		sess.drainIfIdle()
+	}
 	s.log.Info("admin console opened", "user", info.user, "endpoint", sess.ep, "remote", sess.client.RemoteAddr())
 	if _, err := sess.client.Write(out); err != nil {
 		return
@@ -312,7 +315,7 @@ func (c *consoleConn) ready() {
 	c.out = appendMsg(c.out, &pgproto3.ReadyForQuery{TxStatus: wire.TxIdle})
 }
 
-func (c *consoleConn) error(err error) {
+func (c *consoleConn) fail(err error) {
 	var ce *consoleError
 	if !errors.As(err, &ce) {
 		ce = &consoleError{Code: "XX000", Message: "pharos console: " + err.Error()}
@@ -380,7 +383,7 @@ func (c *consoleConn) query(body []byte) error {
 	q := string(body[:len(body)-1])
 	cmds, err := consolecmd.Parse(q)
 	if err != nil {
-		c.error(err)
+		c.fail(err)
 		return nil
 	}
 	if len(cmds) == 0 {
@@ -392,7 +395,7 @@ func (c *consoleConn) query(body []byte) error {
 			if errors.Is(err, errConsoleGone) {
 				return err
 			}
-			c.error(err)
+			c.fail(err)
 			return nil
 		}
 	}

@@ -797,3 +797,23 @@ func TestConsolePauseCanceled(t *testing.T) {
 	mustExec(t, held, "SELECT 1")
 	mustExec(t, admin, "RESUME app")
 }
+
+// TestConsoleEndsWithTheDrain: a stopping proxy cuts an idle console with
+// 57P01 at once, as any idle session.
+func TestConsoleEndsWithTheDrain(t *testing.T) {
+	p := startConsoleProxy(t, proxy.Config{DrainTimeout: 10 * time.Second}, nil)
+	admin := consoleConnect(t, p, router.RW, consoleAdmin)
+	mustExec(t, admin, "SHOW VERSION")
+	start := time.Now()
+	p.Stop(t)
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("the drain took %v with only a console open", d)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, err := admin.Exec(ctx, "SHOW VERSION")
+	var pe *pgconn.PgError
+	if err == nil || (errors.As(err, &pe) && pe.Code != "57P01") {
+		t.Fatalf("console after the drain: %v", err)
+	}
+}
