@@ -546,3 +546,21 @@ func TestPoolLoginStorm(t *testing.T) {
 		t.Fatalf("%v server logins for %d clients of one key connecting at once, want 1", n, clients)
 	}
 }
+
+// TestPoolDrain: on shutdown a lazily attached idle client is told 57P01,
+// and the idle pooled connections are closed once the sessions are gone.
+func TestPoolDrain(t *testing.T) {
+	p := startPoolProxy(t, proxy.Config{})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	pid := p.session(t, router.RW, "application_name=pool_drain", nil)
+	p.waitIdle(t, router.RW, 1)
+	lazy := p.connect(t, router.RW, pglocal.UserSCRAM, "application_name=pool_drain")
+	p.Stop(t)
+	waitGone(t, cluster.Primary(), pid)
+	if _, err := lazy.Exec(ctx, "SELECT 1"); err == nil {
+		t.Fatal("a client of a stopped proxy ran a query")
+	} else if code := sqlStateOf(err); code != "" && code != wire.CodeAdminShutdown {
+		t.Fatalf("idle client after the drain: %v, want 57P01 or a closed connection", err)
+	}
+}
