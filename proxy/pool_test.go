@@ -3,12 +3,15 @@ package proxy_test
 import (
 	"context"
 	"errors"
+	"net"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
@@ -459,6 +462,11 @@ func TestPoolLazyAttach(t *testing.T) {
 	if got := gauge(p.Metrics.PoolClients, "rw", metrics.PoolActive); got != clients {
 		t.Errorf("pool clients active %v, want %d", got, clients)
 	}
+	// The router counts sessions, with or without a server connection,
+	// and not the idle pooled one.
+	if got := gauge(p.Metrics.BackendSessions, cluster.Primary().Addr()); got != clients {
+		t.Errorf("the router counts %v sessions on the primary, want %d", got, clients)
+	}
 	// What the client was told at connect is what the server says.
 	direct, err := cluster.Primary().Connect(ctx, pglocal.UserSCRAM, pglocal.PasswordSCRAM, pglocal.AppDB)
 	if err != nil {
@@ -562,5 +570,83 @@ func TestPoolDrain(t *testing.T) {
 		t.Fatal("a client of a stopped proxy ran a query")
 	} else if code := sqlStateOf(err); code != "" && code != wire.CodeAdminShutdown {
 		t.Fatalf("idle client after the drain: %v, want 57P01 or a closed connection", err)
+	}
+}
+
+// TestPoolProtocolNegotiation: a client asking for protocol 3.2 (which
+// the test servers negotiate down) gets the server's
+// NegotiateProtocolVersion before its AuthenticationOk, from a fresh login
+// and from the pool's memory of it alike, and 3.0 and 3.2 clients never
+// share a connection.
+func TestPoolProtocolNegotiation(t *testing.T) {
+	p := startProxy(t, proxyOptions{
+		Config: proxy.Config{AuthType: proxy.AuthTrust, AuthFile: writeAuthFile(t), PoolMode: proxy.PoolSession},
+		Ready:  func(rw string, ro []string) bool { return rw != "" && len(ro) > 0 },
+	})
+	login := func(version uint32) (negotiated bool, pid int32) {
+		t.Helper()
+		c, err := net.DialTimeout("tcp", p.Addr(router.RW).String(), 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		startup, err := wire.AppendStartupMessage(nil, version, []wire.Param{{Name: "user", Value: pglocal.UserTrust}, {Name: "database", Value: pglocal.AppDB}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Write(startup); err != nil {
+			t.Fatal(err)
+		}
+		fe := pgproto3.NewFrontend(c, c)
+		authOK := false
+		for {
+			msg, err := fe.Receive()
+			if err != nil {
+				t.Fatal(err)
+			}
+			switch m := msg.(type) {
+			case *pgproto3.NegotiateProtocolVersion:
+				if authOK || m.NewestMinorProtocol != 3<<16 {
+					t.Fatalf("NegotiateProtocolVersion %+v after AuthenticationOk %v", m, authOK)
+				}
+				negotiated = true
+			case *pgproto3.AuthenticationOk:
+				authOK = true
+			case *pgproto3.ErrorResponse:
+				t.Fatalf("%s %s", m.Code, m.Message)
+			case *pgproto3.DataRow:
+				v, _ := strconv.Atoi(string(m.Values[0]))
+				pid = int32(v)
+			case *pgproto3.ReadyForQuery:
+				if pid != 0 {
+					fe.Send(&pgproto3.Terminate{})
+					_ = fe.Flush()
+					return negotiated, pid
+				}
+				fe.Send(&pgproto3.Query{String: "SELECT pg_backend_pid()"})
+				if err := fe.Flush(); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+	var pids [2][]int32
+	for round := range 2 { // a fresh login, then the pool's memory of it
+		for i, v := range []uint32{3 << 16, 3<<16 | 2} {
+			nego, pid := login(v)
+			if nego != (v != 3<<16) {
+				t.Errorf("round %d, protocol %x: NegotiateProtocolVersion %v", round, v, nego)
+			}
+			pids[i] = append(pids[i], pid)
+			idle := 2 // one connection per protocol version, back in the pool
+			if round == 0 && i == 0 {
+				idle = 1
+			}
+			p.waitIdle(t, router.RW, idle)
+		}
+	}
+	if pids[0][0] != pids[0][1] || pids[1][0] != pids[1][1] || pids[0][0] == pids[1][0] {
+		t.Errorf("server pids 3.0 %v, 3.2 %v: want each reused and the two apart", pids[0], pids[1])
 	}
 }
