@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -77,17 +76,11 @@ func (sc *serverConn) captured(msg []byte) {
 		sc.lostParam = true
 		return
 	}
-	body := msg[wire.HeaderLen:]
-	i := bytes.IndexByte(body, 0)
-	j := -1
-	if i >= 0 {
-		j = bytes.IndexByte(body[i+1:], 0)
-	}
-	if i < 0 || j < 0 || i+1+j+1 != len(body) {
+	name, value, ok := wire.ParameterStatusBytes(msg)
+	if !ok {
 		sc.lostParam = true
 		return
 	}
-	name, value := body[:i], body[i+1:i+1+j]
 	for k := range sc.params {
 		if sc.params[k].Name == string(name) && sc.params[k].Value == string(value) {
 			return

@@ -422,16 +422,28 @@ func ParseSASLInitialResponse(p []byte) (mech string, data []byte, ok bool) {
 // ParseParameterStatus returns the name and value of a ParameterStatus
 // message (whole message).
 func ParseParameterStatus(msg []byte) (name, value string, err error) {
-	if len(msg) < HeaderLen || msg[0] != MsgParameterStatus {
-		return "", "", protocolErrorf("malformed ParameterStatus")
-	}
-	name, rest, ok := cutString(msg[HeaderLen:])
+	n, v, ok := ParameterStatusBytes(msg)
 	if !ok {
 		return "", "", protocolErrorf("malformed ParameterStatus")
 	}
-	value, rest, ok = cutString(rest)
-	if !ok || len(rest) != 0 {
-		return "", "", protocolErrorf("malformed ParameterStatus %q", name)
+	return string(n), string(v), nil
+}
+
+// ParameterStatusBytes is ParseParameterStatus without allocating: name
+// and value alias msg.
+func ParameterStatusBytes(msg []byte) (name, value []byte, ok bool) {
+	if len(msg) < HeaderLen || msg[0] != MsgParameterStatus {
+		return nil, nil, false
 	}
-	return name, value, nil
+	body := msg[HeaderLen:]
+	i := bytes.IndexByte(body, 0)
+	if i < 0 {
+		return nil, nil, false
+	}
+	name, rest := body[:i], body[i+1:]
+	j := bytes.IndexByte(rest, 0)
+	if j < 0 || j+1 != len(rest) {
+		return nil, nil, false
+	}
+	return name, rest[:j], true
 }

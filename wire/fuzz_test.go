@@ -237,6 +237,10 @@ func FuzzParseParameterStatus(f *testing.F) {
 	f.Add([]byte("S\x00\x00\x00\x05a"))
 	f.Fuzz(func(t *testing.T, msg []byte) {
 		name, value, err := wire.ParseParameterStatus(msg)
+		n, v, ok := wire.ParameterStatusBytes(msg)
+		if ok != (err == nil) || string(n) != name || string(v) != value {
+			t.Fatalf("%q: ParameterStatusBytes %q %q %v, ParseParameterStatus %q %q %v", msg, n, v, ok, name, value, err)
+		}
 		if err != nil {
 			return
 		}
