@@ -241,41 +241,97 @@ func (sc *serverConn) query(q []byte, want byte, deadline time.Time) error {
 	}
 }
 
-// alive reports whether a connection is open and quiet: a non-blocking
-// peek at its socket finds neither the end of the stream nor data (an
-// idle server says nothing unless it is going away, and what it then says
-// is a FATAL before it closes).
-func alive(c net.Conn) bool {
+// socketState is what a non-blocking peek at a connection's socket finds.
+type socketState uint8
+
+const (
+	socketQuiet  socketState = iota // open, nothing to read
+	socketData                      // open, something to read
+	socketClosed                    // end of stream, or an error
+)
+
+// peekSocket looks at a connection's socket without reading from it.
+func peekSocket(c net.Conn) socketState {
 	if tc, ok := c.(*tls.Conn); ok {
 		c = tc.NetConn()
 	}
 	tcp, ok := c.(*net.TCPConn)
 	if !ok {
-		return true
+		return socketQuiet
 	}
 	rc, err := tcp.SyscallConn()
 	if err != nil {
-		return false
+		return socketClosed
 	}
-	quiet := false
+	st := socketClosed
 	err = rc.Control(func(fd uintptr) {
 		var b [1]byte
 		for {
-			_, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-			if err == syscall.EINTR {
+			n, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+			switch {
+			case err == syscall.EINTR:
 				continue
+			case err == syscall.EAGAIN:
+				st = socketQuiet
+			case err == nil && n > 0:
+				st = socketData
 			}
-			quiet = err == syscall.EAGAIN
 			return
 		}
 	})
-	return err == nil && quiet
+	if err != nil {
+		return socketClosed
+	}
+	return st
 }
 
-// usable checks an idle connection just taken from the pool: alive, and
-// for one idle longer than ServerCheckDelay, answering an empty query.
+// alive reports whether a connection is open and quiet.
+func alive(c net.Conn) bool { return peekSocket(c) == socketQuiet }
+
+// maxUnasked bounds the messages settle reads from an idle connection.
+const maxUnasked = 64
+
+// settle reports whether an idle connection can be handed out: open, and
+// having said nothing unasked but ParameterStatus (a configuration reload
+// changed a reported setting: the new value is kept) and notices, which
+// it reads. Anything else (a FATAL before the server closes, an end of
+// stream) means it cannot.
+func (sc *serverConn) settle() bool {
+	for range maxUnasked {
+		switch peekSocket(sc.conn) {
+		case socketQuiet:
+			return true
+		case socketClosed:
+			return false
+		}
+		// What is there was sent whole: a short deadline only guards
+		// against a server that stops mid-message.
+		_ = sc.conn.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+		typ, msg, err := wire.ReadMessage(sc.conn, nil, wire.MaxCaptureBody)
+		_ = sc.conn.SetReadDeadline(time.Time{})
+		if err != nil {
+			return false
+		}
+		switch typ {
+		case wire.MsgParameterStatus:
+			name, value, err := wire.ParseParameterStatus(msg)
+			if err != nil {
+				return false
+			}
+			sc.setParam(name, value)
+		case wire.MsgNoticeResponse:
+		default:
+			return false
+		}
+	}
+	return false
+}
+
+// usable checks an idle connection just taken from the pool: open and
+// settled (see settle), and for one idle longer than ServerCheckDelay,
+// answering an empty query.
 func (s *Server) usable(sc *serverConn) bool {
-	if !alive(sc.conn) {
+	if !sc.settle() {
 		return false
 	}
 	s.pools.mu.Lock()

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgproto3"
+
 	"github.com/pharos-ha/pharos/wire"
 )
 
@@ -159,5 +161,52 @@ func TestPoolSignature(t *testing.T) {
 	}
 	if poolSignature(196608, p("user", "u")) == poolSignature(196610, p("user", "u")) {
 		t.Error("protocol 3.0 and 3.2 share a signature")
+	}
+}
+
+// TestSettle: an idle connection that reported a new setting value (a
+// configuration reload) or a notice unasked is still handed out, with the
+// new value kept; one that sent an error or closed is not.
+func TestSettle(t *testing.T) {
+	status := func(name, value string) []byte {
+		b, _ := (&pgproto3.ParameterStatus{Name: name, Value: value}).Encode(nil)
+		return b
+	}
+	notice, _ := (&pgproto3.NoticeResponse{Severity: "NOTICE", Code: "00000", Message: "hello"}).Encode(nil)
+	for _, tc := range []struct {
+		name   string
+		unread []byte
+		close  bool
+		ok     bool
+	}{
+		{name: "quiet", ok: true},
+		{name: "a reported setting changed", unread: append(status("TimeZone", "Asia/Tokyo"), status("DateStyle", "ISO, DMY")...), ok: true},
+		{name: "a notice", unread: notice, ok: true},
+		{name: "a FATAL", unread: wire.FatalError(wire.CodeAdminShutdown, "terminating connection due to administrator command")},
+		{name: "closed", close: true},
+		{name: "a FATAL and closed", unread: wire.FatalError(wire.CodeAdminShutdown, "bye"), close: true},
+		{name: "half a message", unread: status("TimeZone", "UTC")[:7]},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			near, far := tcpPair(t)
+			sc := &serverConn{conn: near, params: []wire.Param{{Name: "TimeZone", Value: "UTC"}}}
+			if len(tc.unread) > 0 {
+				if _, err := far.Write(tc.unread); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if tc.close {
+				_ = far.Close()
+			}
+			time.Sleep(20 * time.Millisecond)
+			if got := sc.settle(); got != tc.ok {
+				t.Fatalf("settle %v, want %v", got, tc.ok)
+			}
+			if tc.name == "a reported setting changed" {
+				if v, _ := paramValue(sc.params, "TimeZone"); v != "Asia/Tokyo" || len(sc.params) != 2 {
+					t.Fatalf("params %v", sc.params)
+				}
+			}
+		})
 	}
 }
