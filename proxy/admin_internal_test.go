@@ -98,3 +98,40 @@ func TestReloadDropsAuthQueryCache(t *testing.T) {
 		t.Fatalf("cache after RELOAD: %v", q.cache)
 	}
 }
+
+// TestSamplerPeriod: the sampler adds time to busy sessions only, and at
+// the end of a stats period turns the totals' growth into averages.
+func TestSamplerPeriod(t *testing.T) {
+	s := &Server{sessions: make(map[*session]struct{}), retiredTotals: make(map[string]*dbTotals)}
+	s.stats.times = make(map[string]*dbTotals)
+	start := time.Unix(1000, 0)
+	s.stats.periodStart = start
+	newSess := func() *session {
+		sess := &session{srv: s}
+		sess.info.Store(&clientInfo{user: "u", database: "app"})
+		sess.attached.Store(true)
+		sess.setAnswered(0, true)
+		s.sessions[sess] = struct{}{}
+		return sess
+	}
+	newSess() // idle: adds no time
+	busy, inTx := newSess(), newSess()
+	busy.requests = 1          // a request in flight
+	inTx.setAnswered(3, false) // answered, inside a transaction
+	inTx.requests = 3
+	inTx.xacts.Store(2)
+	s.sample(start.Add(time.Second), 100*time.Millisecond)
+	if tm := s.stats.times["app"]; tm.queryTime != 100*time.Millisecond || tm.xactTime != 200*time.Millisecond {
+		t.Fatalf("after one sample: query %v, transaction %v", tm.queryTime, tm.xactTime)
+	}
+	if got := s.statsAverages(); len(got) != 0 {
+		t.Fatalf("averages before the first period ended: %v", got)
+	}
+	s.sample(start.Add(statsPeriod), 100*time.Millisecond)
+	a := s.statsAverages()["app"]
+	// 3 queries and 2 transactions in 60 s round down to 0 per second;
+	// their times are per query and per transaction.
+	if a.queries != 0 || a.queryTime != 200000/3 || a.xactTime != 400000/2 {
+		t.Fatalf("averages %+v", a)
+	}
+}
