@@ -3,7 +3,10 @@ package proxy_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -15,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/pharos-ha/pharos/internal/pgauth"
 	"github.com/pharos-ha/pharos/internal/pglocal"
 	"github.com/pharos-ha/pharos/metrics"
 	"github.com/pharos-ha/pharos/proxy"
@@ -649,4 +653,76 @@ func TestPoolProtocolNegotiation(t *testing.T) {
 	if pids[0][0] != pids[0][1] || pids[1][0] != pids[1][1] || pids[0][0] == pids[1][0] {
 		t.Errorf("server pids 3.0 %v, 3.2 %v: want each reused and the two apart", pids[0], pids[1])
 	}
+}
+
+// BenchmarkConnectPerQuery is a new connection per query (pgbench -C's
+// pattern) with trust at both ends, so no password hashing: directly to
+// the primary, through the proxy without pooling, and pooled.
+//
+//	go test -run '^$' -bench BenchmarkConnectPerQuery -benchtime 2s ./proxy/
+func BenchmarkConnectPerQuery(b *testing.B) {
+	run := func(b *testing.B, dsn string) {
+		ctx := context.Background()
+		for b.Loop() {
+			c, err := pgx.Connect(ctx, dsn)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if _, err := c.Exec(ctx, "SELECT 1"); err != nil {
+				b.Fatal(err)
+			}
+			_ = c.Close(ctx)
+		}
+	}
+	b.Run("direct", func(b *testing.B) {
+		run(b, cluster.Primary().DSN(pglocal.UserTrust, "", pglocal.AppDB))
+	})
+	for _, mode := range []proxy.PoolMode{proxy.PoolNone, proxy.PoolSession} {
+		b.Run("proxy pool_mode "+string(mode), func(b *testing.B) {
+			p := startBenchProxy(b, proxy.Config{AuthType: proxy.AuthTrust, PoolMode: mode})
+			run(b, p.DSN(router.RW, pglocal.UserTrust, ""))
+		})
+	}
+}
+
+// benchProxy is a proxy for benchmarks: a static route to the primary,
+// the proxy's own trust authentication for app_trust.
+type benchProxy struct{ addr string }
+
+func (p benchProxy) DSN(_ router.Endpoint, user, _ string) string {
+	host, port, _ := net.SplitHostPort(p.addr)
+	return fmt.Sprintf("host=%s port=%s user=%s dbname=%s sslmode=disable", host, port, user, pglocal.AppDB)
+}
+
+func startBenchProxy(b *testing.B, cfg proxy.Config) benchProxy {
+	b.Helper()
+	v, err := pgauth.NewSCRAMVerifier("unused", []byte("bench-salt"), 4096)
+	if err != nil {
+		b.Fatal(err)
+	}
+	cfg.AuthFile = filepath.Join(b.TempDir(), "userlist.txt")
+	if err := os.WriteFile(cfg.AuthFile, []byte(pgauth.FormatUserlistLine(pglocal.UserTrust, v)), 0o600); err != nil {
+		b.Fatal(err)
+	}
+	cfg.RWListen = "127.0.0.1:0"
+	m := metrics.NewProxy(prometheus.NewRegistry())
+	r := router.New(router.Config{}, nil, m)
+	r.Update(router.Snapshot{Primary: "p", Members: []router.Member{{Name: "p", Addr: cluster.Primary().Addr(), Role: router.RolePrimary, Healthy: true}}})
+	srv, err := proxy.New(cfg, r, nil, m)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := srv.Listen(); err != nil {
+		b.Fatal(err)
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx) }()
+	b.Cleanup(func() {
+		stop()
+		if err := <-done; err != nil {
+			b.Error(err)
+		}
+	})
+	return benchProxy{addr: srv.Addr(router.RW).String()}
 }
