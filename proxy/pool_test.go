@@ -726,3 +726,24 @@ func startBenchProxy(b *testing.B, cfg proxy.Config) benchProxy {
 	})
 	return benchProxy{addr: srv.Addr(router.RW).String()}
 }
+
+// TestPoolResetFailure: a server_reset_query that fails, or outlasts its
+// deadline (connect_timeout), leaves the connection closed, not reused.
+func TestPoolResetFailure(t *testing.T) {
+	for _, tc := range []struct{ name, query string }{
+		{"fails", "SELECT 1/0"},
+		{"too slow", "SELECT pg_sleep(10)"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := startPoolProxy(t, proxy.Config{ServerResetQuery: tc.query, ConnectTimeout: 500 * time.Millisecond})
+			pid := p.session(t, router.RW, "", nil)
+			waitCount(t, func() float64 { return p.poolCount(router.RW, metrics.PoolResetFailed) }, 1)
+			if gauge(p.Metrics.PoolServers, "rw", metrics.PoolIdle) != 0 {
+				t.Fatal("a connection whose reset failed is idle in the pool")
+			}
+			if again := p.session(t, router.RW, "", nil); again == pid {
+				t.Fatalf("a connection whose reset failed was reused (pid %d)", pid)
+			}
+		})
+	}
+}
