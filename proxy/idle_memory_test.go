@@ -3,11 +3,13 @@ package proxy_test
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"runtime/debug"
 	"runtime/pprof"
@@ -25,6 +27,7 @@ import (
 	"github.com/pharos-ha/pharos/metrics"
 	"github.com/pharos-ha/pharos/proxy"
 	"github.com/pharos-ha/pharos/router"
+	"github.com/pharos-ha/pharos/wire"
 )
 
 // The idle-client measurement runs the proxy in a child process (this test
@@ -33,10 +36,12 @@ import (
 const (
 	idleChildEnv    = "PHAROS_TEST_IDLE_PROXY"    // the primary's address
 	idleAuthFileEnv = "PHAROS_TEST_IDLE_AUTHFILE" // the child's auth_file
+	idleTLSEnv      = "PHAROS_TEST_IDLE_TLS"      // "cert key" files: the child takes TLS (tls_mode allow)
 )
 
 // TestIdleClientMemory measures what an idle authenticated client costs
-// the proxy: N clients (2000; PHAROS_IDLE_CLIENTS sets another number)
+// the proxy: N clients (2000; PHAROS_IDLE_CLIENTS sets another number;
+// PHAROS_IDLE_TLS=1 makes them TLS clients, for which no bound is checked)
 // log in with SCRAM and stay idle, the child proxy reports its RSS (after
 // a GC, memory returned to the OS) and goroutine count before and after.
 // The goal: at most 10 KiB of RSS per client; one goroutine each,
@@ -54,12 +59,26 @@ func TestIdleClientMemory(t *testing.T) {
 		}
 	}
 	authFile := writeAuthFile(t)
-	child := startIdleChild(t, authFile)
+	useTLS := os.Getenv("PHAROS_IDLE_TLS") == "1"
+	tlsFiles := ""
+	if useTLS {
+		cert, key, err := pglocal.SelfSignedCert()
+		if err != nil {
+			t.Fatal(err)
+		}
+		dir := t.TempDir()
+		certFile, keyFile := filepath.Join(dir, "proxy.crt"), filepath.Join(dir, "proxy.key")
+		if os.WriteFile(certFile, cert, 0o600) != nil || os.WriteFile(keyFile, key, 0o600) != nil {
+			t.Fatal("write the certificate")
+		}
+		tlsFiles = certFile + " " + keyFile
+	}
+	child := startIdleChild(t, authFile, tlsFiles)
 	keys := userKeys(t, pglocal.UserSCRAM, pglocal.PasswordSCRAM)
 
 	// One client first: the pool learns the key's login (one server
 	// connection, idle afterwards).
-	first := idleLogin(t, child.addr, keys)
+	first := idleLogin(t, child.addr, keys, useTLS)
 	_ = first.Close()
 	waitFor(t, 10*time.Second, "the first server connection to go idle", func() bool {
 		return child.stats(t)["idle_servers"] == 1
@@ -73,21 +92,21 @@ func TestIdleClientMemory(t *testing.T) {
 	}()
 	start := time.Now()
 	for range n {
-		conns = append(conns, idleLogin(t, child.addr, keys))
+		conns = append(conns, idleLogin(t, child.addr, keys, useTLS))
 	}
 	loginTime := time.Since(start)
 	after := child.stats(t)
 	perClient := func(k string) float64 { return float64(after[k]-before[k]) / float64(n) }
 	rss, goroutines := perClient("rss"), perClient("goroutines")
-	t.Logf("%d idle clients (logged in in %v): RSS %.0f B per client (%.2f KiB; %.0f B before returning freed memory), Go heap %.0f B, goroutine stacks %.0f B, goroutines %.2f per client; server connections: %d active, %d idle",
-		n, loginTime.Round(time.Millisecond), rss, rss/1024, perClient("rss_unscavenged"), perClient("heap"), perClient("stack"), goroutines, after["active_servers"], after["idle_servers"])
+	t.Logf("TLS %v: %d idle clients (logged in in %v): RSS %.0f B per client (%.2f KiB; %.0f B before returning freed memory), Go heap %.0f B, goroutine stacks %.0f B, goroutines %.2f per client; server connections: %d active, %d idle",
+		useTLS, n, loginTime.Round(time.Millisecond), rss, rss/1024, perClient("rss_unscavenged"), perClient("heap"), perClient("stack"), goroutines, after["active_servers"], after["idle_servers"])
 	if goroutines > 1.01 {
 		t.Errorf("%.2f goroutines per idle client, want 1", goroutines)
 	}
 	if after["active_servers"] != 0 || after["idle_servers"] != 1 {
 		t.Errorf("idle clients hold server connections: %d active, %d idle", after["active_servers"], after["idle_servers"])
 	}
-	if rss > 10*1024 && !raceEnabled {
+	if rss > 10*1024 && !raceEnabled && !useTLS {
 		t.Errorf("%.0f B of RSS per idle client, over the 10 KiB goal", rss)
 	}
 }
@@ -101,10 +120,10 @@ type idleChild struct {
 	lines chan string
 }
 
-func startIdleChild(t *testing.T, authFile string) *idleChild {
+func startIdleChild(t *testing.T, authFile, tlsFiles string) *idleChild {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), idleChildEnv+"="+cluster.Primary().Addr(), idleAuthFileEnv+"="+authFile)
+	cmd.Env = append(os.Environ(), idleChildEnv+"="+cluster.Primary().Addr(), idleAuthFileEnv+"="+authFile, idleTLSEnv+"="+tlsFiles)
 	cmd.Stderr = os.Stderr
 	in, err := cmd.StdinPipe()
 	if err != nil {
@@ -179,8 +198,12 @@ func runIdleChild(primary, authFile string) int {
 	m := metrics.NewProxy(reg)
 	r := router.New(router.Config{}, nil, m)
 	r.Update(router.Snapshot{Primary: "p", Members: []router.Member{{Name: "p", Addr: primary, Role: router.RolePrimary, Healthy: true}}})
-	srv, err := proxy.New(proxy.Config{RWListen: "127.0.0.1:0", AuthType: proxy.AuthSCRAM, AuthFile: authFile,
-		PoolMode: proxy.PoolSession, MaxClientsPerEndpoint: 30000, MaxPendingPerEndpoint: 1000}, r, nil, m)
+	cfg := proxy.Config{RWListen: "127.0.0.1:0", AuthType: proxy.AuthSCRAM, AuthFile: authFile,
+		PoolMode: proxy.PoolSession, MaxClientsPerEndpoint: 30000, MaxPendingPerEndpoint: 1000}
+	if cert, key, ok := strings.Cut(os.Getenv(idleTLSEnv), " "); ok {
+		cfg.TLSMode, cfg.CertFile, cfg.KeyFile = proxy.TLSAllow, cert, key
+	}
+	srv, err := proxy.New(cfg, r, nil, m)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "child proxy:", err)
 		return 1
@@ -252,13 +275,27 @@ func userKeys(t *testing.T, user, password string) pgauth.Keys {
 // idleLogin logs in to the proxy at addr as app_scram with SCRAM (keys
 // derived once, so the client side costs no PBKDF2) and returns the
 // connection after its ReadyForQuery.
-func idleLogin(t *testing.T, addr string, keys pgauth.Keys) net.Conn {
+func idleLogin(t *testing.T, addr string, keys pgauth.Keys, useTLS bool) net.Conn {
 	t.Helper()
 	c, err := net.DialTimeout("tcp", addr, 10*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
 	_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+	if useTLS {
+		var answer [1]byte
+		if _, err := c.Write(wire.AppendSSLRequest(nil)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(c, answer[:]); err != nil || answer[0] != 'S' {
+			t.Fatalf("SSLRequest answered %q, %v", answer, err)
+		}
+		tc := tls.Client(c, &tls.Config{InsecureSkipVerify: true})
+		if err := tc.Handshake(); err != nil {
+			t.Fatal(err)
+		}
+		c = tc
+	}
 	fe := pgproto3.NewFrontend(c, c)
 	fe.Send(&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersionNumber,
 		Parameters: map[string]string{"user": pglocal.UserSCRAM, "database": pglocal.AppDB, "application_name": "idle"}})
