@@ -55,7 +55,11 @@ type clientInfo struct {
 	console                 bool
 }
 
-func startupInfo(pkt wire.StartupPacket) *clientInfo {
+// startupInfo reads the startup packet. consoleOn says whether the
+// database AdminDatabase means the console: only when the proxy
+// authenticates clients itself, so that in passthrough a database of that
+// name is the cluster's, as it was before the console existed.
+func startupInfo(pkt wire.StartupPacket, consoleOn bool) *clientInfo {
 	user, _ := pkt.Param("user")
 	db, _ := pkt.Param("database")
 	if db == "" {
@@ -63,7 +67,7 @@ func startupInfo(pkt wire.StartupPacket) *clientInfo {
 		db = user
 	}
 	app, _ := pkt.Param("application_name")
-	return &clientInfo{user: user, database: db, appName: app, console: db == AdminDatabase}
+	return &clientInfo{user: user, database: db, appName: app, console: consoleOn && db == AdminDatabase}
 }
 
 // adminState is what PAUSE, KILL and RESUME change.
@@ -184,11 +188,6 @@ type consoleMsg struct {
 func (sess *session) console(deadline time.Time) {
 	s := sess.srv
 	info := sess.info.Load()
-	if s.cfg.AuthType == AuthPassthrough {
-		sess.refuse(metrics.OutcomeAuthFailed, wire.CodeInvalidAuthSpec, fmt.Sprintf(
-			"pharos: the admin console (database %q) needs the proxy's own authentication, and auth_type is passthrough", AdminDatabase))
-		return
-	}
 	if outcome, err := sess.authenticateClient(info.user, deadline); err != nil {
 		sess.failStartup(outcome, err)
 		return

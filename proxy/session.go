@@ -235,7 +235,7 @@ func (sess *session) run() {
 		_ = sess.client.SetDeadline(deadline)
 	}
 	sess.connMu.Unlock()
-	info := startupInfo(pkt)
+	info := startupInfo(pkt, s.cfg.AuthType != AuthPassthrough)
 	sess.info.Store(info)
 	if info.console {
 		sess.console(deadline)
