@@ -56,37 +56,36 @@ func (st serverState) String() string {
 	return [...]string{"login", "active", "tested", "idle", "closed"}[st]
 }
 
-// setParam records a ParameterStatus value.
-func (sc *serverConn) setParam(name, value string) {
-	for i := range sc.params {
-		if sc.params[i].Name == name {
-			if sc.params[i].Value != value {
-				sc.params[i].Value = value
-			}
-			return
-		}
-	}
-	sc.params = append(sc.params, wire.Param{Name: name, Value: value})
-}
-
-// captured is the ParameterStatus hook of the session's server-side
-// Framer. A value the connection already had costs no allocation.
-func (sc *serverConn) captured(msg []byte) {
-	if msg == nil {
-		sc.lostParam = true
-		return
-	}
+// noteParam records the value a ParameterStatus message (whole) reports,
+// and reports whether the message parsed. A value the connection already
+// has costs no allocation.
+func (sc *serverConn) noteParam(msg []byte) bool {
 	name, value, ok := wire.ParameterStatusBytes(msg)
 	if !ok {
-		sc.lostParam = true
-		return
+		return false
 	}
-	for k := range sc.params {
-		if sc.params[k].Name == string(name) && sc.params[k].Value == string(value) {
-			return
+	for i := range sc.params {
+		if sc.params[i].Name == string(name) {
+			if sc.params[i].Value != string(value) {
+				sc.params[i].Value = string(value)
+			}
+			return true
 		}
 	}
-	sc.setParam(string(name), string(value))
+	sc.params = append(sc.params, wire.Param{Name: string(name), Value: string(value)})
+	return true
+}
+
+// errBadParameterStatus is a ParameterStatus that does not parse.
+var errBadParameterStatus = errors.New("malformed ParameterStatus from the server")
+
+// captured is the ParameterStatus hook of the session's server-side
+// Framer; a message too large to keep (nil) or that does not parse leaves
+// the values unknown.
+func (sc *serverConn) captured(msg []byte) {
+	if msg == nil || !sc.noteParam(msg) {
+		sc.lostParam = true
+	}
 }
 
 // openServer dials the route's backend and logs in as the client, with
@@ -148,11 +147,9 @@ func (sess *session) openServer(p *pool, sig string, startup []byte, deadline ti
 			}
 			authOK = true
 		case wire.MsgParameterStatus:
-			name, value, err := wire.ParseParameterStatus(msg)
-			if err != nil {
-				return fail(&startupError{code: wire.CodeConnectionFailure, message: "pharos: invalid data from the server", err: err})
+			if !sc.noteParam(msg) {
+				return fail(&startupError{code: wire.CodeConnectionFailure, message: "pharos: invalid data from the server", err: errBadParameterStatus})
 			}
-			sc.setParam(name, value)
 		case wire.MsgBackendKeyData:
 			pid, key, err := wire.ParseBackendKeyData(msg)
 			if err != nil {
@@ -216,11 +213,9 @@ func (sc *serverConn) query(q []byte, want byte, deadline time.Time) error {
 		buf = msg
 		switch typ {
 		case wire.MsgParameterStatus:
-			name, value, err := wire.ParseParameterStatus(msg)
-			if err != nil {
-				return err
+			if !sc.noteParam(msg) {
+				return errBadParameterStatus
 			}
-			sc.setParam(name, value)
 		case wire.MsgErrorResponse:
 			_, code, message, _ := wire.ErrorFields(msg)
 			failed = code + " " + message
@@ -314,11 +309,9 @@ func (sc *serverConn) settle() bool {
 		}
 		switch typ {
 		case wire.MsgParameterStatus:
-			name, value, err := wire.ParseParameterStatus(msg)
-			if err != nil {
+			if !sc.noteParam(msg) {
 				return false
 			}
-			sc.setParam(name, value)
 		case wire.MsgNoticeResponse:
 		default:
 			return false
