@@ -140,14 +140,13 @@ func (c *clientToBackend) forward(p []byte) bool {
 		c.requests = n
 	}
 	if c.f.LastType() == wire.MsgTerminate && c.f.AtBoundary() {
-		if c.pooled && atBoundary && len(p) == wire.HeaderLen {
-			// A Terminate alone: the client leaves, the server stays.
-			sess.clientQuit.Store(true)
-			return false
-		}
 		// Before the write: the server closes as soon as it reads
 		// Terminate, and the backend side must already know why.
 		sess.clientQuit.Store(true)
+		if c.pooled && atBoundary && len(p) == wire.HeaderLen {
+			// A Terminate alone: the client leaves, the server stays.
+			return false
+		}
 		c.quitSent = true
 	}
 	if _, err := c.backend.Write(p); err != nil {
