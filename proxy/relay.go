@@ -154,8 +154,7 @@ func (c *clientToBackend) forward(p []byte) bool {
 		return false
 	}
 	if c.pooled {
-		t := c.f.LastType()
-		c.cleanEnd = c.f.AtBoundary() && (t == wire.MsgQuery || t == wire.MsgSync || t == wire.MsgFunctionCall)
+		c.cleanEnd = c.f.AtBoundary() && wire.IsSyncPoint(c.f.LastType())
 	}
 	sess.srv.bytesC2B.Add(float64(len(p)))
 	return true

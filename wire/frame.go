@@ -197,7 +197,7 @@ func (f *Framer) startMessage(typ byte, length uint32) (int, error) {
 	}
 	f.messages++
 	if f.Frontend {
-		if typ == MsgQuery || typ == MsgSync || typ == MsgFunctionCall {
+		if IsSyncPoint(typ) {
 			f.syncPoints++
 		}
 	} else if typ == MsgReadyForQuery {
@@ -225,6 +225,12 @@ func (f *Framer) TxStatus() byte { return f.txStatus }
 
 // LastType is the type byte of the last message whose header was seen.
 func (f *Framer) LastType() byte { return f.typ }
+
+// IsSyncPoint reports whether a client message of type typ is answered by
+// exactly one ReadyForQuery: Query, Sync, FunctionCall.
+func IsSyncPoint(typ byte) bool {
+	return typ == MsgQuery || typ == MsgSync || typ == MsgFunctionCall
+}
 
 // SyncPoints counts, in a client stream, the messages each answered by
 // exactly one ReadyForQuery (Query, Sync, FunctionCall); in a server
