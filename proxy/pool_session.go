@@ -498,7 +498,7 @@ func (sess *session) reuseVerdict(c *clientToBackend, b *backendToClient, sc *se
 		return metrics.PoolFenced
 	case ended || !sess.releasing.Load() || s.drainFlag.Load():
 		return metrics.PoolDiscarded
-	case !c.f.AtBoundary() || !c.cleanEnd || c.quitSent:
+	case !c.f.AtBoundary() || !c.cleanEnd:
 		return metrics.PoolDiscarded
 	case !b.f.AtBoundary() || b.f.SyncPoints() != c.f.SyncPoints() || !idle || sc.lostParam:
 		return metrics.PoolDiscarded

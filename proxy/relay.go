@@ -84,9 +84,11 @@ type clientToBackend struct {
 	// Pooled sessions: the client's Terminate is kept from the server, and
 	// whether the server connection may be reused depends on how the
 	// client's stream ended.
-	pooled   bool
-	cleanEnd bool // what was forwarded ends with a sync point (or nothing was)
-	quitSent bool // a Terminate went to the server with other messages
+	pooled bool
+	// What was forwarded ends with a sync point (or nothing was). A
+	// Terminate passed on (with other messages) is not one, so it leaves
+	// this false.
+	cleanEnd bool
 }
 
 func (c *clientToBackend) run() {
@@ -147,7 +149,6 @@ func (c *clientToBackend) forward(p []byte) bool {
 			// A Terminate alone: the client leaves, the server stays.
 			return false
 		}
-		c.quitSent = true
 	}
 	if _, err := c.backend.Write(p); err != nil {
 		sess.end(metrics.ReasonBackendLost, wire.CodeConnectionFailure, "pharos: lost the connection to the server")
