@@ -119,24 +119,20 @@ func (f *Framer) Feed(p []byte) error {
 			if err != nil {
 				return err
 			}
-			if f.capturing {
-				f.capture(p[:HeaderLen], false)
+			if f.wantStatus && len(p) > HeaderLen && bodyLen > 0 {
+				f.setStatus(p[HeaderLen])
 			}
-			p = p[HeaderLen:]
-			if f.wantStatus && len(p) > 0 && bodyLen > 0 {
-				f.setStatus(p[0])
-			}
-			if bodyLen <= len(p) {
+			if end := HeaderLen + bodyLen; end <= len(p) {
 				if f.capturing {
-					f.capture(p[:bodyLen], true)
+					f.capture(p[:end], true)
 				}
-				p = p[bodyLen:]
+				p = p[end:]
 				continue
 			}
 			if f.capturing {
 				f.capture(p, false)
 			}
-			f.rem = bodyLen - len(p)
+			f.rem = HeaderLen + bodyLen - len(p)
 			return nil
 		}
 		n := copy(f.hdr[f.hdrN:], p)
