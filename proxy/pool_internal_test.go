@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -204,6 +205,70 @@ func TestSettle(t *testing.T) {
 			}
 			if tc.name == "a reported setting changed" {
 				if v, _ := paramValue(sc.params, "TimeZone"); v != "Asia/Tokyo" || len(sc.params) != 2 {
+					t.Fatalf("params %v", sc.params)
+				}
+			}
+		})
+	}
+}
+
+// TestServerQuery: the reset and health-check query succeeds only on an
+// answer that ends idle, without an error, holding the message asked for,
+// and keeps the ParameterStatus values it reports; a malformed one, a
+// server that closes or stays silent fail it.
+func TestServerQuery(t *testing.T) {
+	enc := func(msgs ...pgproto3.BackendMessage) []byte {
+		var out []byte
+		for _, m := range msgs {
+			var err error
+			if out, err = m.Encode(out); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return out
+	}
+	idle := &pgproto3.ReadyForQuery{TxStatus: wire.TxIdle}
+	for _, tc := range []struct {
+		name   string
+		want   byte
+		answer []byte
+		close  bool
+		err    string // "" for success
+	}{
+		{name: "reset", answer: enc(&pgproto3.ParameterStatus{Name: "TimeZone", Value: "Asia/Tokyo"},
+			&pgproto3.CommandComplete{CommandTag: []byte("DISCARD ALL")}, idle)},
+		{name: "empty query", want: wire.MsgEmptyQuery, answer: enc(&pgproto3.EmptyQueryResponse{}, idle)},
+		{name: "asked message missing", want: wire.MsgEmptyQuery, answer: enc(&pgproto3.CommandComplete{CommandTag: []byte("SELECT 1")}, idle),
+			err: "no message"},
+		{name: "error", answer: enc(&pgproto3.ErrorResponse{Severity: "ERROR", Code: "25001", Message: "in a block"}, idle), err: "25001"},
+		{name: "in a transaction", answer: enc(&pgproto3.CommandComplete{CommandTag: []byte("BEGIN")},
+			&pgproto3.ReadyForQuery{TxStatus: 'T'}), err: "not idle"},
+		{name: "malformed ParameterStatus", answer: append([]byte("S\x00\x00\x00\x09abcde"), enc(idle)...), err: errBadParameterStatus.Error()},
+		{name: "closed", close: true, err: "EOF"},
+		{name: "silent", err: "timeout"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			near, far := tcpPair(t)
+			sc := &serverConn{conn: near, params: []wire.Param{{Name: "TimeZone", Value: "UTC"}}}
+			go func() {
+				// Read the query, then answer.
+				_, _, _ = wire.ReadMessage(far, nil, 1<<10)
+				if len(tc.answer) > 0 {
+					_, _ = far.Write(tc.answer)
+				}
+				if tc.close {
+					_ = far.Close()
+				}
+			}()
+			err := sc.query(encodeQuery("DISCARD ALL"), tc.want, time.Now().Add(300*time.Millisecond))
+			switch {
+			case tc.err == "" && err != nil:
+				t.Fatalf("query: %v", err)
+			case tc.err != "" && (err == nil || !strings.Contains(err.Error(), tc.err)):
+				t.Fatalf("query: %v, want an error with %q", err, tc.err)
+			}
+			if tc.name == "reset" {
+				if v, _ := paramValue(sc.params, "TimeZone"); v != "Asia/Tokyo" {
 					t.Fatalf("params %v", sc.params)
 				}
 			}
