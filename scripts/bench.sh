@@ -31,6 +31,7 @@ FAILOVER_RUNS=${FAILOVER_RUNS:-5}
 PHAROS_THREADS=${PHAROS_THREADS:-0}
 BASE_PORT=${BASE_PORT:-17432}
 PROXY_PORT=$((BASE_PORT + 4))
+POOLED_PORT=$((BASE_PORT + 5)) # its metrics on +6
 HAPROXY_PORT=$((BASE_PORT + 7))
 PGBOUNCER_PORT=$((BASE_PORT + 8))
 
@@ -116,6 +117,21 @@ log "starting pharos proxy on 127.0.0.1:$PROXY_PORT ..."
 	--threads "$PHAROS_THREADS" --log-level warn >"$work/proxy.log" 2>&1 &
 pids+=($!)
 
+# pharos again, authenticating clients itself (SCRAM, the app user's
+# verifier copied from pg_authid into an auth_file) and pooling server
+# connections in session mode: the configuration pooling needs.
+psql "$PHAROS_SUPERUSER_DSN" -Atc "SELECT format('\"%s\" \"%s\"', rolname, rolpassword) FROM pg_authid WHERE rolname = '$user'" >"$work/pharos-users.txt"
+cat >"$work/pharos-pooled.yaml" <<YAML
+auth_type: scram-sha-256
+auth_file: $work/pharos-users.txt
+pool_mode: session
+YAML
+log "starting pharos proxy (scram-sha-256, pool_mode session) on 127.0.0.1:$POOLED_PORT ..."
+"$bin" proxy --config "$work/pharos-pooled.yaml" --source pharos --etcd "$PHAROS_ETCD" --cluster "$PHAROS_CLUSTER" \
+	--rw-listen "127.0.0.1:$POOLED_PORT" --ro-listen "" --metrics-listen "127.0.0.1:$((POOLED_PORT + 1))" \
+	--threads "$PHAROS_THREADS" --log-level warn >"$work/proxy-pooled.log" 2>&1 &
+pids+=($!)
+
 # HAProxy as it sits in the classic Patroni stack: TCP mode, one server.
 cat >"$work/haproxy.cfg" <<CFG
 global
@@ -170,6 +186,7 @@ pgbouncer_pid=$!
 targets=(
 	"direct=$direct_dsn"
 	"pharos=postgres://$user:$password@127.0.0.1:$PROXY_PORT/$db?sslmode=disable"
+	"pharos-pooled=postgres://$user:$password@127.0.0.1:$POOLED_PORT/$db?sslmode=disable"
 	"haproxy=postgres://$user:$password@127.0.0.1:$HAPROXY_PORT/$db?sslmode=disable"
 	"pgbouncer-session=postgres://$user:$password@127.0.0.1:$PGBOUNCER_PORT/app_session?sslmode=disable"
 	"pgbouncer-tx=postgres://$user:$password@127.0.0.1:$PGBOUNCER_PORT/app_tx?sslmode=disable"
