@@ -31,7 +31,7 @@ FAILOVER_RUNS=${FAILOVER_RUNS:-5}
 PHAROS_THREADS=${PHAROS_THREADS:-0}
 BASE_PORT=${BASE_PORT:-17432}
 PROXY_PORT=$((BASE_PORT + 4))
-POOLED_PORT=$((BASE_PORT + 5)) # its metrics on +6
+POOLED_PORT=$((BASE_PORT + 6)) # its metrics on +9
 HAPROXY_PORT=$((BASE_PORT + 7))
 PGBOUNCER_PORT=$((BASE_PORT + 8))
 
@@ -128,7 +128,7 @@ pool_mode: session
 YAML
 log "starting pharos proxy (scram-sha-256, pool_mode session) on 127.0.0.1:$POOLED_PORT ..."
 "$bin" proxy --config "$work/pharos-pooled.yaml" --source pharos --etcd "$PHAROS_ETCD" --cluster "$PHAROS_CLUSTER" \
-	--rw-listen "127.0.0.1:$POOLED_PORT" --ro-listen "" --metrics-listen "127.0.0.1:$((POOLED_PORT + 1))" \
+	--rw-listen "127.0.0.1:$POOLED_PORT" --ro-listen "" --metrics-listen "127.0.0.1:$((BASE_PORT + 9))" \
 	--threads "$PHAROS_THREADS" --log-level warn >"$work/proxy-pooled.log" 2>&1 &
 pids+=($!)
 
