@@ -215,17 +215,7 @@ func TestProxyAuthCertPlaintext(t *testing.T) {
 func TestProxyAuthCertBackendCertificate(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	private, err := pglocal.NewCluster(ctx, pglocal.Options{SSL: true, Fast: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cctx, ccancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer ccancel()
-		if err := private.Close(cctx); err != nil {
-			t.Errorf("close private cluster: %v", err)
-		}
-	})
+	private := privateCluster(ctx, t, pglocal.Options{SSL: true, Fast: true})
 	const certUser = "app_cert" // no password: only a certificate lets it in
 	ca := newTestCA(t, "pharos test CA")
 	pg := private.Primary()

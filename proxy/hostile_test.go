@@ -308,17 +308,7 @@ func (c *rbConn) queryValue(sql string) (value, code string) {
 func TestROSessionOnPromotedReplicaIsCut(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	private, err := pglocal.NewCluster(ctx, pglocal.Options{Replicas: 1, Fast: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cctx, ccancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer ccancel()
-		if err := private.Close(cctx); err != nil {
-			t.Errorf("close private cluster: %v", err)
-		}
-	})
+	private := privateCluster(ctx, t, pglocal.Options{Replicas: 1, Fast: true})
 	rep := private.Replicas()[0]
 	both := func(rw string, ro []string) bool { return rw != "" && len(ro) > 0 }
 	strict := startProxy(t, proxyOptions{Cluster: private, Ready: both})

@@ -241,3 +241,21 @@ func (w tWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimRight(string(p), "\n"))
 	return len(p), nil
 }
+
+// privateCluster starts a cluster of the test's own (one it may break),
+// closed when the test ends.
+func privateCluster(ctx context.Context, t *testing.T, opts pglocal.Options) *pglocal.Cluster {
+	t.Helper()
+	c, err := pglocal.NewCluster(ctx, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cctx, ccancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer ccancel()
+		if err := c.Close(cctx); err != nil {
+			t.Errorf("close private cluster: %v", err)
+		}
+	})
+	return c
+}

@@ -478,17 +478,7 @@ func TestDrainOnStop(t *testing.T) {
 func TestBackendLossMidSession(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	private, err := pglocal.NewCluster(ctx, pglocal.Options{Fast: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cctx, ccancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer ccancel()
-		if err := private.Close(cctx); err != nil {
-			t.Errorf("close private cluster: %v", err)
-		}
-	})
+	private := privateCluster(ctx, t, pglocal.Options{Fast: true})
 	const routeWait = time.Second
 	p := startProxy(t, proxyOptions{Cluster: private, Config: proxy.Config{RouteWait: routeWait}})
 
