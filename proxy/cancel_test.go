@@ -19,18 +19,6 @@ import (
 	"github.com/pharos-ha/pharos/wire"
 )
 
-// serverPID is the pid of conn's server connection, as the server says.
-func serverPID(t *testing.T, conn *pgx.Conn) int32 {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	var pid int32
-	if err := conn.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&pid); err != nil {
-		t.Fatal(err)
-	}
-	return pid
-}
-
 // sleepOnServer runs pg_sleep(30) on conn (whose server pid is pid), calls
 // during once the server shows it running, and returns the query's error.
 func sleepOnServer(t *testing.T, conn *pgx.Conn, in *pglocal.Instance, pid int32, during func(cancelQuery func())) error {
@@ -71,7 +59,7 @@ func TestProxyIssuedCancelKeys(t *testing.T) {
 		t.Run(ep.String(), func(t *testing.T) {
 			conn := connectConfig(t, p.DSN(ep, pglocal.UserSCRAM, ""), cancelByRequest)
 			pid, key := conn.PgConn().PID(), slices.Clone(conn.PgConn().SecretKey())
-			spid := serverPID(t, conn)
+			spid := int32(backendPID(t, conn))
 			if proxy.CancelOwner(pid) != 77 || int32(pid) == spid || len(key) != 4 {
 				t.Fatalf("client key pid %d (owner %d, %d-byte secret), server pid %d; want the proxy's key with owner 77",
 					pid, proxy.CancelOwner(pid), len(key), spid)
@@ -107,7 +95,7 @@ func TestProxyIssuedCancelKeys(t *testing.T) {
 func TestPassthroughKeepsServerKey(t *testing.T) {
 	p := startProxy(t, proxyOptions{})
 	conn := p.connect(t, router.RW, pglocal.UserSCRAM, "")
-	if pid := conn.PgConn().PID(); int32(pid) != serverPID(t, conn) || proxy.CancelOwner(pid) != 0 {
+	if pid := conn.PgConn().PID(); int(pid) != backendPID(t, conn) || proxy.CancelOwner(pid) != 0 {
 		t.Fatalf("client pid %d, want the server's", pid)
 	}
 }
