@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"net"
 	"os"
 	"path/filepath"
 	"testing"
@@ -119,5 +120,25 @@ func TestCancelRequestCarriesServerKey(t *testing.T) {
 	want := wire.AppendCancelRequest(nil, 4242, []byte{1, 2, 3, 4, 5, 6, 7, 8})
 	if addr != "10.0.0.1:5432" || string(req) != string(want) {
 		t.Fatalf("request to %s: %x, want %x", addr, req, want)
+	}
+}
+
+// TestCancelToUnreachableProxy: a key of another proxy whose listener
+// refuses the connection is counted failed, not passed on.
+func TestCancelToUnreachableProxy(t *testing.T) {
+	s := newCancelTestServer(t, 5)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := ln.Addr().String()
+	ln.Close()
+	s.cfg.ForeignCancel = func(owner uint16) (string, bool) { return dead, owner == 9 }
+	sess := &session{srv: s, ep: router.RW}
+	sess.handleCancel(cancelPacket(t, 9<<cancelSeqBits|1, []byte{1, 2, 3, 4}))
+	failed := testutil.ToFloat64(s.metrics.Cancels.WithLabelValues(metrics.CancelFailed))
+	passed := testutil.ToFloat64(s.metrics.Cancels.WithLabelValues(metrics.CancelToProxy))
+	if failed != 1 || passed != 0 {
+		t.Fatalf("failed %v, to_proxy %v; want 1 and 0", failed, passed)
 	}
 }
