@@ -503,18 +503,11 @@ func (s *Server) serversInUse(db string) int {
 			n += p.SvLogin + p.SvTested
 		}
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for sess := range s.sessions {
-		info := sess.info.Load()
-		if info == nil || info.console || (db != "" && info.database != db) {
-			continue
-		}
-		sess.connMu.Lock()
-		if sess.backend != nil {
+	byConn, _ := s.heldServers()
+	for _, sess := range byConn {
+		if db == "" || sess.info.Load().database == db {
 			n++
 		}
-		sess.connMu.Unlock()
 	}
 	return n
 }
