@@ -368,6 +368,15 @@ func pending(done <-chan error, d time.Duration) (bool, error) {
 	}
 }
 
+// execBackground runs q on conn in a goroutine and reports its error on
+// the channel.
+func execBackground(conn *pgx.Conn, q string) <-chan error {
+	return background(func() error {
+		_, err := conn.Exec(context.Background(), q)
+		return err
+	})
+}
+
 func connectApp(p *testProxy) func() error {
 	return func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -390,10 +399,7 @@ func TestConsolePauseResume(t *testing.T) {
 
 	// PAUSE waits for the session holding a server connection of app.
 	pauser := consoleConnect(t, p, router.RO, consoleAdmin)
-	paused := background(func() error {
-		_, err := pauser.Exec(context.Background(), "PAUSE app")
-		return err
-	})
+	paused := execBackground(pauser, "PAUSE app")
 	if waiting, err := pending(paused, 500*time.Millisecond); !waiting {
 		t.Fatalf("PAUSE returned (%v) while a client of app held its server connection", err)
 	}
@@ -667,17 +673,11 @@ func TestConsolePauseHoldsAGreetedClient(t *testing.T) {
 	if st := states(); st != "idle" {
 		t.Fatalf("the greeted client before its first message is %q, want idle", st)
 	}
-	paused := background(func() error {
-		_, err := admin.Exec(context.Background(), "PAUSE app")
-		return err
-	})
+	paused := execBackground(admin, "PAUSE app")
 	if waiting, err := pending(paused, 3*time.Second); waiting || err != nil {
 		t.Fatalf("PAUSE with only a greeted client: still waiting %v, err %v", waiting, err)
 	}
-	query := background(func() error {
-		_, err := greeted.Exec(context.Background(), "SELECT 1")
-		return err
-	})
+	query := execBackground(greeted, "SELECT 1")
 	if waiting, err := pending(query, 500*time.Millisecond); !waiting {
 		t.Fatalf("the greeted client's first query ran during PAUSE: %v", err)
 	}
@@ -772,10 +772,7 @@ func TestConsolePauseCanceled(t *testing.T) {
 	held := appConnect(t, p, router.RW, "")
 	mustExec(t, held, "SELECT 1")
 	admin := consoleConnect(t, p, router.RW, consoleAdmin)
-	paused := background(func() error {
-		_, err := admin.Exec(context.Background(), "PAUSE app")
-		return err
-	})
+	paused := execBackground(admin, "PAUSE app")
 	if waiting, err := pending(paused, 500*time.Millisecond); !waiting {
 		t.Fatalf("PAUSE returned (%v) while a client of app held its server connection", err)
 	}
