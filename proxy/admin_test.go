@@ -17,6 +17,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pharos-ha/pharos/internal/pgauth"
 	"github.com/pharos-ha/pharos/internal/pglocal"
@@ -814,5 +815,74 @@ func TestConsoleEndsWithTheDrain(t *testing.T) {
 	var pe *pgconn.PgError
 	if err == nil || (errors.As(err, &pe) && pe.Code != "57P01") {
 		t.Fatalf("console after the drain: %v", err)
+	}
+}
+
+// TestConsoleBadMessages: malformed messages on the console, below what a
+// driver sends. A FunctionCall is refused and the console goes on; a Query
+// without its terminating zero, an unknown message type and a message over
+// the console's limit end the session with FATAL 08P01.
+func TestConsoleBadMessages(t *testing.T) {
+	p := startConsoleProxy(t, proxy.Config{}, nil)
+	msg := func(typ byte, body string) []byte {
+		return append([]byte{typ, 0, 0, 0, byte(4 + len(body))}, body...)
+	}
+	open := func() *pgconn.HijackedConn {
+		t.Helper()
+		hj, err := consoleConnect(t, p, router.RW, consoleAdmin).PgConn().Hijack()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = hj.Conn.Close() })
+		_ = hj.Conn.SetDeadline(time.Now().Add(10 * time.Second))
+		return hj
+	}
+	receive := func(hj *pgconn.HijackedConn) pgproto3.BackendMessage {
+		t.Helper()
+		m, err := hj.Frontend.Receive()
+		if err != nil {
+			t.Fatalf("receive: %v", err)
+		}
+		return m
+	}
+
+	t.Run("a function call is refused and the console goes on", func(t *testing.T) {
+		hj := open()
+		if _, err := hj.Conn.Write(append(msg('F', "\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00"), msg('Q', "SHOW VERSION\x00")...)); err != nil {
+			t.Fatal(err)
+		}
+		if e, ok := receive(hj).(*pgproto3.ErrorResponse); !ok || e.Severity != "ERROR" || e.Code != "0A000" ||
+			e.Message != "pharos console: function calls are not supported" {
+			t.Fatalf("after a FunctionCall: %#v", e)
+		}
+		if _, ok := receive(hj).(*pgproto3.ReadyForQuery); !ok {
+			t.Fatal("no ReadyForQuery after the refused FunctionCall")
+		}
+		if rd, ok := receive(hj).(*pgproto3.RowDescription); !ok || string(rd.Fields[0].Name) != "version" {
+			t.Fatalf("SHOW VERSION after the refused FunctionCall: %#v", rd)
+		}
+	})
+
+	for name, tc := range map[string]struct {
+		raw     []byte
+		message string // "" for any
+	}{
+		"a Query without its terminating zero": {msg('Q', "SHOW VERSION"), "pharos: invalid Query message: no terminating zero byte"},
+		"an unknown message type":              {msg('z', ""), `pharos: invalid frontend message type 'z'`},
+		"a message over the console's limit":   {[]byte{'Q', 0, 2, 0, 0}, ""},
+	} {
+		t.Run(name+" ends the session", func(t *testing.T) {
+			hj := open()
+			if _, err := hj.Conn.Write(tc.raw); err != nil {
+				t.Fatal(err)
+			}
+			e, ok := receive(hj).(*pgproto3.ErrorResponse)
+			if !ok || e.Severity != "FATAL" || e.Code != "08P01" || (tc.message != "" && e.Message != tc.message) {
+				t.Fatalf("got %#v, want FATAL 08P01 %q", e, tc.message)
+			}
+			if m, err := hj.Frontend.Receive(); err == nil {
+				t.Fatalf("the session went on after the FATAL: %T", m)
+			}
+		})
 	}
 }
