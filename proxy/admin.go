@@ -18,7 +18,7 @@ import (
 // AdminDatabase, on either listener, as one of Config.AdminUsers, is
 // authenticated by the proxy as any client is and then talks to the proxy
 // itself instead of a backend. It speaks the simple query protocol with
-// PgBouncer's console commands (admincmd.go parses them, adminshow.go
+// PgBouncer's console commands (internal/consolecmd parses them, adminshow.go
 // renders SHOW, adminstats.go keeps SHOW STATS' counts).
 
 // AdminDatabase is the admin console's virtual database.
