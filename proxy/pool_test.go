@@ -193,8 +193,9 @@ func TestPoolSettingsSeparate(t *testing.T) {
 	})
 }
 
-// TestPoolUncleanLeave: a client leaving mid-transaction or mid-query
-// leaves a connection that is closed, never reused; one leaving idle
+// TestPoolUncleanLeave: a client leaving mid-transaction, mid-query, with
+// an extended query left without Sync, or with Terminate sent behind a
+// query leaves a connection that is closed, never reused; one leaving idle
 // without Terminate (a dropped socket) leaves it reusable.
 func TestPoolUncleanLeave(t *testing.T) {
 	p := startPoolProxy(t, proxy.Config{})
@@ -228,6 +229,37 @@ func TestPoolUncleanLeave(t *testing.T) {
 			t.Fatalf("the connection left mid-query was reused (pid %d)", pid)
 		}
 	})
+	// The client's last words, written raw after its login, then its socket
+	// closed: neither ends at a sync point the server has answered.
+	for _, tc := range []struct {
+		name, app string
+		last      []interface{ Encode([]byte) ([]byte, error) }
+	}{
+		{"after a Parse without Sync", "pool_nosync", []interface{ Encode([]byte) ([]byte, error) }{&pgproto3.Parse{Query: "SELECT 1"}}},
+		{"a query and Terminate in one write", "pool_pipequit", []interface{ Encode([]byte) ([]byte, error) }{&pgproto3.Query{String: "SELECT 1"}, &pgproto3.Terminate{}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := open(tc.app)
+			pid := backendPID(t, c)
+			before := p.poolCount(router.RW, metrics.PoolDiscarded)
+			var out []byte
+			for _, m := range tc.last {
+				var err error
+				if out, err = m.Encode(out); err != nil {
+					t.Fatal(err)
+				}
+			}
+			raw := c.PgConn().Conn()
+			if _, err := raw.Write(out); err != nil {
+				t.Fatal(err)
+			}
+			_ = raw.Close()
+			waitCount(t, func() float64 { return p.poolCount(router.RW, metrics.PoolDiscarded) }, before+1)
+			if again := backendPID(t, open(tc.app)); again == pid {
+				t.Fatalf("the connection was reused (pid %d)", pid)
+			}
+		})
+	}
 	t.Run("idle, socket dropped", func(t *testing.T) {
 		c := open("pool_drop")
 		pid := backendPID(t, c)
