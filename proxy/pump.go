@@ -18,14 +18,16 @@ type bufferPool interface {
 // chunk to handle, and returns the read error (nil when handle stopped it).
 // handle must be done with the chunk when it returns.
 //
-// On a plain TCP socket it reads through the raw descriptor and, after a
-// read that did not fill the buffer, waits for readiness instead of reading
-// again: net.Conn.Read would first make a read that only says EAGAIN, and
-// in a request/response relay that is one wasted syscall per message and
-// direction. Staying inside one RawConn.Read call matters: each new call
-// resets the descriptor's readiness, which would lose an edge that arrived
-// in between, while the loop inside keeps it. A short read means the socket
-// was drained, and any byte that arrives later raises a new edge.
+// On a plain TCP socket it reads through the raw descriptor until a read
+// says EAGAIN, and only then waits for readiness. A read that did not fill
+// the buffer must not be taken for a drained socket: the poller is
+// edge-triggered, and when the peer's last bytes and its close arrive
+// together they raise one edge, so the close would only be seen by the
+// next read, and a wait would never end (a client that sends a message the
+// server does not answer, then closes, kept its session and its server
+// connection). Staying inside one RawConn.Read call matters too: each new
+// call resets the descriptor's readiness, which would lose an edge that
+// arrived in between, while the loop inside keeps it.
 //
 // The buffer comes from buffers only while there is something to read and
 // goes back before waiting, so an idle session holds no relay buffer.
@@ -59,9 +61,6 @@ func pump(src net.Conn, buffers bufferPool, handle func([]byte) bool) error {
 			}
 			if !handle(buf[:n]) {
 				return true
-			}
-			if n < len(buf) {
-				return false
 			}
 		}
 	})
