@@ -374,17 +374,7 @@ func (sess *session) greet(negotiate []byte, params []wire.Param) bool {
 		sess.end("", "", "")
 		return false
 	}
-	sess.countOutcome(metrics.OutcomeOK)
-	sess.attached.Store(true)
-	sess.setAnswered(0, true)
-	sess.connMu.Lock()
-	if sess.ended.Load() == nil {
-		_ = sess.client.SetDeadline(time.Time{})
-	}
-	sess.connMu.Unlock()
-	if s.drainFlag.Load() {
-		sess.drainIfIdle()
-	}
+	sess.welcomed()
 	return true
 }
 

@@ -391,20 +391,27 @@ func (b *backendToClient) refuseOverLimit(flush func() error) {
 	sess.countOutcome(metrics.OutcomeTooManyClients)
 }
 
-// established clears the startup deadlines unless the session is already
-// ending (end's deadlines must win).
+// established is welcomed for a session whose server sent the first
+// ReadyForQuery itself: it holds its server connection from now on.
 func (sess *session) established() {
-	sess.countOutcome(metrics.OutcomeOK)
 	sess.markAssigned()
+	sess.welcomed()
+}
+
+// welcomed records that the client has its first ReadyForQuery, from the
+// server or from the pool: counted, at rest, startup deadlines cleared
+// unless the session is already ending (end's expired deadlines must
+// stay), and drained at once when the proxy is draining.
+func (sess *session) welcomed() {
+	sess.countOutcome(metrics.OutcomeOK)
 	sess.attached.Store(true)
 	sess.setAnswered(0, true)
 	sess.connMu.Lock()
-	_ = sess.client.SetDeadline(time.Time{})
-	_ = sess.backend.SetDeadline(time.Time{})
-	if sess.ended.Load() != nil {
-		now := time.Now()
-		_ = sess.client.SetDeadline(now)
-		_ = sess.backend.SetDeadline(now)
+	if sess.ended.Load() == nil {
+		_ = sess.client.SetDeadline(time.Time{})
+		if sess.backend != nil {
+			_ = sess.backend.SetDeadline(time.Time{})
+		}
 	}
 	sess.connMu.Unlock()
 	if sess.srv.drainFlag.Load() {
